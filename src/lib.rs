@@ -1,0 +1,9 @@
+//! Hawser: kubectl access to a Kubernetes API server from anywhere.
+//!
+//! An agent inside the cluster dials out to a relay; callers reach the cluster
+//! with plain kubectl through the relay, and the agent forwards to
+//! kube-apiserver with user impersonation so Kubernetes RBAC decides.
+//! This library holds every part; the `hawser` binary is a thin entry point.
+#![forbid(unsafe_code)]
+
+pub mod cli;
