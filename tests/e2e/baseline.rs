@@ -1,0 +1,341 @@
+//! The baseline suite: what kubectl must be able to do against a cluster.
+//! Setup (namespaces, pods, log lines) goes straight to the test bed as its
+//! administrator; every action under test goes through the route's kubectl,
+//! so the same suite proves a tunnel by swapping the route.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+
+use crate::routes::Route;
+use crate::support::{Kubectl, PodSpec, Testbed, net};
+
+/// A baseline test: the test bed for setup, the route for kubectl.
+pub type Test = fn(&Testbed, &dyn Route) -> Result<()>;
+
+/// Every baseline test, by name.
+pub const TESTS: &[(&str, Test)] = &[
+    ("version_reports_pinned_release", version_reports_pinned_release),
+    ("apply_get_delete", apply_get_delete),
+    ("watch_sees_change", watch_sees_change),
+    ("logs_follow", logs_follow),
+    ("exec_websocket", exec_websocket),
+    ("exec_spdy", exec_spdy),
+    ("port_forward_websocket", port_forward_websocket),
+    ("port_forward_spdy", port_forward_spdy),
+    ("list_2000_configmaps", list_2000_configmaps),
+    ("rbac_namespace_scoped", rbac_namespace_scoped),
+    ("auth_whoami", auth_whoami),
+];
+
+/// Deadline for a line a long-running kubectl should print.
+const LINE_DEADLINE: Duration = Duration::from_secs(30);
+
+fn version_reports_pinned_release(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let (kubectl, _) = route.admin(tb)?;
+    let version: Value = serde_json::from_str(&kubectl.ok(&["version", "-o", "json"])?)?;
+    let pinned = crate::support::binaries::pinned_kubernetes_version()?;
+    ensure!(
+        version["serverVersion"]["gitVersion"] == pinned.as_str(),
+        "server version {} is not {pinned}",
+        version["serverVersion"]
+    );
+    ensure!(
+        version["clientVersion"]["gitVersion"] == pinned.as_str(),
+        "kubectl version {} is not {pinned}",
+        version["clientVersion"]
+    );
+    Ok(())
+}
+
+fn apply_get_delete(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let ns = tb.namespace("apply")?;
+    let (kubectl, _) = route.admin(tb)?;
+    let config_map = |color: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": ns}, "data": {"color": color}})
+            .to_string()
+    };
+    let get_color = || -> Result<Value> {
+        let got: Value =
+            serde_json::from_str(&kubectl.ok(&["get", "configmap", "settings", "-n", &ns, "-o", "json"])?)?;
+        Ok(got["data"]["color"].clone())
+    };
+
+    let out = kubectl.ok_with_stdin(&["apply", "-f", "-"], config_map("blue").as_bytes())?;
+    ensure!(out.contains("configmap/settings created"), "apply said: {out}");
+    ensure!(get_color()? == "blue");
+
+    let out = kubectl.ok_with_stdin(&["apply", "-f", "-"], config_map("green").as_bytes())?;
+    ensure!(
+        out.contains("configmap/settings configured"),
+        "second apply said: {out}"
+    );
+    ensure!(get_color()? == "green");
+
+    let out = kubectl.ok(&["delete", "configmap", "settings", "-n", &ns])?;
+    ensure!(out.contains("deleted"), "delete said: {out}");
+    let gone = kubectl.run(&["get", "configmap", "settings", "-n", &ns])?;
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    ensure!(
+        !gone.status.success() && stderr.contains("NotFound"),
+        "deleted configmap still answered: {stderr}"
+    );
+    Ok(())
+}
+
+fn watch_sees_change(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let ns = tb.namespace("watch")?;
+    tb.admin()
+        .ok(&["create", "configmap", "watched", "-n", &ns, "--from-literal=v=one"])?;
+    let (kubectl, _) = route.admin(tb)?;
+    let mut watch = kubectl.spawn(&[
+        "get",
+        "configmap",
+        "watched",
+        "-n",
+        &ns,
+        "--watch",
+        "-o",
+        "jsonpath={.data.v}{\"\\n\"}",
+    ])?;
+    watch.wait_for_line("the initial value", LINE_DEADLINE, |l| l == "one")?;
+    tb.admin().ok(&[
+        "patch",
+        "configmap",
+        "watched",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"data":{"v":"two"}}"#,
+    ])?;
+    watch.wait_for_line("the changed value", LINE_DEADLINE, |l| l == "two")?;
+    Ok(())
+}
+
+fn logs_follow(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let ns = tb.namespace("logs")?;
+    tb.running_pod(&ns, "logger", &PodSpec::default())?;
+    tb.append_log(&ns, "logger", "main", "first line\n")?;
+    let (kubectl, _) = route.admin(tb)?;
+    let mut logs = kubectl.spawn(&["logs", "-f", "-n", &ns, "logger"])?;
+    logs.wait_for_line("the line written before", LINE_DEADLINE, |l| l == "first line")?;
+    tb.append_log(&ns, "logger", "main", "second line\n")?;
+    logs.wait_for_line("the line appended while following", LINE_DEADLINE, |l| {
+        l == "second line"
+    })?;
+    Ok(())
+}
+
+fn exec_websocket(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let (kubectl, _) = route.admin(tb)?;
+    exec_roundtrip(
+        tb,
+        &kubectl.with_env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "true"),
+        "websocket",
+    )
+}
+
+fn exec_spdy(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let (kubectl, _) = route.admin(tb)?;
+    exec_roundtrip(
+        tb,
+        &kubectl.with_env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false"),
+        "spdy",
+    )
+}
+
+/// stdin reaches the command, stdout and stderr come back apart, and the exit code reaches kubectl.
+fn exec_roundtrip(tb: &Testbed, kubectl: &Kubectl, protocol: &str) -> Result<()> {
+    let ns = tb.namespace(&format!("exec-{protocol}"))?;
+    tb.running_pod(&ns, "shell", &PodSpec::default())?;
+    let input = pattern(256 * 1024);
+    let out = kubectl.run_with_stdin(
+        &[
+            "exec",
+            "-i",
+            "-n",
+            &ns,
+            "shell",
+            "-v=7",
+            "--",
+            "sh",
+            "-c",
+            "cat; echo to-stderr >&2; exit 3",
+        ],
+        &input,
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(3),
+        "exec exited {} instead of 3; stderr: {stderr}",
+        out.status
+    );
+    ensure!(
+        out.stdout == input,
+        "stdout differs from stdin: {} bytes back of {}",
+        out.stdout.len(),
+        input.len()
+    );
+    ensure!(
+        stderr.contains("to-stderr"),
+        "the command's stderr did not reach kubectl: {stderr}"
+    );
+    ensure_protocol(&stderr, "/exec?", protocol)
+}
+
+/// Reads kubectl's `-v=7` log to tell which protocol carried the stream:
+/// a WebSocket upgrade (GET with a subprotocol) or SPDY (POST). A failed
+/// WebSocket attempt followed by the SPDY fallback counts as a failure.
+fn ensure_protocol(kubectl_log: &str, subresource: &str, protocol: &str) -> Result<()> {
+    let websocket = kubectl_log.contains("Sec-Websocket-Protocol:");
+    let spdy = kubectl_log
+        .lines()
+        .any(|l| l.contains(r#"verb="POST""#) && l.contains(subresource));
+    let used = match (websocket, spdy) {
+        (true, false) => "websocket",
+        (false, true) => "spdy",
+        (true, true) => "websocket, then the spdy fallback",
+        (false, false) => "no stream upgrade kubectl logged",
+    };
+    ensure!(used == protocol, "kubectl {subresource} used {used}, not {protocol}");
+    Ok(())
+}
+
+fn port_forward_websocket(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let (kubectl, _) = route.admin(tb)?;
+    port_forward_roundtrip(
+        tb,
+        &kubectl.with_env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "true"),
+        "websocket",
+    )
+}
+
+fn port_forward_spdy(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let (kubectl, _) = route.admin(tb)?;
+    port_forward_roundtrip(
+        tb,
+        &kubectl.with_env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false"),
+        "spdy",
+    )
+}
+
+/// 10 MiB through `kubectl port-forward` to an echo server and back, byte for byte.
+fn port_forward_roundtrip(tb: &Testbed, kubectl: &Kubectl, protocol: &str) -> Result<()> {
+    const SIZE: usize = 10 * 1024 * 1024;
+    let ns = tb.namespace(&format!("forward-{protocol}"))?;
+    tb.running_pod(&ns, "server", &PodSpec::default())?;
+    let echo_port = net::echo_server()?;
+    let mut forward = kubectl.spawn(&[
+        "port-forward",
+        "-v=7",
+        "-n",
+        &ns,
+        "pod/server",
+        &format!(":{echo_port}"),
+    ])?;
+    let line = forward.wait_for_line("the local port", LINE_DEADLINE, |l| {
+        l.starts_with("Forwarding from 127.0.0.1:")
+    })?;
+    let local_port: u16 = line
+        .trim_start_matches("Forwarding from 127.0.0.1:")
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no port in {line:?}"))?;
+
+    let data = pattern(SIZE);
+    let mut conn = TcpStream::connect(("127.0.0.1", local_port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut writer = conn.try_clone()?;
+    let sent = data.clone();
+    let sender = thread::spawn(move || writer.write_all(&sent));
+    let mut received = vec![0u8; SIZE];
+    conn.read_exact(&mut received)
+        .with_context(|| format!("reading the echo back ({protocol})"))?;
+    sender.join().expect("writer thread")?;
+    ensure!(received == data, "echoed bytes differ from the bytes sent");
+    ensure_protocol(&forward.stderr(), "/portforward", protocol)
+}
+
+fn list_2000_configmaps(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    const COUNT: usize = 2000;
+    let ns = tb.namespace("list")?;
+    let items: Vec<Value> = (0..COUNT)
+        .map(|i| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i:04}")}, "data": {"i": i.to_string()}}))
+        .collect();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
+    tb.admin()
+        .ok_with_stdin(&["create", "-n", &ns, "-f", "-"], list.as_bytes())?;
+
+    let (kubectl, _) = route.admin(tb)?;
+    // kubectl's own paging (chunks of 500).
+    let names = kubectl.ok(&["get", "configmaps", "-n", &ns, "-o", "name"])?;
+    let listed = names.lines().filter(|l| l.starts_with("configmap/cm-")).count();
+    ensure!(listed == COUNT, "kubectl get listed {listed} of {COUNT} configmaps");
+    // One unpaged LIST.
+    let raw: Value =
+        serde_json::from_str(&kubectl.ok(&["get", "--raw", &format!("/api/v1/namespaces/{ns}/configmaps")])?)?;
+    let items = raw["items"].as_array().map_or(0, |i| i.len());
+    ensure!(items == COUNT, "one LIST returned {items} of {COUNT} configmaps");
+    Ok(())
+}
+
+fn rbac_namespace_scoped(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let allowed = tb.namespace("rbac-allowed")?;
+    let other = tb.namespace("rbac-other")?;
+    let (kubectl, user) = route.restricted(tb, &allowed)?;
+    kubectl.ok(&["create", "configmap", "mine", "-n", &allowed, "--from-literal=a=b"])?;
+    kubectl.ok(&["get", "configmap", "mine", "-n", &allowed])?;
+    let denied = kubectl.run(&["get", "configmaps", "-n", &other])?;
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    ensure!(!denied.status.success(), "listing in {other} was allowed");
+    ensure!(
+        stderr.contains("(Forbidden)") && stderr.contains(&format!("User \"{user}\"")) && stderr.contains(&other),
+        "expected a 403 for {user} in {other}, got: {stderr}"
+    );
+    Ok(())
+}
+
+fn auth_whoami(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let (admin, admin_user) = route.admin(tb)?;
+    let me = whoami(&admin)?;
+    ensure!(me["username"] == admin_user.as_str(), "admin whoami: {me}");
+
+    let ns = tb.namespace("whoami")?;
+    let (restricted, user) = route.restricted(tb, &ns)?;
+    let me = whoami(&restricted)?;
+    ensure!(me["username"] == user.as_str(), "restricted whoami: {me}");
+    let groups = me["groups"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        groups.iter().any(|g| g == "system:authenticated"),
+        "groups lack system:authenticated: {me}"
+    );
+    ensure!(
+        !groups.iter().any(|g| g == "system:masters"),
+        "restricted user is in system:masters: {me}"
+    );
+    Ok(())
+}
+
+fn whoami(kubectl: &Kubectl) -> Result<Value> {
+    let review: Value = serde_json::from_str(&kubectl.ok(&["auth", "whoami", "-o", "json"])?)?;
+    Ok(review["status"]["userInfo"].clone())
+}
+
+/// Deterministic pseudo-random bytes, so reordering or loss is visible.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}

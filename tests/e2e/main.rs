@@ -1,0 +1,67 @@
+//! End-to-end tests against a real kube-apiserver, etcd and kubectl.
+//!
+//! One control plane per run of this binary, started on first use and
+//! stopped when the run ends (also when a test panics). Each test works in
+//! namespaces of its own. Run one test with `cargo test --test e2e -- NAME`.
+#![forbid(unsafe_code)]
+
+mod baseline;
+mod routes;
+mod support;
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use libtest_mimic::{Arguments, Trial};
+
+use routes::{Direct, Route};
+use support::Testbed;
+
+/// The shared control plane, started by whichever test needs it first.
+#[derive(Default)]
+struct Fixture {
+    testbed: Mutex<Option<Result<Arc<Testbed>, String>>>,
+}
+
+impl Fixture {
+    fn get(&self) -> Result<Arc<Testbed>, String> {
+        let mut slot = self.testbed.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert_with(|| {
+            Testbed::start()
+                .map(Arc::new)
+                .map_err(|e| format!("starting the test bed: {e:#}"))
+        })
+        .clone()
+    }
+
+    /// Stops the control plane once every test is done.
+    fn shutdown(&self) {
+        let taken = self.testbed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(taken);
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let fixture = Arc::new(Fixture::default());
+    let routes: Vec<Arc<dyn Route>> = vec![Arc::new(Direct)];
+
+    let mut trials = Vec::new();
+    for route in &routes {
+        for &(name, test) in baseline::TESTS {
+            let (fixture, route) = (fixture.clone(), route.clone());
+            trials.push(Trial::test(format!("{}::{name}", route.name()), move || {
+                let testbed = fixture.get()?;
+                test(&testbed, route.as_ref()).map_err(|e| format!("{e:#}").into())
+            }));
+        }
+    }
+
+    let conclusion = libtest_mimic::run(&args, trials);
+    fixture.shutdown();
+    if conclusion.has_failed() {
+        ExitCode::from(101)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

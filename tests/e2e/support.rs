@@ -1,0 +1,15 @@
+//! Test bed support for end-to-end tests: builds the real Kubernetes binaries
+//! once, runs etcd, kube-apiserver and a test kubelet on free loopback ports,
+//! and offers helpers to set up namespaces, pods, service accounts and RBAC.
+//! Every process it starts runs under `reaper`, so none outlives the test run,
+//! even when the run panics or is killed.
+
+pub mod binaries;
+pub mod certs;
+pub mod cluster;
+pub mod kubectl;
+pub mod net;
+pub mod process;
+
+pub use cluster::{PodSpec, Testbed};
+pub use kubectl::Kubectl;

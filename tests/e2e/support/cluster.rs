@@ -1,0 +1,310 @@
+//! A real control plane on loopback: etcd, kube-apiserver (RBAC, service
+//! account tokens) and the test kubelet, each on free ports in a fresh temp
+//! dir, plus helpers for what tests set up as the administrator.
+
+use std::fs::{self, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use tempfile::TempDir;
+
+use super::binaries::{Binaries, binaries};
+use super::certs::Pki;
+use super::kubectl::Kubectl;
+use super::net::free_port;
+use super::process::{Supervised, wait_for};
+
+/// Name of the Node the test kubelet registers.
+pub const NODE: &str = "testbed-node";
+/// How long the control plane may take to become ready.
+const START_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A running control plane. Dropping it stops every process it started.
+pub struct Testbed {
+    // Field order is drop order: kubelet, then apiserver, then etcd, then the dir.
+    _kubelet: Supervised,
+    _apiserver: Supervised,
+    _etcd: Supervised,
+    dir: TempDir,
+    bins: &'static Binaries,
+    /// The apiserver's URL, `https://127.0.0.1:PORT`.
+    pub server: String,
+    /// Certificates and keys of this control plane.
+    pub pki: Pki,
+    /// Kubeconfig of the administrator (client certificate, system:masters).
+    pub admin_kubeconfig: PathBuf,
+    kubelet_root: PathBuf,
+}
+
+/// What a test pod runs.
+#[derive(Debug, Default, Clone)]
+pub struct PodSpec {
+    /// The main container's command, started as a local process; none runs if empty.
+    pub command: Vec<String>,
+    /// Whether the main container keeps stdin open (for attach).
+    pub stdin: bool,
+}
+
+impl Testbed {
+    /// Builds the binaries if needed and starts etcd, kube-apiserver and the test kubelet.
+    pub fn start() -> Result<Self> {
+        let bins = binaries()?;
+        let dir = tempfile::Builder::new().prefix("hawser-testbed-").tempdir()?;
+        let pki = Pki::generate(&dir.path().join("pki"))?;
+
+        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut etcd = Supervised::spawn(
+            &bins.reaper,
+            "etcd",
+            &bins.etcd,
+            &strings(&[
+                "--name=testbed",
+                &format!("--data-dir={}", dir.path().join("etcd").display()),
+                &format!("--listen-client-urls={etcd_url}"),
+                &format!("--advertise-client-urls={etcd_url}"),
+                &format!("--listen-peer-urls={peer_url}"),
+                &format!("--initial-advertise-peer-urls={peer_url}"),
+                &format!("--initial-cluster=testbed={peer_url}"),
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ]),
+            &dir.path().join("etcd.log"),
+            false,
+        )?;
+
+        let p = |path: &Path| path.display().to_string();
+        let mut apiserver = Supervised::spawn(
+            &bins.reaper,
+            "kube-apiserver",
+            &bins.kube_apiserver,
+            &strings(&[
+                &format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                &format!("--secure-port={api_port}"),
+                &format!("--tls-cert-file={}", p(&pki.serving_cert)),
+                &format!("--tls-private-key-file={}", p(&pki.serving_key)),
+                &format!("--client-ca-file={}", p(&pki.ca_cert)),
+                "--authorization-mode=Node,RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                &format!("--service-account-key-file={}", p(&pki.service_account_pub)),
+                &format!("--service-account-signing-key-file={}", p(&pki.service_account_key)),
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--endpoint-reconciler-type=none",
+                "--kubelet-preferred-address-types=InternalIP",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ]),
+            &dir.path().join("kube-apiserver.log"),
+            false,
+        )?;
+
+        let server = format!("https://127.0.0.1:{api_port}");
+        let admin_kubeconfig = dir.path().join("admin.kubeconfig");
+        write_kubeconfig(
+            &admin_kubeconfig,
+            &server,
+            &pki.ca_cert,
+            json!({"client-certificate": pki.admin_cert, "client-key": pki.admin_key}),
+        )?;
+        let kubelet_root = dir.path().join("kubelet");
+        fs::create_dir_all(&kubelet_root)?;
+
+        let admin = Kubectl::new(&bins.kubectl, &admin_kubeconfig);
+        wait_ready(&admin, &mut etcd, &mut apiserver)?;
+        let kubelet = start_kubelet(
+            bins,
+            &admin_kubeconfig,
+            &kubelet_root,
+            &dir.path().join("testkubelet.log"),
+        )?;
+        Ok(Self {
+            _kubelet: kubelet,
+            _apiserver: apiserver,
+            _etcd: etcd,
+            dir,
+            bins,
+            server,
+            pki,
+            admin_kubeconfig,
+            kubelet_root,
+        })
+    }
+
+    /// kubectl as the administrator, straight to the apiserver.
+    pub fn admin(&self) -> Kubectl {
+        Kubectl::new(&self.bins.kubectl, &self.admin_kubeconfig)
+    }
+
+    /// The test bed's kubectl binary.
+    pub fn kubectl_bin(&self) -> &Path {
+        &self.bins.kubectl
+    }
+
+    /// Writes a kubeconfig for the apiserver that authenticates with `token`.
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf> {
+        let path = self.dir.path().join(format!("{name}.kubeconfig"));
+        write_kubeconfig(&path, &self.server, &self.pki.ca_cert, json!({ "token": token }))?;
+        Ok(path)
+    }
+
+    /// A fresh namespace with a `default` service account (no controller-manager makes one).
+    pub fn namespace(&self, prefix: &str) -> Result<String> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let admin = self.admin();
+        admin.ok(&["create", "namespace", &name])?;
+        admin.ok(&["create", "serviceaccount", "default", "-n", &name])?;
+        Ok(name)
+    }
+
+    /// Creates a pod on the test node and waits until the kubelet reports it Running.
+    pub fn running_pod(&self, namespace: &str, name: &str, spec: &PodSpec) -> Result<()> {
+        let mut container = json!({"name": "main", "image": "hawser.test/none", "stdin": spec.stdin});
+        if !spec.command.is_empty() {
+            container["command"] = json!(spec.command);
+        }
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"nodeName": NODE, "containers": [container], "terminationGracePeriodSeconds": 1},
+        });
+        let admin = self.admin();
+        admin.ok_with_stdin(&["create", "-f", "-"], pod.to_string().as_bytes())?;
+        admin.ok(&[
+            "wait",
+            "-n",
+            namespace,
+            "--for=jsonpath={.status.phase}=Running",
+            &format!("pod/{name}"),
+            "--timeout=60s",
+        ])?;
+        Ok(())
+    }
+
+    /// The log file of a pod's container, which `kubectl logs` serves.
+    pub fn log_path(&self, namespace: &str, pod: &str, container: &str) -> PathBuf {
+        self.kubelet_root
+            .join("logs")
+            .join(namespace)
+            .join(pod)
+            .join(format!("{container}.log"))
+    }
+
+    /// Appends `text` to a container's log.
+    pub fn append_log(&self, namespace: &str, pod: &str, container: &str, text: &str) -> Result<()> {
+        let path = self.log_path(namespace, pod, container);
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        file.write_all(text.as_bytes())?;
+        Ok(())
+    }
+
+    /// Creates a service account and returns a token for it (TokenRequest API).
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> Result<String> {
+        let admin = self.admin();
+        admin.ok(&["create", "serviceaccount", name, "-n", namespace])?;
+        let token = admin.ok(&["create", "token", name, "-n", namespace, "--duration=1h"])?;
+        Ok(token.trim().to_owned())
+    }
+
+    /// Binds `cluster_role` to `user` in `namespace` and waits until RBAC enforces it.
+    pub fn bind_role(&self, namespace: &str, cluster_role: &str, user: &str) -> Result<()> {
+        let admin = self.admin();
+        let binding = format!("{cluster_role}-{}", user.replace(':', "-"));
+        admin.ok(&[
+            "create",
+            "rolebinding",
+            &binding,
+            &format!("--clusterrole={cluster_role}"),
+            &format!("--user={user}"),
+            "-n",
+            namespace,
+        ])?;
+        wait_for(
+            &format!("{user} to be allowed in {namespace}"),
+            Duration::from_secs(30),
+            || {
+                let out = admin.run(&[
+                    "auth",
+                    "can-i",
+                    "list",
+                    "pods",
+                    "-n",
+                    namespace,
+                    &format!("--as={user}"),
+                ])?;
+                Ok(String::from_utf8_lossy(&out.stdout).trim().eq("yes").then_some(()))
+            },
+        )
+    }
+}
+
+fn wait_ready(admin: &Kubectl, etcd: &mut Supervised, apiserver: &mut Supervised) -> Result<()> {
+    wait_for("kube-apiserver /readyz", START_DEADLINE, || {
+        etcd.ensure_running()?;
+        apiserver.ensure_running()?;
+        let out = admin.run(&["get", "--raw=/readyz"])?;
+        Ok(out.status.success().then_some(()))
+    })
+    .map_err(|e| e.context(format!("kube-apiserver log ends:\n{}", apiserver.log_tail(30))))
+}
+
+fn start_kubelet(bins: &Binaries, kubeconfig: &Path, root: &Path, log: &Path) -> Result<Supervised> {
+    let mut kubelet = Supervised::spawn(
+        &bins.reaper,
+        "testkubelet",
+        &bins.testkubelet,
+        &strings(&[
+            &format!("--kubeconfig={}", kubeconfig.display()),
+            &format!("--root={}", root.display()),
+            &format!("--node-name={NODE}"),
+        ]),
+        log,
+        true,
+    )?;
+    // It prints "ready PORT" once its Node is registered.
+    let stdout = kubelet.take_stdout().expect("stdout is piped");
+    let (tx, rx) = sync_channel(1);
+    thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(START_DEADLINE) {
+        Ok(line) if line.starts_with("ready ") => Ok(kubelet),
+        _ => bail!(
+            "testkubelet did not become ready; its log ends:\n{}",
+            kubelet.log_tail(30)
+        ),
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn write_kubeconfig(path: &Path, server: &str, ca: &Path, user: serde_json::Value) -> Result<()> {
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "testbed", "cluster": {"server": server, "certificate-authority": ca}}],
+        "users": [{"name": "user", "user": user}],
+        "contexts": [{"name": "testbed", "context": {"cluster": "testbed", "user": "user"}}],
+        "current-context": "testbed",
+    });
+    fs::write(path, serde_json::to_vec_pretty(&config)?)?;
+    Ok(())
+}
