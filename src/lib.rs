@@ -6,4 +6,6 @@
 //! This library holds every part; the `hawser` binary is a thin entry point.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cli;
+pub mod impersonation;

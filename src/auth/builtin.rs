@@ -1,0 +1,338 @@
+//! The relay's own token issuer: an ES256 key on disk, tokens, and its public JWKS.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::IssuerConfig;
+
+/// Why the built-in issuer could not load its key or issue a token.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    /// The key file does not exist and generating one was not allowed.
+    #[error("issuer key file {0:?} does not exist")]
+    Missing(PathBuf),
+    /// The key file could not be read or written.
+    #[error("issuer key file {path:?}: {source}")]
+    Io {
+        /// The key file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The key file does not hold a PKCS#8 EC P-256 private key.
+    #[error("issuer key file {0:?} is not a PKCS#8 PEM EC P-256 private key")]
+    InvalidKey(PathBuf),
+    /// A new key could not be generated.
+    #[error("generating the issuer key: {0}")]
+    Generate(String),
+    /// The subject, a group, the issuer or the audience is empty or holds control characters.
+    #[error("{0} is empty or contains control characters")]
+    InvalidClaim(&'static str),
+    /// The lifetime is zero or too large.
+    #[error("token lifetime must be between 1 s and 1 year")]
+    InvalidTtl,
+    /// Signing failed.
+    #[error("signing the token: {0}")]
+    Sign(String),
+}
+
+/// The relay's own ES256 issuer; the private key never appears in `Debug` output.
+pub struct BuiltinIssuer {
+    issuer: String,
+    audience: String,
+    key: EncodingKey,
+    kid: String,
+    x: String,
+    y: String,
+}
+
+impl std::fmt::Debug for BuiltinIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltinIssuer")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("kid", &self.kid)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    sub: &'a str,
+    groups: &'a [String],
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+    jti: String,
+}
+
+/// Longest lifetime `issue` accepts.
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl BuiltinIssuer {
+    /// Load the PKCS#8 PEM P-256 key at `key_file`, or create it (mode 0600) if missing and `generate`.
+    pub fn load_or_generate(
+        key_file: &Path,
+        issuer: String,
+        audience: String,
+        generate: bool,
+    ) -> Result<Self, IssuerError> {
+        for (what, value) in [("issuer", &issuer), ("audience", &audience)] {
+            if value.is_empty() || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(IssuerError::InvalidClaim(what));
+            }
+        }
+        let io = |source| IssuerError::Io {
+            path: key_file.to_owned(),
+            source,
+        };
+        let pem = match std::fs::read_to_string(key_file) {
+            Ok(pem) => {
+                warn_if_readable_by_others(key_file);
+                pem
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
+                match write_new_key(key_file) {
+                    Ok(pem) => pem,
+                    // Another process created it first: use theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        std::fs::read_to_string(key_file).map_err(io)?
+                    }
+                    Err(e) => return Err(io(e)),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(IssuerError::Missing(key_file.to_owned()));
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let invalid = || IssuerError::InvalidKey(key_file.to_owned());
+        let pair = KeyPair::from_pem(&pem).map_err(|_| invalid())?;
+        if pair.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(invalid());
+        }
+        let point = pair.public_key_raw();
+        if point.len() != 65 || point[0] != 0x04 {
+            return Err(invalid());
+        }
+        let digest = Sha256::digest(pair.subject_public_key_info());
+        Ok(Self {
+            issuer,
+            audience,
+            key: EncodingKey::from_ec_der(&pair.serialize_der()),
+            kid: URL_SAFE_NO_PAD.encode(&digest[..16]),
+            x: URL_SAFE_NO_PAD.encode(&point[1..33]),
+            y: URL_SAFE_NO_PAD.encode(&point[33..65]),
+        })
+    }
+
+    /// Issue an ES256 token for `subject` and `groups`, valid for `ttl` from now.
+    pub fn issue(&self, subject: &str, groups: &[String], ttl: Duration) -> Result<String, IssuerError> {
+        if subject.is_empty() || subject.chars().any(char::is_control) {
+            return Err(IssuerError::InvalidClaim("subject"));
+        }
+        if groups.iter().any(|g| g.is_empty() || g.chars().any(char::is_control)) {
+            return Err(IssuerError::InvalidClaim("group"));
+        }
+        if ttl.as_secs() == 0 || ttl > MAX_TTL {
+            return Err(IssuerError::InvalidTtl);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let claims = Claims {
+            iss: &self.issuer,
+            aud: &self.audience,
+            sub: subject,
+            groups,
+            iat: now,
+            nbf: now,
+            exp: now + ttl.as_secs(),
+            jti: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()),
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| IssuerError::Sign(e.to_string()))
+    }
+
+    /// The public key as a JWKS document, to publish or to trust.
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "x": self.x, "y": self.y,
+            "kid": self.kid, "alg": "ES256", "use": "sig",
+        }]})
+    }
+
+    /// An issuer config that trusts this issuer's tokens through an in-memory copy of its key.
+    pub fn issuer_config(&self) -> IssuerConfig {
+        let mut config = IssuerConfig::new(self.issuer.clone(), vec![self.audience.clone()]);
+        config.algorithms = vec!["ES256".to_owned()];
+        config.inline_jwks = Some(self.jwks().to_string());
+        config
+    }
+
+    /// The `iss` of issued tokens.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The `aud` of issued tokens.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// The key id put in every token header.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+}
+
+/// Create `path` with a fresh key, readable by the owner only, refusing to replace any file.
+fn write_new_key(path: &Path) -> std::io::Result<String> {
+    let pem = KeyPair::generate().map_err(std::io::Error::other)?.serialize_pem();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let mut dir = std::fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+        dir.create(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    // create_new: never follow a planted symlink or overwrite a key another process wrote.
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(pem.as_bytes())?;
+    file.sync_all()?;
+    tracing::info!(path = %path.display(), "generated a new issuer key");
+    Ok(pem)
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %path.display(), "issuer key file is accessible by group or others; use mode 0600");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Authenticator;
+    use crate::auth::keys::keys_from_jwks;
+
+    fn issuer(dir: &Path) -> BuiltinIssuer {
+        BuiltinIssuer::load_or_generate(
+            &dir.join("keys/issuer.pem"),
+            "hawser-relay".into(),
+            "hawser".into(),
+            true,
+        )
+        .expect("generates")
+    }
+
+    #[tokio::test]
+    async fn issued_tokens_are_accepted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let issuer = issuer(dir.path());
+        let auth = Authenticator::new(vec![issuer.issuer_config()]).expect("config");
+        let groups = vec!["dev".to_owned(), "ops".to_owned()];
+        let token = issuer.issue("alice", &groups, Duration::from_secs(60)).expect("issues");
+        let id = auth.authenticate(&token).await.expect("accepted");
+        assert_eq!(id.user, "alice");
+        assert_eq!(id.groups, groups);
+        let header = jsonwebtoken::decode_header(&token).expect("header");
+        assert_eq!(header.kid.as_deref(), Some(issuer.kid()));
+        assert_eq!(issuer.kid().len(), 22, "16 bytes in base64url");
+    }
+
+    #[tokio::test]
+    async fn key_file_is_private_and_reloaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = issuer(dir.path());
+        let path = dir.path().join("keys/issuer.pem");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("exists").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let second =
+            BuiltinIssuer::load_or_generate(&path, "hawser-relay".into(), "hawser".into(), false).expect("loads");
+        assert_eq!(first.kid(), second.kid());
+        let token = second.issue("bob", &[], Duration::from_secs(60)).expect("issues");
+        let auth = Authenticator::new(vec![first.issuer_config()]).expect("config");
+        assert_eq!(auth.authenticate(&token).await.expect("accepted").user, "bob");
+    }
+
+    #[test]
+    fn missing_or_wrong_key_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("absent.pem");
+        let err = BuiltinIssuer::load_or_generate(&path, "i".into(), "a".into(), false).expect_err("missing");
+        assert!(matches!(err, IssuerError::Missing(_)));
+        let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("p384");
+        std::fs::write(&path, p384.serialize_pem()).expect("write");
+        let err = BuiltinIssuer::load_or_generate(&path, "i".into(), "a".into(), false).expect_err("p384");
+        assert!(matches!(err, IssuerError::InvalidKey(_)));
+    }
+
+    #[test]
+    fn jwks_round_trips_and_debug_masks_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let issuer = issuer(dir.path());
+        let keys = keys_from_jwks(issuer.jwks().to_string().as_bytes()).expect("parses");
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kid.as_deref(), Some(issuer.kid()));
+        let token = issuer.issue("carol", &[], Duration::from_secs(60)).expect("issues");
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
+        validation.set_audience(&["hawser"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(&token, &keys[0].key, &validation).expect("verifies");
+        assert_eq!(data.claims["sub"], "carol");
+        assert!(data.claims["jti"].as_str().is_some_and(|j| j.len() == 22));
+        let debug = format!("{issuer:?}");
+        let pem = std::fs::read_to_string(dir.path().join("keys/issuer.pem")).expect("read");
+        let secret_line = pem.lines().nth(1).expect("pem body");
+        assert!(debug.contains("redacted") && !debug.contains(secret_line));
+    }
+
+    #[test]
+    fn refuses_bad_claims_and_ttl() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let issuer = issuer(dir.path());
+        let ttl = Duration::from_secs(60);
+        assert!(matches!(issuer.issue("", &[], ttl), Err(IssuerError::InvalidClaim(_))));
+        assert!(matches!(
+            issuer.issue("a\nb", &[], ttl),
+            Err(IssuerError::InvalidClaim(_))
+        ));
+        assert!(matches!(
+            issuer.issue("a", &["x\r".into()], ttl),
+            Err(IssuerError::InvalidClaim(_))
+        ));
+        assert!(matches!(
+            issuer.issue("a", &[], Duration::from_millis(500)),
+            Err(IssuerError::InvalidTtl)
+        ));
+    }
+}

@@ -1,0 +1,338 @@
+//! Authenticator tests with static keys (PEM and JWKS files).
+
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::json;
+
+use super::test_support::*;
+use super::*;
+
+fn pem_config(dir: &tempfile::TempDir, pem: &str) -> IssuerConfig {
+    let mut config = IssuerConfig::new(ISS, vec![AUD.to_owned()]);
+    config.public_key_file = Some(write_file(dir, "keys.pem", pem));
+    config
+}
+
+fn jwks_config(dir: &tempfile::TempDir, jwks: serde_json::Value) -> IssuerConfig {
+    let mut config = IssuerConfig::new(ISS, vec![AUD.to_owned()]);
+    config.jwks_file = Some(write_file(dir, "jwks.json", &jwks.to_string()));
+    config
+}
+
+fn ec_auth(key: &EcKey) -> (Authenticator, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = Authenticator::new(vec![jwks_config(&dir, json!({"keys": [key.jwk()]}))]).expect("config");
+    (auth, dir)
+}
+
+#[tokio::test]
+async fn es256_token_accepted_from_pem() {
+    let key = EcKey::new("k1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = Authenticator::new(vec![pem_config(&dir, &key.public_pem())]).expect("config");
+    let token = key.sign(&with(claims("alice"), json!({"groups": ["dev", "ops"]})));
+    let id = auth.authenticate(&token).await.expect("accepted");
+    assert_eq!(
+        id,
+        Identity {
+            user: "alice".into(),
+            uid: None,
+            groups: vec!["dev".into(), "ops".into()],
+            extra: Default::default()
+        }
+    );
+    // Without kid the PEM key is tried as well.
+    assert!(auth.authenticate(&key.sign_with(None, &claims("alice"))).await.is_ok());
+    // PEM keys have no kid: another key's token is an unknown key whatever kid it names.
+    let other = EcKey::new("k1");
+    assert_eq!(
+        auth.authenticate(&other.sign(&claims("alice"))).await,
+        Err(AuthError::UnknownKey)
+    );
+    assert_eq!(
+        auth.authenticate(&other.sign_with(None, &claims("alice"))).await,
+        Err(AuthError::BadSignature)
+    );
+}
+
+#[tokio::test]
+async fn rsa_tokens_accepted_from_pem_and_jwks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = Authenticator::new(vec![pem_config(&dir, RSA_PUBLIC_PEM)]).expect("config");
+    for alg in [Algorithm::RS256, Algorithm::PS256, Algorithm::RS512] {
+        let id = auth
+            .authenticate(&sign_rsa(alg, None, &claims("bob")))
+            .await
+            .expect("accepted");
+        assert_eq!(id.user, "bob");
+    }
+    let jwks = json!({"keys": [{"kty": "RSA", "kid": "r1", "alg": "RS256", "n": RSA_N, "e": "AQAB"}]});
+    let auth = Authenticator::new(vec![jwks_config(&dir, jwks)]).expect("config");
+    assert!(
+        auth.authenticate(&sign_rsa(Algorithm::RS256, Some("r1"), &claims("bob")))
+            .await
+            .is_ok()
+    );
+    // The JWK is bound to RS256: a PS256 token naming it is refused.
+    let ps = sign_rsa(Algorithm::PS256, Some("r1"), &claims("bob"));
+    assert_eq!(auth.authenticate(&ps).await, Err(AuthError::AlgorithmNotAllowed));
+}
+
+#[tokio::test]
+async fn eddsa_token_accepted() {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = Authenticator::new(vec![pem_config(&dir, &pair.public_key_pem())]).expect("config");
+    let token = sign(
+        Algorithm::EdDSA,
+        None,
+        &claims("erin"),
+        &EncodingKey::from_ed_der(&pair.serialize_der()),
+    );
+    assert_eq!(auth.authenticate(&token).await.expect("accepted").user, "erin");
+}
+
+#[tokio::test]
+async fn time_claims() {
+    let key = EcKey::new("k1");
+    let (auth, _dir) = ec_auth(&key);
+    let at = |changes| key.sign(&with(claims("a"), changes));
+    assert_eq!(
+        auth.authenticate(&at(json!({"exp": now() - 1}))).await,
+        Err(AuthError::Expired)
+    );
+    assert!(matches!(
+        auth.authenticate(&at(json!({"exp": null}))).await,
+        Err(AuthError::ClaimRejected(_))
+    ));
+    assert_eq!(
+        auth.authenticate(&at(json!({"nbf": now() + 120}))).await,
+        Err(AuthError::NotYetValid)
+    );
+    assert!(
+        auth.authenticate(&at(json!({"nbf": now() + 10}))).await.is_ok(),
+        "nbf leeway"
+    );
+    assert!(
+        auth.authenticate(&at(json!({"iat": null}))).await.is_ok(),
+        "iat not required"
+    );
+}
+
+#[tokio::test]
+async fn audience_and_issuer_exact() {
+    let key = EcKey::new("k1");
+    let (auth, _dir) = ec_auth(&key);
+    let at = |changes| key.sign(&with(claims("a"), changes));
+    assert_eq!(
+        auth.authenticate(&at(json!({"aud": "other"}))).await,
+        Err(AuthError::WrongAudience)
+    );
+    assert_eq!(
+        auth.authenticate(&at(json!({"aud": null}))).await,
+        Err(AuthError::WrongAudience)
+    );
+    assert_eq!(
+        auth.authenticate(&at(json!({"aud": ["x", "y"]}))).await,
+        Err(AuthError::WrongAudience)
+    );
+    assert!(auth.authenticate(&at(json!({"aud": ["x", AUD]}))).await.is_ok());
+    assert_eq!(
+        auth.authenticate(&at(json!({"iss": "https://other"}))).await,
+        Err(AuthError::UnknownIssuer)
+    );
+    assert_eq!(
+        auth.authenticate(&at(json!({"iss": format!("{ISS}/")}))).await,
+        Err(AuthError::UnknownIssuer)
+    );
+    assert_eq!(
+        auth.authenticate(&at(json!({"iss": [ISS]}))).await,
+        Err(AuthError::UnknownIssuer)
+    );
+}
+
+#[tokio::test]
+async fn algorithm_confusion_refused() {
+    let key = EcKey::new("k1");
+    let (auth, _dir) = ec_auth(&key);
+    let payload = claims("admin");
+    // alg none, with an empty and with a non-empty signature.
+    let none = json!({"alg": "none", "typ": "JWT"});
+    assert_eq!(
+        auth.authenticate(&raw_token(&none, &payload, b"")).await,
+        Err(AuthError::Malformed)
+    );
+    assert_eq!(
+        auth.authenticate(&raw_token(&none, &payload, b"x")).await,
+        Err(AuthError::AlgorithmNotAllowed)
+    );
+    // HS256 keyed with the public key, with and without kid.
+    let hmac = EncodingKey::from_secret(key.public_pem().as_bytes());
+    for kid in [Some("k1"), None] {
+        let token = sign(Algorithm::HS256, kid, &payload, &hmac);
+        assert_eq!(auth.authenticate(&token).await, Err(AuthError::AlgorithmNotAllowed));
+    }
+    // ES384 header naming a P-256 key; an RSA-signed token naming the EC key.
+    let p384 = EcKey::p384("k1");
+    assert_eq!(
+        auth.authenticate(&p384.sign(&payload)).await,
+        Err(AuthError::AlgorithmNotAllowed)
+    );
+    let rsa = sign_rsa(Algorithm::RS256, Some("k1"), &payload);
+    assert_eq!(auth.authenticate(&rsa).await, Err(AuthError::AlgorithmNotAllowed));
+    // An algorithm outside the issuer's allow-list.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = jwks_config(&dir, json!({"keys": [key.jwk()]}));
+    config.algorithms = vec!["RS256".into()];
+    let auth = Authenticator::new(vec![config]).expect("config");
+    assert_eq!(
+        auth.authenticate(&key.sign(&payload)).await,
+        Err(AuthError::AlgorithmNotAllowed)
+    );
+}
+
+#[tokio::test]
+async fn tampered_and_foreign_signatures_refused() {
+    let key = EcKey::new("k1");
+    let (auth, _dir) = ec_auth(&key);
+    let token = key.sign(&claims("alice"));
+    let parts: Vec<&str> = token.split('.').collect();
+    let forged_payload = raw_token(&json!({}), &claims("admin"), b"");
+    let forged_payload = forged_payload.split('.').nth(1).expect("payload");
+    let tampered = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
+    assert_eq!(auth.authenticate(&tampered).await, Err(AuthError::BadSignature));
+    let impostor = EcKey::new("k1");
+    assert_eq!(
+        auth.authenticate(&impostor.sign(&claims("alice"))).await,
+        Err(AuthError::BadSignature)
+    );
+    assert_eq!(
+        auth.authenticate(&impostor.sign_with(None, &claims("alice"))).await,
+        Err(AuthError::BadSignature)
+    );
+    assert_eq!(
+        auth.authenticate(&EcKey::new("k2").sign(&claims("alice"))).await,
+        Err(AuthError::UnknownKey)
+    );
+    assert_eq!(
+        auth.authenticate(&"a".repeat(17 * 1024)).await,
+        Err(AuthError::Malformed)
+    );
+    assert_eq!(auth.authenticate("").await, Err(AuthError::Missing));
+}
+
+#[tokio::test]
+async fn key_chosen_by_kid_or_tried_in_turn() {
+    let (a, b) = (EcKey::new("a"), EcKey::new("b"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwks = json!({"keys": [a.jwk(), b.jwk(), {"kty": "RSA", "n": RSA_N, "e": "AQAB"}]});
+    let auth = Authenticator::new(vec![jwks_config(&dir, jwks)]).expect("config");
+    assert!(auth.authenticate(&b.sign(&claims("x"))).await.is_ok());
+    assert!(auth.authenticate(&b.sign_with(None, &claims("x"))).await.is_ok());
+    assert!(
+        auth.authenticate(&sign_rsa(Algorithm::RS256, None, &claims("x")))
+            .await
+            .is_ok()
+    );
+    // The kid names a, but b signed it.
+    assert_eq!(
+        auth.authenticate(&b.sign_with(Some("a"), &claims("x"))).await,
+        Err(AuthError::BadSignature)
+    );
+}
+
+#[tokio::test]
+async fn identity_rules_applied() {
+    let key = EcKey::new("k1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = jwks_config(&dir, json!({"keys": [key.jwk()]}));
+    config.username_claim = "email".into();
+    config.username_prefix = "oidc:".into();
+    config.groups_prefix = "oidc:".into();
+    let auth = Authenticator::new(vec![config.clone()]).expect("config");
+    let at = |changes| key.sign(&with(claims("a"), changes));
+    let id = auth
+        .authenticate(&at(json!({"email": "a@x", "email_verified": true, "groups": "dev"})))
+        .await;
+    assert_eq!(
+        id.map(|i| (i.user, i.groups)),
+        Ok(("oidc:a@x".into(), vec!["oidc:dev".into()]))
+    );
+    let unverified = at(json!({"email": "a@x", "email_verified": false}));
+    assert!(matches!(
+        auth.authenticate(&unverified).await,
+        Err(AuthError::ClaimRejected(_))
+    ));
+    let injected = at(json!({"email": "a@x", "groups": ["dev\r\nImpersonate-User: admin"]}));
+    assert!(matches!(
+        auth.authenticate(&injected).await,
+        Err(AuthError::ClaimRejected(_))
+    ));
+    let nul = at(json!({"email": "a\0@x"}));
+    assert!(matches!(
+        auth.authenticate(&nul).await,
+        Err(AuthError::ClaimRejected(_))
+    ));
+
+    config.username_claim = "sub".into();
+    config.username_prefix = String::new();
+    config.groups_prefix = String::new();
+    let auth = Authenticator::new(vec![config.clone()]).expect("config");
+    let system_user = key.sign(&claims("system:kube-controller-manager"));
+    assert!(matches!(
+        auth.authenticate(&system_user).await,
+        Err(AuthError::ClaimRejected(_))
+    ));
+    let system_group = at(json!({"groups": ["dev", "system:masters"]}));
+    assert!(matches!(
+        auth.authenticate(&system_group).await,
+        Err(AuthError::ClaimRejected(_))
+    ));
+    config.allow_system_names = true;
+    let auth = Authenticator::new(vec![config]).expect("config");
+    assert_eq!(
+        auth.authenticate(&system_group).await.expect("allowed").groups,
+        ["dev", "system:masters"]
+    );
+}
+
+#[tokio::test]
+async fn issuer_picks_its_own_keys() {
+    let (a, b) = (EcKey::new("a"), EcKey::new("b"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_a = jwks_config(&dir, json!({"keys": [a.jwk()]}));
+    let mut config_b = IssuerConfig::new("https://b.example", vec![AUD.to_owned()]);
+    config_b.jwks_file = Some(write_file(&dir, "b.json", &json!({"keys": [b.jwk()]}).to_string()));
+    let auth = Authenticator::new(vec![config_a, config_b]).expect("config");
+    let from_b = b.sign(&with(claims("x"), json!({"iss": "https://b.example"})));
+    assert!(auth.authenticate(&from_b).await.is_ok());
+    // b's key claiming to be issuer a, with a's kid: a's key does not verify it.
+    assert_eq!(
+        auth.authenticate(&b.sign_with(Some("a"), &claims("x"))).await,
+        Err(AuthError::BadSignature)
+    );
+    assert!(!format!("{auth:?}").contains(&b.jwk()["x"].as_str().expect("x").to_owned()));
+}
+
+#[test]
+fn construction_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(matches!(Authenticator::new(Vec::new()), Err(ConfigError::NoIssuers)));
+    let key = EcKey::new("k");
+    let config = jwks_config(&dir, json!({"keys": [key.jwk()]}));
+    let twice = Authenticator::new(vec![config.clone(), config.clone()]);
+    assert!(matches!(twice, Err(ConfigError::DuplicateIssuer(_))));
+    let mut missing = config.clone();
+    missing.jwks_file = Some(dir.path().join("absent.json"));
+    assert!(matches!(
+        Authenticator::new(vec![missing]),
+        Err(ConfigError::ReadFile { .. })
+    ));
+    let bad = pem_config(&dir, &key.pair.serialize_pem());
+    assert!(matches!(Authenticator::new(vec![bad]), Err(ConfigError::Keys { .. })));
+    let mut hmac = config;
+    hmac.algorithms = vec!["HS256".into()];
+    assert!(matches!(
+        Authenticator::new(vec![hmac]),
+        Err(ConfigError::Algorithm { .. })
+    ));
+}

@@ -1,0 +1,584 @@
+//! Impersonation headers for requests leaving the agent for kube-apiserver.
+//!
+//! # Design
+//!
+//! The agent forwards every caller request to kube-apiserver with its own service-account token
+//! and asks the apiserver to treat the request as the caller's, through the `Impersonate-User`,
+//! `Impersonate-Uid`, `Impersonate-Group` and `Impersonate-Extra-<key>` headers. The caller's
+//! identity is an [`Identity`] built by another module from a verified token; this module never
+//! looks at tokens. The sequence for each outgoing request is "strip, set, then assert" ([`apply`]):
+//!
+//! 1. **Strip** ([`sanitize`]): remove, whatever their case or number, every header the caller
+//!    could use to claim an identity or to confuse the hop to the apiserver: every `impersonate-*`
+//!    header, `authorization`, `proxy-authorization`, every `x-remote-*` header (a superset of the
+//!    request-header authenticator's `X-Remote-User`, `X-Remote-Group`, `X-Remote-Extra-*`), the
+//!    hop-by-hop headers (`connection`, `keep-alive`, `proxy-connection`, `te`, `trailer`,
+//!    `transfer-encoding`, `upgrade`) and every header named in a `Connection` value. Names are
+//!    matched by lower-cased prefix: one rule per family, never a list of known names.
+//! 2. **Set**: insert the agent's own headers, replacing (never appending to) anything of the same
+//!    name, plus `Authorization: Bearer <agent token>` marked sensitive, plus `Connection: Upgrade`
+//!    and the caller's single `Upgrade` value when the caller asked for an upgrade (exec, attach and
+//!    port-forward need them; [`sanitize`] reports the upgrade so it survives step 1).
+//! 3. **Assert** ([`assert_only_ours`]): walk every header and fail unless each identity-bearing or
+//!    hop-by-hop header present is exactly one the agent just set, with the same count, values
+//!    and order, and every header the agent set is still there.
+//!
+//! Any failure is an [`ImpersonationError`]; the caller must answer 500 and must not forward. There
+//! is no fallback to the agent's own identity, and on error [`apply`] also removes every
+//! identity-bearing header (the agent's token included), so even a buggy caller that forwards
+//! anyway sends the request without credentials.
+//!
+//! # Threat model
+//!
+//! A hostile caller has a valid token for *some* identity and controls everything else in its
+//! request: header names in any case, repeated headers, header order, values with obs-text, and
+//! `Connection` tokens. It wants the apiserver to see a different user, uid, group or extra, or to
+//! have the request sent with the agent's (more privileged) identity. It cannot:
+//!
+//! - **Inject impersonation headers.** Rancher CVE-2021-31999 and CVE-2021-36776 forwarded
+//!   caller-supplied `Impersonate-*` headers alongside the proxy's credentials. Here every
+//!   `impersonate-*` name is removed whatever its suffix, and the assertion refuses any survivor.
+//! - **Slip through a forgotten name.** kube-oidc-proxy's deny-list removed `Impersonate-User`
+//!   and `Impersonate-Group` but forgot `Impersonate-Uid`. Matching is by prefix, and the final
+//!   assertion is an allow-list: only the exact headers the agent set may remain.
+//! - **Get appended to.** client-go's impersonating round tripper leaves a request alone when it
+//!   already carries `Impersonate-User` and *appends* to existing group and extra headers, so a
+//!   caller's `Impersonate-Group: system:masters` would be kept. The agent does not imitate it:
+//!   it replaces, and the assertion compares full value lists.
+//! - **Remove the agent's headers with `Connection`.** Headers named in `Connection` (for example
+//!   `Connection: Impersonate-User, Authorization`) are removed during the strip step, before the
+//!   agent sets its own, so the trick removes only caller headers.
+//! - **Smuggle with control bytes.** Caller header values containing CR, LF or NUL are refused
+//!   (defence in depth: `http`'s checked constructors already refuse them, only `unsafe` code
+//!   could build such a value; obs-text in other caller headers passes through untouched).
+//!   Identity values (user, uid, groups, extra values) must be printable ASCII or tab, with no
+//!   leading or trailing whitespace (HTTP parsers trim it, which would change the identity the
+//!   apiserver sees, e.g. `" system:masters"`); anything else is refused rather than re-encoded.
+//! - **Alias extra keys.** The apiserver lower-cases an `Impersonate-Extra-` suffix and then
+//!   percent-decodes it; client-go percent-encodes every byte that is not an RFC 7230 token byte,
+//!   and `%` itself. [`encode_extra_key`] does the same with upper-case hex and refuses keys with
+//!   upper-case ASCII letters, which the apiserver would silently fold; every encoded key is checked
+//!   to decode back to itself with [`decode_extra_key`].
+//!
+//! Errors name the header or identity field and the reason, never a value: caller values may be
+//! secrets (tokens) or contain bytes that would corrupt logs.
+
+use std::fmt;
+
+use http::header::{AUTHORIZATION, CONNECTION, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+#[cfg(test)]
+mod tests;
+
+/// Header name (lower case) for the impersonated user name.
+pub const IMPERSONATE_USER: &str = "impersonate-user";
+/// Header name (lower case) for the impersonated user's uid.
+pub const IMPERSONATE_UID: &str = "impersonate-uid";
+/// Header name (lower case) for one impersonated group; repeated once per group.
+pub const IMPERSONATE_GROUP: &str = "impersonate-group";
+/// Header name prefix (lower case) for impersonated extras; the encoded key follows it.
+pub const IMPERSONATE_EXTRA_PREFIX: &str = "impersonate-extra-";
+
+/// Prefix of every impersonation header, matched case-insensitively.
+const IMPERSONATE_PREFIX: &str = "impersonate-";
+/// Prefix of the apiserver request-header authenticator's headers, matched case-insensitively.
+const X_REMOTE_PREFIX: &str = "x-remote-";
+/// Hop-by-hop headers (RFC 7230 section 6.1 plus the legacy `proxy-connection` and `keep-alive`).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Bytes client-go escapes in extra keys: everything outside the RFC 7230 token set, plus `%`.
+const EXTRA_KEY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// The caller's identity, as established from a verified token (see [`crate::auth`]).
+pub use crate::auth::Identity;
+
+/// What [`sanitize`] removed that the caller must put back: the upgrade request, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sanitized {
+    /// The single `Upgrade` value, present only if `Connection` also carried the `upgrade` token.
+    pub upgrade: Option<HeaderValue>,
+}
+
+impl Sanitized {
+    /// Whether the request asked for a protocol upgrade (exec, attach, port-forward).
+    pub fn is_upgrade(&self) -> bool {
+        self.upgrade.is_some()
+    }
+}
+
+/// A byte that is not allowed where it was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadByte {
+    /// Carriage return (0x0D).
+    Cr,
+    /// Line feed (0x0A).
+    Lf,
+    /// NUL (0x00).
+    Nul,
+    /// Any other control character (C0 other than tab, DEL, or C1).
+    Control,
+    /// A byte outside ASCII.
+    NonAscii,
+}
+
+impl fmt::Display for BadByte {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BadByte::Cr => "a carriage return (CR)",
+            BadByte::Lf => "a line feed (LF)",
+            BadByte::Nul => "a NUL byte",
+            BadByte::Control => "a control character",
+            BadByte::NonAscii => "a non-ASCII byte",
+        })
+    }
+}
+
+/// Which part of an [`Identity`] an error is about; indexes, never values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityField {
+    /// [`Identity::user`].
+    User,
+    /// [`Identity::uid`].
+    Uid,
+    /// The group at this index of [`Identity::groups`].
+    Group(usize),
+    /// The key at this position in [`Identity::extra`] (sorted order).
+    ExtraKey(usize),
+    /// The value at index `value` of the extra key at position `key`.
+    ExtraValue {
+        /// Position of the key in [`Identity::extra`] (sorted order).
+        key: usize,
+        /// Index of the value in that key's list.
+        value: usize,
+    },
+}
+
+impl fmt::Display for IdentityField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdentityField::User => f.write_str("user"),
+            IdentityField::Uid => f.write_str("uid"),
+            IdentityField::Group(i) => write!(f, "group #{i}"),
+            IdentityField::ExtraKey(k) => write!(f, "extra key #{k}"),
+            IdentityField::ExtraValue { key, value } => write!(f, "value #{value} of extra key #{key}"),
+        }
+    }
+}
+
+/// Why impersonation headers could not be built or the request could not be made safe.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImpersonationError {
+    /// A caller header value contains CR, LF or NUL.
+    #[error("request header {name} has a value containing {byte}")]
+    CallerHeaderByte {
+        /// The offending header's name.
+        name: HeaderName,
+        /// The kind of byte found.
+        byte: BadByte,
+    },
+    /// The request carries more than one `Upgrade` header.
+    #[error("request has {count} Upgrade headers; at most one is allowed")]
+    MultipleUpgrade {
+        /// How many `Upgrade` headers were present.
+        count: usize,
+    },
+    /// The request asks for an upgrade with a blank `Upgrade` value.
+    #[error("request asks for an upgrade but its Upgrade header is blank")]
+    BlankUpgrade,
+    /// An identity field that must not be empty is empty.
+    #[error("identity {field} is empty")]
+    EmptyIdentityValue {
+        /// Which field.
+        field: IdentityField,
+    },
+    /// An identity field contains a byte that cannot be sent unchanged in a header.
+    #[error("identity {field} contains {byte} at byte offset {index}")]
+    IdentityByte {
+        /// Which field.
+        field: IdentityField,
+        /// Byte offset of the first offending byte.
+        index: usize,
+        /// The kind of byte found.
+        byte: BadByte,
+    },
+    /// An identity field starts or ends with whitespace, which HTTP parsers would trim.
+    #[error("identity {field} has leading or trailing whitespace")]
+    SurroundingWhitespace {
+        /// Which field.
+        field: IdentityField,
+    },
+    /// An extra key contains an upper-case ASCII letter, which the apiserver would lower-case.
+    #[error(
+        "identity {field} contains an upper-case ASCII letter at byte offset {index}; the apiserver lower-cases extra keys"
+    )]
+    UpperCaseExtraKey {
+        /// Which field.
+        field: IdentityField,
+        /// Byte offset of the first upper-case letter.
+        index: usize,
+    },
+    /// An extra key cannot be turned into a header name that decodes back to it.
+    #[error("identity {field} cannot be encoded as an Impersonate-Extra header name")]
+    UnencodableExtraKey {
+        /// Which field.
+        field: IdentityField,
+    },
+    /// The agent's bearer token is empty or not printable ASCII without spaces.
+    #[error("the agent's bearer token is empty or contains a byte not allowed in a bearer token")]
+    InvalidAgentBearer,
+    /// After setting, an identity-bearing or hop-by-hop header is present that the agent did not set.
+    #[error("header {name} is present but was not set by the agent")]
+    UnexpectedHeader {
+        /// The unexpected header's name.
+        name: HeaderName,
+    },
+    /// After setting, a header the agent set is missing or does not hold exactly the agent's values.
+    #[error("header {name} does not hold exactly the values the agent set")]
+    MismatchedHeader {
+        /// The header's name.
+        name: HeaderName,
+    },
+}
+
+/// Removes every header a caller must not control and reports whether the request is an upgrade.
+///
+/// Fails, leaving `headers` untouched, if any value contains CR, LF or NUL, or if there is more
+/// than one `Upgrade` header, or if an upgrade is requested with a blank `Upgrade` value.
+pub fn sanitize(headers: &mut HeaderMap) -> Result<Sanitized, ImpersonationError> {
+    for (name, value) in headers.iter() {
+        if let Some(byte) = line_breaking_byte(value.as_bytes()) {
+            return Err(ImpersonationError::CallerHeaderByte {
+                name: name.clone(),
+                byte,
+            });
+        }
+    }
+
+    let mut upgrade_requested = false;
+    let mut named_by_connection: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty() {
+                continue;
+            }
+            if token.eq_ignore_ascii_case(b"upgrade") {
+                upgrade_requested = true;
+            }
+            // A token that is not a valid header name cannot name a header in the map.
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                named_by_connection.push(name);
+            }
+        }
+    }
+
+    let count = headers.get_all(UPGRADE).iter().count();
+    if count > 1 {
+        return Err(ImpersonationError::MultipleUpgrade { count });
+    }
+    let upgrade = match headers.get(UPGRADE) {
+        Some(value) if upgrade_requested => {
+            if value.as_bytes().trim_ascii().is_empty() {
+                return Err(ImpersonationError::BlankUpgrade);
+            }
+            Some(value.clone())
+        }
+        _ => None,
+    };
+
+    for name in &named_by_connection {
+        headers.remove(name);
+    }
+    remove_controlled(headers);
+    Ok(Sanitized { upgrade })
+}
+
+/// Builds the impersonation headers for `identity`, in order: user, uid, groups, extras.
+pub fn impersonation_headers(identity: &Identity) -> Result<Vec<(HeaderName, HeaderValue)>, ImpersonationError> {
+    let extra_values: usize = identity.extra.values().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(2 + identity.groups.len() + extra_values);
+
+    out.push((
+        HeaderName::from_static(IMPERSONATE_USER),
+        identity_value(&identity.user, IdentityField::User, false)?,
+    ));
+    if let Some(uid) = &identity.uid {
+        out.push((
+            HeaderName::from_static(IMPERSONATE_UID),
+            identity_value(uid, IdentityField::Uid, false)?,
+        ));
+    }
+    for (i, group) in identity.groups.iter().enumerate() {
+        out.push((
+            HeaderName::from_static(IMPERSONATE_GROUP),
+            identity_value(group, IdentityField::Group(i), false)?,
+        ));
+    }
+    for (k, (key, values)) in identity.extra.iter().enumerate() {
+        let name = extra_header_name(key, IdentityField::ExtraKey(k))?;
+        for (v, value) in values.iter().enumerate() {
+            let field = IdentityField::ExtraValue { key: k, value: v };
+            out.push((name.clone(), identity_value(value, field, true)?));
+        }
+    }
+    Ok(out)
+}
+
+/// Percent-encodes an extra key as client-go does (upper-case hex), refusing keys the apiserver would alter.
+///
+/// Refuses empty keys, keys with control characters and keys with upper-case ASCII letters.
+pub fn encode_extra_key(key: &str) -> Result<String, ImpersonationError> {
+    encode_extra_key_as(key, IdentityField::ExtraKey(0))
+}
+
+/// Decodes an `Impersonate-Extra-` header suffix as kube-apiserver does: lower-case, then percent-decode.
+///
+/// Like Go's `url.PathUnescape` fallback in the apiserver, a suffix with a malformed `%` escape is
+/// returned lower-cased but otherwise unchanged. Returns `None` for a non-ASCII suffix (no header
+/// name can carry one) or when the decoded bytes are not UTF-8.
+pub fn decode_extra_key(suffix: &str) -> Option<String> {
+    if !suffix.is_ascii() {
+        return None;
+    }
+    let lower = suffix.to_ascii_lowercase();
+    let bytes = lower.as_bytes();
+    let well_formed = bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || matches!(
+                (bytes.get(i + 1), bytes.get(i + 2)),
+                (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit()
+            )
+    });
+    if !well_formed {
+        return Some(lower);
+    }
+    percent_decode_str(&lower).decode_utf8().ok().map(|s| s.into_owned())
+}
+
+/// Strips caller headers, sets the agent's impersonation and authorization headers, then asserts only those remain.
+///
+/// Returns what [`sanitize`] reported; when it is an upgrade, `Connection: Upgrade` and the
+/// `Upgrade` value are already back in `headers`. On error the request must not be forwarded; every
+/// identity-bearing and hop-by-hop header has then been removed, the agent's token included.
+pub fn apply(
+    headers: &mut HeaderMap,
+    identity: &Identity,
+    agent_bearer: &str,
+) -> Result<Sanitized, ImpersonationError> {
+    apply_with(headers, identity, agent_bearer, sanitize)
+}
+
+/// Fails unless every identity-bearing or hop-by-hop header in `headers` is exactly one of `expected`, and all of `expected` are present.
+///
+/// For each name, the values in `headers` must equal the values listed for that name in `expected`,
+/// in the same order and number.
+pub fn assert_only_ours(headers: &HeaderMap, expected: &[(HeaderName, HeaderValue)]) -> Result<(), ImpersonationError> {
+    for name in headers.keys() {
+        let wanted = values_for(expected, name);
+        if wanted.is_empty() {
+            if is_controlled(name) {
+                return Err(ImpersonationError::UnexpectedHeader { name: name.clone() });
+            }
+            continue;
+        }
+        if !headers.get_all(name).iter().eq(wanted.iter().copied()) {
+            return Err(ImpersonationError::MismatchedHeader { name: name.clone() });
+        }
+    }
+    for (name, _) in expected {
+        if !headers.contains_key(name) {
+            return Err(ImpersonationError::MismatchedHeader { name: name.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// [`apply`] with the strip step passed in, so tests can show that set and assert hold on their own.
+fn apply_with(
+    headers: &mut HeaderMap,
+    identity: &Identity,
+    agent_bearer: &str,
+    strip: impl FnOnce(&mut HeaderMap) -> Result<Sanitized, ImpersonationError>,
+) -> Result<Sanitized, ImpersonationError> {
+    let result = strip_set_assert(headers, identity, agent_bearer, strip);
+    if result.is_err() {
+        remove_controlled(headers);
+    }
+    result
+}
+
+/// Strip with `strip`, set the agent's headers, then assert; on error [`apply_with`] scrubs the map.
+fn strip_set_assert(
+    headers: &mut HeaderMap,
+    identity: &Identity,
+    agent_bearer: &str,
+    strip: impl FnOnce(&mut HeaderMap) -> Result<Sanitized, ImpersonationError>,
+) -> Result<Sanitized, ImpersonationError> {
+    let mut expected = impersonation_headers(identity)?;
+    expected.push((AUTHORIZATION, bearer_value(agent_bearer)?));
+
+    let sanitized = strip(headers)?;
+    if let Some(upgrade) = &sanitized.upgrade {
+        expected.push((CONNECTION, HeaderValue::from_static("Upgrade")));
+        expected.push((UPGRADE, upgrade.clone()));
+    }
+
+    // Replace, never append to what is there: clear every name first, then add ours in order.
+    for (name, _) in &expected {
+        headers.remove(name);
+    }
+    for (name, value) in &expected {
+        headers.append(name.clone(), value.clone());
+    }
+
+    assert_only_ours(headers, &expected)?;
+    Ok(sanitized)
+}
+
+/// The values listed for `name` in `expected`, in order.
+fn values_for<'a>(expected: &'a [(HeaderName, HeaderValue)], name: &HeaderName) -> Vec<&'a HeaderValue> {
+    expected.iter().filter(|(n, _)| n == name).map(|(_, v)| v).collect()
+}
+
+/// Removes every identity-bearing and hop-by-hop header.
+fn remove_controlled(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers.keys().filter(|name| is_controlled(name)).cloned().collect();
+    for name in &doomed {
+        headers.remove(name);
+    }
+}
+
+/// Whether a caller must never control this header (identity-bearing or hop-by-hop).
+fn is_controlled(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    starts_with_ignore_case(name, IMPERSONATE_PREFIX)
+        || starts_with_ignore_case(name, X_REMOTE_PREFIX)
+        || name.eq_ignore_ascii_case(AUTHORIZATION.as_str())
+        || name.eq_ignore_ascii_case("proxy-authorization")
+        || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Case-insensitive ASCII prefix test that cannot panic on any input.
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
+/// The first CR, LF or NUL in a caller header value, if any.
+fn line_breaking_byte(bytes: &[u8]) -> Option<BadByte> {
+    bytes.iter().find_map(|&b| match b {
+        b'\r' => Some(BadByte::Cr),
+        b'\n' => Some(BadByte::Lf),
+        0 => Some(BadByte::Nul),
+        _ => None,
+    })
+}
+
+/// Classifies a byte of an identity value: printable ASCII, space and tab pass.
+fn identity_byte_problem(b: u8) -> Option<BadByte> {
+    match b {
+        b'\r' => Some(BadByte::Cr),
+        b'\n' => Some(BadByte::Lf),
+        0 => Some(BadByte::Nul),
+        b'\t' | 0x20..=0x7e => None,
+        0x80..=0xff => Some(BadByte::NonAscii),
+        _ => Some(BadByte::Control),
+    }
+}
+
+/// Validates an identity value and turns it into a header value that the apiserver reads back unchanged.
+fn identity_value(s: &str, field: IdentityField, allow_empty: bool) -> Result<HeaderValue, ImpersonationError> {
+    if s.is_empty() {
+        if allow_empty {
+            return Ok(HeaderValue::from_static(""));
+        }
+        return Err(ImpersonationError::EmptyIdentityValue { field });
+    }
+    if let Some((index, byte)) = s
+        .bytes()
+        .enumerate()
+        .find_map(|(i, b)| identity_byte_problem(b).map(|p| (i, p)))
+    {
+        return Err(ImpersonationError::IdentityByte { field, index, byte });
+    }
+    if s.trim_ascii() != s {
+        return Err(ImpersonationError::SurroundingWhitespace { field });
+    }
+    HeaderValue::from_str(s).map_err(|_| ImpersonationError::IdentityByte {
+        field,
+        index: 0,
+        byte: BadByte::Control,
+    })
+}
+
+/// Encodes an extra key for `field`, refusing what the apiserver would not read back unchanged.
+fn encode_extra_key_as(key: &str, field: IdentityField) -> Result<String, ImpersonationError> {
+    if key.is_empty() {
+        return Err(ImpersonationError::EmptyIdentityValue { field });
+    }
+    if let Some(index) = key.bytes().position(|b| b.is_ascii_uppercase()) {
+        return Err(ImpersonationError::UpperCaseExtraKey { field, index });
+    }
+    if let Some((index, c)) = key.char_indices().find(|(_, c)| c.is_control()) {
+        let byte = match c {
+            '\r' => BadByte::Cr,
+            '\n' => BadByte::Lf,
+            '\0' => BadByte::Nul,
+            _ => BadByte::Control,
+        };
+        return Err(ImpersonationError::IdentityByte { field, index, byte });
+    }
+    Ok(utf8_percent_encode(key, EXTRA_KEY_ESCAPE).to_string())
+}
+
+/// Builds the `Impersonate-Extra-` header name for `key` and checks that it decodes back to `key`.
+fn extra_header_name(key: &str, field: IdentityField) -> Result<HeaderName, ImpersonationError> {
+    let encoded = encode_extra_key_as(key, field)?;
+    let name = HeaderName::try_from(format!("{IMPERSONATE_EXTRA_PREFIX}{encoded}"))
+        .map_err(|_| ImpersonationError::UnencodableExtraKey { field })?;
+    let suffix = name
+        .as_str()
+        .strip_prefix(IMPERSONATE_EXTRA_PREFIX)
+        .ok_or(ImpersonationError::UnencodableExtraKey { field })?;
+    if decode_extra_key(suffix).as_deref() != Some(key) {
+        return Err(ImpersonationError::UnencodableExtraKey { field });
+    }
+    Ok(name)
+}
+
+/// Builds `Bearer <token>` marked sensitive, refusing tokens that are empty or not printable ASCII without spaces.
+fn bearer_value(token: &str) -> Result<HeaderValue, ImpersonationError> {
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ImpersonationError::InvalidAgentBearer);
+    }
+    let mut value =
+        HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| ImpersonationError::InvalidAgentBearer)?;
+    value.set_sensitive(true);
+    Ok(value)
+}
