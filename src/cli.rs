@@ -1,6 +1,8 @@
 //! Command-line interface of the `hawser` binary.
 
-use clap::Parser;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Reach a Kubernetes API server from anywhere, without an inbound port.
 ///
@@ -8,5 +10,116 @@ use clap::Parser;
 /// plain kubectl through the relay, and the agent forwards to kube-apiserver
 /// with Kubernetes user impersonation, so RBAC decides.
 #[derive(Debug, Parser)]
-#[command(name = "hawser", version, about, long_about, arg_required_else_help = true)]
-pub struct Cli {}
+#[command(name = "hawser", version, about, long_about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay: the callers' front door and the agents' QUIC listener.
+    Relay {
+        /// The relay's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the agent: dial out to the relay and serve kube-apiserver through it.
+    Agent {
+        /// The agent's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the caller's token as a kubectl exec credential, or issue a token.
+    Token(TokenArgs),
+    /// Print a kubeconfig whose server is the relay and whose user runs `hawser token`.
+    Kubeconfig(KubeconfigArgs),
+    /// Serve a local endpoint that forwards kubectl to the relay with your token.
+    Proxy(ProxyArgs),
+}
+
+/// `hawser token`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct TokenArgs {
+    /// Issue a token instead of printing one.
+    #[command(subcommand)]
+    pub issue: Option<TokenCommand>,
+    /// File holding the caller's token (else the HAWSER_TOKEN variable).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `hawser token issue`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Sign a token with the relay's built-in issuer.
+    Issue {
+        /// The relay's configuration (for its issuer and signing key).
+        #[arg(long)]
+        config: PathBuf,
+        /// The token's subject (the Kubernetes username, after the agent's prefix).
+        #[arg(long)]
+        subject: String,
+        /// A group of the subject; repeat for several.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Lifetime such as 30m, 1h or 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+/// `hawser kubeconfig`.
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// The relay's base URL, e.g. https://relay.example.com.
+    #[arg(long)]
+    pub relay: String,
+    /// A cluster to add a context for; repeat for several (the first is current).
+    #[arg(long = "cluster", required = true)]
+    pub clusters: Vec<String>,
+    /// CA certificate that signs the relay's certificate (embedded in the kubeconfig).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Token file the exec plugin reads (else it reads HAWSER_TOKEN at run time).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `hawser proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// The relay's base URL, e.g. https://relay.example.com.
+    #[arg(long)]
+    pub relay: String,
+    /// A cluster to serve; repeat for several.
+    #[arg(long = "cluster", required = true)]
+    pub clusters: Vec<String>,
+    /// Local port on 127.0.0.1; 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Kubeconfig to merge the contexts into (else KUBECONFIG, else ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// File holding your relay token (else the HAWSER_TOKEN variable).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate that signs the relay's certificate (else the system's CAs).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+}

@@ -6,6 +6,18 @@
 //! This library holds every part; the `hawser` binary is a thin entry point.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod auth;
 pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod forward;
 pub mod impersonation;
+pub mod proto;
+pub mod relay;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;
+pub mod tls;
+pub mod tunnel;

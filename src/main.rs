@@ -1,8 +1,29 @@
 //! The `hawser` binary: parses the command line and hands over to the library.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use std::process::ExitCode;
 
-fn main() {
-    let _cli = hawser::cli::Cli::parse();
+use clap::Parser;
+use hawser::cli::Cli;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    hawser::telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hawser: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(hawser::commands::run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hawser: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -92,16 +92,7 @@ fn watch_sees_change(tb: &Testbed, route: &dyn Route) -> Result<()> {
     tb.admin()
         .ok(&["create", "configmap", "watched", "-n", &ns, "--from-literal=v=one"])?;
     let (kubectl, _) = route.admin(tb)?;
-    let mut watch = kubectl.spawn(&[
-        "get",
-        "configmap",
-        "watched",
-        "-n",
-        &ns,
-        "--watch",
-        "-o",
-        "jsonpath={.data.v}{\"\\n\"}",
-    ])?;
+    let mut watch = kubectl.watch_values(&ns, "watched")?;
     watch.wait_for_line("the initial value", LINE_DEADLINE, |l| l == "one")?;
     tb.admin().ok(&[
         "patch",
@@ -230,23 +221,7 @@ fn port_forward_roundtrip(tb: &Testbed, kubectl: &Kubectl, protocol: &str) -> Re
     let ns = tb.namespace(&format!("forward-{protocol}"))?;
     tb.running_pod(&ns, "server", &PodSpec::default())?;
     let echo_port = net::echo_server()?;
-    let mut forward = kubectl.spawn(&[
-        "port-forward",
-        "-v=7",
-        "-n",
-        &ns,
-        "pod/server",
-        &format!(":{echo_port}"),
-    ])?;
-    let line = forward.wait_for_line("the local port", LINE_DEADLINE, |l| {
-        l.starts_with("Forwarding from 127.0.0.1:")
-    })?;
-    let local_port: u16 = line
-        .trim_start_matches("Forwarding from 127.0.0.1:")
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .with_context(|| format!("no port in {line:?}"))?;
+    let (forward, local_port) = kubectl.port_forward(&ns, "pod/server", echo_port, &["-v=7"])?;
 
     let data = pattern(SIZE);
     let mut conn = TcpStream::connect(("127.0.0.1", local_port))?;

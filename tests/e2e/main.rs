@@ -8,13 +8,14 @@
 mod baseline;
 mod routes;
 mod support;
+mod tunnel;
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use libtest_mimic::{Arguments, Trial};
 
-use routes::{Direct, Route};
+use routes::{Deployment, Direct, Route, ViaKubeconfig, ViaProxy};
 use support::Testbed;
 
 /// The shared control plane, started by whichever test needs it first.
@@ -44,7 +45,12 @@ impl Fixture {
 fn main() -> ExitCode {
     let args = Arguments::from_args();
     let fixture = Arc::new(Fixture::default());
-    let routes: Vec<Arc<dyn Route>> = vec![Arc::new(Direct)];
+    let deployment = Arc::new(Deployment::default());
+    let routes: Vec<Arc<dyn Route>> = vec![
+        Arc::new(Direct),
+        Arc::new(ViaKubeconfig(deployment.clone())),
+        Arc::new(ViaProxy::new(deployment.clone())),
+    ];
 
     let mut trials = Vec::new();
     for route in &routes {
@@ -57,7 +63,17 @@ fn main() -> ExitCode {
         }
     }
 
+    for &(name, test) in tunnel::TESTS {
+        let (fixture, deployment) = (fixture.clone(), deployment.clone());
+        trials.push(Trial::test(format!("tunnel::{name}"), move || {
+            let testbed = fixture.get()?;
+            test(&testbed, &deployment).map_err(|e| format!("{e:#}").into())
+        }));
+    }
+
     let conclusion = libtest_mimic::run(&args, trials);
+    drop(routes);
+    deployment.shutdown();
     fixture.shutdown();
     if conclusion.has_failed() {
         ExitCode::from(101)

@@ -2,8 +2,15 @@
 //! runs unchanged over every route; a route only decides which kubeconfig
 //! (and so which path and identity) kubectl uses.
 
-use anyhow::Result;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use anyhow::{Result, ensure};
+
+use crate::support::binaries::binaries;
+use crate::support::hawser::{CLUSTER, Hawser, hawser_bin};
+use crate::support::process::Background;
 use crate::support::{Kubectl, Testbed};
 
 /// One way for kubectl to reach the cluster.
@@ -37,5 +44,112 @@ impl Route for Direct {
         tb.bind_role(namespace, "cluster-admin", &user)?;
         let kubeconfig = tb.token_kubeconfig(&format!("{namespace}-restricted"), &token)?;
         Ok((Kubectl::new(tb.kubectl_bin(), &kubeconfig), user))
+    }
+}
+
+/// The Hawser deployment the tunnel routes share, started on first use.
+#[derive(Default)]
+pub struct Deployment {
+    hawser: Mutex<Option<Result<Arc<Hawser>, String>>>,
+}
+
+impl Deployment {
+    /// The running relay and agent, started on first call.
+    pub fn get(&self, tb: &Testbed) -> Result<Arc<Hawser>> {
+        let mut slot = self.hawser.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert_with(|| {
+            Hawser::start(tb)
+                .map(Arc::new)
+                .map_err(|e| format!("starting hawser: {e:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+    }
+
+    /// Stops relay and agent.
+    pub fn shutdown(&self) {
+        drop(self.hawser.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+/// The username and groups of the namespace-restricted caller for `namespace`.
+fn restricted_caller(tb: &Testbed, namespace: &str) -> Result<String> {
+    let user = format!("dev-{namespace}");
+    tb.bind_role(namespace, "cluster-admin", &user)?;
+    Ok(user)
+}
+
+/// kubectl → relay → agent → apiserver, with a `hawser kubeconfig` whose user runs `hawser token`.
+pub struct ViaKubeconfig(pub Arc<Deployment>);
+
+impl Route for ViaKubeconfig {
+    fn name(&self) -> &'static str {
+        "kubeconfig"
+    }
+
+    fn admin(&self, tb: &Testbed) -> Result<(Kubectl, String)> {
+        Ok((
+            self.0.get(tb)?.kubeconfig_route("hawser-admin", &[])?,
+            "hawser-admin".into(),
+        ))
+    }
+
+    fn restricted(&self, tb: &Testbed, namespace: &str) -> Result<(Kubectl, String)> {
+        let user = restricted_caller(tb, namespace)?;
+        Ok((self.0.get(tb)?.kubeconfig_route(&user, &["dev"])?, user))
+    }
+}
+
+/// kubectl → `hawser proxy` on 127.0.0.1 → relay → agent → apiserver.
+pub struct ViaProxy {
+    deployment: Arc<Deployment>,
+    proxies: Mutex<Vec<Background>>,
+}
+
+impl ViaProxy {
+    /// A proxy route on the shared deployment.
+    pub fn new(deployment: Arc<Deployment>) -> Self {
+        Self {
+            deployment,
+            proxies: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn proxy_for(&self, tb: &Testbed, subject: &str, groups: &[&str]) -> Result<Kubectl> {
+        let hawser = self.deployment.get(tb)?;
+        let token_file = hawser.token_file(subject, groups)?;
+        let kubeconfig = hawser.dir().join(format!("{subject}.proxy.kubeconfig"));
+        let mut cmd = Command::new(hawser_bin());
+        cmd.args(["proxy", "--relay", &hawser.relay_url, "--cluster", CLUSTER, "--ca-file"])
+            .arg(&hawser.relay_ca)
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig);
+        let mut proxy = Background::spawn(cmd)?;
+        let line = proxy.wait_for_line("the proxy's listening line", Duration::from_secs(30), |l| {
+            l.starts_with("hawser proxy listening on 127.0.0.1:")
+        })?;
+        ensure!(
+            line.contains("hawser-testbed"),
+            "the proxy did not name its context: {line}"
+        );
+        self.proxies.lock().unwrap().push(proxy);
+        Ok(Kubectl::new(&binaries()?.kubectl, &kubeconfig))
+    }
+}
+
+impl Route for ViaProxy {
+    fn name(&self) -> &'static str {
+        "proxy"
+    }
+
+    fn admin(&self, tb: &Testbed) -> Result<(Kubectl, String)> {
+        Ok((self.proxy_for(tb, "hawser-admin", &[])?, "hawser-admin".into()))
+    }
+
+    fn restricted(&self, tb: &Testbed, namespace: &str) -> Result<(Kubectl, String)> {
+        let user = restricted_caller(tb, namespace)?;
+        Ok((self.proxy_for(tb, &user, &["dev"])?, user))
     }
 }

@@ -7,6 +7,8 @@
 pub mod binaries;
 pub mod certs;
 pub mod cluster;
+pub mod hawser;
+pub mod https;
 pub mod kubectl;
 pub mod net;
 pub mod process;

@@ -215,37 +215,47 @@ impl Testbed {
     /// Creates a service account and returns a token for it (TokenRequest API).
     pub fn service_account_token(&self, namespace: &str, name: &str) -> Result<String> {
         let admin = self.admin();
-        admin.ok(&["create", "serviceaccount", name, "-n", namespace])?;
+        admin.create_or_exists(&["create", "serviceaccount", name, "-n", namespace])?;
         let token = admin.ok(&["create", "token", name, "-n", namespace, "--duration=1h"])?;
         Ok(token.trim().to_owned())
     }
 
     /// Binds `cluster_role` to `user` in `namespace` and waits until RBAC enforces it.
     pub fn bind_role(&self, namespace: &str, cluster_role: &str, user: &str) -> Result<()> {
-        let admin = self.admin();
-        let binding = format!("{cluster_role}-{}", user.replace(':', "-"));
-        admin.ok(&[
-            "create",
-            "rolebinding",
-            &binding,
-            &format!("--clusterrole={cluster_role}"),
-            &format!("--user={user}"),
-            "-n",
+        self.bind(
             namespace,
-        ])?;
+            cluster_role,
+            &format!("--user={user}"),
+            &[&format!("--as={user}")],
+        )
+    }
+
+    /// Binds `cluster_role` to `group` in `namespace` and waits until RBAC enforces it.
+    pub fn bind_group_role(&self, namespace: &str, cluster_role: &str, group: &str) -> Result<()> {
+        let probe = [format!("--as=probe-of-{group}"), format!("--as-group={group}")];
+        self.bind(
+            namespace,
+            cluster_role,
+            &format!("--group={group}"),
+            &[&probe[0], &probe[1]],
+        )
+    }
+
+    fn bind(&self, namespace: &str, cluster_role: &str, subject: &str, as_subject: &[&str]) -> Result<()> {
+        let admin = self.admin();
+        let binding = format!(
+            "{cluster_role}-{}",
+            subject.trim_start_matches("--").replace([':', '='], "-")
+        );
+        let role = format!("--clusterrole={cluster_role}");
+        admin.ok(&["create", "rolebinding", &binding, &role, subject, "-n", namespace])?;
+        let mut can_i = vec!["auth", "can-i", "list", "pods", "-n", namespace];
+        can_i.extend_from_slice(as_subject);
         wait_for(
-            &format!("{user} to be allowed in {namespace}"),
+            &format!("{subject} to be allowed in {namespace}"),
             Duration::from_secs(30),
             || {
-                let out = admin.run(&[
-                    "auth",
-                    "can-i",
-                    "list",
-                    "pods",
-                    "-n",
-                    namespace,
-                    &format!("--as={user}"),
-                ])?;
+                let out = admin.run(&can_i)?;
                 Ok(String::from_utf8_lossy(&out.stdout).trim().eq("yes").then_some(()))
             },
         )

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use super::process::{Background, run_with_deadline};
 
@@ -35,6 +35,12 @@ impl Kubectl {
         let mut next = self.clone();
         next.env.push((key.to_owned(), value.to_owned()));
         next
+    }
+
+    /// The kubeconfig this kubectl uses.
+    #[allow(dead_code)] // used by the demo target
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
     }
 
     /// A `Command` for kubectl with these arguments, not yet started.
@@ -73,6 +79,54 @@ impl Kubectl {
     /// Runs kubectl with `stdin` and requires success; returns stdout.
     pub fn ok_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Result<String> {
         check(args, self.run_with_stdin(args, stdin)?)
+    }
+
+    /// Runs a `create` and accepts that the object exists already.
+    pub fn create_or_exists(&self, args: &[&str]) -> Result<()> {
+        let out = self.run(args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || stderr.contains("AlreadyExists") || stderr.contains("already exists") {
+            return Ok(());
+        }
+        check(args, out).map(drop)
+    }
+
+    /// Starts `kubectl port-forward` from a free local port to `target`'s
+    /// `port` and returns it with the local port, once kubectl listens.
+    pub fn port_forward(&self, namespace: &str, target: &str, port: u16, extra: &[&str]) -> Result<(Background, u16)> {
+        let remote = format!(":{port}");
+        let mut args = vec!["port-forward", "-n", namespace, target, &remote];
+        args.extend_from_slice(extra);
+        let mut forward = self.spawn(&args)?;
+        const PREFIX: &str = "Forwarding from 127.0.0.1:";
+        let line = forward.wait_for_line("the local port", COMMAND_DEADLINE, |l| l.starts_with(PREFIX))?;
+        let local = line[PREFIX.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no port in {line:?}"))?;
+        Ok((forward, local))
+    }
+
+    /// Watches ConfigMap `name`, printing its `data.v` once, then on every change.
+    ///
+    /// A list watch with a field selector, not `get NAME -w`: for a named
+    /// object kubectl watches from resourceVersion 0 and drops the first event
+    /// as already printed, so a change made before its watch is established is
+    /// lost. A list watch continues from the list's resourceVersion.
+    pub fn watch_values(&self, namespace: &str, name: &str) -> Result<Background> {
+        let selector = format!("--field-selector=metadata.name={name}");
+        self.spawn(&[
+            "get",
+            "configmaps",
+            "-n",
+            namespace,
+            &selector,
+            "--watch",
+            "--no-headers",
+            "-o",
+            "custom-columns=V:.data.v",
+        ])
     }
 
     /// Starts a long-running kubectl (watch, logs -f, port-forward).

@@ -2,6 +2,8 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 
 use anyhow::Result;
@@ -38,4 +40,26 @@ fn echo(mut conn: TcpStream) {
         }
     }
     let _ = conn.shutdown(Shutdown::Both);
+}
+
+/// A TCP server on 127.0.0.1 that writes to every connection as fast as it
+/// is read, forever; the counter says how many bytes it has written.
+pub fn firehose_server() -> Result<(u16, Arc<AtomicU64>)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let written = Arc::new(AtomicU64::new(0));
+    let counter = written.clone();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let counter = counter.clone();
+            thread::spawn(move || {
+                let chunk = vec![0x5au8; 64 * 1024];
+                while let Ok(n) = conn.write(&chunk) {
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    Ok((port, written))
 }

@@ -228,6 +228,13 @@ impl Background {
         }
     }
 
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
+        wait_for(&format!("{} to exit", self.description), within, || {
+            Ok(self.child.try_wait()?)
+        })
+    }
+
     /// What the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

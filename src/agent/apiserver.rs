@@ -1,0 +1,224 @@
+//! The agent's client for kube-apiserver: the cluster CA is verified, the
+//! agent's own bearer token is re-read from its file so rotation works, and
+//! the only host it ever dials is the apiserver of its configuration.
+//!
+//! Ordinary requests share HTTP/2 connections; upgrades and long-running
+//! requests (watch, follow) use HTTP/1.1 connections of their own so they
+//! never queue behind an HTTP/2 connection's stream limit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use http::Uri;
+use serde::Deserialize;
+
+use crate::config::ApiserverConfig;
+use crate::forward::{HttpsClient, https_client};
+
+const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+/// How long a token read from file is used before reading the file again.
+const TOKEN_REFRESH: Duration = Duration::from_secs(10);
+
+/// Why the apiserver client could not be set up or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiserverError {
+    /// The kubeconfig or in-cluster files.
+    #[error("apiserver configuration: {0}")]
+    Config(String),
+    /// TLS set-up.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// The apiserver and the agent's credential for it.
+pub struct Apiserver {
+    base: Uri,
+    shared: HttpsClient,
+    dedicated: HttpsClient,
+    token: TokenSource,
+}
+
+enum TokenSource {
+    Static(String),
+    File {
+        path: PathBuf,
+        cached: Mutex<Option<(String, Instant)>>,
+    },
+}
+
+impl Apiserver {
+    /// From a kubeconfig's current context, or the in-cluster service account.
+    pub fn from_config(config: &ApiserverConfig) -> Result<Self, ApiserverError> {
+        let (server, roots, token) = match &config.kubeconfig {
+            Some(path) => from_kubeconfig(path)?,
+            None => in_cluster()?,
+        };
+        let base: Uri = server
+            .parse()
+            .map_err(|_| ApiserverError::Config(format!("bad server URL {server:?}")))?;
+        if base.scheme_str() != Some("https") {
+            return Err(ApiserverError::Config(format!(
+                "the apiserver must be https, not {server}"
+            )));
+        }
+        let tls = crate::tls::client_config(roots, &[])?;
+        let shared = https_client(tls.clone(), true);
+        let dedicated = https_client(tls, false);
+        Ok(Self {
+            base,
+            shared,
+            dedicated,
+            token,
+        })
+    }
+
+    /// The apiserver URI for a request's path and query (never another host).
+    pub fn uri_for(&self, uri: &Uri) -> Result<Uri, ApiserverError> {
+        let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let base_path = self.base.path().trim_end_matches('/');
+        Uri::builder()
+            .scheme("https")
+            .authority(self.base.authority().map_or("", |a| a.as_str()))
+            .path_and_query(format!("{base_path}{path_and_query}"))
+            .build()
+            .map_err(|e| ApiserverError::Config(e.to_string()))
+    }
+
+    /// The client for a request: dedicated connections for upgrades and long-running requests.
+    pub fn client(&self, long_running: bool) -> &HttpsClient {
+        if long_running { &self.dedicated } else { &self.shared }
+    }
+
+    /// The agent's bearer token, re-read from file when stale.
+    pub fn token(&self) -> Result<String, ApiserverError> {
+        match &self.token {
+            TokenSource::Static(token) => Ok(token.clone()),
+            TokenSource::File { path, cached } => {
+                let mut cached = cached.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((token, at)) = cached.as_ref()
+                    && at.elapsed() < TOKEN_REFRESH
+                {
+                    return Ok(token.clone());
+                }
+                let token = read_token(path)?;
+                *cached = Some((token.clone(), Instant::now()));
+                Ok(token)
+            }
+        }
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, ApiserverError> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| ApiserverError::Config(format!("reading token {}: {e}", path.display())))?;
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        return Err(ApiserverError::Config(format!(
+            "token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+fn in_cluster() -> Result<(String, rustls::RootCertStore, TokenSource), ApiserverError> {
+    let host = std::env::var("KUBERNETES_SERVICE_HOST")
+        .map_err(|_| ApiserverError::Config("not in a pod (KUBERNETES_SERVICE_HOST unset) and no kubeconfig".into()))?;
+    let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let roots = crate::tls::root_store(Path::new(IN_CLUSTER_CA))?;
+    let token = TokenSource::File {
+        path: IN_CLUSTER_TOKEN.into(),
+        cached: Mutex::new(None),
+    };
+    Ok((format!("https://{host}:{port}"), roots, token))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Kubeconfig {
+    #[serde(default)]
+    clusters: Vec<Named<KubeCluster>>,
+    #[serde(default)]
+    users: Vec<Named<KubeUser>>,
+    #[serde(default)]
+    contexts: Vec<Named<KubeContext>>,
+    current_context: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Named<T> {
+    name: String,
+    #[serde(alias = "cluster", alias = "user", alias = "context")]
+    value: T,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct KubeCluster {
+    server: String,
+    certificate_authority: Option<PathBuf>,
+    certificate_authority_data: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct KubeUser {
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct KubeContext {
+    cluster: String,
+    user: String,
+}
+
+fn from_kubeconfig(path: &Path) -> Result<(String, rustls::RootCertStore, TokenSource), ApiserverError> {
+    let bad = |m: String| ApiserverError::Config(format!("kubeconfig {}: {m}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let kc: Kubeconfig = serde_yaml_ng::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let current = kc
+        .current_context
+        .as_deref()
+        .ok_or_else(|| bad("no current-context".into()))?;
+    let context = find(&kc.contexts, current).ok_or_else(|| bad(format!("no context {current}")))?;
+    let cluster = find(&kc.clusters, &context.cluster).ok_or_else(|| bad(format!("no cluster {}", context.cluster)))?;
+    let user = find(&kc.users, &context.user).ok_or_else(|| bad(format!("no user {}", context.user)))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+
+    let roots = match (&cluster.certificate_authority, &cluster.certificate_authority_data) {
+        (_, Some(data)) => {
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| bad(e.to_string()))?;
+            crate::tls::roots_of(crate::tls::parse_certs(&pem, "certificate-authority-data")?)?
+        }
+        (Some(file), None) => crate::tls::root_store(&base.join(file))?,
+        (None, None) => {
+            return Err(bad(
+                "the cluster has no certificate-authority: refusing to trust the system roots".into(),
+            ));
+        }
+    };
+    let token = match (&user.token, &user.token_file) {
+        (Some(token), _) => TokenSource::Static(token.clone()),
+        (None, Some(file)) => TokenSource::File {
+            path: base.join(file),
+            cached: Mutex::new(None),
+        },
+        (None, None) => {
+            return Err(bad(
+                "the user has no token or tokenFile (the agent impersonates with a bearer token)".into(),
+            ));
+        }
+    };
+    Ok((cluster.server.clone(), roots, token))
+}
+
+fn find<'a, T>(items: &'a [Named<T>], name: &str) -> Option<&'a T> {
+    items.iter().find(|i| i.name == name).map(|i| &i.value)
+}

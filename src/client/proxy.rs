@@ -1,0 +1,245 @@
+//! `hawser proxy`: the equivalent of `az connectedk8s proxy`.
+//!
+//! A local HTTPS endpoint on 127.0.0.1 forwards to the relay with the
+//! caller's token. Threat model: other local users can reach a loopback
+//! port, so the endpoint accepts only requests that carry this run's secret
+//! (written into the caller's kubeconfig, mode 0600) and answers 401 to
+//! anything else, before anything is forwarded. The caller's relay token is
+//! added here and never written to the kubeconfig.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::header::{AUTHORIZATION, HOST, HeaderValue};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rand::RngCore;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument, debug, info_span};
+
+use super::ClientError;
+use super::kubeconfig::{Entry, User};
+use crate::forward::{self, Body, HttpsClient, boxed, https_client};
+use crate::status::HttpError;
+
+/// What `hawser proxy` was asked to do.
+#[derive(Debug)]
+pub struct ProxyOptions {
+    /// Relay base URL, e.g. `https://relay.example.com`.
+    pub relay: Uri,
+    /// Clusters to expose.
+    pub clusters: Vec<String>,
+    /// Local port (0 picks a free one).
+    pub port: u16,
+    /// The kubeconfig to merge contexts into.
+    pub kubeconfig: PathBuf,
+    /// The caller's relay token.
+    pub token: crate::config::Secret,
+    /// CA that signs the relay's certificate; the system roots if absent.
+    pub relay_ca: Option<PathBuf>,
+}
+
+struct ProxyState {
+    relay: Uri,
+    clusters: Vec<String>,
+    secret: String,
+    token: crate::config::Secret,
+    shared: HttpsClient,
+    dedicated: HttpsClient,
+}
+
+/// A bound proxy whose contexts are written, not yet serving.
+pub struct Proxy {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<ProxyState>,
+    /// The contexts written to the kubeconfig.
+    pub contexts: Vec<String>,
+}
+
+impl Proxy {
+    /// Binds the local endpoint and merges one context per cluster into the kubeconfig.
+    pub async fn bind(options: ProxyOptions) -> Result<Self, ClientError> {
+        if options.clusters.is_empty() {
+            return Err(ClientError::Usage("name at least one --cluster".into()));
+        }
+        for cluster in &options.clusters {
+            if !crate::config::valid_cluster_name(cluster) {
+                return Err(ClientError::Usage(format!("{cluster:?} is not a cluster name")));
+            }
+        }
+        if options.relay.scheme_str() != Some("https") || options.relay.authority().is_none() {
+            return Err(ClientError::Usage(format!(
+                "--relay must be an https:// URL, not {}",
+                options.relay
+            )));
+        }
+        let listener = TcpListener::bind(("127.0.0.1", options.port))
+            .await
+            .map_err(|e| ClientError::Usage(format!("cannot listen on 127.0.0.1:{}: {e}", options.port)))?;
+        let addr = listener.local_addr().map_err(|e| ClientError::Usage(e.to_string()))?;
+
+        // A fresh serving certificate and secret for every run.
+        let key = rcgen::KeyPair::generate().map_err(crate::tls::TlsError::from)?;
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .map_err(crate::tls::TlsError::from)?;
+        let cert = params.self_signed(&key).map_err(crate::tls::TlsError::from)?;
+        let mut server_tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(crate::tls::TlsError::from)?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .map_err(crate::tls::TlsError::from)?;
+        server_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+
+        let entries: Vec<Entry> = options
+            .clusters
+            .iter()
+            .map(|cluster| Entry {
+                name: format!("hawser-{cluster}"),
+                server: format!("https://{addr}/clusters/{cluster}"),
+                ca_pem: Some(cert.pem().into_bytes()),
+                user: User::Token(secret.clone()),
+            })
+            .collect();
+        super::kubeconfig::merge_into_file(&options.kubeconfig, &entries)?;
+
+        let roots = match &options.relay_ca {
+            Some(ca) => crate::tls::root_store(ca)?,
+            None => system_roots(),
+        };
+        let client_tls = crate::tls::client_config(roots, &[])?;
+        let state = Arc::new(ProxyState {
+            relay: options.relay,
+            clusters: options.clusters,
+            secret,
+            token: options.token,
+            shared: https_client(client_tls.clone(), true),
+            dedicated: https_client(client_tls, false),
+        });
+        Ok(Self {
+            listener,
+            acceptor: TlsAcceptor::from(Arc::new(server_tls)),
+            state,
+            contexts: entries.into_iter().map(|e| e.name).collect(),
+        })
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until SIGINT or SIGTERM.
+    pub async fn run(self) {
+        let Self {
+            listener,
+            acceptor,
+            state,
+            ..
+        } = self;
+        let serve = async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, state) = (acceptor.clone(), state.clone());
+                tokio::spawn(
+                    connection(tcp, acceptor, state)
+                        .instrument(info_span!("local_connection", net.peer.address = %peer)),
+                );
+            }
+        };
+        tokio::select! {
+            _ = serve => {}
+            _ = crate::shutdown::signal() => {}
+        }
+    }
+}
+
+/// The system's trusted CAs, for a relay with a publicly trusted certificate.
+fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(found.certs);
+    roots
+}
+
+async fn connection(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, state: Arc<ProxyState>) {
+    let Ok(tls) = acceptor.accept(tcp).await else { return };
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, req).await.unwrap_or_else(HttpError::into_response)) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30));
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+        debug!(error = %e, "local connection ended with an error");
+    }
+}
+
+async fn handle(state: &ProxyState, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let expected = format!("Bearer {}", state.secret);
+    if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+        return Err(HttpError::unauthorized(
+            "this local endpoint needs the secret from its kubeconfig context",
+        ));
+    }
+    let path = req.uri().path();
+    let cluster = path
+        .strip_prefix("/clusters/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    if !state.clusters.iter().any(|c| c == cluster) {
+        return Err(HttpError::not_found(format!(
+            "this proxy serves /clusters/{{{}}}/...",
+            state.clusters.join(",")
+        )));
+    }
+    let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let base = state.relay.path().trim_end_matches('/');
+    let upstream = Uri::builder()
+        .scheme("https")
+        .authority(state.relay.authority().map_or("", |a| a.as_str()))
+        .path_and_query(format!("{base}{path_and_query}"))
+        .build()
+        .map_err(|e| HttpError::bad_request(e.to_string()))?;
+
+    let mut req = req.map(boxed);
+    *req.uri_mut() = upstream;
+    *req.version_mut() = http::Version::HTTP_11;
+    forward::strip_hop_by_hop(req.headers_mut());
+    req.headers_mut().remove(HOST);
+    let mut bearer = HeaderValue::from_str(&format!("Bearer {}", state.token.expose()))
+        .map_err(|_| HttpError::internal("the caller's token is not a valid header value"))?;
+    bearer.set_sensitive(true);
+    req.headers_mut().insert(AUTHORIZATION, bearer);
+    let client = if forward::is_long_running(&req) {
+        &state.dedicated
+    } else {
+        &state.shared
+    };
+    forward::exchange(req, |req| client.request(req))
+        .await
+        .map_err(|e| HttpError::bad_gateway(format!("the relay did not answer: {e}")))
+}

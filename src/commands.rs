@@ -1,0 +1,120 @@
+//! What each subcommand does, in a few lines each; the work lives in the
+//! modules. The binary's top level: errors become one line on stderr.
+
+use std::io::Write;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::{Command, KubeconfigArgs, ProxyArgs, TokenArgs, TokenCommand};
+use crate::client::kubeconfig::{self, Entry, User};
+use crate::client::{proxy, token};
+use crate::config::{self, AgentConfig, RelayConfig, Secret};
+
+/// Runs one subcommand to completion.
+pub async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Relay { config } => {
+            let config: RelayConfig = config::load(&config)?;
+            let relay = crate::relay::Relay::bind(config).await?;
+            relay.run().await;
+            Ok(())
+        }
+        Command::Agent { config } => {
+            let config: AgentConfig = config::load(&config)?;
+            Ok(crate::agent::run(config).await?)
+        }
+        Command::Token(args) => token_command(args),
+        Command::Kubeconfig(args) => kubeconfig_command(args),
+        Command::Proxy(args) => proxy_command(args).await,
+    }
+}
+
+fn token_command(args: TokenArgs) -> Result<()> {
+    match args.issue {
+        None => {
+            let token = token::caller_token(args.token_file.as_deref())?;
+            println!("{}", token::exec_credential(&token));
+        }
+        Some(TokenCommand::Issue {
+            config,
+            subject,
+            groups,
+            ttl,
+        }) => {
+            let ttl = token::parse_ttl(&ttl).map_err(anyhow::Error::msg)?;
+            let config: RelayConfig = config::load(&config)?;
+            let Some(issuer) = &config.issuer else {
+                bail!("the relay configuration has no [issuer]; its tokens come from an external issuer");
+            };
+            let builtin = crate::auth::BuiltinIssuer::load_or_generate(
+                &issuer.signing_key_file,
+                issuer.issuer.clone(),
+                issuer.audience.clone(),
+                issuer.generate,
+            )?;
+            println!("{}", builtin.issue(&subject, &groups, ttl)?);
+        }
+    }
+    Ok(())
+}
+
+fn kubeconfig_command(args: KubeconfigArgs) -> Result<()> {
+    let relay = args.relay.trim_end_matches('/');
+    if !relay.starts_with("https://") {
+        bail!("--relay must be an https:// URL, not {relay}");
+    }
+    let ca_pem = match &args.ca_file {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+        None => None,
+    };
+    let command = std::env::current_exe().context("finding the hawser binary for the exec plugin")?;
+    let mut plugin_args = vec!["token".to_owned()];
+    if let Some(file) = &args.token_file {
+        let file = std::path::absolute(file).with_context(|| format!("resolving {}", file.display()))?;
+        plugin_args.extend(["--token-file".to_owned(), file.display().to_string()]);
+    }
+    let mut entries = Vec::new();
+    for cluster in &args.clusters {
+        if !config::valid_cluster_name(cluster) {
+            bail!("{cluster:?} is not a cluster name");
+        }
+        entries.push(Entry {
+            name: format!("hawser-{cluster}"),
+            server: format!("{relay}/clusters/{cluster}"),
+            ca_pem: ca_pem.clone(),
+            user: User::Exec {
+                command: command.clone(),
+                args: plugin_args.clone(),
+            },
+        });
+    }
+    std::io::stdout().write_all(kubeconfig::render(&entries).as_bytes())?;
+    Ok(())
+}
+
+async fn proxy_command(args: ProxyArgs) -> Result<()> {
+    let options = proxy::ProxyOptions {
+        relay: args
+            .relay
+            .trim_end_matches('/')
+            .parse()
+            .context("--relay is not a URL")?,
+        clusters: args.clusters,
+        port: args.port,
+        kubeconfig: kubeconfig::default_path(args.kubeconfig.as_deref())?,
+        token: Secret::new(token::caller_token(args.token_file.as_deref())?),
+        relay_ca: args.ca_file,
+    };
+    let path = options.kubeconfig.clone();
+    let proxy = proxy::Proxy::bind(options).await?;
+    // The contexts line is for people and scripts alike; flush it before serving.
+    println!(
+        "hawser proxy listening on {}; wrote contexts {} to {}",
+        proxy.local_addr()?,
+        proxy.contexts.join(", "),
+        path.display()
+    );
+    std::io::stdout().flush()?;
+    proxy.run().await;
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Configuration files: TOML, unknown keys refused, validated once at
+//! start-up, secrets masked in `Debug`. Relative paths are resolved against
+//! the directory of the file that names them. Every option is documented in
+//! `docs/configuration.md`.
+
+mod agent;
+mod relay;
+
+use std::path::{Path, PathBuf};
+
+pub use agent::{AgentConfig, ApiserverConfig, ReconnectConfig, RelayEndpoint};
+pub use relay::{BuiltinIssuerConfig, ClusterConfig, RelayConfig, TlsConfig, valid_cluster_name};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("parsing {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Reads and parses a TOML file, resolving relative paths and validating.
+pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut config: T = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    config.resolve_paths(base);
+    config.validate().map_err(|message| ConfigError::Invalid {
+        path: path.to_owned(),
+        message,
+    })?;
+    Ok(config)
+}
+
+/// A configuration that can resolve its paths and check itself.
+pub trait Validate {
+    /// Makes every relative path relative to `base`.
+    fn resolve_paths(&mut self, base: &Path);
+    /// Checks the whole configuration once, at start-up.
+    fn validate(&self) -> Result<(), String>;
+}
+
+/// Resolves `path` against `base` unless it is absolute.
+pub(crate) fn resolve(base: &Path, path: &mut PathBuf) {
+    if path.is_relative() {
+        *path = base.join(&*path);
+    }
+}
+
+/// Resolves the file paths of an issuer's configuration.
+pub(crate) fn resolve_issuer_paths(base: &Path, issuer: &mut crate::auth::IssuerConfig) {
+    for path in [
+        &mut issuer.jwks_file,
+        &mut issuer.public_key_file,
+        &mut issuer.jwks_ca_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        resolve(base, path);
+    }
+}
+
+/// QUIC tunnel settings shared by relay and agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelConfig {
+    /// Streams the relay may have open on one tunnel at once (the agent's accept limit).
+    pub max_streams_per_tunnel: u32,
+    /// Bytes a single stream may have in flight before its reader catches up.
+    pub stream_receive_window: u32,
+    /// Bytes all streams of one tunnel may have in flight together.
+    pub connection_receive_window: u32,
+    /// Seconds between keep-alive packets when the tunnel is quiet.
+    pub keep_alive_secs: u64,
+    /// Seconds without any packet after which the tunnel counts as dead.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        Self {
+            max_streams_per_tunnel: 16_384,
+            stream_receive_window: 1024 * 1024,
+            connection_receive_window: 32 * 1024 * 1024,
+            keep_alive_secs: 5,
+            idle_timeout_secs: 20,
+        }
+    }
+}
+
+impl TunnelConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.max_streams_per_tunnel == 0 {
+            return Err("tunnel.max_streams_per_tunnel must be at least 1".into());
+        }
+        if self.stream_receive_window < 16 * 1024 || self.connection_receive_window < self.stream_receive_window {
+            return Err("tunnel windows: stream_receive_window >= 16384 and connection_receive_window >= it".into());
+        }
+        if self.keep_alive_secs == 0 || self.idle_timeout_secs <= self.keep_alive_secs {
+            return Err("tunnel.idle_timeout_secs must exceed tunnel.keep_alive_secs (> 0)".into());
+        }
+        Ok(())
+    }
+}
+
+/// A secret read from configuration; never printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+//! The relay's configuration file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{TunnelConfig, Validate, resolve};
+use crate::auth::{AccessRule, IssuerConfig};
+
+/// `hawser relay --config FILE`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Name of this relay instance in logs and audit.
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// TCP address of the HTTPS front door for callers.
+    pub listen: SocketAddr,
+    /// UDP address of the QUIC listener for agents; defaults to `listen`.
+    pub agent_listen: Option<SocketAddr>,
+    /// Serving certificate for both listeners.
+    pub tls: TlsConfig,
+    /// The relay's own token issuer (`hawser token issue`), if any.
+    pub issuer: Option<BuiltinIssuerConfig>,
+    /// External token issuers the relay trusts.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Who may reach which clusters; nobody may without a rule.
+    #[serde(default)]
+    pub access: Vec<AccessRule>,
+    /// The clusters whose agents may connect.
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+    /// QUIC tunnel settings.
+    #[serde(default)]
+    pub tunnel: TunnelConfig,
+}
+
+fn default_instance() -> String {
+    "relay".to_owned()
+}
+
+/// The relay's serving certificate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// Generate a self-signed certificate into the two files if they do not exist.
+    #[serde(default)]
+    pub generate_self_signed: bool,
+    /// DNS names and IP addresses of a generated certificate.
+    #[serde(default = "default_names")]
+    pub self_signed_names: Vec<String>,
+}
+
+fn default_names() -> Vec<String> {
+    vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+}
+
+/// The relay's own issuer of caller tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltinIssuerConfig {
+    /// The `iss` of issued tokens, typically the relay's URL.
+    pub issuer: String,
+    /// The `aud` of issued tokens.
+    pub audience: String,
+    /// PKCS#8 PEM ES256 signing key.
+    pub signing_key_file: PathBuf,
+    /// Generate the signing key if the file does not exist.
+    #[serde(default)]
+    pub generate: bool,
+}
+
+/// A cluster whose agent may register.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name, the first path segment of its URL on the relay.
+    pub name: String,
+    /// Hex SHA-256 of the cluster's agent token (the token itself is never stored).
+    pub agent_token_sha256: String,
+}
+
+impl Validate for RelayConfig {
+    fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.tls.cert_file);
+        resolve(base, &mut self.tls.key_file);
+        if let Some(issuer) = &mut self.issuer {
+            resolve(base, &mut issuer.signing_key_file);
+        }
+        for issuer in &mut self.issuers {
+            super::resolve_issuer_paths(base, issuer);
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.tunnel.validate()?;
+        if self.issuer.is_none() && self.issuers.is_empty() {
+            return Err("no token issuer: configure [issuer] or [[issuers]]".into());
+        }
+        for issuer in &self.issuers {
+            issuer
+                .validate()
+                .map_err(|e| format!("issuer {}: {e}", issuer.issuer))?;
+        }
+        crate::auth::AccessRules::new(self.access.clone()).map_err(|e| format!("access rules: {e}"))?;
+        let mut seen = std::collections::HashSet::new();
+        for cluster in &self.clusters {
+            if !valid_cluster_name(&cluster.name) {
+                return Err(format!("cluster name {:?}: use 1-63 of a-z, 0-9 and '-'", cluster.name));
+            }
+            if !seen.insert(&cluster.name) {
+                return Err(format!("cluster {} is listed twice", cluster.name));
+            }
+            let hex = &cluster.agent_token_sha256;
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "cluster {}: agent_token_sha256 must be 64 hex digits",
+                    cluster.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` is a valid cluster name (a DNS label).
+pub fn valid_cluster_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}

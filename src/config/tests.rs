@@ -1,0 +1,92 @@
+use std::path::Path;
+
+use super::*;
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name)
+}
+
+#[test]
+fn the_example_configs_load() {
+    let relay: RelayConfig = load(&example("relay.toml")).unwrap();
+    assert_eq!(relay.clusters[0].name, "local");
+    assert!(
+        relay.tls.cert_file.is_absolute(),
+        "relative paths resolve against the file's directory"
+    );
+    let agent: AgentConfig = load(&example("agent.toml")).unwrap();
+    assert_eq!(agent.cluster, "local");
+    assert_eq!(
+        agent.relay.ca_file, relay.tls.cert_file,
+        "the agent trusts the relay's certificate"
+    );
+}
+
+#[test]
+fn the_example_agent_token_matches_the_relay_digest() {
+    let relay: RelayConfig = load(&example("relay.toml")).unwrap();
+    let token = std::fs::read_to_string(example("agent-token")).unwrap();
+    assert_eq!(
+        crate::relay::token_digest_hex(token.trim()),
+        relay.clusters[0].agent_token_sha256
+    );
+}
+
+fn parse_relay(text: &str) -> Result<RelayConfig, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, text).unwrap();
+    load(&path)
+}
+
+const MINIMAL: &str = r#"
+listen = "127.0.0.1:0"
+[tls]
+cert_file = "c"
+key_file = "k"
+[issuer]
+issuer = "https://relay"
+audience = "hawser"
+signing_key_file = "i"
+"#;
+
+#[test]
+fn unknown_keys_are_refused() {
+    assert!(parse_relay(MINIMAL).is_ok());
+    let err = parse_relay(&format!("{MINIMAL}\nlisten_typo = 1")).unwrap_err();
+    assert!(err.to_string().contains("listen_typo"), "{err}");
+    let err = parse_relay(&MINIMAL.replace("key_file", "keyfile")).unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+}
+
+#[test]
+fn invalid_values_are_refused_at_start() {
+    let bad_hash = format!("{MINIMAL}\n[[clusters]]\nname = \"a\"\nagent_token_sha256 = \"abc\"\n");
+    assert!(parse_relay(&bad_hash).unwrap_err().to_string().contains("64 hex"));
+    let bad_name = format!(
+        "{MINIMAL}\n[[clusters]]\nname = \"Bad_Name\"\nagent_token_sha256 = \"{}\"\n",
+        "a".repeat(64)
+    );
+    assert!(parse_relay(&bad_name).unwrap_err().to_string().contains("cluster name"));
+    let windows = format!("{MINIMAL}\n[tunnel]\nkeep_alive_secs = 30\nidle_timeout_secs = 10\n");
+    assert!(
+        parse_relay(&windows)
+            .unwrap_err()
+            .to_string()
+            .contains("idle_timeout_secs")
+    );
+    let no_issuer = MINIMAL.split("[issuer]").next().unwrap();
+    assert!(
+        parse_relay(no_issuer)
+            .unwrap_err()
+            .to_string()
+            .contains("no token issuer")
+    );
+}
+
+#[test]
+fn secrets_are_masked() {
+    let secret = Secret::new("hunter2".into());
+    assert_eq!(format!("{secret:?}"), "<redacted>");
+    assert_eq!(secret.expose(), "hunter2");
+}

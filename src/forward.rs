@@ -1,0 +1,174 @@
+//! HTTP exchanges passed through unchanged, protocol upgrades included.
+//!
+//! Bodies travel as `Bytes` frames, never parsed or re-buffered. An upgrade
+//! (exec, attach, port-forward over WebSocket or SPDY) is spliced only after
+//! the upstream answered `101 Switching Protocols`; any other answer ends the
+//! exchange and nothing is spliced, so no later byte can reach the upstream
+//! on that exchange (CVE-2018-1002105).
+
+use std::future::Future;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HeaderName, HeaderValue, UPGRADE};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tracing::{Instrument, debug};
+
+/// Boxed error of a body in flight.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type every hop uses.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Boxes any body whose data is `Bytes`.
+pub fn boxed<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A body of fixed bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Headers that belong to one hop and must not be forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Removes hop-by-hop headers (and those named in `Connection`), keeping an
+/// upgrade request an upgrade request: `Connection: Upgrade` and the single
+/// `Upgrade` header survive when the caller asked for one.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let upgrade = upgrade_protocol(headers);
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(UPGRADE);
+    if let Some(protocol) = upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(UPGRADE, protocol);
+    }
+}
+
+/// The `Upgrade` value if the headers ask for exactly one protocol upgrade.
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let mut protocols = headers.get_all(UPGRADE).iter();
+    match (connection_upgrade, protocols.next(), protocols.next()) {
+        (true, Some(protocol), None) => Some(protocol.clone()),
+        _ => None,
+    }
+}
+
+/// Sends `req` with `send` and returns the answer for the caller. If the
+/// caller asked for an upgrade and the upstream switched protocols, the two
+/// upgraded connections are spliced in a task of their own.
+pub async fn exchange<F, Fut, E>(mut req: Request<Body>, send: F) -> Result<Response<Body>, E>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Result<Response<Incoming>, E>>,
+{
+    let caller_side = upgrade_protocol(req.headers())
+        .is_some()
+        .then(|| hyper::upgrade::on(&mut req));
+    let mut resp = send(req).await?;
+    match caller_side {
+        Some(caller_side) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(splice(caller_side, upstream_side).in_current_span());
+            Ok(resp.map(|_| empty()))
+        }
+        _ => {
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                strip_hop_by_hop(resp.headers_mut());
+            }
+            Ok(resp.map(boxed))
+        }
+    }
+}
+
+/// An HTTPS client; `allow_h2` lets ALPN pick HTTP/2 (never for upgrades).
+pub type HttpsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Body,
+>;
+
+/// Builds an [`HttpsClient`] that trusts what `tls` trusts.
+pub fn https_client(tls: rustls::ClientConfig, allow_h2: bool) -> HttpsClient {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only();
+    let connector = if allow_h2 {
+        builder.enable_http1().enable_http2().build()
+    } else {
+        builder.enable_http1().build()
+    };
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build(connector)
+}
+
+/// Upgrades, watches and followed logs stay open indefinitely: they get
+/// HTTP/1.1 connections of their own instead of an HTTP/2 stream slot.
+pub fn is_long_running<B>(req: &Request<B>) -> bool {
+    upgrade_protocol(req.headers()).is_some()
+        || req.uri().query().is_some_and(|q| {
+            q.split('&')
+                .any(|kv| matches!(kv, "watch=true" | "watch=1" | "follow=true" | "follow=1"))
+        })
+}
+
+/// Copies bytes both ways until both directions are done; each direction's
+/// EOF is passed on as a half-close without ending the other direction
+/// (exec stdin EOF must not cut stdout).
+async fn splice(caller: OnUpgrade, upstream: OnUpgrade) {
+    let (caller, upstream) = match tokio::try_join!(caller, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let (mut caller, mut upstream) = (TokioIo::new(caller), TokioIo::new(upstream));
+    match tokio::io::copy_bidirectional(&mut caller, &mut upstream).await {
+        Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "upgraded stream closed"),
+        Err(e) => debug!(error = %e, "upgraded stream ended with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+use http::HeaderMap;
+use http::header::{CONNECTION, UPGRADE};
+
+use super::*;
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in pairs {
+        map.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    map
+}
+
+#[test]
+fn keeps_a_single_upgrade() {
+    let mut h = headers(&[
+        ("Connection", "keep-alive, Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Keep-Alive", "5"),
+    ]);
+    strip_hop_by_hop(&mut h);
+    assert_eq!(h.get(CONNECTION).unwrap(), "Upgrade");
+    assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
+    assert!(h.get("keep-alive").is_none());
+}
+
+#[test]
+fn removes_headers_named_in_connection() {
+    let mut h = headers(&[
+        ("Connection", "X-Secret, close"),
+        ("X-Secret", "1"),
+        ("Accept", "a"),
+        ("TE", "trailers"),
+    ]);
+    strip_hop_by_hop(&mut h);
+    assert!(h.get("x-secret").is_none());
+    assert!(h.get(CONNECTION).is_none());
+    assert!(h.get("te").is_none());
+    assert_eq!(h.get("accept").unwrap(), "a");
+}
+
+#[test]
+fn upgrade_needs_connection_token_and_exactly_one_protocol() {
+    assert!(upgrade_protocol(&headers(&[("Upgrade", "websocket")])).is_none());
+    assert!(
+        upgrade_protocol(&headers(&[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "a"),
+            ("Upgrade", "b")
+        ]))
+        .is_none()
+    );
+    assert_eq!(
+        upgrade_protocol(&headers(&[("Connection", "upgrade"), ("Upgrade", "SPDY/3.1")])).unwrap(),
+        "SPDY/3.1"
+    );
+}
+
+#[test]
+fn watches_follows_and_upgrades_are_long_running() {
+    let req = |uri: &str| Request::builder().uri(uri).body(()).unwrap();
+    assert!(is_long_running(&req("/api/v1/pods?watch=true")));
+    assert!(is_long_running(&req(
+        "/api/v1/namespaces/a/pods/b/log?container=c&follow=true"
+    )));
+    assert!(!is_long_running(&req("/api/v1/pods?limit=500")));
+    assert!(!is_long_running(&req("/api/v1/pods")));
+    let exec = Request::builder()
+        .uri("/x")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(())
+        .unwrap();
+    assert!(is_long_running(&exec));
+}
+
+/// An upstream HTTP/1.1 server on one end of an in-memory pipe, a hyper
+/// client on the other, and `exchange` in between.
+async fn through_exchange(
+    upstream: impl Fn(Request<Incoming>) -> Response<Body> + Send + Sync + 'static,
+    req: Request<Body>,
+) -> Response<Body> {
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let upstream = std::sync::Arc::new(upstream);
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(move |req| {
+            let upstream = upstream.clone();
+            async move { Ok::<_, std::convert::Infallible>(upstream(req)) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server_io), service)
+            .with_upgrades()
+            .await;
+    });
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    exchange(req, |req| sender.send_request(req)).await.unwrap()
+}
+
+fn upgrade_request() -> Request<Body> {
+    Request::builder()
+        .uri("/exec")
+        .header("host", "x")
+        .header("connection", "Upgrade")
+        .header("upgrade", "SPDY/3.1")
+        .body(empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_switch_keeps_the_upgrade_headers() {
+    let resp = through_exchange(
+        |_| {
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "Upgrade")
+                .header("upgrade", "SPDY/3.1")
+                .body(empty())
+                .unwrap()
+        },
+        upgrade_request(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(
+        resp.headers()
+            .get(CONNECTION)
+            .map(|v| v.to_str().unwrap().to_lowercase())
+            .as_deref(),
+        Some("upgrade")
+    );
+    assert_eq!(resp.headers().get(UPGRADE).unwrap(), "SPDY/3.1");
+}

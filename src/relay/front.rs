@@ -1,0 +1,209 @@
+//! The relay's front door: HTTPS (HTTP/1.1 and HTTP/2) for callers.
+//!
+//! `https://RELAY/clusters/NAME/...` is cluster NAME's API. The caller's
+//! token is checked here before anything reaches an agent (401), then the
+//! access rules (403), then the cluster (404 unknown, 503 offline). The
+//! request then rides a new QUIC stream to the agent, which checks the token
+//! again itself. Watches and upgraded streams have no relay timeout.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::header::{HOST, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument, debug, info_span};
+
+use super::RelayState;
+use crate::forward::{self, Body, boxed, full};
+use crate::proto::{self, StreamHeader};
+use crate::status::HttpError;
+use crate::tunnel;
+
+/// How long a caller has for its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller has to send a request's headers (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Concurrent HTTP/2 streams per caller connection.
+const H2_MAX_STREAMS: u32 = 1000;
+
+/// Accepts caller connections until the listener fails.
+pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<RelayState>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                debug!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, state) = (acceptor.clone(), state.clone());
+        tokio::spawn(
+            connection(tcp, peer, acceptor, state)
+                .instrument(info_span!("caller_connection", net.peer.address = %peer)),
+        );
+    }
+}
+
+async fn connection(tcp: tokio::net::TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, state: Arc<RelayState>) {
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return debug!(error = %e, "tls handshake failed"),
+        Err(_) => return debug!("tls handshake timed out"),
+    };
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, req, peer).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS);
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+        debug!(error = %e, "caller connection ended with an error");
+    }
+}
+
+async fn handle(state: &RelayState, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    let path = req.uri().path();
+    if path == "/.well-known/jwks.json" {
+        return match &state.issuer {
+            Some(issuer) => json_response(issuer.jwks().to_string()),
+            None => HttpError::not_found("this relay has no built-in issuer").into_response(),
+        };
+    }
+    if path == "/healthz" {
+        return Response::new(full("ok"));
+    }
+    match path.strip_prefix("/clusters/") {
+        Some(_) => to_cluster(state, req).await.unwrap_or_else(HttpError::into_response),
+        None => HttpError::not_found(format!("the relay serves /clusters/NAME/..., not {path}")).into_response(),
+    }
+}
+
+fn json_response(body: String) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Splits `/clusters/NAME/rest?query` into `NAME` and `/rest?query`.
+fn split_cluster_uri(uri: &Uri) -> Result<(String, Uri), HttpError> {
+    let rest = uri.path().strip_prefix("/clusters/").unwrap_or_default();
+    let (cluster, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if !crate::config::valid_cluster_name(cluster) {
+        return Err(HttpError::not_found(format!("no cluster named {cluster:?}")));
+    }
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let upstream: Uri = path_and_query
+        .parse()
+        .map_err(|_| HttpError::bad_request("malformed request path"))?;
+    Ok((cluster.to_owned(), upstream))
+}
+
+async fn to_cluster(state: &RelayState, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+    let (cluster, upstream_uri) = split_cluster_uri(req.uri())?;
+    let token = crate::auth::bearer_token(req.headers())?;
+    let identity = state.auth.authenticate(token).await?;
+    if !state.access.allows(&identity, &cluster) {
+        return Err(HttpError::forbidden(format!(
+            "clusters \"{cluster}\" is forbidden: User \"{}\" may not reach cluster \"{cluster}\" through this relay",
+            identity.user
+        )));
+    }
+    if !state.tokens.knows(&cluster) {
+        return Err(HttpError::not_found(format!("no cluster named \"{cluster}\"")));
+    }
+    let session = state
+        .registry
+        .pick(&cluster)
+        .ok_or_else(|| HttpError::unavailable(format!("cluster \"{cluster}\" is offline: no agent is connected")))?;
+
+    let request_id = next_request_id(&state.instance);
+    let span =
+        info_span!("stream", request.id = %request_id, cluster = %cluster, user = %identity.user, session = session.id);
+    async move {
+        let offline = |e: &dyn std::fmt::Display| {
+            HttpError::unavailable(format!(
+                "cluster \"{cluster}\" is unreachable: agent stream failed: {e}"
+            ))
+        };
+        let mut stream = tunnel::join(session.connection.open_bi().await.map_err(|e| offline(&e))?);
+        proto::write_frame(&mut stream, &StreamHeader { request_id })
+            .await
+            .map_err(|e| offline(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| offline(&e))?;
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!(error = %e, "agent stream ended with an error");
+                }
+            }
+            .in_current_span(),
+        );
+
+        let mut req = req.map(boxed);
+        *req.uri_mut() = upstream_uri;
+        *req.version_mut() = Version::HTTP_11;
+        forward::strip_hop_by_hop(req.headers_mut());
+        req.headers_mut().insert(
+            HOST,
+            HeaderValue::from_str(&cluster).map_err(|_| HttpError::bad_request("bad cluster"))?,
+        );
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let resp = forward::exchange(req, |req| sender.send_request(req))
+            .await
+            .map_err(|e| HttpError::bad_gateway(format!("cluster \"{cluster}\": the agent did not answer: {e}")))?;
+        debug!(%method, %path, status = resp.status().as_u16(), "response head from the agent");
+        Ok(resp)
+    }
+    .instrument(span)
+    .await
+}
+
+fn next_request_id(instance: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{instance}-{:x}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_cluster_and_keeps_query() {
+        let (cluster, uri) = split_cluster_uri(&"/clusters/dev/api/v1/pods?watch=1".parse().unwrap()).unwrap();
+        assert_eq!(cluster, "dev");
+        assert_eq!(uri, "/api/v1/pods?watch=1");
+        let (_, root) = split_cluster_uri(&"/clusters/dev".parse().unwrap()).unwrap();
+        assert_eq!(root, "/");
+        assert!(split_cluster_uri(&"/clusters/Bad_Name/api".parse().unwrap()).is_err());
+        assert!(split_cluster_uri(&"/clusters//api".parse().unwrap()).is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! Errors as kubectl understands them: every refusal or failure that ends an
+//! exchange becomes a Kubernetes `Status` object with the matching HTTP code.
+//! This is the one place where typed errors are mapped to status codes.
+
+use http::{Response, StatusCode, header};
+use serde_json::json;
+
+use crate::forward::{Body, full};
+
+/// A failure to answer as a Kubernetes `Status`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct HttpError {
+    /// The HTTP status code.
+    pub code: StatusCode,
+    /// The Kubernetes `reason` (Unauthorized, Forbidden, NotFound, ...).
+    pub reason: &'static str,
+    /// A one-line cause for the caller; never a token.
+    pub message: String,
+}
+
+impl HttpError {
+    /// 400: the request itself is wrong.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            code: StatusCode::BAD_REQUEST,
+            reason: "BadRequest",
+            message: message.into(),
+        }
+    }
+    /// 401: no valid credential.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            code: StatusCode::UNAUTHORIZED,
+            reason: "Unauthorized",
+            message: message.into(),
+        }
+    }
+    /// 403: a valid caller that may not do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            code: StatusCode::FORBIDDEN,
+            reason: "Forbidden",
+            message: message.into(),
+        }
+    }
+    /// 404: no such thing.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            code: StatusCode::NOT_FOUND,
+            reason: "NotFound",
+            message: message.into(),
+        }
+    }
+    /// 500: we could not do our part (never a fallback to another identity).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            code: StatusCode::INTERNAL_SERVER_ERROR,
+            reason: "InternalError",
+            message: message.into(),
+        }
+    }
+    /// 502: the next hop failed mid-way.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self {
+            code: StatusCode::BAD_GATEWAY,
+            reason: "InternalError",
+            message: message.into(),
+        }
+    }
+    /// 503: the next hop is not there now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            code: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "ServiceUnavailable",
+            message: message.into(),
+        }
+    }
+
+    /// The `Status` response.
+    pub fn into_response(self) -> Response<Body> {
+        let status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code.as_u16(),
+        });
+        let mut resp = Response::new(full(status.to_string()));
+        *resp.status_mut() = self.code;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        if self.code == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<crate::auth::AuthError> for HttpError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        match e {
+            // Fail closed: no keys means no access, and the caller may retry.
+            crate::auth::AuthError::ProviderUnavailable(_) => Self::unavailable(format!("cannot check the token: {e}")),
+            _ => Self::unauthorized(format!("Unauthorized: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn status_json_kubectl_can_read() {
+        let resp = HttpError::forbidden("no access to cluster prod").into_response();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status["kind"], "Status");
+        assert_eq!(status["reason"], "Forbidden");
+        assert_eq!(status["code"], 403);
+        assert_eq!(status["message"], "no access to cluster prod");
+    }
+}

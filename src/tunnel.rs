@@ -1,0 +1,89 @@
+//! The QUIC tunnel between agent and relay (quinn, rustls, ALPN `hawser/1`).
+//!
+//! The agent dials; the relay opens one bidirectional stream per HTTP
+//! exchange. QUIC gives every stream its own flow control, so a slow reader
+//! stalls only its own stream. Windows and stream limits come from
+//! [`TunnelConfig`]; `docs/configuration.md` states the numbers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, TransportConfig, VarInt};
+
+use crate::config::TunnelConfig;
+use crate::proto::ALPN;
+
+/// One bidirectional QUIC stream as a single byte stream.
+pub type Stream = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
+
+/// Joins the two halves of a bidirectional stream.
+pub fn join((send, recv): (quinn::SendStream, quinn::RecvStream)) -> Stream {
+    tokio::io::join(recv, send)
+}
+
+/// Why an endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// TLS material or configuration.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// rustls could not be used for QUIC.
+    #[error("tls for quic: {0}")]
+    QuicTls(String),
+    /// The UDP socket.
+    #[error("udp socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Transport settings. `accept_bidi` is how many streams the peer may open
+/// towards us at once: large on the agent (the relay opens a stream per
+/// request), small on the relay (the agent opens only its control stream).
+fn transport(config: &TunnelConfig, accept_bidi: u32) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(accept_bidi))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(config.stream_receive_window))
+        .receive_window(VarInt::from_u32(config.connection_receive_window))
+        .send_window(u64::from(config.connection_receive_window))
+        .keep_alive_interval(Some(Duration::from_secs(config.keep_alive_secs)))
+        .max_idle_timeout(Some(
+            VarInt::from_u64(config.idle_timeout_secs * 1000)
+                .unwrap_or(VarInt::MAX)
+                .into(),
+        ));
+    Arc::new(t)
+}
+
+/// The relay's QUIC listener.
+pub fn relay_endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    config: &TunnelConfig,
+) -> Result<Endpoint, TunnelError> {
+    let quic_tls = QuicServerConfig::try_from(tls).map_err(|e| TunnelError::QuicTls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
+    server.transport_config(transport(config, 2));
+    Ok(Endpoint::server(server, addr)?)
+}
+
+/// The agent's QUIC client endpoint, trusting only `roots` for the relay.
+pub fn agent_endpoint(
+    roots: rustls::RootCertStore,
+    config: &TunnelConfig,
+    relay: SocketAddr,
+) -> Result<Endpoint, TunnelError> {
+    let tls = crate::tls::client_config(roots, &[ALPN])?;
+    let quic_tls = QuicClientConfig::try_from(tls).map_err(|e| TunnelError::QuicTls(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
+    client.transport_config(transport(config, config.max_streams_per_tunnel));
+    let bind: SocketAddr = if relay.is_ipv6() {
+        ([0u16; 8], 0).into()
+    } else {
+        ([0, 0, 0, 0], 0).into()
+    };
+    let mut endpoint = Endpoint::client(bind)?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}

@@ -1,0 +1,298 @@
+//! A Hawser deployment in front of the test bed: the built `hawser` binary
+//! runs a relay and an agent (real TLS, real QUIC) on free loopback ports,
+//! the agent reaching kube-apiserver with a service account allowed to
+//! impersonate. Callers get tokens from the relay's built-in issuer.
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use tempfile::TempDir;
+
+use super::binaries::binaries;
+use super::net::free_port;
+use super::process::{Supervised, run_with_deadline, wait_for};
+use super::{Kubectl, Testbed};
+
+/// Name of the test bed's cluster on the relay.
+pub const CLUSTER: &str = "testbed";
+/// The agent's service account.
+const AGENT_NAMESPACE: &str = "hawser-system";
+const AGENT_SA: &str = "hawser-agent";
+
+/// The path of the `hawser` binary under test.
+pub fn hawser_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hawser"))
+}
+
+/// A relay and an agent serving the test bed. Dropping it stops both.
+pub struct Hawser {
+    agent: Mutex<Option<Supervised>>,
+    relay: Mutex<Option<Supervised>>,
+    dir: TempDir,
+    /// `https://127.0.0.1:PORT` of the relay's front door.
+    pub relay_url: String,
+    /// The relay's (self-signed) certificate, to trust.
+    pub relay_ca: PathBuf,
+    relay_config: PathBuf,
+    agent_config: PathBuf,
+}
+
+impl Hawser {
+    /// Starts a relay and an agent for the test bed and waits until the
+    /// cluster answers through them.
+    pub fn start(tb: &Testbed) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("hawser-system-")
+            .disable_cleanup(std::env::var_os("HAWSER_E2E_KEEP").is_some())
+            .tempdir()?;
+        let port = free_port()?;
+        let relay_url = format!("https://127.0.0.1:{port}");
+        let agent_token = format!("agent-token-{port}-{}", std::process::id());
+        let digest = hawser::relay::token_digest_hex(&agent_token);
+        fs::write(dir.path().join("agent-token"), &agent_token)?;
+
+        let relay_config = dir.path().join("relay.toml");
+        fs::write(
+            &relay_config,
+            format!(
+                r#"instance = "relay-e2e"
+listen = "127.0.0.1:{port}"
+[tls]
+cert_file = "relay.crt"
+key_file = "relay.key"
+generate_self_signed = true
+[issuer]
+issuer = "{relay_url}"
+audience = "hawser"
+signing_key_file = "issuer.key"
+generate = true
+[[access]]
+clusters = ["{CLUSTER}"]
+groups = ["dev"]
+[[access]]
+clusters = ["*"]
+users = ["hawser-admin"]
+[[clusters]]
+name = "{CLUSTER}"
+agent_token_sha256 = "{digest}"
+[[clusters]]
+name = "elsewhere"
+agent_token_sha256 = "{other}"
+"#,
+                other = hawser::relay::token_digest_hex("elsewhere-token"),
+            ),
+        )?;
+        let mut relay = spawn_relay(&relay_config, dir.path())?;
+        let relay_ca = dir.path().join("relay.crt");
+        wait_for("the relay to listen", Duration::from_secs(30), || {
+            relay.ensure_running()?;
+            Ok((relay_ca.exists() && TcpStream::connect(("127.0.0.1", port)).is_ok()).then_some(()))
+        })?;
+
+        let agent_kubeconfig = agent_kubeconfig(tb, dir.path())?;
+        let agent_config = dir.path().join("agent.toml");
+        fs::write(
+            &agent_config,
+            format!(
+                r#"instance = "agent-e2e"
+cluster = "{CLUSTER}"
+token_file = "agent-token"
+[relay]
+address = "127.0.0.1:{port}"
+server_name = "localhost"
+ca_file = "relay.crt"
+[apiserver]
+kubeconfig = "{kubeconfig}"
+[[issuers]]
+issuer = "{relay_url}"
+audiences = ["hawser"]
+jwks_url = "{relay_url}/.well-known/jwks.json"
+jwks_ca_file = "relay.crt"
+[reconnect]
+initial_backoff_ms = 100
+max_backoff_ms = 2000
+"#,
+                kubeconfig = agent_kubeconfig.display(),
+            ),
+        )?;
+        let hawser = Self {
+            agent: Mutex::new(None),
+            relay: Mutex::new(Some(relay)),
+            dir,
+            relay_url,
+            relay_ca,
+            relay_config,
+            agent_config,
+        };
+        hawser.start_agent()?;
+
+        // Callers: an administrator everywhere; members of `dev` get their own bindings.
+        tb.admin().create_or_exists(&[
+            "create",
+            "clusterrolebinding",
+            "hawser-admin",
+            "--clusterrole=cluster-admin",
+            "--user=hawser-admin",
+        ])?;
+        let admin = hawser.kubeconfig_route("hawser-admin", &[])?;
+        wait_for(
+            "the cluster to answer through the relay",
+            Duration::from_secs(60),
+            || Ok(admin.run(&["get", "--raw=/version"])?.status.success().then_some(())),
+        )?;
+        Ok(hawser)
+    }
+
+    /// (Re)starts the agent process.
+    pub fn start_agent(&self) -> Result<()> {
+        let bins = binaries()?;
+        let agent = Supervised::spawn(
+            &bins.reaper,
+            "hawser agent",
+            &hawser_bin(),
+            &[
+                "agent".into(),
+                "--config".into(),
+                self.agent_config.display().to_string(),
+            ],
+            &self.dir.path().join("agent.log"),
+            false,
+        )?;
+        *self.agent.lock().unwrap() = Some(agent);
+        Ok(())
+    }
+
+    /// Starts an agent process with `config`, logging to NAME.log.
+    pub fn spawn_agent(&self, name: &str, config: &Path) -> Result<Supervised> {
+        Supervised::spawn(
+            &binaries()?.reaper,
+            "hawser agent",
+            &hawser_bin(),
+            &["agent".into(), "--config".into(), config.display().to_string()],
+            &self.dir.path().join(format!("{name}.log")),
+            false,
+        )
+    }
+
+    /// Stops the relay process.
+    pub fn stop_relay(&self) {
+        drop(self.relay.lock().unwrap().take());
+    }
+
+    /// Starts the relay again with the same configuration, keys and ports.
+    pub fn start_relay(&self) -> Result<()> {
+        let relay = spawn_relay(&self.relay_config, self.dir.path())?;
+        *self.relay.lock().unwrap() = Some(relay);
+        Ok(())
+    }
+
+    /// Stops the agent process (its reaper kills it).
+    pub fn stop_agent(&self) {
+        drop(self.agent.lock().unwrap().take());
+    }
+
+    /// A token from the relay's built-in issuer.
+    pub fn issue_token(&self, subject: &str, groups: &[&str]) -> Result<String> {
+        let mut cmd = Command::new(hawser_bin());
+        cmd.args(["token", "issue", "--config"])
+            .arg(&self.relay_config)
+            .args(["--subject", subject, "--ttl", "1h"]);
+        for group in groups {
+            cmd.args(["--group", group]);
+        }
+        let out = run_with_deadline(cmd, None, Duration::from_secs(30))?;
+        if !out.status.success() {
+            bail!("hawser token issue failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// Writes a token to a file of its own and returns the path.
+    pub fn token_file(&self, subject: &str, groups: &[&str]) -> Result<PathBuf> {
+        let path = self.dir.path().join(format!("{subject}.token"));
+        fs::write(&path, self.issue_token(subject, groups)?)?;
+        Ok(path)
+    }
+
+    /// kubectl through the relay with a `hawser kubeconfig` (exec plugin) for this caller.
+    pub fn kubeconfig_route(&self, subject: &str, groups: &[&str]) -> Result<Kubectl> {
+        let token_file = self.token_file(subject, groups)?;
+        let mut cmd = Command::new(hawser_bin());
+        cmd.args([
+            "kubeconfig",
+            "--relay",
+            &self.relay_url,
+            "--cluster",
+            CLUSTER,
+            "--ca-file",
+        ])
+        .arg(&self.relay_ca)
+        .arg("--token-file")
+        .arg(&token_file);
+        let out = run_with_deadline(cmd, None, Duration::from_secs(30))?;
+        if !out.status.success() {
+            bail!("hawser kubeconfig failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let path = self.dir.path().join(format!("{subject}.kubeconfig"));
+        fs::write(&path, &out.stdout)?;
+        Ok(Kubectl::new(&binaries()?.kubectl, &path))
+    }
+
+    /// The directory holding this deployment's files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn spawn_relay(config: &Path, dir: &Path) -> Result<Supervised> {
+    Supervised::spawn(
+        &binaries()?.reaper,
+        "hawser relay",
+        &hawser_bin(),
+        &["relay".into(), "--config".into(), config.display().to_string()],
+        &dir.join("relay.log"),
+        false,
+    )
+}
+
+/// A service account that may impersonate, and a kubeconfig for it.
+fn agent_kubeconfig(tb: &Testbed, dir: &Path) -> Result<PathBuf> {
+    let admin = tb.admin();
+    admin.create_or_exists(&["create", "namespace", AGENT_NAMESPACE])?;
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "hawser-impersonator"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["users", "groups", "serviceaccounts"], "verbs": ["impersonate"]},
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["uids", "userextras/*"], "verbs": ["impersonate"]},
+        ],
+    });
+    admin.ok_with_stdin(&["apply", "-f", "-"], role.to_string().as_bytes())?;
+    admin.create_or_exists(&[
+        "create",
+        "clusterrolebinding",
+        "hawser-impersonator",
+        "--clusterrole=hawser-impersonator",
+        &format!("--serviceaccount={AGENT_NAMESPACE}:{AGENT_SA}"),
+    ])?;
+    let token = tb.service_account_token(AGENT_NAMESPACE, AGENT_SA)?;
+    let token_file = dir.join("apiserver-token");
+    fs::write(&token_file, token)?;
+    let kubeconfig = dir.join("agent.kubeconfig");
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "testbed", "cluster": {"server": tb.server, "certificate-authority": tb.pki.ca_cert}}],
+        "users": [{"name": "agent", "user": {"tokenFile": token_file}}],
+        "contexts": [{"name": "testbed", "context": {"cluster": "testbed", "user": "agent"}}],
+        "current-context": "testbed",
+    });
+    fs::write(&kubeconfig, serde_json::to_vec_pretty(&config)?).context("writing the agent kubeconfig")?;
+    Ok(kubeconfig)
+}

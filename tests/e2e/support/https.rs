@@ -1,0 +1,43 @@
+//! A minimal HTTPS/1.1 client for requests kubectl cannot make (kubectl
+//! prompts for a password when it has no credential at all).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// Status code and body of one GET to `url` (https://127.0.0.1:PORT/path), trusting `ca`.
+pub fn get(url: &str, ca: &Path, headers: &[(&str, &str)]) -> Result<(u16, String)> {
+    let rest = url.strip_prefix("https://").context("not an https URL")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let roots = hawser::tls::root_store(ca)?;
+    let config = hawser::tls::client_config(roots, &[b"http/1.1"])?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
+    let tcp = TcpStream::connect(authority)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    tls.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    // A peer that closes without close_notify still gave us its answer.
+    let _ = tls.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
