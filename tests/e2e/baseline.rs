@@ -25,6 +25,9 @@ pub const TESTS: &[(&str, Test)] = &[
     ("logs_follow", logs_follow),
     ("exec_websocket", exec_websocket),
     ("exec_spdy", exec_spdy),
+    ("attach_websocket", attach_websocket),
+    ("attach_spdy", attach_spdy),
+    ("cp_roundtrip", cp_roundtrip),
     ("port_forward_websocket", port_forward_websocket),
     ("port_forward_spdy", port_forward_spdy),
     ("list_2000_configmaps", list_2000_configmaps),
@@ -177,6 +180,68 @@ fn exec_roundtrip(tb: &Testbed, kubectl: &Kubectl, protocol: &str) -> Result<()>
         "the command's stderr did not reach kubectl: {stderr}"
     );
     ensure_protocol(&stderr, "/exec?", protocol)
+}
+
+fn attach_websocket(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let (kubectl, _) = route.admin(tb)?;
+    attach_roundtrip(
+        tb,
+        &kubectl.with_env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "true"),
+        "websocket",
+    )
+}
+
+fn attach_spdy(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let (kubectl, _) = route.admin(tb)?;
+    attach_roundtrip(
+        tb,
+        &kubectl.with_env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false"),
+        "spdy",
+    )
+}
+
+/// `kubectl attach -i` reaches the container's running process: a line on
+/// stdin comes back from its stdout, and attach ends when the process does.
+fn attach_roundtrip(tb: &Testbed, kubectl: &Kubectl, protocol: &str) -> Result<()> {
+    let ns = tb.namespace(&format!("attach-{protocol}"))?;
+    let command = ["sh", "-c", "read line; echo got:$line"].map(String::from).to_vec();
+    tb.running_pod(&ns, "attached", &PodSpec { command, stdin: true })?;
+    let out = kubectl.run_with_stdin(&["attach", "-i", "-n", &ns, "attached", "-v=7"], b"hello\n")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "attach failed ({}): {stderr}", out.status);
+    ensure!(
+        stdout.contains("got:hello"),
+        "the process's answer did not come back: {stdout:?}"
+    );
+    ensure_protocol(&stderr, "/attach?", protocol)
+}
+
+/// `kubectl cp` (tar over exec) into the pod and back, byte for byte.
+fn cp_roundtrip(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let ns = tb.namespace("cp")?;
+    tb.running_pod(&ns, "files", &PodSpec::default())?;
+    let (kubectl, _) = route.admin(tb)?;
+    // The test kubelet's "containers" share this machine's filesystem.
+    let dir = tempfile::tempdir()?;
+    let original = pattern(300 * 1024);
+    let source = dir.path().join("source.bin");
+    std::fs::write(&source, &original)?;
+    let in_pod = dir.path().join("in-pod.bin");
+    let back = dir.path().join("back.bin");
+    let (source, in_pod_s, back_s) = (
+        source.display().to_string(),
+        in_pod.display().to_string(),
+        back.display().to_string(),
+    );
+    kubectl.ok(&["cp", &source, &format!("{ns}/files:{in_pod_s}")])?;
+    ensure!(
+        std::fs::read(&in_pod)? == original,
+        "the file copied into the pod differs"
+    );
+    kubectl.ok(&["cp", &format!("{ns}/files:{in_pod_s}"), &back_s])?;
+    ensure!(std::fs::read(&back)? == original, "the file copied back differs");
+    Ok(())
 }
 
 /// Reads kubectl's `-v=7` log to tell which protocol carried the stream:
