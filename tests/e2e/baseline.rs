@@ -12,6 +12,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
 use crate::routes::Route;
+use crate::support::process::wait_for;
 use crate::support::{Kubectl, PodSpec, Testbed, net};
 
 /// A baseline test: the test bed for setup, the route for kubectl.
@@ -23,6 +24,7 @@ pub const TESTS: &[(&str, Test)] = &[
     ("apply_get_delete", apply_get_delete),
     ("watch_sees_change", watch_sees_change),
     ("logs_follow", logs_follow),
+    ("ctrl_c_cancels_at_the_kubelet", ctrl_c_cancels_at_the_kubelet),
     ("exec_websocket", exec_websocket),
     ("exec_spdy", exec_spdy),
     ("attach_websocket", attach_websocket),
@@ -123,6 +125,28 @@ fn logs_follow(tb: &Testbed, route: &dyn Route) -> Result<()> {
         l == "second line"
     })?;
     Ok(())
+}
+
+/// Stopping kubectl during `logs -f` ends the stream at the far end: the
+/// cancellation crosses every hop (relay and agent included) to the kubelet.
+fn ctrl_c_cancels_at_the_kubelet(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let ns = tb.namespace("cancel")?;
+    tb.running_pod(&ns, "follower", &PodSpec::default())?;
+    tb.append_log(&ns, "follower", "main", "started\n")?;
+    let (kubectl, _) = route.admin(tb)?;
+    let mut logs = kubectl.spawn(&["logs", "-f", "-n", &ns, "follower"])?;
+    logs.wait_for_line("the first line", LINE_DEADLINE, |l| l == "started")?;
+    let closed = format!("logs: follow of {ns}/follower/main closed");
+    ensure!(
+        !tb.kubelet_log().contains(&closed),
+        "the follow ended before kubectl did"
+    );
+    logs.interrupt()?;
+    wait_for(
+        "the kubelet to see the follow cancelled",
+        Duration::from_secs(20),
+        || Ok(tb.kubelet_log().contains(&closed).then_some(())),
+    )
 }
 
 fn exec_websocket(tb: &Testbed, route: &dyn Route) -> Result<()> {

@@ -201,6 +201,11 @@ impl Testbed {
             .join(format!("{container}.log"))
     }
 
+    /// What the test kubelet has logged so far.
+    pub fn kubelet_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("testkubelet.log")).unwrap_or_default()
+    }
+
     /// Appends `text` to a container's log.
     pub fn append_log(&self, namespace: &str, pod: &str, container: &str, text: &str) -> Result<()> {
         let path = self.log_path(namespace, pod, container);

@@ -228,6 +228,15 @@ impl Background {
         }
     }
 
+    /// Sends SIGINT, as Ctrl-C would, and waits for the process to exit.
+    pub fn interrupt(&mut self) -> Result<ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -INT failed");
+        self.wait_exit(Duration::from_secs(10))
+    }
+
     /// Waits for the process to exit by itself.
     pub fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
         wait_for(&format!("{} to exit", self.description), within, || {

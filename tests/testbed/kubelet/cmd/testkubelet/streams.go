@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"os"
 	"os/exec"
@@ -141,7 +142,7 @@ func (r *podRunner) logs(ctx context.Context, namespace, pod, ctrName string, op
 	}
 	var rc io.ReadCloser = f
 	if opts.Follow {
-		rc = &follower{ctx: ctx, f: f}
+		rc = &follower{ctx: ctx, f: f, name: namespace + "/" + pod + "/" + ctrName}
 	}
 	if opts.LimitBytes > 0 {
 		rc = struct {
@@ -177,8 +178,9 @@ func seekTail(f *os.File, n int) error {
 
 // follower reads a growing file, polling at EOF, until its context ends.
 type follower struct {
-	ctx context.Context
-	f   *os.File
+	ctx  context.Context
+	f    *os.File
+	name string
 }
 
 func (fl *follower) Read(p []byte) (int, error) {
@@ -195,7 +197,12 @@ func (fl *follower) Read(p []byte) (int, error) {
 	}
 }
 
-func (fl *follower) Close() error { return fl.f.Close() }
+// Close ends the stream. The log line lets tests see that a caller's
+// cancellation travelled all the way here.
+func (fl *follower) Close() error {
+	log.Printf("logs: follow of %s closed", fl.name)
+	return fl.f.Close()
+}
 
 // portForward connects the stream to 127.0.0.1:port, the "pod" being this machine.
 func portForward(ctx context.Context, namespace, pod string, port int32, stream io.ReadWriteCloser) error {
