@@ -185,6 +185,11 @@ fn access_rules_allow_one_cluster_of_two(tb: &Testbed, deployment: &Deployment) 
         !ok && stderr.contains("offline"),
         "expected 503 for an offline cluster, got: {stderr}"
     );
+    let (ok, stderr) = version(&raw_kubectl(&hawser, "admin", "no-such-cluster", &admin)?)?;
+    ensure!(
+        !ok && stderr.contains("NotFound"),
+        "expected 404 for an unknown cluster, got: {stderr}"
+    );
     ensure!(
         started.elapsed() < Duration::from_secs(20),
         "the offline answer took {:?}",
