@@ -75,6 +75,21 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     }
     let auth = Authenticator::new(config.issuers.clone()).map_err(|e| AgentError::Auth(e.to_string()))?;
     let apiserver = apiserver::Apiserver::from_config(&config.apiserver)?;
+    let uids = config.issuers.iter().any(|i| i.uid_claim.is_some());
+    let extra_keys: Vec<String> = config
+        .issuers
+        .iter()
+        .flat_map(|i| i.extra_claims.keys().cloned())
+        .collect();
+    match apiserver.missing_impersonation_rights(uids, &extra_keys).await {
+        Ok(missing) if missing.is_empty() => info!("the agent may impersonate what its issuers map"),
+        Ok(missing) => warn!(
+            ?missing,
+            "the agent's credential lacks verb impersonate on these resources; callers will get Forbidden \
+             (grant them: docs/configuration.md)"
+        ),
+        Err(e) => warn!(error = %e, "could not check the agent's impersonation rights"),
+    }
     let roots = tls::root_store(&config.relay.ca_file)?;
     let state = Arc::new(AgentState { auth, apiserver });
 

@@ -92,6 +92,61 @@ impl Apiserver {
         if long_running { &self.dedicated } else { &self.shared }
     }
 
+    /// Asks the apiserver which impersonation rights the agent lacks
+    /// (SelfSubjectAccessReview per right), given whether uids and which extra
+    /// keys the issuers map. A missing grant otherwise shows up only as a
+    /// confusing Forbidden on some requests.
+    pub async fn missing_impersonation_rights(&self, uids: bool, extra_keys: &[String]) -> Result<Vec<String>, String> {
+        let mut needed: Vec<(&str, &str, String)> = vec![("", "users", String::new()), ("", "groups", String::new())];
+        if uids {
+            needed.push(("authentication.k8s.io", "uids", String::new()));
+        }
+        for key in extra_keys {
+            needed.push(("authentication.k8s.io", "userextras", key.clone()));
+        }
+        let token = self.token().map_err(|e| e.to_string())?;
+        let uri = self
+            .uri_for(&Uri::from_static(
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            ))
+            .map_err(|e| e.to_string())?;
+        let mut missing = Vec::new();
+        for (group, resource, subresource) in needed {
+            let review = serde_json::json!({
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": {
+                    "verb": "impersonate", "group": group, "resource": resource, "subresource": subresource,
+                }},
+            });
+            let req = http::Request::post(uri.clone())
+                .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(crate::forward::full(review.to_string()))
+                .map_err(|e| e.to_string())?;
+            let resp = tokio::time::timeout(Duration::from_secs(10), self.shared.request(req))
+                .await
+                .map_err(|_| "the apiserver did not answer within 10s".to_owned())?
+                .map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .map_err(|e| e.to_string())?;
+            let answer: serde_json::Value = serde_json::from_slice(&body.to_bytes()).map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("{status}: {}", answer["message"].as_str().unwrap_or_default()));
+            }
+            if answer["status"]["allowed"] != true {
+                missing.push(if subresource.is_empty() {
+                    resource.to_owned()
+                } else {
+                    format!("{resource}/{subresource}")
+                });
+            }
+        }
+        Ok(missing)
+    }
+
     /// The agent's bearer token, re-read from file when stale.
     pub fn token(&self) -> Result<String, ApiserverError> {
         match &self.token {

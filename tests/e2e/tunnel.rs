@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::routes::Deployment;
 use crate::support::binaries::binaries;
-use crate::support::hawser::{CLUSTER, Hawser};
+use crate::support::hawser::{CLUSTER, Hawser, service_account_kubeconfig};
 use crate::support::process::wait_for;
 use crate::support::{Kubectl, PodSpec, Testbed, https, net};
 
@@ -40,6 +40,10 @@ pub const TESTS: &[(&str, Test)] = &[
     (
         "agent_token_cannot_register_another_cluster",
         agent_token_cannot_register_another_cluster,
+    ),
+    (
+        "agent_reports_missing_impersonation_rights",
+        agent_reports_missing_impersonation_rights,
     ),
     (
         "agent_loss_ends_a_watch_promptly_and_recovers",
@@ -260,6 +264,40 @@ fn agent_token_cannot_register_another_cluster(tb: &Testbed, deployment: &Deploy
         "{ELSEWHERE} is served by an agent holding {CLUSTER}'s token: {stderr}"
     );
     Ok(())
+}
+
+fn agent_reports_missing_impersonation_rights(tb: &Testbed, deployment: &Deployment) -> Result<()> {
+    let hawser = deployment.get(tb)?;
+    let granted = fs::read_to_string(hawser.dir().join("agent.log"))?;
+    ensure!(
+        granted.contains("the agent may impersonate"),
+        "the agent did not confirm its rights:\n{granted}"
+    );
+
+    // The same agent with a service account that may not impersonate.
+    let kubeconfig = service_account_kubeconfig(tb, hawser.dir(), "no-rights")?;
+    let config = fs::read_to_string(hawser.dir().join("agent.toml"))?;
+    let config = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("kubeconfig = ") {
+                format!("kubeconfig = \"{}\"", kubeconfig.display())
+            } else {
+                l.to_owned()
+            }
+        })
+        .chain(std::iter::once(String::new()))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("instance = \"agent-e2e\"", "instance = \"agent-no-rights\"");
+    let path = hawser.dir().join("no-rights.toml");
+    fs::write(&path, config)?;
+    let mut agent = hawser.spawn_agent("no-rights", &path)?;
+    wait_for("the agent to report what it lacks", Duration::from_secs(30), || {
+        agent.ensure_running()?;
+        let log = agent.log_tail(40);
+        Ok((log.contains("lacks verb impersonate") && log.contains(r#"missing=["users", "groups"]"#)).then_some(()))
+    })
 }
 
 fn agent_loss_ends_a_watch_promptly_and_recovers(tb: &Testbed, _: &Deployment) -> Result<()> {

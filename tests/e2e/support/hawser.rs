@@ -282,10 +282,16 @@ fn agent_kubeconfig(tb: &Testbed, dir: &Path) -> Result<PathBuf> {
         "--clusterrole=hawser-impersonator",
         &format!("--serviceaccount={AGENT_NAMESPACE}:{AGENT_SA}"),
     ])?;
-    let token = tb.service_account_token(AGENT_NAMESPACE, AGENT_SA)?;
-    let token_file = dir.join("apiserver-token");
+    service_account_kubeconfig(tb, dir, AGENT_SA)
+}
+
+/// A kubeconfig for the apiserver as service account `name` of the agent's
+/// namespace (created if needed), its token in a file beside it.
+pub fn service_account_kubeconfig(tb: &Testbed, dir: &Path, name: &str) -> Result<PathBuf> {
+    let token = tb.service_account_token(AGENT_NAMESPACE, name)?;
+    let token_file = dir.join(format!("{name}.apiserver-token"));
     fs::write(&token_file, token)?;
-    let kubeconfig = dir.join("agent.kubeconfig");
+    let kubeconfig = dir.join(format!("{name}.kubeconfig"));
     let config = json!({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "testbed", "cluster": {"server": tb.server, "certificate-authority": tb.pki.ca_cert}}],
