@@ -112,8 +112,9 @@ pub struct TunnelConfig {
     pub max_streams_per_tunnel: u32,
     /// Bytes a single stream may have in flight before its reader catches up.
     pub stream_receive_window: u32,
-    /// Bytes all streams of one tunnel may have in flight together.
-    pub connection_receive_window: u32,
+    /// Bytes all streams of one tunnel may have in flight together (also
+    /// the send window); unset means unlimited, each stream bounded by its own.
+    pub connection_receive_window: Option<u64>,
     /// Seconds between keep-alive packets when the tunnel is quiet.
     pub keep_alive_secs: u64,
     /// Seconds without any packet after which the tunnel counts as dead.
@@ -125,7 +126,9 @@ impl Default for TunnelConfig {
         Self {
             max_streams_per_tunnel: 16_384,
             stream_receive_window: 1024 * 1024,
-            connection_receive_window: 32 * 1024 * 1024,
+            // Unlimited: a finite connection window lets a few stalled streams
+            // (window / stream window of them) stop every stream on the tunnel.
+            connection_receive_window: None,
             keep_alive_secs: 5,
             idle_timeout_secs: 20,
         }
@@ -137,7 +140,8 @@ impl TunnelConfig {
         if self.max_streams_per_tunnel == 0 {
             return Err("tunnel.max_streams_per_tunnel must be at least 1".into());
         }
-        if self.stream_receive_window < 16 * 1024 || self.connection_receive_window < self.stream_receive_window {
+        let stream = u64::from(self.stream_receive_window);
+        if stream < 16 * 1024 || self.connection_receive_window.is_some_and(|c| c < stream) {
             return Err("tunnel windows: stream_receive_window >= 16384 and connection_receive_window >= it".into());
         }
         if self.keep_alive_secs == 0 || self.idle_timeout_secs <= self.keep_alive_secs {

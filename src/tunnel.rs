@@ -45,8 +45,13 @@ fn transport(config: &TunnelConfig, accept_bidi: u32) -> Arc<TransportConfig> {
     t.max_concurrent_bidi_streams(VarInt::from_u32(accept_bidi))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(config.stream_receive_window))
-        .receive_window(VarInt::from_u32(config.connection_receive_window))
-        .send_window(u64::from(config.connection_receive_window))
+        .receive_window(
+            config
+                .connection_receive_window
+                .and_then(|w| VarInt::from_u64(w).ok())
+                .unwrap_or(VarInt::MAX),
+        )
+        .send_window(config.connection_receive_window.unwrap_or(u64::MAX))
         .keep_alive_interval(Some(Duration::from_secs(config.keep_alive_secs)))
         .max_idle_timeout(Some(
             VarInt::from_u64(config.idle_timeout_secs * 1000)

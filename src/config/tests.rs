@@ -53,7 +53,9 @@ signing_key_file = "i"
 #[test]
 fn unknown_keys_are_refused() {
     assert!(parse_relay(MINIMAL).is_ok());
-    let err = parse_relay(&format!("{MINIMAL}\nlisten_typo = 1")).unwrap_err().to_string();
+    let err = parse_relay(&format!("{MINIMAL}\nlisten_typo = 1"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("listen_typo"), "{err}");
     assert!(!err.contains('\n'), "a config error is one line: {err}");
     let err = parse_relay(&MINIMAL.replace("key_file", "keyfile")).unwrap_err();

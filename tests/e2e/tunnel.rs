@@ -51,6 +51,10 @@ pub const TESTS: &[(&str, Test)] = &[
     ),
     ("relay_restart_agents_reconnect", relay_restart_agents_reconnect),
     (
+        "many_stalled_streams_do_not_freeze_the_tunnel",
+        many_stalled_streams_do_not_freeze_the_tunnel,
+    ),
+    (
         "stalled_port_forward_does_not_slow_others",
         stalled_port_forward_does_not_slow_others,
     ),
@@ -386,5 +390,43 @@ fn stalled_port_forward_does_not_slow_others(tb: &Testbed, deployment: &Deployme
         "20 GETs beside a stalled stream took {:?}",
         started.elapsed()
     );
+    Ok(())
+}
+
+/// Forty followers of a large log that never read their bodies: together
+/// they hold far more than any fixed connection window, and the tunnel must
+/// still serve everyone else (a slow stream only slows itself).
+fn many_stalled_streams_do_not_freeze_the_tunnel(tb: &Testbed, _: &Deployment) -> Result<()> {
+    const STALLED: usize = 40;
+    // Its own deployment: forty stalled streams are not to burden other tests' tunnel.
+    let hawser = Hawser::start(tb)?;
+    let ns = tb.namespace("stalled-many")?;
+    tb.running_pod(&ns, "big", &PodSpec::default())?;
+    let line = format!("{}\n", "x".repeat(1023));
+    tb.append_log(&ns, "big", "main", &line.repeat(24 * 1024))?;
+    let token = hawser.issue_token("hawser-admin", &[])?;
+    let bearer = format!("Bearer {token}");
+    let url = format!(
+        "{}/clusters/{CLUSTER}/api/v1/namespaces/{ns}/pods/big/log?follow=true",
+        hawser.relay_url
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        let (status, conn) = https::get_and_stall(&url, &hawser.relay_ca, &[("Authorization", &bearer)])?;
+        ensure!(status == 200, "a follower got {status}");
+        stalled.push(conn);
+    }
+    let kubectl = hawser.kubeconfig_route("hawser-admin", &[])?;
+    for i in 0..10 {
+        let cmd = kubectl.command(["get", "--raw", "/version"]);
+        let out = crate::support::process::run_with_deadline(cmd, None, Duration::from_secs(15))
+            .with_context(|| format!("request {i} beside {STALLED} stalled streams"))?;
+        ensure!(
+            out.status.success(),
+            "request {i} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    drop(stalled);
     Ok(())
 }

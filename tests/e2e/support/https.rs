@@ -41,3 +41,39 @@ pub fn get(url: &str, ca: &Path, headers: &[(&str, &str)]) -> Result<(u16, Strin
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// Sends a GET and reads only the response head; the body is left unread,
+/// so the connection stalls once every buffer on the way is full.
+pub fn get_and_stall(
+    url: &str,
+    ca: &Path,
+    headers: &[(&str, &str)],
+) -> Result<(u16, rustls::StreamOwned<rustls::ClientConnection, TcpStream>)> {
+    let rest = url.strip_prefix("https://").context("not an https URL")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let config = hawser::tls::client_config(hawser::tls::root_store(ca)?, &[b"http/1.1"])?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
+    let tcp = TcpStream::connect(authority)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    tls.write_all(request.as_bytes())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    Ok((status, tls))
+}
