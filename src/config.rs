@@ -17,12 +17,12 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("reading {path}")]
+    #[error("reading {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML for this configuration.
     #[error("parsing {path}: {message}")]
@@ -44,9 +44,9 @@ pub enum ConfigError {
 
 /// Reads and parses a TOML file, resolving relative paths and validating.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let mut config: T = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),

@@ -145,10 +145,14 @@ pub fn https_client(tls: rustls::ClientConfig, allow_h2: bool) -> HttpsClient {
 /// Upgrades, watches and followed logs stay open indefinitely: they get
 /// HTTP/1.1 connections of their own instead of an HTTP/2 stream slot.
 pub fn is_long_running<B>(req: &Request<B>) -> bool {
+    // Go's strconv.ParseBool spellings of true, as the apiserver accepts them.
+    let truthy = |v: &str| matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True");
     upgrade_protocol(req.headers()).is_some()
+        || req.uri().path().split('/').any(|segment| segment == "watch")
         || req.uri().query().is_some_and(|q| {
             q.split('&')
-                .any(|kv| matches!(kv, "watch=true" | "watch=1" | "follow=true" | "follow=1"))
+                .filter_map(|kv| kv.split_once('='))
+                .any(|(k, v)| (k == "watch" || k == "follow") && truthy(v))
         })
 }
 

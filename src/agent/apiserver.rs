@@ -124,15 +124,20 @@ impl Apiserver {
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(crate::forward::full(review.to_string()))
                 .map_err(|e| e.to_string())?;
-            let resp = tokio::time::timeout(Duration::from_secs(10), self.shared.request(req))
+            // Head and body under one deadline, the body bounded: this runs before the agent dials.
+            let exchange = async {
+                let resp = self.shared.request(req).await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024);
+                let body = http_body_util::BodyExt::collect(body)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((status, body.to_bytes()))
+            };
+            let (status, body) = tokio::time::timeout(Duration::from_secs(10), exchange)
                 .await
-                .map_err(|_| "the apiserver did not answer within 10s".to_owned())?
-                .map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let body = http_body_util::BodyExt::collect(resp.into_body())
-                .await
-                .map_err(|e| e.to_string())?;
-            let answer: serde_json::Value = serde_json::from_slice(&body.to_bytes()).map_err(|e| e.to_string())?;
+                .map_err(|_| "the apiserver did not answer within 10s".to_owned())??;
+            let answer: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
             if !status.is_success() {
                 return Err(format!("{status}: {}", answer["message"].as_str().unwrap_or_default()));
             }

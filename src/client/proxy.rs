@@ -153,6 +153,8 @@ impl Proxy {
         let serve = async move {
             loop {
                 let Ok((tcp, peer)) = listener.accept().await else {
+                    // Out of file descriptors, typically: back off instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 };
                 let (acceptor, state) = (acceptor.clone(), state.clone());
@@ -178,7 +180,9 @@ fn system_roots() -> rustls::RootCertStore {
 }
 
 async fn connection(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, state: Arc<ProxyState>) {
-    let Ok(tls) = acceptor.accept(tcp).await else { return };
+    let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await else {
+        return;
+    };
     let service = service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(handle(&state, req).await.unwrap_or_else(HttpError::into_response)) }

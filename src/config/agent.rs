@@ -34,8 +34,15 @@ pub struct AgentConfig {
     pub reconnect: ReconnectConfig,
 }
 
+/// The host (pod) name, so replicas of one cluster's agent never share a
+/// name and replace each other's sessions on the relay.
 fn default_instance() -> String {
-    "agent".to_owned()
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("agent-{}", std::process::id()))
 }
 
 /// The relay's QUIC endpoint.

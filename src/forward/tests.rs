@@ -68,6 +68,9 @@ fn watches_follows_and_upgrades_are_long_running() {
     )));
     assert!(!is_long_running(&req("/api/v1/pods?limit=500")));
     assert!(!is_long_running(&req("/api/v1/pods")));
+    assert!(is_long_running(&req("/api/v1/watch/namespaces/a/pods")));
+    assert!(is_long_running(&req("/api/v1/pods?watch=True")));
+    assert!(!is_long_running(&req("/api/v1/pods?watch=false&x=watch")));
     let exec = Request::builder()
         .uri("/x")
         .header("connection", "Upgrade")

@@ -31,6 +31,10 @@ use crate::tunnel;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a caller has to send a request's headers (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request may wait for a free stream on a saturated tunnel.
+const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings find callers that went away without closing (a laptop lid).
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Concurrent HTTP/2 streams per caller connection.
 const H2_MAX_STREAMS: u32 = 1000;
 
@@ -40,11 +44,19 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<Rela
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
-                debug!(error = %e, "accept failed");
+                // Out of file descriptors, typically: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let _ = tcp.set_nodelay(true);
+        // TCP keep-alive finds dead HTTP/1.1 callers holding exec or port-forward streams.
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(60))
+                .with_interval(Duration::from_secs(15)),
+        );
         let (acceptor, state) = (acceptor.clone(), state.clone());
         tokio::spawn(
             connection(tcp, peer, acceptor, state)
@@ -71,7 +83,9 @@ async fn connection(tcp: tokio::net::TcpStream, peer: SocketAddr, acceptor: TlsA
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS);
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(Duration::from_secs(20));
     if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
         debug!(error = %e, "caller connection ended with an error");
     }
@@ -148,7 +162,15 @@ async fn to_cluster(state: &RelayState, req: Request<Incoming>) -> Result<Respon
                 "cluster \"{cluster}\" is unreachable: agent stream failed: {e}"
             ))
         };
-        let mut stream = tunnel::join(session.connection.open_bi().await.map_err(|e| offline(&e))?);
+        // Waits only while the agent's stream limit is reached; bounded so callers get an answer.
+        let opened = tokio::time::timeout(OPEN_STREAM_TIMEOUT, session.connection.open_bi())
+            .await
+            .map_err(|_| {
+                HttpError::unavailable(format!(
+                    "cluster \"{cluster}\" is saturated: no stream free within {OPEN_STREAM_TIMEOUT:?}"
+                ))
+            })?;
+        let mut stream = tunnel::join(opened.map_err(|e| offline(&e))?);
         proto::write_frame(&mut stream, &StreamHeader { request_id })
             .await
             .map_err(|e| offline(&e))?;
