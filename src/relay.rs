@@ -17,6 +17,9 @@ use crate::config::RelayConfig;
 use crate::proto::ALPN;
 use crate::{shutdown, tls, tunnel};
 
+/// How long a shutting-down relay lets caller connections finish.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -153,10 +156,19 @@ impl Relay {
             state.registry.clone(),
             state.instance.clone(),
         ));
-        let front = tokio::spawn(front::serve(listener, acceptor, state));
-        shutdown::signal().await;
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::select! {
+            _ = front::serve(listener, acceptor, state, &graceful) => {}
+            _ = shutdown::signal() => {}
+        }
+        // Drain: no new callers; HTTP/1.1 connections close after their
+        // current exchange, HTTP/2 ones get GOAWAY. Watches never finish by
+        // themselves, hence the deadline.
+        info!(connections = graceful.count(), "relay draining caller connections");
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+            info!("drain deadline reached; closing the rest");
+        }
         info!("relay shutting down");
-        front.abort();
         endpoint.close(agents::close_code::SHUTDOWN.into(), b"relay shutting down");
         endpoint.wait_idle().await;
         agents.abort();

@@ -17,6 +17,7 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span};
@@ -39,7 +40,8 @@ const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 const H2_MAX_STREAMS: u32 = 1000;
 
 /// Accepts caller connections until the listener fails.
-pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<RelayState>) {
+/// Every connection is watched by `graceful`, so shutdown can drain them.
+pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<RelayState>, graceful: &GracefulShutdown) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -57,15 +59,21 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<Rela
                 .with_time(Duration::from_secs(60))
                 .with_interval(Duration::from_secs(15)),
         );
-        let (acceptor, state) = (acceptor.clone(), state.clone());
+        let (acceptor, state, watcher) = (acceptor.clone(), state.clone(), graceful.watcher());
         tokio::spawn(
-            connection(tcp, peer, acceptor, state)
+            connection(tcp, peer, acceptor, state, watcher)
                 .instrument(info_span!("caller_connection", net.peer.address = %peer)),
         );
     }
 }
 
-async fn connection(tcp: tokio::net::TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, state: Arc<RelayState>) {
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    state: Arc<RelayState>,
+    watcher: Watcher,
+) {
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return debug!(error = %e, "tls handshake failed"),
@@ -86,7 +94,8 @@ async fn connection(tcp: tokio::net::TcpStream, peer: SocketAddr, acceptor: TlsA
         .max_concurrent_streams(H2_MAX_STREAMS)
         .keep_alive_interval(H2_KEEP_ALIVE)
         .keep_alive_timeout(Duration::from_secs(20));
-    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    if let Err(e) = watcher.watch(conn).await {
         debug!(error = %e, "caller connection ended with an error");
     }
 }
