@@ -49,6 +49,10 @@ pub const TESTS: &[(&str, Test)] = &[
         "agent_loss_ends_a_watch_promptly_and_recovers",
         agent_loss_ends_a_watch_promptly_and_recovers,
     ),
+    (
+        "agent_crash_ends_a_watch_within_the_idle_timeout",
+        agent_crash_ends_a_watch_within_the_idle_timeout,
+    ),
     ("relay_restart_agents_reconnect", relay_restart_agents_reconnect),
     (
         "many_stalled_streams_do_not_freeze_the_tunnel",
@@ -329,6 +333,30 @@ fn agent_loss_ends_a_watch_promptly_and_recovers(tb: &Testbed, _: &Deployment) -
         Duration::from_secs(30),
         || Ok(version(&kubectl)?.0.then_some(())),
     )
+}
+
+fn agent_crash_ends_a_watch_within_the_idle_timeout(tb: &Testbed, _: &Deployment) -> Result<()> {
+    // A crashed agent sends nothing: QUIC's idle timeout (3 s here) is what notices.
+    let hawser = Hawser::start_with(tb, "[tunnel]\nkeep_alive_secs = 1\nidle_timeout_secs = 3\n")?;
+    let kubectl = hawser.kubeconfig_route("hawser-admin", &[])?;
+    let ns = tb.namespace("agent-crash")?;
+    tb.admin()
+        .ok(&["create", "configmap", "watched", "-n", &ns, "--from-literal=v=one"])?;
+    let mut watch = kubectl.watch_values(&ns, "watched")?;
+    watch.wait_for_line("the initial value", Duration::from_secs(30), |l| l == "one")?;
+    hawser.crash_agent()?;
+    let started = Instant::now();
+    watch
+        .wait_exit(Duration::from_secs(15))
+        .context("kubectl kept watching a cluster whose agent crashed")?;
+    let (ok, stderr) = version(&kubectl)?;
+    ensure!(!ok && stderr.contains("offline"), "after the crash: {stderr}");
+    ensure!(
+        started.elapsed() < Duration::from_secs(15),
+        "noticed only after {:?}",
+        started.elapsed()
+    );
+    Ok(())
 }
 
 fn relay_restart_agents_reconnect(tb: &Testbed, _: &Deployment) -> Result<()> {

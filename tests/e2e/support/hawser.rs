@@ -47,6 +47,11 @@ impl Hawser {
     /// Starts a relay and an agent for the test bed and waits until the
     /// cluster answers through them.
     pub fn start(tb: &Testbed) -> Result<Self> {
+        Self::start_with(tb, "")
+    }
+
+    /// Like [`Hawser::start`], with `tunnel` (a `[tunnel]` table) in both configs.
+    pub fn start_with(tb: &Testbed, tunnel: &str) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("hawser-system-")
             .disable_cleanup(std::env::var_os("HAWSER_E2E_KEEP").is_some())
@@ -84,6 +89,7 @@ agent_token_sha256 = "{digest}"
 [[clusters]]
 name = "elsewhere"
 agent_token_sha256 = "{other}"
+{tunnel}
 "#,
                 other = hawser::relay::token_digest_hex("elsewhere-token"),
             ),
@@ -117,6 +123,7 @@ jwks_ca_file = "relay.crt"
 [reconnect]
 initial_backoff_ms = 100
 max_backoff_ms = 2000
+{tunnel}
 "#,
                 kubeconfig = agent_kubeconfig.display(),
             ),
@@ -189,6 +196,18 @@ max_backoff_ms = 2000
     pub fn start_relay(&self) -> Result<()> {
         let relay = spawn_relay(&self.relay_config, self.dir.path())?;
         *self.relay.lock().unwrap() = Some(relay);
+        Ok(())
+    }
+
+    /// Kills the agent with SIGKILL, as a crash or a lost node would: it
+    /// closes nothing, and the relay can only notice by the idle timeout.
+    pub fn crash_agent(&self) -> Result<()> {
+        let config = self.agent_config.display().to_string();
+        let status = Command::new("pkill")
+            .args(["-KILL", "-f", &format!("hawser agent --config {config}$")])
+            .status()?;
+        anyhow::ensure!(status.success(), "no agent process to kill");
+        self.stop_agent();
         Ok(())
     }
 
