@@ -11,21 +11,7 @@ use anyhow::{Context, Result};
 
 /// Status code and body of one GET to `url` (https://127.0.0.1:PORT/path), trusting `ca`.
 pub fn get(url: &str, ca: &Path, headers: &[(&str, &str)]) -> Result<(u16, String)> {
-    let rest = url.strip_prefix("https://").context("not an https URL")?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let roots = hawser::tls::root_store(ca)?;
-    let config = hawser::tls::client_config(roots, &[b"http/1.1"])?;
-    let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
-    let tcp = TcpStream::connect(authority)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    tls.write_all(request.as_bytes())?;
+    let mut tls = send_get(url, ca, &[headers, &[("Connection", "close")]].concat())?;
     let mut response = Vec::new();
     // A peer that closes without close_notify still gave us its answer.
     let _ = tls.read_to_end(&mut response);
@@ -44,11 +30,28 @@ pub fn get(url: &str, ca: &Path, headers: &[(&str, &str)]) -> Result<(u16, Strin
 
 /// Sends a GET and reads only the response head; the body is left unread,
 /// so the connection stalls once every buffer on the way is full.
-pub fn get_and_stall(
-    url: &str,
-    ca: &Path,
-    headers: &[(&str, &str)],
-) -> Result<(u16, rustls::StreamOwned<rustls::ClientConnection, TcpStream>)> {
+pub fn get_and_stall(url: &str, ca: &Path, headers: &[(&str, &str)]) -> Result<(u16, Tls)> {
+    let mut tls = send_get(url, ca, headers)?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    Ok((status, tls))
+}
+
+/// A TLS connection to the relay.
+pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Connects to `url`'s host (trusting `ca`, verifying `localhost`) and sends a GET.
+fn send_get(url: &str, ca: &Path, headers: &[(&str, &str)]) -> Result<Tls> {
     let rest = url.strip_prefix("https://").context("not an https URL")?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let config = hawser::tls::client_config(hawser::tls::root_store(ca)?, &[b"http/1.1"])?;
@@ -63,17 +66,5 @@ pub fn get_and_stall(
     }
     request.push_str("\r\n");
     tls.write_all(request.as_bytes())?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tls.read_exact(&mut byte)?;
-        head.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&head);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status line")?;
-    Ok((status, tls))
+    Ok(tls)
 }
