@@ -134,7 +134,7 @@ pub fn merge_into_file(path: &Path, entries: &[Entry]) -> Result<(), ClientError
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| ClientError::file(dir, e))?;
     }
-    crate::tls::write_private(path, text.as_bytes()).map_err(|e| ClientError::file(path, e))
+    Ok(crate::tls::write_private(path, text.as_bytes())?)
 }
 
 /// The kubeconfig path kubectl would use: `--kubeconfig`, else the first of
