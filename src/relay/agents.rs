@@ -72,16 +72,35 @@ pub fn token_digest_hex(token: &str) -> String {
         .collect()
 }
 
+/// Handshakes in progress at once; more are refused until some finish.
+const MAX_HANDSHAKES: usize = 256;
+
 /// Accepts agent connections until the endpoint closes.
+///
+/// Each `Incoming` is judged before any handshake work: an unvalidated
+/// source address gets a QUIC retry (so spoofed sources cost us nothing),
+/// and beyond [`MAX_HANDSHAKES`] in flight new attempts are refused.
 pub async fn serve(endpoint: quinn::Endpoint, tokens: Arc<AgentTokens>, registry: Arc<Registry>, relay: String) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     while let Some(incoming) = endpoint.accept().await {
+        if !incoming.remote_address_validated() && incoming.may_retry() {
+            let _ = incoming.retry();
+            continue;
+        }
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
         let remote = incoming.remote_address();
         let (tokens, registry, relay) = (tokens.clone(), registry.clone(), relay.clone());
         tokio::spawn(
             async move {
-                match incoming.await {
-                    Ok(connection) => session(connection, &tokens, &registry, &relay).await,
-                    Err(e) => info!(error = %e, "agent handshake failed"),
+                let handshake = tokio::time::timeout(HELLO_TIMEOUT, incoming).await;
+                drop(permit);
+                match handshake {
+                    Ok(Ok(connection)) => session(connection, &tokens, &registry, &relay).await,
+                    Ok(Err(e)) => info!(error = %e, "agent handshake failed"),
+                    Err(_) => info!("agent handshake timed out"),
                 }
             }
             .instrument(info_span!("agent_connection", net.peer.address = %remote)),
