@@ -94,21 +94,11 @@ fn apply_get_delete(tb: &Testbed, route: &dyn Route) -> Result<()> {
 
 fn watch_sees_change(tb: &Testbed, route: &dyn Route) -> Result<()> {
     let ns = tb.namespace("watch")?;
-    tb.admin()
-        .ok(&["create", "configmap", "watched", "-n", &ns, "--from-literal=v=one"])?;
+    tb.set_value(&ns, "watched", "one")?;
     let (kubectl, _) = route.admin(tb)?;
     let mut watch = kubectl.watch_values(&ns, "watched")?;
     watch.wait_for_line("the initial value", LINE_DEADLINE, |l| l == "one")?;
-    tb.admin().ok(&[
-        "patch",
-        "configmap",
-        "watched",
-        "-n",
-        &ns,
-        "--type=merge",
-        "-p",
-        r#"{"data":{"v":"two"}}"#,
-    ])?;
+    tb.set_value(&ns, "watched", "two")?;
     watch.wait_for_line("the changed value", LINE_DEADLINE, |l| l == "two")?;
     Ok(())
 }

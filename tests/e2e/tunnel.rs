@@ -313,8 +313,7 @@ fn agent_loss_ends_a_watch_promptly_and_recovers(tb: &Testbed, _: &Deployment) -
     let hawser = Hawser::start(tb)?;
     let kubectl = hawser.kubeconfig_route("hawser-admin", &[])?;
     let ns = tb.namespace("agent-loss")?;
-    tb.admin()
-        .ok(&["create", "configmap", "watched", "-n", &ns, "--from-literal=v=one"])?;
+    tb.set_value(&ns, "watched", "one")?;
     let mut watch = kubectl.spawn(&["get", "configmap", "watched", "-n", &ns, "--watch", "-o", "name"])?;
     watch.wait_for_line("the initial object", Duration::from_secs(30), |l| {
         l == "configmap/watched"
@@ -340,8 +339,7 @@ fn agent_crash_ends_a_watch_within_the_idle_timeout(tb: &Testbed, _: &Deployment
     let hawser = Hawser::start_with(tb, "[tunnel]\nkeep_alive_secs = 1\nidle_timeout_secs = 3\n")?;
     let kubectl = hawser.kubeconfig_route("hawser-admin", &[])?;
     let ns = tb.namespace("agent-crash")?;
-    tb.admin()
-        .ok(&["create", "configmap", "watched", "-n", &ns, "--from-literal=v=one"])?;
+    tb.set_value(&ns, "watched", "one")?;
     let mut watch = kubectl.watch_values(&ns, "watched")?;
     watch.wait_for_line("the initial value", Duration::from_secs(30), |l| l == "one")?;
     hawser.crash_agent()?;
@@ -392,20 +390,10 @@ fn stalled_port_forward_does_not_slow_others(tb: &Testbed, deployment: &Deployme
     })?;
 
     // The same tunnel still serves a watch and plain requests.
-    tb.admin()
-        .ok(&["create", "configmap", "live", "-n", &ns, "--from-literal=v=one"])?;
+    tb.set_value(&ns, "live", "one")?;
     let mut watch = kubectl.watch_values(&ns, "live")?;
     watch.wait_for_line("the initial value", Duration::from_secs(10), |l| l == "one")?;
-    tb.admin().ok(&[
-        "patch",
-        "configmap",
-        "live",
-        "-n",
-        &ns,
-        "--type=merge",
-        "-p",
-        r#"{"data":{"v":"two"}}"#,
-    ])?;
+    tb.set_value(&ns, "live", "two")?;
     watch.wait_for_line("the change, despite the stalled stream", Duration::from_secs(10), |l| {
         l == "two"
     })?;

@@ -201,6 +201,19 @@ impl Testbed {
             .join(format!("{container}.log"))
     }
 
+    /// Creates or updates ConfigMap `name` so its `data.v` is `value` (what
+    /// `Kubectl::watch_values` prints).
+    pub fn set_value(&self, namespace: &str, name: &str, value: &str) -> Result<()> {
+        let config_map = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace},
+            "data": {"v": value},
+        });
+        self.admin()
+            .ok_with_stdin(&["apply", "-f", "-"], config_map.to_string().as_bytes())?;
+        Ok(())
+    }
+
     /// What the test kubelet has logged so far.
     pub fn kubelet_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("testkubelet.log")).unwrap_or_default()
