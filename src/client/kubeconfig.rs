@@ -120,21 +120,72 @@ pub fn render(entries: &[Entry]) -> String {
 }
 
 /// Merges `entries` into the kubeconfig at `path` (created if missing, mode 0600).
+///
+/// Holds `PATH.lock` (the lock file client-go takes when it edits a
+/// kubeconfig) so concurrent writers do not lose each other's contexts, and
+/// replaces the file by rename so a concurrent reader such as kubectl sees the
+/// old file or the new one, never a half-written one.
 pub fn merge_into_file(path: &Path, entries: &[Entry]) -> Result<(), ClientError> {
-    let mut config = match std::fs::read_to_string(path) {
-        Ok(text) if !text.trim().is_empty() => {
-            serde_yaml_ng::from_str(&text).map_err(|e| ClientError::file(path, format!("not a kubeconfig: {e}")))?
-        }
-        Ok(_) => Value::Null,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
-        Err(e) => return Err(ClientError::file(path, e)),
-    };
-    merge(&mut config, entries);
-    let text = serde_yaml_ng::to_string(&config).map_err(|e| ClientError::file(path, e))?;
+    // Follow a symlinked kubeconfig so the rename replaces its target, not the link.
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| ClientError::file(dir, e))?;
     }
-    Ok(crate::tls::write_private(path, text.as_bytes())?)
+    let _lock = FileLock::acquire(&path)?;
+    let mut config = match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => {
+            serde_yaml_ng::from_str(&text).map_err(|e| ClientError::file(&path, format!("not a kubeconfig: {e}")))?
+        }
+        Ok(_) => Value::Null,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
+        Err(e) => return Err(ClientError::file(&path, e)),
+    };
+    merge(&mut config, entries);
+    let text = serde_yaml_ng::to_string(&config).map_err(|e| ClientError::file(&path, e))?;
+    let mut temp = path.clone().into_os_string();
+    temp.push(format!(".hawser-{}.tmp", std::process::id()));
+    let temp = PathBuf::from(temp);
+    crate::tls::write_private(&temp, text.as_bytes())?;
+    std::fs::rename(&temp, &path).map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        ClientError::file(&path, e)
+    })
+}
+
+/// An exclusive `PATH.lock` file, removed on drop.
+struct FileLock(PathBuf);
+
+impl FileLock {
+    /// How long to wait for another writer before giving up.
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn acquire(path: &Path) -> Result<Self, ClientError> {
+        let mut lock = path.to_owned().into_os_string();
+        lock.push(".lock");
+        let lock = PathBuf::from(lock);
+        let deadline = std::time::Instant::now() + Self::WAIT;
+        loop {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+                Ok(_) => return Ok(Self(lock)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(ClientError::file(
+                        &lock,
+                        "held by another writer for 5 s; remove it if no kubectl or hawser is editing the kubeconfig",
+                    ));
+                }
+                Err(e) => return Err(ClientError::file(&lock, e)),
+            }
+        }
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// The kubeconfig path kubectl would use: `--kubeconfig`, else the first of
@@ -191,5 +242,41 @@ mod tests {
         let config: Value = serde_yaml_ng::from_str(&text).unwrap();
         assert_eq!(config["current-context"], "hawser-a");
         assert_eq!(config["clusters"][0]["cluster"]["certificate-authority-data"], "UEVN");
+    }
+
+    #[test]
+    fn concurrent_merges_keep_every_context_and_the_file_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || merge_into_file(&path, &[entry(&format!("hawser-{i}"))]))
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap().unwrap();
+        }
+        let config: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(config["contexts"].as_sequence().unwrap().len(), 8);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, ["config"], "no lock or temporary file is left behind");
+    }
+
+    #[test]
+    fn a_symlinked_kubeconfig_stays_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real");
+        std::fs::write(&target, "").unwrap();
+        let link = dir.path().join("config");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        merge_into_file(&link, &[entry("hawser-a")]).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(std::fs::read_to_string(&target).unwrap().contains("hawser-a"));
     }
 }

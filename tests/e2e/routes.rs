@@ -118,7 +118,7 @@ impl ViaProxy {
     fn proxy_for(&self, tb: &Testbed, subject: &str, groups: &[&str]) -> Result<Kubectl> {
         let hawser = self.deployment.get(tb)?;
         let token_file = hawser.token_file(subject, groups)?;
-        let kubeconfig = hawser.dir().join(format!("{subject}.proxy.kubeconfig"));
+        let kubeconfig = hawser.unique_path(&format!("{subject}.proxy.kubeconfig"));
         let mut cmd = Command::new(hawser_bin());
         cmd.args(["proxy", "--relay", &hawser.relay_url, "--cluster", CLUSTER, "--ca-file"])
             .arg(&hawser.relay_ca)

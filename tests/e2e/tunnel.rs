@@ -80,7 +80,7 @@ fn raw_kubectl(hawser: &Hawser, name: &str, cluster: &str, token: &str) -> Resul
         "contexts": [{"name": "relay", "context": {"cluster": "relay", "user": "caller"}}],
         "current-context": "relay",
     });
-    let path: PathBuf = hawser.dir().join(format!("{name}-{cluster}.kubeconfig"));
+    let path: PathBuf = hawser.unique_path(&format!("{name}-{cluster}.kubeconfig"));
     fs::write(&path, serde_json::to_vec(&config)?)?;
     Ok(Kubectl::new(&binaries()?.kubectl, &path))
 }

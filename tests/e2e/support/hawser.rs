@@ -41,6 +41,8 @@ pub struct Hawser {
     pub relay_ca: PathBuf,
     relay_config: PathBuf,
     agent_config: PathBuf,
+    /// Numbers the files tests write, so parallel tests never share one.
+    files: std::sync::atomic::AtomicUsize,
 }
 
 impl Hawser {
@@ -136,6 +138,7 @@ max_backoff_ms = 2000
             relay_ca,
             relay_config,
             agent_config,
+            files: Default::default(),
         };
         hawser.start_agent()?;
 
@@ -216,6 +219,12 @@ max_backoff_ms = 2000
         drop(self.agent.lock().unwrap().take());
     }
 
+    /// A path in the deployment's directory that no other call returns.
+    pub fn unique_path(&self, name: &str) -> PathBuf {
+        let n = self.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dir.path().join(format!("{n:03}-{name}"))
+    }
+
     /// A token from the relay's built-in issuer.
     pub fn issue_token(&self, subject: &str, groups: &[&str]) -> Result<String> {
         let mut cmd = Command::new(hawser_bin());
@@ -234,7 +243,7 @@ max_backoff_ms = 2000
 
     /// Writes a token to a file of its own and returns the path.
     pub fn token_file(&self, subject: &str, groups: &[&str]) -> Result<PathBuf> {
-        let path = self.dir.path().join(format!("{subject}.token"));
+        let path = self.unique_path(&format!("{subject}.token"));
         fs::write(&path, self.issue_token(subject, groups)?)?;
         Ok(path)
     }
@@ -258,7 +267,7 @@ max_backoff_ms = 2000
         if !out.status.success() {
             bail!("hawser kubeconfig failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let path = self.dir.path().join(format!("{subject}.kubeconfig"));
+        let path = self.unique_path(&format!("{subject}.kubeconfig"));
         fs::write(&path, &out.stdout)?;
         Ok(Kubectl::new(&binaries()?.kubectl, &path))
     }
