@@ -4,6 +4,7 @@
 
 mod apiserver;
 mod backoff;
+mod passthrough;
 mod serve;
 
 use std::net::SocketAddr;
@@ -40,6 +41,9 @@ pub enum AgentError {
     /// The QUIC endpoint.
     #[error(transparent)]
     Tunnel(#[from] tunnel::TunnelError),
+    /// The audit log.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// Why one tunnel attempt ended.
@@ -57,6 +61,11 @@ enum SessionError {
 pub(crate) struct AgentState {
     auth: Authenticator,
     apiserver: apiserver::Apiserver,
+    mode: crate::config::AccessMode,
+    reviewer: passthrough::TokenReviewer,
+    audit: Arc<crate::audit::AuditLog>,
+    cluster: String,
+    instance: String,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -90,8 +99,16 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         ),
         Err(e) => warn!(error = %e, "could not check the agent's impersonation rights"),
     }
-    let roots = tls::root_store(&config.relay.ca_file)?;
-    let state = Arc::new(AgentState { auth, apiserver });
+    let trust = tls::RelayTrust::load(config.relay.ca_file.as_deref(), &config.relay.pinned_key_sha256)?;
+    let state = Arc::new(AgentState {
+        auth,
+        apiserver,
+        mode: config.mode,
+        reviewer: passthrough::TokenReviewer::new(&config.passthrough),
+        audit: crate::audit::AuditLog::open(&config.audit, "agent", &config.instance)?,
+        cluster: config.cluster.clone(),
+        instance: config.instance.clone(),
+    });
 
     let server_name = match &config.relay.server_name {
         Some(name) => name.clone(),
@@ -110,7 +127,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         loop {
             let started = Instant::now();
             let span = info_span!("tunnel", relay = %config.relay.address, cluster = %config.cluster);
-            let ended = session(&config, &roots, &server_name, &hello, &state, &current)
+            let ended = session(&config, &trust, &server_name, &hello, &state, &current)
                 .instrument(span)
                 .await;
             let uptime = started.elapsed();
@@ -138,7 +155,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
 /// One tunnel: connect, say hello, serve streams until the connection ends.
 async fn session(
     config: &AgentConfig,
-    roots: &rustls::RootCertStore,
+    trust: &tls::RelayTrust,
     server_name: &str,
     hello: &Hello,
     state: &Arc<AgentState>,
@@ -150,8 +167,8 @@ async fn session(
         .next()
         .ok_or_else(|| SessionError::Resolve(config.relay.address.clone(), "no address".into()))?;
     // A fresh endpoint per attempt: a restarted relay sees a new source port.
-    let endpoint = tunnel::agent_endpoint(roots.clone(), &config.tunnel, addr)
-        .map_err(|e| SessionError::Connect(e.to_string()))?;
+    let endpoint =
+        tunnel::agent_endpoint(trust, &config.tunnel, addr).map_err(|e| SessionError::Connect(e.to_string()))?;
     *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint.clone());
     let connection = endpoint
         .connect(addr, server_name)
@@ -171,10 +188,11 @@ async fn session(
     .map_err(|e| SessionError::Hello(connection.close_reason().map_or(e, |r| r.to_string())))?;
     let (_control, welcome) = welcome;
     info!(relay = %welcome.relay, session = welcome.session, "tunnel up");
+    let relay: Arc<str> = welcome.relay.into();
     loop {
         match connection.accept_bi().await {
             Ok(pair) => {
-                tokio::spawn(serve::stream(tunnel::join(pair), state.clone()).in_current_span());
+                tokio::spawn(serve::stream(tunnel::join(pair), state.clone(), relay.clone()).in_current_span());
             }
             Err(reason) => return Ok(reason),
         }

@@ -50,6 +50,12 @@ pub enum Command {
     Kubeconfig(KubeconfigArgs),
     /// Serve a local endpoint that forwards kubectl to the relay with your token.
     Proxy(ProxyArgs),
+    /// Print a certificate's key pin, for the agent's `relay.pinned_key_sha256`.
+    Pin {
+        /// PEM certificate (of a chain, the first: the relay's own).
+        #[arg(long)]
+        cert: PathBuf,
+    },
 }
 
 /// `hawser token`.
@@ -122,4 +128,8 @@ pub struct ProxyArgs {
     /// CA certificate that signs the relay's certificate (else the system's CAs).
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
+    /// Your own cluster token (passthrough mode), as FILE for every cluster or CLUSTER=FILE; repeatable.
+    /// Re-read every 10 s; sent beside the relay token, which never reaches the cluster.
+    #[arg(long = "cluster-token-file", value_name = "[CLUSTER=]FILE")]
+    pub cluster_token_files: Vec<String>,
 }

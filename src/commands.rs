@@ -26,6 +26,10 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Token(args) => token_command(args),
         Command::Kubeconfig(args) => kubeconfig_command(args),
         Command::Proxy(args) => proxy_command(args).await,
+        Command::Pin { cert } => {
+            println!("{}", crate::tls::Pin::of_pem_file(&cert)?);
+            Ok(())
+        }
     }
 }
 
@@ -104,6 +108,7 @@ async fn proxy_command(args: ProxyArgs) -> Result<()> {
         kubeconfig: kubeconfig::default_path(args.kubeconfig.as_deref())?,
         token: Secret::new(token::caller_token(args.token_file.as_deref())?),
         relay_ca: args.ca_file,
+        cluster_tokens: args.cluster_token_files,
     };
     let path = options.kubeconfig.clone();
     let proxy = proxy::Proxy::bind(options).await?;

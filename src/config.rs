@@ -8,8 +8,8 @@ mod relay;
 
 use std::path::{Path, PathBuf};
 
-pub use agent::{AgentConfig, ApiserverConfig, ReconnectConfig, RelayEndpoint};
-pub use relay::{BuiltinIssuerConfig, ClusterConfig, RelayConfig, TlsConfig, valid_cluster_name};
+pub use agent::{AccessMode, AgentConfig, ApiserverConfig, PassthroughConfig, ReconnectConfig, RelayEndpoint};
+pub use relay::{BuiltinIssuerConfig, ClusterConfig, LimitsConfig, RelayConfig, TlsConfig, valid_cluster_name};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 

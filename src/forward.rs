@@ -18,6 +18,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::{Instrument, debug};
 
+use crate::audit::Audit;
+
 /// Boxed error of a body in flight.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type every hop uses.
@@ -96,8 +98,10 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Sends `req` with `send` and returns the answer for the caller. If the
 /// caller asked for an upgrade and the upstream switched protocols, the two
-/// upgraded connections are spliced in a task of their own.
-pub async fn exchange<F, Fut, E>(mut req: Request<Body>, send: F) -> Result<Response<Body>, E>
+/// upgraded connections are spliced in a task of their own. With `audit`,
+/// bytes each way and the status are recorded, and the record stays open
+/// until the response body or the upgraded stream is done.
+pub async fn exchange<F, Fut, E>(mut req: Request<Body>, audit: Option<&Audit>, send: F) -> Result<Response<Body>, E>
 where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Result<Response<Incoming>, E>>,
@@ -105,18 +109,27 @@ where
     let caller_side = upgrade_protocol(req.headers())
         .is_some()
         .then(|| hyper::upgrade::on(&mut req));
+    if let Some(audit) = audit {
+        req = req.map(|body| audit.count(body, true));
+    }
     let mut resp = send(req).await?;
+    if let Some(audit) = audit {
+        audit.status(resp.status().as_u16());
+    }
     match caller_side {
         Some(caller_side) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(splice(caller_side, upstream_side).in_current_span());
+            tokio::spawn(splice(caller_side, upstream_side, audit.cloned()).in_current_span());
             Ok(resp.map(|_| empty()))
         }
         _ => {
             if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 strip_hop_by_hop(resp.headers_mut());
             }
-            Ok(resp.map(boxed))
+            Ok(resp.map(|body| match audit {
+                Some(audit) => audit.count(boxed(body), false),
+                None => boxed(body),
+            }))
         }
     }
 }
@@ -159,7 +172,7 @@ pub fn is_long_running<B>(req: &Request<B>) -> bool {
 /// Copies bytes both ways until both directions are done; each direction's
 /// EOF is passed on as a half-close without ending the other direction
 /// (exec stdin EOF must not cut stdout).
-async fn splice(caller: OnUpgrade, upstream: OnUpgrade) {
+async fn splice(caller: OnUpgrade, upstream: OnUpgrade, audit: Option<Audit>) {
     let (caller, upstream) = match tokio::try_join!(caller, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -169,7 +182,13 @@ async fn splice(caller: OnUpgrade, upstream: OnUpgrade) {
     };
     let (mut caller, mut upstream) = (TokioIo::new(caller), TokioIo::new(upstream));
     match tokio::io::copy_bidirectional(&mut caller, &mut upstream).await {
-        Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "upgraded stream closed"),
+        Ok((up, down)) => {
+            if let Some(audit) = &audit {
+                audit.add_in(up);
+                audit.add_out(down);
+            }
+            debug!(bytes_up = up, bytes_down = down, "upgraded stream closed");
+        }
         Err(e) => debug!(error = %e, "upgraded stream ended with an error"),
     }
 }

@@ -82,6 +82,10 @@ pub const IMPERSONATE_GROUP: &str = "impersonate-group";
 /// Header name prefix (lower case) for impersonated extras; the encoded key follows it.
 pub const IMPERSONATE_EXTRA_PREFIX: &str = "impersonate-extra-";
 
+/// Header name (lower case) that carries a caller's own cluster credential in passthrough mode,
+/// as `Bearer <token>`, so the relay JWT in `Authorization` never has to reach the cluster.
+pub const CLUSTER_AUTHORIZATION: &str = "hawser-cluster-authorization";
+
 /// Prefix of every impersonation header, matched case-insensitively.
 const IMPERSONATE_PREFIX: &str = "impersonate-";
 /// Prefix of the apiserver request-header authenticator's headers, matched case-insensitively.
@@ -259,6 +263,21 @@ pub fn apply(
     apply_with(headers, identity, agent_bearer, sanitize)
 }
 
+/// Passthrough mode: strips caller headers exactly as [`apply`] does, sets only
+/// `Authorization: Bearer <cluster token>` (no `Impersonate-*` at all), then asserts.
+///
+/// The request then reaches the apiserver as the token's own identity, whatever
+/// impersonation headers the caller sent. On error nothing identity-bearing is left.
+pub fn apply_passthrough(headers: &mut HeaderMap, cluster_bearer: &str) -> Result<Sanitized, ImpersonationError> {
+    let result = bearer_value(cluster_bearer)
+        .map_err(|_| ImpersonationError::InvalidClusterBearer)
+        .and_then(|bearer| strip_set_assert(headers, vec![(AUTHORIZATION, bearer)], sanitize));
+    if result.is_err() {
+        remove_controlled(headers);
+    }
+    result
+}
+
 /// Fails unless every identity-bearing or hop-by-hop header in `headers` is exactly one of `expected`, and all of `expected` are present.
 ///
 /// For each name, the values in `headers` must equal the values listed for that name in `expected`,
@@ -291,23 +310,22 @@ fn apply_with(
     agent_bearer: &str,
     strip: impl FnOnce(&mut HeaderMap) -> Result<Sanitized, ImpersonationError>,
 ) -> Result<Sanitized, ImpersonationError> {
-    let result = strip_set_assert(headers, identity, agent_bearer, strip);
+    let result = impersonation_headers(identity).and_then(|mut expected| {
+        expected.push((AUTHORIZATION, bearer_value(agent_bearer)?));
+        strip_set_assert(headers, expected, strip)
+    });
     if result.is_err() {
         remove_controlled(headers);
     }
     result
 }
 
-/// Strip with `strip`, set the agent's headers, then assert; on error [`apply_with`] scrubs the map.
+/// Strip with `strip`, set `expected`, then assert; on error [`apply_with`] scrubs the map.
 fn strip_set_assert(
     headers: &mut HeaderMap,
-    identity: &Identity,
-    agent_bearer: &str,
+    mut expected: Vec<(HeaderName, HeaderValue)>,
     strip: impl FnOnce(&mut HeaderMap) -> Result<Sanitized, ImpersonationError>,
 ) -> Result<Sanitized, ImpersonationError> {
-    let mut expected = impersonation_headers(identity)?;
-    expected.push((AUTHORIZATION, bearer_value(agent_bearer)?));
-
     let sanitized = strip(headers)?;
     if let Some(upgrade) = &sanitized.upgrade {
         expected.push((CONNECTION, HeaderValue::from_static("Upgrade")));
@@ -346,6 +364,7 @@ fn is_controlled(name: &HeaderName) -> bool {
         || starts_with_ignore_case(name, X_REMOTE_PREFIX)
         || name.eq_ignore_ascii_case(AUTHORIZATION.as_str())
         || name.eq_ignore_ascii_case("proxy-authorization")
+        || name.eq_ignore_ascii_case(CLUSTER_AUTHORIZATION)
         || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 

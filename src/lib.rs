@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -20,4 +21,5 @@ pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
+pub mod token_file;
 pub mod tunnel;

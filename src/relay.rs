@@ -3,6 +3,7 @@
 
 mod agents;
 mod front;
+mod limits;
 mod registry;
 
 use std::sync::Arc;
@@ -35,6 +36,9 @@ pub enum RelayError {
     /// Token validation set-up.
     #[error("issuers: {0}")]
     Auth(String),
+    /// The audit log.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// A listener could not bind.
     #[error("listening on {addr}: {source}")]
     Bind {
@@ -53,6 +57,10 @@ pub(crate) struct RelayState {
     issuer: Option<BuiltinIssuer>,
     tokens: Arc<agents::AgentTokens>,
     registry: Arc<registry::Registry>,
+    audit: Arc<crate::audit::AuditLog>,
+    limits: crate::config::LimitsConfig,
+    caller_streams: Arc<limits::CallerStreams>,
+    auth_failures: limits::AuthFailures,
 }
 
 /// A relay bound to its ports, not yet serving.
@@ -118,6 +126,10 @@ impl Relay {
             issuer,
             tokens: Arc::new(tokens),
             registry: registry::Registry::new(),
+            audit: crate::audit::AuditLog::open(&config.audit, "relay", &config.instance)?,
+            caller_streams: Arc::default(),
+            auth_failures: limits::AuthFailures::new(config.limits.auth_failures_per_minute),
+            limits: config.limits.clone(),
         });
         Ok(Self {
             listener,

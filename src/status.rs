@@ -52,6 +52,14 @@ impl HttpError {
             message: message.into(),
         }
     }
+    /// 429: a limit was reached; kubectl retries after `Retry-After`.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self {
+            code: StatusCode::TOO_MANY_REQUESTS,
+            reason: "TooManyRequests",
+            message: message.into(),
+        }
+    }
     /// 500: we could not do our part (never a fallback to another identity).
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
@@ -94,6 +102,10 @@ impl HttpError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/json"),
         );
+        if self.code == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
         if self.code == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));

@@ -1,10 +1,15 @@
 //! TLS material: loading PEM files, generating a self-signed serving
-//! certificate for the embedded default, and rustls configurations.
+//! certificate for the embedded default, rustls configurations, and how the
+//! agent trusts its relay (a CA, pinned keys, or both: [`RelayTrust`]).
+
+mod pin;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use pin::{Pin, RelayTrust};
 
 /// Why TLS material could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,12 @@ pub enum TlsError {
     /// Certificate generation failed.
     #[error("generating a certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A certificate verifier could not be built from the CA roots.
+    #[error("tls verifier: {0}")]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
+    /// Neither a CA nor a pinned key: the relay could not be authenticated.
+    #[error("the relay needs a CA, a pinned key or both; there is no insecure mode")]
+    NoTrust,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {

@@ -73,13 +73,14 @@ pub fn relay_endpoint(
     Ok(Endpoint::server(server, addr)?)
 }
 
-/// The agent's QUIC client endpoint, trusting only `roots` for the relay.
+/// The agent's QUIC client endpoint, accepting only a relay that `trust`
+/// recognises (its CA, its pinned key, or both).
 pub fn agent_endpoint(
-    roots: rustls::RootCertStore,
+    trust: &crate::tls::RelayTrust,
     config: &TunnelConfig,
     relay: SocketAddr,
 ) -> Result<Endpoint, TunnelError> {
-    let tls = crate::tls::client_config(roots, &[ALPN])?;
+    let tls = trust.client_config(&[ALPN])?;
     let quic_tls = QuicClientConfig::try_from(tls).map_err(|e| TunnelError::QuicTls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
     client.transport_config(transport(config, config.max_streams_per_tunnel));
@@ -92,3 +93,6 @@ pub fn agent_endpoint(
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,8 +7,7 @@
 //! never queue behind an HTTP/2 connection's stream limit.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use http::Uri;
@@ -16,11 +15,10 @@ use serde::Deserialize;
 
 use crate::config::ApiserverConfig;
 use crate::forward::{HttpsClient, https_client};
+use crate::token_file::TokenFile;
 
 const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
-/// How long a token read from file is used before reading the file again.
-const TOKEN_REFRESH: Duration = Duration::from_secs(10);
 
 /// Why the apiserver client could not be set up or used.
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +41,7 @@ pub struct Apiserver {
 
 enum TokenSource {
     Static(String),
-    File {
-        path: PathBuf,
-        cached: Mutex<Option<(String, Instant)>>,
-    },
+    File(TokenFile),
 }
 
 impl Apiserver {
@@ -104,12 +99,6 @@ impl Apiserver {
         for key in extra_keys {
             needed.push(("authentication.k8s.io", "userextras", key.clone()));
         }
-        let token = self.token().map_err(|e| e.to_string())?;
-        let uri = self
-            .uri_for(&Uri::from_static(
-                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-            ))
-            .map_err(|e| e.to_string())?;
         let mut missing = Vec::new();
         for (group, resource, subresource) in needed {
             let review = serde_json::json!({
@@ -119,25 +108,9 @@ impl Apiserver {
                     "verb": "impersonate", "group": group, "resource": resource, "subresource": subresource,
                 }},
             });
-            let req = http::Request::post(uri.clone())
-                .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(crate::forward::full(review.to_string()))
-                .map_err(|e| e.to_string())?;
-            // Head and body under one deadline, the body bounded: this runs before the agent dials.
-            let exchange = async {
-                let resp = self.shared.request(req).await.map_err(|e| e.to_string())?;
-                let status = resp.status();
-                let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024);
-                let body = http_body_util::BodyExt::collect(body)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>((status, body.to_bytes()))
-            };
-            let (status, body) = tokio::time::timeout(Duration::from_secs(10), exchange)
-                .await
-                .map_err(|_| "the apiserver did not answer within 10s".to_owned())??;
-            let answer: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            let (status, answer) = self
+                .post_json("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", &review)
+                .await?;
             if !status.is_success() {
                 return Err(format!("{status}: {}", answer["message"].as_str().unwrap_or_default()));
             }
@@ -152,36 +125,45 @@ impl Apiserver {
         Ok(missing)
     }
 
+    /// POSTs `body` as the agent and returns the answer's status and JSON, head
+    /// and body under one 10 s deadline, the body bounded to 64 KiB.
+    pub async fn post_json(
+        &self,
+        path: &'static str,
+        body: &serde_json::Value,
+    ) -> Result<(http::StatusCode, serde_json::Value), String> {
+        let token = self.token().map_err(|e| e.to_string())?;
+        let uri = self.uri_for(&Uri::from_static(path)).map_err(|e| e.to_string())?;
+        let mut bearer = http::HeaderValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| "the agent's token is not a header value")?;
+        bearer.set_sensitive(true);
+        let req = http::Request::post(uri)
+            .header(http::header::AUTHORIZATION, bearer)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(crate::forward::full(body.to_string()))
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let resp = self.shared.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024);
+            let body = http_body_util::BodyExt::collect(body)
+                .await
+                .map_err(|e| e.to_string())?;
+            let answer: serde_json::Value = serde_json::from_slice(&body.to_bytes()).map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, answer))
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| "the apiserver did not answer within 10s".to_owned())?
+    }
+
     /// The agent's bearer token, re-read from file when stale.
     pub fn token(&self) -> Result<String, ApiserverError> {
         match &self.token {
             TokenSource::Static(token) => Ok(token.clone()),
-            TokenSource::File { path, cached } => {
-                let mut cached = cached.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((token, at)) = cached.as_ref()
-                    && at.elapsed() < TOKEN_REFRESH
-                {
-                    return Ok(token.clone());
-                }
-                let token = read_token(path)?;
-                *cached = Some((token.clone(), Instant::now()));
-                Ok(token)
-            }
+            TokenSource::File(file) => file.get().map_err(|e| ApiserverError::Config(e.to_string())),
         }
     }
-}
-
-fn read_token(path: &Path) -> Result<String, ApiserverError> {
-    let token = std::fs::read_to_string(path)
-        .map_err(|e| ApiserverError::Config(format!("reading token {}: {e}", path.display())))?;
-    let token = token.trim().to_owned();
-    if token.is_empty() {
-        return Err(ApiserverError::Config(format!(
-            "token file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(token)
 }
 
 fn in_cluster() -> Result<(String, rustls::RootCertStore, TokenSource), ApiserverError> {
@@ -190,10 +172,7 @@ fn in_cluster() -> Result<(String, rustls::RootCertStore, TokenSource), Apiserve
     let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
     let host = if host.contains(':') { format!("[{host}]") } else { host };
     let roots = crate::tls::root_store(Path::new(IN_CLUSTER_CA))?;
-    let token = TokenSource::File {
-        path: IN_CLUSTER_TOKEN.into(),
-        cached: Mutex::new(None),
-    };
+    let token = TokenSource::File(TokenFile::new(IN_CLUSTER_TOKEN));
     Ok((format!("https://{host}:{port}"), roots, token))
 }
 
@@ -266,10 +245,7 @@ fn from_kubeconfig(path: &Path) -> Result<(String, rustls::RootCertStore, TokenS
     };
     let token = match (&user.token, &user.token_file) {
         (Some(token), _) => TokenSource::Static(token.clone()),
-        (None, Some(file)) => TokenSource::File {
-            path: base.join(file),
-            cached: Mutex::new(None),
-        },
+        (None, Some(file)) => TokenSource::File(TokenFile::new(base.join(file))),
         (None, None) => {
             return Err(bad(
                 "the user has no token or tokenFile (the agent impersonates with a bearer token)".into(),

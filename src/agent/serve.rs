@@ -7,6 +7,11 @@
 //! leaves (see `impersonation`). Identity that cannot be expressed means 500,
 //! never a request with the agent's own identity. The request goes only to
 //! the configured apiserver, whatever its URI says.
+//!
+//! In passthrough mode (`mode = "passthrough"` or `"both"`) a request that
+//! carries a cluster token is forwarded with that token as its only
+//! credential, after a TokenReview (see `passthrough`); the caller's relay
+//! JWT is still validated here first and never leaves the agent.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,7 +24,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tracing::{Instrument, debug, info_span};
 
-use super::AgentState;
+use super::{AgentState, passthrough};
+use crate::audit::Audit;
 use crate::forward::{self, Body, boxed};
 use crate::proto::{self, StreamHeader};
 use crate::status::HttpError;
@@ -29,16 +35,29 @@ use crate::tunnel::Stream;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one stream: its header, then one HTTP/1.1 exchange (and upgrade).
-pub async fn stream(mut stream: Stream, state: Arc<AgentState>) {
+pub async fn stream(mut stream: Stream, state: Arc<AgentState>, relay: Arc<str>) {
     let header: StreamHeader = match tokio::time::timeout(HEADER_TIMEOUT, proto::read_frame(&mut stream)).await {
         Ok(Ok(header)) => header,
         Ok(Err(e)) => return debug!(error = %e, "bad stream header"),
         Err(_) => return debug!("stream header timed out"),
     };
     let span = info_span!("stream", request.id = %header.request_id);
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, req).await.unwrap_or_else(HttpError::into_response)) }
+        let audit = state
+            .audit
+            .begin(&header.request_id, req.method(), req.uri(), req.headers());
+        audit.set(|f| {
+            f.cluster = Some(state.cluster.clone());
+            f.relay = Some(relay.to_string());
+            f.agent = Some(state.instance.clone());
+        });
+        async move {
+            Ok::<_, Infallible>(handle(&state, req, &audit).await.unwrap_or_else(|e| {
+                audit.status(e.code.as_u16());
+                e.into_response()
+            }))
+        }
     });
     // No keep_alive(false): it would add `Connection: close` to a 101. The
     // relay sends one exchange per stream and finishes the stream after it.
@@ -52,18 +71,46 @@ pub async fn stream(mut stream: Stream, state: Arc<AgentState>) {
     }
 }
 
-async fn handle(state: &AgentState, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+async fn handle(state: &AgentState, req: Request<Incoming>, audit: &Audit) -> Result<Response<Body>, HttpError> {
     let token = crate::auth::bearer_token(req.headers())?;
     let identity = state.auth.authenticate(token).await?;
-    let agent_token = state
-        .apiserver
-        .token()
-        .map_err(|e| HttpError::internal(format!("the agent has no credential for the apiserver: {e}")))?;
+    audit.set(|f| {
+        f.caller = Some(identity.user.clone());
+        f.groups = identity.groups.clone();
+    });
+    let cluster_token = passthrough::cluster_token(req.headers())?;
 
     let mut req = req.map(boxed);
     let long_running = forward::is_long_running(&req);
-    crate::impersonation::apply(req.headers_mut(), &identity, &agent_token)
-        .map_err(|e| HttpError::internal(format!("cannot express the caller's identity: {e}")))?;
+    match cluster_token {
+        Some(cluster_token) => {
+            if !state.mode.allows_passthrough() {
+                return Err(HttpError::forbidden(
+                    "this cluster does not accept cluster tokens (Hawser-Cluster-Authorization); \
+                     its agent runs in identity mode",
+                ));
+            }
+            let reviewed = state.reviewer.review(&state.apiserver, &cluster_token).await?;
+            audit.set(|f| f.cluster_user = Some(reviewed.user.clone()));
+            debug!(caller = %identity.user, cluster_user = %reviewed.user, "passthrough");
+            crate::impersonation::apply_passthrough(req.headers_mut(), &cluster_token)
+                .map_err(|e| HttpError::unauthorized(format!("cannot forward the cluster token: {e}")))?;
+        }
+        None => {
+            if !state.mode.allows_identity() {
+                return Err(HttpError::forbidden(
+                    "this cluster accepts only callers' own cluster tokens: \
+                     run `hawser proxy --cluster-token-file FILE`",
+                ));
+            }
+            let agent_token = state
+                .apiserver
+                .token()
+                .map_err(|e| HttpError::internal(format!("the agent has no credential for the apiserver: {e}")))?;
+            crate::impersonation::apply(req.headers_mut(), &identity, &agent_token)
+                .map_err(|e| HttpError::internal(format!("cannot express the caller's identity: {e}")))?;
+        }
+    }
     *req.uri_mut() = state
         .apiserver
         .uri_for(req.uri())
@@ -72,7 +119,7 @@ async fn handle(state: &AgentState, req: Request<Incoming>) -> Result<Response<B
     req.headers_mut().remove(HOST);
     let client = state.apiserver.client(long_running);
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let resp = forward::exchange(req, |req| client.request(req))
+    let resp = forward::exchange(req, Some(audit), |req| client.request(req))
         .await
         .map_err(|e| HttpError::bad_gateway(format!("the apiserver did not answer: {e}")))?;
     tracing::debug!(%method, %path, long_running, status = resp.status().as_u16(), "response head from the apiserver");

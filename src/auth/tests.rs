@@ -336,3 +336,32 @@ fn construction_errors() {
         Err(ConfigError::Algorithm { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_validly_signed_payload_that_is_not_utf8_is_refused() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let key = EcKey::new("k1");
+    let (auth, _dir) = ec_auth(&key);
+    let good = serde_json::to_vec(&claims("alice")).expect("claims");
+    let text = String::from_utf8(good).expect("utf8");
+    // The subject's bytes replaced by a lone 0xff: a signature over it is still valid.
+    let payload = text.replace("\"alice\"", "\"al\u{1}ice\"").into_bytes();
+    let at = payload.iter().position(|&b| b == 1).expect("marker");
+    let mut payload = payload;
+    payload[at] = 0xff;
+    let header = URL_SAFE_NO_PAD.encode(json!({"alg": "ES256", "kid": "k1", "typ": "JWT"}).to_string());
+    let body = URL_SAFE_NO_PAD.encode(&payload);
+    let message = format!("{header}.{body}");
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_ec_der(&key.pair.serialize_der()),
+        Algorithm::ES256,
+    )
+    .expect("sign");
+    let result = auth.authenticate(&format!("{message}.{signature}")).await;
+    assert!(
+        result.is_err() && result != Err(AuthError::BadSignature),
+        "a non-UTF-8 claim was accepted or its valid signature refused: {result:?}"
+    );
+}

@@ -6,6 +6,10 @@
 //! (written into the caller's kubeconfig, mode 0600) and answers 401 to
 //! anything else, before anything is forwarded. The caller's relay token is
 //! added here and never written to the kubeconfig.
+//!
+//! With `--cluster-token-file`, the caller's own cluster token rides beside the
+//! relay token in `Hawser-Cluster-Authorization` (passthrough mode); the agent
+//! reviews it and sends it to the apiserver in place of the relay token.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,7 +30,9 @@ use tracing::{Instrument, debug, info_span};
 use super::ClientError;
 use super::kubeconfig::{Entry, User};
 use crate::forward::{self, Body, HttpsClient, boxed, https_client};
+use crate::impersonation::CLUSTER_AUTHORIZATION;
 use crate::status::HttpError;
+use crate::token_file::TokenFile;
 
 /// What `hawser proxy` was asked to do.
 #[derive(Debug)]
@@ -43,6 +49,8 @@ pub struct ProxyOptions {
     pub token: crate::config::Secret,
     /// CA that signs the relay's certificate; the system roots if absent.
     pub relay_ca: Option<PathBuf>,
+    /// `FILE` (every cluster) or `CLUSTER=FILE`: the caller's own cluster tokens (passthrough).
+    pub cluster_tokens: Vec<String>,
 }
 
 struct ProxyState {
@@ -50,6 +58,7 @@ struct ProxyState {
     clusters: Vec<String>,
     secret: String,
     token: crate::config::Secret,
+    cluster_tokens: ClusterTokens,
     shared: HttpsClient,
     dedicated: HttpsClient,
 }
@@ -80,6 +89,7 @@ impl Proxy {
                 options.relay
             )));
         }
+        let cluster_tokens = ClusterTokens::parse(&options.cluster_tokens, &options.clusters)?;
         let listener = TcpListener::bind(("127.0.0.1", options.port))
             .await
             .map_err(|e| ClientError::Usage(format!("cannot listen on 127.0.0.1:{}: {e}", options.port)))?;
@@ -126,6 +136,7 @@ impl Proxy {
             clusters: options.clusters,
             secret,
             token: options.token,
+            cluster_tokens,
             shared: https_client(client_tls.clone(), true),
             dedicated: https_client(client_tls, false),
         });
@@ -171,6 +182,57 @@ impl Proxy {
     }
 }
 
+/// The caller's cluster tokens: one for every cluster, or one per cluster.
+#[derive(Debug, Default)]
+struct ClusterTokens {
+    every: Option<TokenFile>,
+    per_cluster: Vec<(String, TokenFile)>,
+}
+
+impl ClusterTokens {
+    /// Parses `FILE` and `CLUSTER=FILE` arguments; each file must be readable now.
+    fn parse(args: &[String], clusters: &[String]) -> Result<Self, ClientError> {
+        let mut tokens = Self::default();
+        for arg in args {
+            let (cluster, file) = match arg.split_once('=') {
+                Some((cluster, file)) => (Some(cluster), file),
+                None => (None, arg.as_str()),
+            };
+            let file = TokenFile::new(file);
+            file.get()
+                .map_err(|e| ClientError::Usage(format!("--cluster-token-file: {e}")))?;
+            match cluster {
+                Some(cluster) if !clusters.iter().any(|c| c == cluster) => {
+                    return Err(ClientError::Usage(format!(
+                        "--cluster-token-file names {cluster:?}, which is not a --cluster of this proxy"
+                    )));
+                }
+                Some(cluster) if tokens.per_cluster.iter().any(|(c, _)| c == cluster) => {
+                    return Err(ClientError::Usage(format!(
+                        "--cluster-token-file names {cluster:?} twice"
+                    )));
+                }
+                Some(cluster) => tokens.per_cluster.push((cluster.to_owned(), file)),
+                None if tokens.every.is_some() => {
+                    return Err(ClientError::Usage(
+                        "--cluster-token-file without CLUSTER= may be given once".into(),
+                    ));
+                }
+                None => tokens.every = Some(file),
+            }
+        }
+        Ok(tokens)
+    }
+
+    fn for_cluster(&self, cluster: &str) -> Option<&TokenFile> {
+        self.per_cluster
+            .iter()
+            .find(|(c, _)| c == cluster)
+            .map(|(_, f)| f)
+            .or(self.every.as_ref())
+    }
+}
+
 /// The system's trusted CAs, for a relay with a publicly trusted certificate.
 fn system_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
@@ -213,8 +275,9 @@ async fn handle(state: &ProxyState, req: Request<Incoming>) -> Result<Response<B
     let cluster = path
         .strip_prefix("/clusters/")
         .and_then(|rest| rest.split('/').next())
-        .unwrap_or_default();
-    if !state.clusters.iter().any(|c| c == cluster) {
+        .unwrap_or_default()
+        .to_owned();
+    if !state.clusters.contains(&cluster) {
         return Err(HttpError::not_found(format!(
             "this proxy serves /clusters/{{{}}}/...",
             state.clusters.join(",")
@@ -238,12 +301,52 @@ async fn handle(state: &ProxyState, req: Request<Incoming>) -> Result<Response<B
         .map_err(|_| HttpError::internal("the caller's token is not a valid header value"))?;
     bearer.set_sensitive(true);
     req.headers_mut().insert(AUTHORIZATION, bearer);
+    // Ours alone: a header the caller sent is never forwarded as a cluster token.
+    req.headers_mut().remove(CLUSTER_AUTHORIZATION);
+    if let Some(file) = state.cluster_tokens.for_cluster(&cluster) {
+        let token = file.get().map_err(|e| HttpError::internal(e.to_string()))?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| HttpError::internal("the cluster token is not a valid header value"))?;
+        value.set_sensitive(true);
+        req.headers_mut().insert(CLUSTER_AUTHORIZATION, value);
+    }
     let client = if forward::is_long_running(&req) {
         &state.dedicated
     } else {
         &state.shared
     };
-    forward::exchange(req, |req| client.request(req))
+    forward::exchange(req, None, |req| client.request(req))
         .await
         .map_err(|e| HttpError::bad_gateway(format!("the relay did not answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_token_files_apply_to_every_or_one_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let (all, dev) = (dir.path().join("all"), dir.path().join("dev"));
+        std::fs::write(&all, "t-all").unwrap();
+        std::fs::write(&dev, "t-dev\n").unwrap();
+        let clusters = vec!["dev".to_owned(), "prod".to_owned()];
+        let args = vec![all.display().to_string(), format!("dev={}", dev.display())];
+        let tokens = ClusterTokens::parse(&args, &clusters).unwrap();
+        assert_eq!(tokens.for_cluster("dev").unwrap().get().unwrap(), "t-dev");
+        assert_eq!(tokens.for_cluster("prod").unwrap().get().unwrap(), "t-all");
+        assert!(
+            ClusterTokens::parse(&[], &clusters)
+                .unwrap()
+                .for_cluster("dev")
+                .is_none()
+        );
+
+        let unknown = format!("qa={}", dev.display());
+        let missing = dir.path().join("missing").display().to_string();
+        for bad in [vec![unknown], vec![missing], vec![args[0].clone(), args[0].clone()]] {
+            let err = ClusterTokens::parse(&bad, &clusters).unwrap_err().to_string();
+            assert!(err.starts_with("--cluster-token-file"), "{err}");
+        }
+    }
 }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use super::relay::valid_cluster_name;
 use super::{TunnelConfig, Validate, resolve};
 use crate::auth::IssuerConfig;
+use crate::tls::Pin;
 
 /// `hawser agent --config FILE`.
 #[derive(Debug, Deserialize)]
@@ -29,9 +30,62 @@ pub struct AgentConfig {
     /// QUIC tunnel settings.
     #[serde(default)]
     pub tunnel: TunnelConfig,
+    /// Where the audit trail goes (one JSON line per request).
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
     /// Reconnect backoff.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
+    /// How callers' requests reach the apiserver: impersonation, their own cluster token, or both.
+    #[serde(default)]
+    pub mode: AccessMode,
+    /// How passthrough cluster tokens are checked.
+    #[serde(default)]
+    pub passthrough: PassthroughConfig,
+}
+
+/// How a caller's request is authorized at the apiserver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessMode {
+    /// The agent impersonates the caller named by the relay JWT (the default).
+    #[default]
+    Identity,
+    /// The caller must bring a cluster token (`hawser proxy --cluster-token-file`); it is forwarded as is.
+    Passthrough,
+    /// A request with a cluster token is passed through; one without is impersonated.
+    Both,
+}
+
+impl AccessMode {
+    /// Whether requests carrying a cluster token are accepted.
+    pub fn allows_passthrough(self) -> bool {
+        matches!(self, Self::Passthrough | Self::Both)
+    }
+
+    /// Whether requests without a cluster token are impersonated.
+    pub fn allows_identity(self) -> bool {
+        matches!(self, Self::Identity | Self::Both)
+    }
+}
+
+/// How passthrough cluster tokens are checked (a TokenReview before use).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassthroughConfig {
+    /// Audiences the token must carry (TokenReview `spec.audiences`); empty means the apiserver's own.
+    pub audiences: Vec<String>,
+    /// How long a successful review is reused for the same token, in seconds (0: review every request).
+    pub cache_secs: u64,
+}
+
+impl Default for PassthroughConfig {
+    fn default() -> Self {
+        Self {
+            audiences: Vec::new(),
+            cache_secs: 10,
+        }
+    }
 }
 
 /// The host (pod) name, so replicas of one cluster's agent never share a
@@ -51,10 +105,16 @@ fn default_instance() -> String {
 pub struct RelayEndpoint {
     /// `host:port` of the relay's QUIC listener.
     pub address: String,
-    /// Name to verify in the relay's certificate; defaults to the host of `address`.
+    /// Name sent to the relay (SNI) and, with `ca_file`, verified in its
+    /// certificate; defaults to the host of `address`.
     pub server_name: Option<String>,
-    /// PEM CA certificate(s) that sign the relay's certificate. There is no insecure mode.
-    pub ca_file: PathBuf,
+    /// PEM CA certificate(s) that sign the relay's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Base64 SHA-256 of the relay certificate's SubjectPublicKeyInfo; any
+    /// one of them matches (several stage a key rotation). With `ca_file`
+    /// too, both must hold. At least one of the two; there is no insecure mode.
+    #[serde(default)]
+    pub pinned_key_sha256: Vec<Pin>,
 }
 
 /// How the agent reaches kube-apiserver.
@@ -89,7 +149,10 @@ impl Default for ReconnectConfig {
 
 impl Validate for AgentConfig {
     fn resolve_paths(&mut self, base: &Path) {
-        resolve(base, &mut self.relay.ca_file);
+        self.audit.resolve(base);
+        if let Some(ca_file) = &mut self.relay.ca_file {
+            resolve(base, ca_file);
+        }
         resolve(base, &mut self.token_file);
         if let Some(kubeconfig) = &mut self.apiserver.kubeconfig {
             resolve(base, kubeconfig);
@@ -101,6 +164,10 @@ impl Validate for AgentConfig {
 
     fn validate(&self) -> Result<(), String> {
         self.tunnel.validate()?;
+        self.audit.validate()?;
+        if self.relay.ca_file.is_none() && self.relay.pinned_key_sha256.is_empty() {
+            return Err("relay: set ca_file, pinned_key_sha256 or both; there is no insecure mode".into());
+        }
         if !valid_cluster_name(&self.cluster) {
             return Err(format!("cluster name {:?}: use 1-63 of a-z, 0-9 and '-'", self.cluster));
         }
@@ -111,6 +178,12 @@ impl Validate for AgentConfig {
             issuer
                 .validate()
                 .map_err(|e| format!("issuer {}: {e}", issuer.issuer))?;
+        }
+        if self.passthrough.audiences.iter().any(|a| a.is_empty()) {
+            return Err("passthrough.audiences: an audience cannot be empty".into());
+        }
+        if self.passthrough.cache_secs > 300 {
+            return Err("passthrough.cache_secs: at most 300, so a revoked token stops working soon".into());
         }
         let r = &self.reconnect;
         if r.initial_backoff_ms == 0 || r.max_backoff_ms < r.initial_backoff_ms {

@@ -35,10 +35,71 @@ pub struct RelayConfig {
     /// QUIC tunnel settings.
     #[serde(default)]
     pub tunnel: TunnelConfig,
+    /// Where the audit trail goes (one JSON line per request).
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
+    /// Limits on what callers may hold and send.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 fn default_instance() -> String {
     "relay".to_owned()
+}
+
+/// Limits on callers at the front door; every default is documented in docs/configuration.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Exchanges one caller may have in flight at once (watches, exec, port-forward included); 0: no limit.
+    pub max_streams_per_caller: usize,
+    /// How long a request waits for a free stream on a saturated tunnel before 503, in seconds.
+    pub open_stream_timeout_secs: u64,
+    /// Largest request head (HTTP/1.1) or header list (HTTP/2), in bytes.
+    pub max_header_bytes: usize,
+    /// How long a caller has to send a request's headers (slowloris), in seconds.
+    pub header_read_timeout_secs: u64,
+    /// Concurrent HTTP/2 streams per caller connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a caller may reset before the server has accepted them, before GOAWAY (rapid reset).
+    pub h2_max_pending_reset_streams: usize,
+    /// HTTP/2 streams the server may reset for protocol errors on one connection before GOAWAY.
+    pub h2_max_local_error_resets: usize,
+    /// Failed authentications per source address per minute (also the burst); 0: no limit.
+    pub auth_failures_per_minute: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_streams_per_caller: 1000,
+            open_stream_timeout_secs: 10,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout_secs: 30,
+            h2_max_concurrent_streams: 1000,
+            h2_max_pending_reset_streams: 20,
+            h2_max_local_error_resets: 1024,
+            auth_failures_per_minute: 60,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(8192..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err("limits.max_header_bytes: between 8192 and 1048576".into());
+        }
+        if self.header_read_timeout_secs == 0 || self.open_stream_timeout_secs == 0 {
+            return Err("limits: header_read_timeout_secs and open_stream_timeout_secs must be at least 1".into());
+        }
+        if self.h2_max_concurrent_streams == 0
+            || self.h2_max_pending_reset_streams == 0
+            || self.h2_max_local_error_resets == 0
+        {
+            return Err("limits: the h2_* limits must be at least 1 (there is no unlimited)".into());
+        }
+        Ok(())
+    }
 }
 
 /// The relay's serving certificate.
@@ -88,6 +149,7 @@ pub struct ClusterConfig {
 
 impl Validate for RelayConfig {
     fn resolve_paths(&mut self, base: &Path) {
+        self.audit.resolve(base);
         resolve(base, &mut self.tls.cert_file);
         resolve(base, &mut self.tls.key_file);
         if let Some(issuer) = &mut self.issuer {
@@ -100,6 +162,8 @@ impl Validate for RelayConfig {
 
     fn validate(&self) -> Result<(), String> {
         self.tunnel.validate()?;
+        self.audit.validate()?;
+        self.limits.validate()?;
         if self.issuer.is_none() && self.issuers.is_empty() {
             return Err("no token issuer: configure [issuer] or [[issuers]]".into());
         }

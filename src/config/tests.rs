@@ -17,7 +17,8 @@ fn the_example_configs_load() {
     let agent: AgentConfig = load(&example("agent.toml")).unwrap();
     assert_eq!(agent.cluster, "local");
     assert_eq!(
-        agent.relay.ca_file, relay.tls.cert_file,
+        agent.relay.ca_file.as_ref(),
+        Some(&relay.tls.cert_file),
         "the agent trusts the relay's certificate"
     );
 }
@@ -85,6 +86,81 @@ fn invalid_values_are_refused_at_start() {
             .to_string()
             .contains("no token issuer")
     );
+}
+
+fn parse_agent(relay: &str) -> Result<AgentConfig, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    let text = format!(
+        r#"
+cluster = "local"
+token_file = "token"
+[relay]
+address = "relay.example:443"
+{relay}
+[[issuers]]
+issuer = "https://relay.example"
+audiences = ["hawser"]
+jwks_url = "https://relay.example/.well-known/jwks.json"
+"#
+    );
+    std::fs::write(&path, text).unwrap();
+    load(&path)
+}
+
+/// The base64 SHA-256 of nothing: a well-formed pin.
+const PIN: &str = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+
+#[test]
+fn the_relay_is_trusted_by_ca_pin_or_both() {
+    let ca_only = parse_agent(r#"ca_file = "relay.crt""#).unwrap();
+    assert!(ca_only.relay.ca_file.unwrap().is_absolute());
+    assert!(ca_only.relay.pinned_key_sha256.is_empty());
+
+    let pin_only = parse_agent(&format!(r#"pinned_key_sha256 = ["{PIN}"]"#)).unwrap();
+    assert_eq!(pin_only.relay.ca_file, None);
+    assert_eq!(pin_only.relay.pinned_key_sha256.len(), 1);
+    assert_eq!(pin_only.relay.pinned_key_sha256[0].to_string(), PIN);
+
+    let both = parse_agent(&format!(
+        "ca_file = \"relay.crt\"\npinned_key_sha256 = [\"{PIN}\", \"{}\"]",
+        PIN.replace('4', "5")
+    ))
+    .unwrap();
+    assert!(both.relay.ca_file.is_some());
+    assert_eq!(both.relay.pinned_key_sha256.len(), 2, "a second pin stages a rotation");
+}
+
+#[test]
+fn the_relay_must_be_trusted_somehow() {
+    for relay in ["", "pinned_key_sha256 = []"] {
+        let err = parse_agent(relay).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
+        let err = err.to_string();
+        assert!(
+            err.contains("ca_file") && err.contains("pinned_key_sha256") && !err.contains('\n'),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn malformed_pins_are_refused_at_start() {
+    let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    for (pin, why) in [
+        ("not base64!", "not base64"),
+        ("AAAA", "3 bytes"),
+        (hex, "that is hex"),
+        (&PIN[..43], "not base64"),
+    ] {
+        let err = parse_agent(&format!(r#"pinned_key_sha256 = ["{PIN}", "{pin}"]"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pinned_key_sha256") && err.contains(why) && err.contains("line 6") && !err.contains('\n'),
+            "{pin}: {err}"
+        );
+    }
 }
 
 #[test]

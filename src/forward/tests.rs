@@ -102,7 +102,7 @@ async fn through_exchange(
         .await
         .unwrap();
     tokio::spawn(conn.with_upgrades());
-    exchange(req, |req| sender.send_request(req)).await.unwrap()
+    exchange(req, None, |req| sender.send_request(req)).await.unwrap()
 }
 
 fn upgrade_request() -> Request<Body> {
@@ -139,3 +139,29 @@ async fn a_switch_keeps_the_upgrade_headers() {
     );
     assert_eq!(resp.headers().get(UPGRADE).unwrap(), "SPDY/3.1");
 }
+
+#[tokio::test]
+async fn an_upstream_redirect_is_passed_back_not_followed() {
+    let resp = through_exchange(
+        |_| {
+            Response::builder()
+                .status(StatusCode::FOUND)
+                .header("location", "https://elsewhere.example/steal")
+                .body(empty())
+                .unwrap()
+        },
+        Request::builder()
+            .uri("/api")
+            .header("host", "x")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    assert_eq!(
+        resp.headers().get("location").unwrap(),
+        "https://elsewhere.example/steal"
+    );
+}
+
+mod smuggling;

@@ -126,6 +126,9 @@ pub enum ImpersonationError {
     /// The agent's bearer token is empty or not printable ASCII without spaces.
     #[error("the agent's bearer token is empty or contains a byte not allowed in a bearer token")]
     InvalidAgentBearer,
+    /// A passthrough cluster token is empty or not printable ASCII without spaces.
+    #[error("the cluster token is empty or contains a byte not allowed in a bearer token")]
+    InvalidClusterBearer,
     /// After setting, an identity-bearing or hop-by-hop header is present that the agent did not set.
     #[error("header {name} is present but was not set by the agent")]
     UnexpectedHeader {

@@ -288,5 +288,51 @@ fn caller_header_values_with_nul_cr_or_lf_are_refused() {
     );
 }
 
+#[test]
+fn passthrough_sets_only_the_cluster_token_whatever_the_caller_sent() {
+    let mut headers = map(&[
+        ("Authorization", "Bearer relay-jwt"),
+        ("Hawser-Cluster-Authorization", "Bearer cluster-token"),
+        ("Impersonate-User", "system:admin"),
+        ("impersonate-group", "system:masters"),
+        ("Impersonate-Uid", "0"),
+        ("Impersonate-Extra-Scopes", "all"),
+        ("X-Remote-User", "root"),
+        ("Connection", "Impersonate-User, Authorization"),
+        ("Accept", "application/json"),
+    ]);
+    apply_passthrough(&mut headers, "cluster-token").expect("apply_passthrough");
+    assert_eq!(values(&headers, "authorization"), ["Bearer cluster-token"]);
+    assert!(headers.get("authorization").unwrap().is_sensitive());
+    assert_eq!(names_with_prefix(&headers, "impersonate-"), Vec::<String>::new());
+    assert_eq!(names_with_prefix(&headers, "x-remote-"), Vec::<String>::new());
+    assert!(
+        headers.get(CLUSTER_AUTHORIZATION).is_none(),
+        "the carrier header never leaves the agent"
+    );
+    assert_eq!(values(&headers, "accept"), ["application/json"]);
+}
+
+#[test]
+fn passthrough_keeps_an_upgrade_and_refuses_a_bad_token_without_credentials_left() {
+    let mut headers = map(&[("Connection", "Upgrade"), ("Upgrade", "websocket")]);
+    let sanitized = apply_passthrough(&mut headers, "t").expect("upgrade");
+    assert!(sanitized.is_upgrade());
+    assert_eq!(values(&headers, "upgrade"), ["websocket"]);
+    for token in ["", "two words", "nl\n"] {
+        let mut headers = map(&[("Authorization", "Bearer relay-jwt"), ("Impersonate-User", "x")]);
+        let err = apply_passthrough(&mut headers, &token.replace("\\n", "\n")).expect_err("bad token");
+        assert_eq!(err, ImpersonationError::InvalidClusterBearer);
+        assert!(headers.get("authorization").is_none() && headers.get("impersonate-user").is_none());
+    }
+}
+
+#[test]
+fn the_cluster_token_header_is_stripped_in_identity_mode_too() {
+    let mut headers = map(&[("hawser-cluster-AUTHORIZATION", "Bearer cluster-token")]);
+    apply(&mut headers, &identity(), AGENT_TOKEN).expect("apply");
+    assert!(headers.get(CLUSTER_AUTHORIZATION).is_none());
+}
+
 mod identity;
 mod layers;

@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span};
 
 use super::RelayState;
+use crate::audit::Audit;
 use crate::forward::{self, Body, boxed, full};
 use crate::proto::{self, StreamHeader};
 use crate::status::HttpError;
@@ -30,14 +31,8 @@ use crate::tunnel;
 
 /// How long a caller has for its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a caller has to send a request's headers (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a request may wait for a free stream on a saturated tunnel.
-const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 pings find callers that went away without closing (a laptop lid).
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
-/// Concurrent HTTP/2 streams per caller connection.
-const H2_MAX_STREAMS: u32 = 1000;
 
 /// Accepts caller connections until the listener fails.
 /// Every connection is watched by `graceful`, so shutdown can drain them.
@@ -79,19 +74,26 @@ async fn connection(
         Ok(Err(e)) => return debug!(error = %e, "tls handshake failed"),
         Err(_) => return debug!("tls handshake timed out"),
     };
+    let limits = state.limits.clone();
     let service = service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(handle(&state, req, peer).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Headers past max_header_bytes get 431 (HTTP/1.1) or a stream error (HTTP/2);
+    // the h2 header-list bound also caps CONTINUATION floods.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .max_buf_size(limits.max_header_bytes)
+        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_resets)
         .keep_alive_interval(H2_KEEP_ALIVE)
         .keep_alive_timeout(Duration::from_secs(20));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
@@ -100,7 +102,7 @@ async fn connection(
     }
 }
 
-async fn handle(state: &RelayState, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+async fn handle(state: &RelayState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path();
     if path == "/.well-known/jwks.json" {
         return match &state.issuer {
@@ -111,10 +113,34 @@ async fn handle(state: &RelayState, req: Request<Incoming>, _peer: SocketAddr) -
     if path == "/healthz" {
         return Response::new(full("ok"));
     }
-    match path.strip_prefix("/clusters/") {
-        Some(_) => to_cluster(state, req).await.unwrap_or_else(HttpError::into_response),
-        None => HttpError::not_found(format!("the relay serves /clusters/NAME/..., not {path}")).into_response(),
+    if !path.starts_with("/clusters/") {
+        return HttpError::not_found(format!("the relay serves /clusters/NAME/..., not {path}")).into_response();
     }
+    let request_id = next_request_id(&state.instance);
+    let (audit, routed) = match split_cluster_uri(req.uri()) {
+        Ok((cluster, upstream)) => {
+            let audit = state.audit.begin(&request_id, req.method(), &upstream, req.headers());
+            audit.set(|f| f.cluster = Some(cluster.clone()));
+            (audit, Ok((cluster, upstream)))
+        }
+        Err(e) => (
+            state.audit.begin(&request_id, req.method(), req.uri(), req.headers()),
+            Err(e),
+        ),
+    };
+    audit.set(|f| f.relay = Some(state.instance.clone()));
+    let result = match routed {
+        Ok(_) if !state.auth_failures.allowed(peer.ip()) => Err(HttpError::too_many_requests(format!(
+            "too many failed authentications from this address; retry in {:?}",
+            state.auth_failures.retry_after()
+        ))),
+        Ok((cluster, upstream)) => to_cluster(state, req, cluster, upstream, request_id, &audit, peer).await,
+        Err(e) => Err(e),
+    };
+    result.unwrap_or_else(|e| {
+        audit.status(e.code.as_u16());
+        e.into_response()
+    })
 }
 
 fn json_response(body: String) -> Response<Body> {
@@ -144,10 +170,29 @@ fn split_cluster_uri(uri: &Uri) -> Result<(String, Uri), HttpError> {
     Ok((cluster.to_owned(), upstream))
 }
 
-async fn to_cluster(state: &RelayState, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
-    let (cluster, upstream_uri) = split_cluster_uri(req.uri())?;
-    let token = crate::auth::bearer_token(req.headers())?;
-    let identity = state.auth.authenticate(token).await?;
+async fn to_cluster(
+    state: &RelayState,
+    req: Request<Incoming>,
+    cluster: String,
+    upstream_uri: Uri,
+    request_id: String,
+    audit: &Audit,
+    peer: SocketAddr,
+) -> Result<Response<Body>, HttpError> {
+    let authenticated = match crate::auth::bearer_token(req.headers()) {
+        Ok(token) => state.auth.authenticate(token).await,
+        Err(e) => Err(e),
+    };
+    let identity = authenticated.inspect_err(|e| {
+        // An issuer that cannot be reached is not the caller's failure.
+        if !matches!(e, crate::auth::AuthError::ProviderUnavailable(_)) {
+            state.auth_failures.failed(peer.ip());
+        }
+    })?;
+    audit.set(|f| {
+        f.caller = Some(identity.user.clone());
+        f.groups = identity.groups.clone();
+    });
     if !state.access.allows(&identity, &cluster) {
         return Err(HttpError::forbidden(format!(
             "clusters \"{cluster}\" is forbidden: User \"{}\" may not reach cluster \"{cluster}\" through this relay",
@@ -161,8 +206,17 @@ async fn to_cluster(state: &RelayState, req: Request<Incoming>) -> Result<Respon
         .registry
         .pick(&cluster)
         .ok_or_else(|| HttpError::unavailable(format!("cluster \"{cluster}\" is offline: no agent is connected")))?;
-
-    let request_id = next_request_id(&state.instance);
+    let lease = state
+        .caller_streams
+        .acquire(&identity.user, state.limits.max_streams_per_caller)
+        .ok_or_else(|| {
+            HttpError::too_many_requests(format!(
+                "User \"{}\" has {} requests in flight, the most this relay allows one caller",
+                identity.user, state.limits.max_streams_per_caller
+            ))
+        })?;
+    audit.hold(lease);
+    audit.set(|f| f.agent = Some(session.instance.clone()));
     let span =
         info_span!("stream", request.id = %request_id, cluster = %cluster, user = %identity.user, session = session.id);
     async move {
@@ -172,11 +226,12 @@ async fn to_cluster(state: &RelayState, req: Request<Incoming>) -> Result<Respon
             ))
         };
         // Waits only while the agent's stream limit is reached; bounded so callers get an answer.
-        let opened = tokio::time::timeout(OPEN_STREAM_TIMEOUT, session.connection.open_bi())
+        let wait = Duration::from_secs(state.limits.open_stream_timeout_secs);
+        let opened = tokio::time::timeout(wait, session.connection.open_bi())
             .await
             .map_err(|_| {
                 HttpError::unavailable(format!(
-                    "cluster \"{cluster}\" is saturated: no stream free within {OPEN_STREAM_TIMEOUT:?}"
+                    "cluster \"{cluster}\" is saturated: no stream free within {wait:?}"
                 ))
             })?;
         let mut stream = tunnel::join(opened.map_err(|e| offline(&e))?);
@@ -204,7 +259,7 @@ async fn to_cluster(state: &RelayState, req: Request<Incoming>) -> Result<Respon
             HeaderValue::from_str(&cluster).map_err(|_| HttpError::bad_request("bad cluster"))?,
         );
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-        let resp = forward::exchange(req, |req| sender.send_request(req))
+        let resp = forward::exchange(req, Some(audit), |req| sender.send_request(req))
             .await
             .map_err(|e| HttpError::bad_gateway(format!("cluster \"{cluster}\": the agent did not answer: {e}")))?;
         debug!(%method, %path, status = resp.status().as_u16(), "response head from the agent");

@@ -6,7 +6,9 @@
 #![forbid(unsafe_code)]
 
 mod baseline;
+mod h2flood;
 mod routes;
+mod security;
 mod support;
 mod tunnel;
 
@@ -66,6 +68,14 @@ fn main() -> ExitCode {
     for &(name, test) in tunnel::TESTS {
         let (fixture, deployment) = (fixture.clone(), deployment.clone());
         trials.push(Trial::test(format!("tunnel::{name}"), move || {
+            let testbed = fixture.get()?;
+            test(&testbed, &deployment).map_err(|e| format!("{e:#}").into())
+        }));
+    }
+
+    for &(name, test) in security::TESTS {
+        let (fixture, deployment) = (fixture.clone(), deployment.clone());
+        trials.push(Trial::test(format!("security::{name}"), move || {
             let testbed = fixture.get()?;
             test(&testbed, &deployment).map_err(|e| format!("{e:#}").into())
         }));

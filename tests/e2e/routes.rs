@@ -2,14 +2,11 @@
 //! runs unchanged over every route; a route only decides which kubeconfig
 //! (and so which path and identity) kubectl uses.
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::Result;
 
-use crate::support::binaries::binaries;
-use crate::support::hawser::{CLUSTER, Hawser, hawser_bin};
+use crate::support::hawser::Hawser;
 use crate::support::process::Background;
 use crate::support::{Kubectl, Testbed};
 
@@ -116,26 +113,9 @@ impl ViaProxy {
     }
 
     fn proxy_for(&self, tb: &Testbed, subject: &str, groups: &[&str]) -> Result<Kubectl> {
-        let hawser = self.deployment.get(tb)?;
-        let token_file = hawser.token_file(subject, groups)?;
-        let kubeconfig = hawser.unique_path(&format!("{subject}.proxy.kubeconfig"));
-        let mut cmd = Command::new(hawser_bin());
-        cmd.args(["proxy", "--relay", &hawser.relay_url, "--cluster", CLUSTER, "--ca-file"])
-            .arg(&hawser.relay_ca)
-            .arg("--token-file")
-            .arg(&token_file)
-            .arg("--kubeconfig")
-            .arg(&kubeconfig);
-        let mut proxy = Background::spawn(cmd)?;
-        let line = proxy.wait_for_line("the proxy's listening line", Duration::from_secs(30), |l| {
-            l.starts_with("hawser proxy listening on 127.0.0.1:")
-        })?;
-        ensure!(
-            line.contains("hawser-testbed"),
-            "the proxy did not name its context: {line}"
-        );
+        let (proxy, kubectl) = self.deployment.get(tb)?.proxy(subject, groups, &[])?;
         self.proxies.lock().unwrap().push(proxy);
-        Ok(Kubectl::new(&binaries()?.kubectl, &kubeconfig))
+        Ok(kubectl)
     }
 }
 

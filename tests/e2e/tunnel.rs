@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::routes::Deployment;
 use crate::support::binaries::binaries;
-use crate::support::hawser::{CLUSTER, Hawser, service_account_kubeconfig};
+use crate::support::hawser::{CLUSTER, Extra, Hawser, service_account_kubeconfig};
 use crate::support::process::wait_for;
 use crate::support::{Kubectl, PodSpec, Testbed, https, net};
 
@@ -68,7 +68,7 @@ pub const TESTS: &[(&str, Test)] = &[
 const ELSEWHERE: &str = "elsewhere";
 
 /// kubectl straight at the relay for `cluster`, with `token`.
-fn raw_kubectl(hawser: &Hawser, name: &str, cluster: &str, token: &str) -> Result<Kubectl> {
+pub fn raw_kubectl(hawser: &Hawser, name: &str, cluster: &str, token: &str) -> Result<Kubectl> {
     let user = json!({ "token": token });
     let config = json!({
         "apiVersion": "v1", "kind": "Config",
@@ -86,12 +86,12 @@ fn raw_kubectl(hawser: &Hawser, name: &str, cluster: &str, token: &str) -> Resul
 }
 
 /// Runs `get --raw /version` and returns (success, stderr).
-fn version(kubectl: &Kubectl) -> Result<(bool, String)> {
+pub fn version(kubectl: &Kubectl) -> Result<(bool, String)> {
     let out = kubectl.run(&["get", "--raw", "/version"])?;
     Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
 }
 
-fn whoami(kubectl: &Kubectl, extra: &[&str]) -> Result<Value> {
+pub fn whoami(kubectl: &Kubectl, extra: &[&str]) -> Result<Value> {
     let mut args = vec!["auth", "whoami", "-o", "json"];
     args.extend_from_slice(extra);
     let review: Value = serde_json::from_str(&kubectl.ok(&args)?)?;
@@ -336,7 +336,13 @@ fn agent_loss_ends_a_watch_promptly_and_recovers(tb: &Testbed, _: &Deployment) -
 
 fn agent_crash_ends_a_watch_within_the_idle_timeout(tb: &Testbed, _: &Deployment) -> Result<()> {
     // A crashed agent sends nothing: QUIC's idle timeout (3 s here) is what notices.
-    let hawser = Hawser::start_with(tb, "[tunnel]\nkeep_alive_secs = 1\nidle_timeout_secs = 3\n")?;
+    let hawser = Hawser::start_with(
+        tb,
+        &Extra {
+            tunnel: "[tunnel]\nkeep_alive_secs = 1\nidle_timeout_secs = 3\n",
+            ..Extra::default()
+        },
+    )?;
     let kubectl = hawser.kubeconfig_route("hawser-admin", &[])?;
     let ns = tb.namespace("agent-crash")?;
     tb.set_value(&ns, "watched", "one")?;

@@ -3,6 +3,7 @@
 //! the agent reaching kube-apiserver with a service account allowed to
 //! impersonate. Callers get tokens from the relay's built-in issuer.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use tempfile::TempDir;
 
 use super::binaries::binaries;
 use super::net::free_port;
-use super::process::{Supervised, run_with_deadline, wait_for};
+use super::process::{Background, Supervised, run_with_deadline, wait_for};
 use super::{Kubectl, Testbed};
 
 /// Name of the test bed's cluster on the relay.
@@ -28,6 +29,17 @@ const AGENT_SA: &str = "hawser-agent";
 /// The path of the `hawser` binary under test.
 pub fn hawser_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hawser"))
+}
+
+/// Extra TOML for a deployment's configs.
+#[derive(Default, Clone, Copy)]
+pub struct Extra<'a> {
+    /// Tables for both configs (typically `[tunnel]`).
+    pub tunnel: &'a str,
+    /// Tables for the relay's config (e.g. `[limits]`).
+    pub relay: &'a str,
+    /// Top-level keys, then tables, for the agent's config.
+    pub agent: &'a str,
 }
 
 /// A relay and an agent serving the test bed. Dropping it stops both.
@@ -49,11 +61,16 @@ impl Hawser {
     /// Starts a relay and an agent for the test bed and waits until the
     /// cluster answers through them.
     pub fn start(tb: &Testbed) -> Result<Self> {
-        Self::start_with(tb, "")
+        Self::start_with(tb, &Extra::default())
     }
 
-    /// Like [`Hawser::start`], with `tunnel` (a `[tunnel]` table) in both configs.
-    pub fn start_with(tb: &Testbed, tunnel: &str) -> Result<Self> {
+    /// Like [`Hawser::start`], with extra configuration.
+    pub fn start_with(tb: &Testbed, extra: &Extra) -> Result<Self> {
+        let Extra {
+            tunnel,
+            relay: relay_extra,
+            agent: agent_top,
+        } = *extra;
         let dir = tempfile::Builder::new()
             .prefix("hawser-system-")
             .disable_cleanup(std::env::var_os("HAWSER_E2E_KEEP").is_some())
@@ -91,6 +108,9 @@ agent_token_sha256 = "{digest}"
 [[clusters]]
 name = "elsewhere"
 agent_token_sha256 = "{other}"
+[audit]
+output = "relay-audit.log"
+{relay_extra}
 {tunnel}
 "#,
                 other = hawser::relay::token_digest_hex("elsewhere-token"),
@@ -111,6 +131,7 @@ agent_token_sha256 = "{other}"
                 r#"instance = "agent-e2e"
 cluster = "{CLUSTER}"
 token_file = "agent-token"
+{agent_top}
 [relay]
 address = "127.0.0.1:{port}"
 server_name = "localhost"
@@ -125,6 +146,8 @@ jwks_ca_file = "relay.crt"
 [reconnect]
 initial_backoff_ms = 100
 max_backoff_ms = 2000
+[audit]
+output = "agent-audit.log"
 {tunnel}
 "#,
                 kubeconfig = agent_kubeconfig.display(),
@@ -248,6 +271,30 @@ max_backoff_ms = 2000
         Ok(path)
     }
 
+    /// Starts `hawser proxy` for this caller (and `extra` arguments) on a
+    /// kubeconfig of its own; the proxy runs until the `Background` drops.
+    pub fn proxy(&self, subject: &str, groups: &[&str], extra: &[&OsStr]) -> Result<(Background, Kubectl)> {
+        let token_file = self.token_file(subject, groups)?;
+        let kubeconfig = self.unique_path(&format!("{subject}.proxy.kubeconfig"));
+        let mut cmd = Command::new(hawser_bin());
+        cmd.args(["proxy", "--relay", &self.relay_url, "--cluster", CLUSTER, "--ca-file"])
+            .arg(&self.relay_ca)
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(extra);
+        let mut proxy = Background::spawn(cmd)?;
+        let line = proxy.wait_for_line("the proxy's listening line", Duration::from_secs(30), |l| {
+            l.starts_with("hawser proxy listening on 127.0.0.1:")
+        })?;
+        anyhow::ensure!(
+            line.contains(&format!("hawser-{CLUSTER}")),
+            "the proxy did not name its context: {line}"
+        );
+        Ok((proxy, Kubectl::new(&binaries()?.kubectl, &kubeconfig)))
+    }
+
     /// kubectl through the relay with a `hawser kubeconfig` (exec plugin) for this caller.
     pub fn kubeconfig_route(&self, subject: &str, groups: &[&str]) -> Result<Kubectl> {
         let token_file = self.token_file(subject, groups)?;
@@ -300,6 +347,8 @@ fn agent_kubeconfig(tb: &Testbed, dir: &Path) -> Result<PathBuf> {
         "rules": [
             {"apiGroups": [""], "resources": ["users", "groups", "serviceaccounts"], "verbs": ["impersonate"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["uids", "userextras/*"], "verbs": ["impersonate"]},
+            // Passthrough mode reviews callers' cluster tokens.
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
         ],
     });
     admin.ok_with_stdin(&["apply", "-f", "-"], role.to_string().as_bytes())?;

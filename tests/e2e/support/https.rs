@@ -50,16 +50,23 @@ pub fn get_and_stall(url: &str, ca: &Path, headers: &[(&str, &str)]) -> Result<(
 /// A TLS connection to the relay.
 pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
-/// Connects to `url`'s host (trusting `ca`, verifying `localhost`) and sends a GET.
-fn send_get(url: &str, ca: &Path, headers: &[(&str, &str)]) -> Result<Tls> {
+/// An HTTP/1.1 TLS connection to `url`'s host, trusting `ca` and verifying `localhost`.
+pub fn connect(url: &str, ca: &Path) -> Result<Tls> {
     let rest = url.strip_prefix("https://").context("not an https URL")?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
     let config = hawser::tls::client_config(hawser::tls::root_store(ca)?, &[b"http/1.1"])?;
     let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
     let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
     let tcp = TcpStream::connect(authority)?;
     tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// Connects to `url`'s host and sends a GET.
+fn send_get(url: &str, ca: &Path, headers: &[(&str, &str)]) -> Result<Tls> {
+    let rest = url.strip_prefix("https://").context("not an https URL")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut tls = connect(url, ca)?;
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n");
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));

@@ -1,0 +1,386 @@
+//! The audit trail: one JSON line per request, at the relay and at the agent.
+//!
+//! Each line says who (caller and groups, as authenticated; in passthrough
+//! mode also the cluster token's user), where (cluster, relay and agent
+//! instances), what (verb, resource, path, upgrade kind), and how it went
+//! (status, bytes each way, duration). The request id is the same on both
+//! sides, so a relay line and an agent line join. A line is written when the
+//! exchange is over: the response body finished or was dropped, or the
+//! upgraded stream closed; refusals (401, 403, 404, 503) are lines too.
+//!
+//! Never a token: no header value is ever recorded, and the query string is
+//! left out (it may carry a caller's data). Lines go to stdout or a file
+//! opened for append (mode 0600), one `write` per line so concurrent lines
+//! never interleave; writing is synchronous so no line is dropped under load.
+
+mod verb;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Uri};
+use hyper::body::Frame;
+use serde::{Deserialize, Serialize};
+
+pub use verb::{RequestInfo, request_info};
+
+use crate::forward::{Body, BoxError};
+
+/// Where audit lines go: `"stdout"` (the default), `"none"`, or a file path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `stdout`, `none`, or a file to append to (relative to the config file).
+    pub output: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            output: "stdout".to_owned(),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The file to append to, if the output is a file.
+    pub fn file(&self) -> Option<PathBuf> {
+        match self.output.as_str() {
+            "stdout" | "none" => None,
+            path => Some(PathBuf::from(path)),
+        }
+    }
+
+    /// Makes a relative file path relative to `base`.
+    pub fn resolve(&mut self, base: &Path) {
+        if let Some(file) = self.file()
+            && file.is_relative()
+        {
+            self.output = base.join(file).display().to_string();
+        }
+    }
+
+    /// Checks the output once at start-up.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.output.trim().is_empty() {
+            return Err("audit.output: use \"stdout\", \"none\" or a file path".into());
+        }
+        Ok(())
+    }
+}
+
+/// The audit log could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("audit log {path}: {source}")]
+pub struct AuditError {
+    path: String,
+    source: std::io::Error,
+}
+
+enum Sink {
+    None,
+    Stdout,
+    File(Mutex<std::fs::File>),
+}
+
+/// Writes audit lines for one component (relay or agent).
+pub struct AuditLog {
+    sink: Sink,
+    component: &'static str,
+    instance: String,
+}
+
+impl AuditLog {
+    /// Opens the configured output for `component` (`relay` or `agent`) named `instance`.
+    pub fn open(config: &AuditConfig, component: &'static str, instance: &str) -> Result<Arc<Self>, AuditError> {
+        let sink = match config.output.as_str() {
+            "none" => Sink::None,
+            "stdout" => Sink::Stdout,
+            path => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let error = |source| AuditError {
+                    path: path.to_owned(),
+                    source,
+                };
+                if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(error)?;
+                }
+                let file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(error)?;
+                Sink::File(Mutex::new(file))
+            }
+        };
+        Ok(Arc::new(Self {
+            sink,
+            component,
+            instance: instance.to_owned(),
+        }))
+    }
+
+    /// Starts the record of one request; the line is written when the last handle drops.
+    pub fn begin(self: &Arc<Self>, request_id: &str, method: &Method, uri: &Uri, headers: &HeaderMap) -> Audit {
+        let info = request_info(method, uri);
+        let upgrade = crate::forward::upgrade_protocol(headers).and_then(|v| v.to_str().ok().map(str::to_owned));
+        Audit(Arc::new(Entry {
+            log: self.clone(),
+            started: Instant::now(),
+            time: SystemTime::now(),
+            fields: Mutex::new(Fields {
+                request_id: request_id.to_owned(),
+                method: method.as_str().to_owned(),
+                path: uri.path().to_owned(),
+                verb: info.verb,
+                resource: info.resource,
+                namespace: info.namespace,
+                name: info.name,
+                upgrade,
+                ..Fields::default()
+            }),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            held: Mutex::new(Vec::new()),
+        }))
+    }
+
+    fn write(&self, line: &Record<'_>) {
+        if matches!(self.sink, Sink::None) {
+            return;
+        }
+        let Ok(mut text) = serde_json::to_vec(line) else {
+            return;
+        };
+        text.push(b'\n');
+        let written = match &self.sink {
+            Sink::None => Ok(()),
+            Sink::Stdout => std::io::stdout().lock().write_all(&text),
+            Sink::File(file) => file.lock().unwrap_or_else(|e| e.into_inner()).write_all(&text),
+        };
+        if let Err(e) = written {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+}
+
+/// What is known about a request so far.
+#[derive(Debug, Default, Clone)]
+pub struct Fields {
+    /// Same on relay and agent.
+    pub request_id: String,
+    /// The caller's username, once authenticated.
+    pub caller: Option<String>,
+    /// The caller's groups.
+    pub groups: Vec<String>,
+    /// Passthrough mode: the user the cluster token belongs to.
+    pub cluster_user: Option<String>,
+    /// The cluster.
+    pub cluster: Option<String>,
+    /// HTTP method.
+    pub method: String,
+    /// Kubernetes verb.
+    pub verb: String,
+    /// `group/resource[/subresource]`.
+    pub resource: String,
+    /// Namespace, if any.
+    pub namespace: Option<String>,
+    /// Object name, if any.
+    pub name: Option<String>,
+    /// Request path without the query.
+    pub path: String,
+    /// Response status.
+    pub status: Option<u16>,
+    /// The `Upgrade` protocol asked for (websocket, SPDY/3.1).
+    pub upgrade: Option<String>,
+    /// The relay instance.
+    pub relay: Option<String>,
+    /// The agent instance.
+    pub agent: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    time: String,
+    component: &'static str,
+    instance: &'a str,
+    request_id: &'a str,
+    caller: Option<&'a str>,
+    groups: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_user: Option<&'a str>,
+    cluster: Option<&'a str>,
+    method: &'a str,
+    verb: &'a str,
+    resource: &'a str,
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
+    path: &'a str,
+    status: Option<u16>,
+    upgrade: Option<&'a str>,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_ms: f64,
+    relay: Option<&'a str>,
+    agent: Option<&'a str>,
+}
+
+struct Entry {
+    log: Arc<AuditLog>,
+    started: Instant,
+    time: SystemTime,
+    fields: Mutex<Fields>,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    /// Things that must live exactly as long as the exchange (a caller's stream slot).
+    held: Mutex<Vec<Box<dyn Send>>>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let f = self.fields.get_mut().unwrap_or_else(|e| e.into_inner());
+        let record = Record {
+            time: rfc3339(self.time),
+            component: self.log.component,
+            instance: &self.log.instance,
+            request_id: &f.request_id,
+            caller: f.caller.as_deref(),
+            groups: &f.groups,
+            cluster_user: f.cluster_user.as_deref(),
+            cluster: f.cluster.as_deref(),
+            method: &f.method,
+            verb: &f.verb,
+            resource: &f.resource,
+            namespace: f.namespace.as_deref(),
+            name: f.name.as_deref(),
+            path: &f.path,
+            status: f.status,
+            upgrade: f.upgrade.as_deref(),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            duration_ms: (self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            relay: f.relay.as_deref(),
+            agent: f.agent.as_deref(),
+        };
+        self.log.write(&record);
+    }
+}
+
+/// A handle on one request's audit record; clones share it, and the line is
+/// written when the last clone drops.
+#[derive(Clone)]
+pub struct Audit(Arc<Entry>);
+
+impl Audit {
+    /// Updates what is known about the request.
+    pub fn set(&self, update: impl FnOnce(&mut Fields)) {
+        update(&mut self.0.fields.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Keeps `thing` alive until the exchange is over (the record's lifetime).
+    pub fn hold(&self, thing: impl Send + 'static) {
+        self.0
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(thing));
+    }
+
+    /// Records the response status.
+    pub fn status(&self, status: u16) {
+        self.set(|f| f.status = Some(status));
+    }
+
+    /// Counts bytes from the caller towards the cluster.
+    pub fn add_in(&self, n: u64) {
+        self.0.bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts bytes from the cluster towards the caller.
+    pub fn add_out(&self, n: u64) {
+        self.0.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Wraps `body` so its data bytes are counted in (`inbound`) or out, and
+    /// the record stays open until the body is done or dropped.
+    pub fn count(&self, body: Body, inbound: bool) -> Body {
+        http_body_util::BodyExt::boxed(Counted {
+            inner: body,
+            audit: Some(self.clone()),
+            inbound,
+        })
+    }
+}
+
+struct Counted {
+    inner: Body,
+    audit: Option<Audit>,
+    inbound: bool,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(audit)) = (frame.data_ref(), &self.audit) {
+                    let n = data.len() as u64;
+                    if self.inbound {
+                        audit.add_in(n)
+                    } else {
+                        audit.add_out(n)
+                    }
+                }
+            }
+            // Done: let the record close now rather than when hyper drops the body.
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.audit = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `2026-11-28T15:04:05.123Z` for a system time, without a date crate.
+fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,198 @@
+//! The agent's QUIC client against a relay endpoint on 127.0.0.1: it
+//! accepts a relay only as its CA and pins say (real rustls, real quinn).
+
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use super::*;
+use crate::tls::{Pin, RelayTrust};
+
+/// A self-signed relay certificate and its key.
+struct Identity {
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    fn new(names: &[&str]) -> Self {
+        Self::with(names, |_| {})
+    }
+
+    fn with(names: &[&str], edit: impl FnOnce(&mut rcgen::CertificateParams)) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        edit(&mut params);
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            cert: cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        }
+    }
+
+    fn pin(&self) -> Pin {
+        Pin::of_certificate(&self.cert).unwrap()
+    }
+
+    fn roots(&self) -> RootCertStore {
+        crate::tls::roots_of(vec![self.cert.clone()]).unwrap()
+    }
+}
+
+/// A relay endpoint that presents `cert` and signs with `key` (which need
+/// not belong to it), accepting every handshake.
+fn relay(cert: &CertificateDer<'static>, key: &PrivateKeyDer<'static>) -> (Endpoint, SocketAddr) {
+    let provider = crate::tls::provider();
+    let signing = provider.key_provider.load_private_key(key.clone_key()).unwrap();
+    let certified = rustls::sign::CertifiedKey::new(vec![cert.clone()], signing);
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let endpoint = relay_endpoint(([127, 0, 0, 1], 0).into(), tls, &TunnelConfig::default()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let accepting = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accepting.accept().await {
+            tokio::spawn(async move {
+                if let Ok(connection) = incoming.await {
+                    connection.closed().await;
+                }
+            });
+        }
+    });
+    (endpoint, addr)
+}
+
+/// A relay with this identity's own certificate and key.
+fn honest_relay(identity: &Identity) -> (Endpoint, SocketAddr) {
+    relay(&identity.cert, &identity.key)
+}
+
+/// Dials `addr` as the agent does, naming `server_name`; the error as the agent would log it.
+async fn dial(trust: &RelayTrust, addr: SocketAddr, server_name: &str) -> Result<(), String> {
+    let agent = agent_endpoint(trust, &TunnelConfig::default(), addr).map_err(|e| e.to_string())?;
+    let connecting = agent.connect(addr, server_name).map_err(|e| e.to_string())?;
+    let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .map_err(|_| "no handshake within 10s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    connection.close(0u32.into(), b"done");
+    Ok(())
+}
+
+fn pinned(pins: &[Pin]) -> RelayTrust {
+    RelayTrust::new(None, pins.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn the_pinned_key_is_accepted_whatever_the_name() {
+    let real = Identity::new(&["localhost", "127.0.0.1"]);
+    let (_relay, addr) = honest_relay(&real);
+    let trust = pinned(&[real.pin()]);
+    dial(&trust, addr, "localhost").await.unwrap();
+    // The pin is the trust anchor: nothing vouches for names, so none is checked.
+    dial(&trust, addr, "not-in-the-certificate.example").await.unwrap();
+}
+
+#[tokio::test]
+async fn the_pinned_key_is_accepted_past_its_certificate_dates() {
+    let expired = Identity::with(&["localhost"], |p| {
+        p.not_before = rcgen::date_time_ymd(1999, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2000, 1, 1);
+    });
+    let (_relay, addr) = honest_relay(&expired);
+    dial(&pinned(&[expired.pin()]), addr, "localhost").await.unwrap();
+    // The CA check, which does vouch for dates, refuses the same certificate.
+    let err = dial(
+        &RelayTrust::new(Some(expired.roots()), vec![]).unwrap(),
+        addr,
+        "localhost",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("expired"), "{err}");
+}
+
+#[tokio::test]
+async fn another_key_with_the_same_names_is_refused() {
+    let real = Identity::new(&["localhost"]);
+    let impostor = Identity::new(&["localhost"]);
+    let (_relay, addr) = honest_relay(&impostor);
+    let err = dial(&pinned(&[real.pin()]), addr, "localhost").await.unwrap_err();
+    assert!(
+        err.contains("invalid peer certificate")
+            && err.contains("is not in relay.pinned_key_sha256")
+            && err.contains(&impostor.pin().to_string()),
+        "the error names the cause and the key presented: {err}"
+    );
+}
+
+#[tokio::test]
+async fn the_pinned_certificate_without_its_key_is_refused() {
+    // The relay's certificate is public; presenting it proves nothing
+    // unless the handshake is signed with its key.
+    let real = Identity::new(&["localhost"]);
+    let impostor = Identity::new(&["localhost"]);
+    let (_relay, addr) = relay(&real.cert, &impostor.key);
+    let err = dial(&pinned(&[real.pin()]), addr, "localhost").await.unwrap_err();
+    assert!(err.contains("BadSignature"), "{err}");
+}
+
+#[tokio::test]
+async fn a_second_pin_stages_a_key_rotation() {
+    let old = Identity::new(&["localhost"]);
+    let new = Identity::new(&["localhost"]);
+    let trust = pinned(&[old.pin(), new.pin()]);
+    for identity in [&old, &new] {
+        let (_relay, addr) = honest_relay(identity);
+        dial(&trust, addr, "localhost").await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_ca_alone_still_works() {
+    let real = Identity::new(&["localhost"]);
+    let (_relay, addr) = honest_relay(&real);
+    let trust = RelayTrust::new(Some(real.roots()), vec![]).unwrap();
+    dial(&trust, addr, "localhost").await.unwrap();
+    let err = dial(&trust, addr, "elsewhere.example").await.unwrap_err();
+    assert!(
+        err.contains("not valid for name"),
+        "the CA check verifies the name: {err}"
+    );
+    let stranger = Identity::new(&["localhost"]);
+    let (_other, other_addr) = honest_relay(&stranger);
+    let err = dial(&trust, other_addr, "localhost").await.unwrap_err();
+    assert!(
+        err.contains("invalid peer certificate"),
+        "a certificate the CA did not sign: {err}"
+    );
+}
+
+#[tokio::test]
+async fn with_ca_and_pin_both_must_hold() {
+    let real = Identity::new(&["localhost"]);
+    let other = Identity::new(&["localhost"]);
+    let (_relay, addr) = honest_relay(&real);
+    let both = |roots: &Identity, pin: &Identity| RelayTrust::new(Some(roots.roots()), vec![pin.pin()]).unwrap();
+
+    dial(&both(&real, &real), addr, "localhost").await.unwrap();
+    let err = dial(&both(&real, &other), addr, "localhost").await.unwrap_err();
+    assert!(
+        err.contains("is not in relay.pinned_key_sha256"),
+        "CA valid, key not pinned: {err}"
+    );
+    let err = dial(&both(&other, &real), addr, "localhost").await.unwrap_err();
+    assert!(
+        err.contains("invalid peer certificate") && !err.contains("pinned_key_sha256"),
+        "key pinned, CA not valid: {err}"
+    );
+    let err = dial(&both(&real, &real), addr, "elsewhere.example").await.unwrap_err();
+    assert!(
+        err.contains("not valid for name"),
+        "with a CA the name is checked: {err}"
+    );
+}
