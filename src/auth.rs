@@ -63,7 +63,7 @@ mod config;
 mod error;
 mod keys;
 mod remote;
-mod token;
+pub mod token;
 
 #[cfg(test)]
 mod jwks_url_tests;

@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{Instrument, debug};
 
 use crate::audit::Audit;
+use crate::status::HttpError;
 
 /// Boxed error of a body in flight.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -79,6 +80,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(UPGRADE, protocol);
     }
+}
+
+/// Refuses CONNECT: the Kubernetes API never uses it, and a tunnel to an
+/// arbitrary authority is exactly what a relay must not offer.
+pub fn refuse_connect(method: &http::Method) -> Result<(), HttpError> {
+    if method == http::Method::CONNECT {
+        return Err(HttpError::method_not_allowed("CONNECT is not forwarded"));
+    }
+    Ok(())
 }
 
 /// The `Upgrade` value if the headers ask for exactly one protocol upgrade.

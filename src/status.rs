@@ -52,6 +52,14 @@ impl HttpError {
             message: message.into(),
         }
     }
+    /// 405: a method the relay and agent never forward (CONNECT).
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self {
+            code: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "MethodNotAllowed",
+            message: message.into(),
+        }
+    }
     /// 429: a limit was reached; kubectl retries after `Retry-After`.
     pub fn too_many_requests(message: impl Into<String>) -> Self {
         Self {

@@ -73,6 +73,12 @@ impl Apiserver {
     /// The apiserver URI for a request's path and query (never another host).
     pub fn uri_for(&self, uri: &Uri) -> Result<Uri, ApiserverError> {
         let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        // Only a path is taken from the request: never an authority, never `*`.
+        if !path_and_query.starts_with('/') {
+            return Err(ApiserverError::Config(format!(
+                "the request target must be a path, not {path_and_query:?}"
+            )));
+        }
         let base_path = self.base.path().trim_end_matches('/');
         Uri::builder()
             .scheme("https")
@@ -258,3 +264,6 @@ fn from_kubeconfig(path: &Path) -> Result<(String, rustls::RootCertStore, TokenS
 fn find<'a, T>(items: &'a [Named<T>], name: &str) -> Option<&'a T> {
     items.iter().find(|i| i.name == name).map(|i| &i.value)
 }
+
+#[cfg(test)]
+mod tests;

@@ -72,6 +72,7 @@ pub async fn stream(mut stream: Stream, state: Arc<AgentState>, relay: Arc<str>)
 }
 
 async fn handle(state: &AgentState, req: Request<Incoming>, audit: &Audit) -> Result<Response<Body>, HttpError> {
+    forward::refuse_connect(req.method())?;
     let token = crate::auth::bearer_token(req.headers())?;
     let identity = state.auth.authenticate(token).await?;
     audit.set(|f| {

@@ -16,17 +16,19 @@ pub(crate) const MAX_HEADER_BYTES: usize = 4 * 1024;
 
 /// What the unverified token says about how to verify it. Nothing here is trusted for identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Unverified {
+pub struct Unverified {
     /// The header's `alg`.
-    pub(crate) alg: String,
+    pub alg: String,
     /// The header's `kid`, if any.
-    pub(crate) kid: Option<String>,
+    pub kid: Option<String>,
     /// The payload's `iss`, used only to pick the issuer config.
-    pub(crate) iss: String,
+    pub iss: String,
 }
 
 /// Check the token's shape and read `alg`, `kid` and `iss` without trusting them.
-pub(crate) fn peek(token: &str) -> Result<Unverified, AuthError> {
+///
+/// Public only so the fuzz targets (`fuzz/`) can reach it; callers authenticate with [`crate::auth::Authenticator`].
+pub fn peek(token: &str) -> Result<Unverified, AuthError> {
     if token.is_empty() {
         return Err(AuthError::Missing);
     }

@@ -103,6 +103,9 @@ async fn connection(
 }
 
 async fn handle(state: &RelayState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if let Err(e) = forward::refuse_connect(req.method()) {
+        return e.into_response();
+    }
     let path = req.uri().path();
     if path == "/.well-known/jwks.json" {
         return match &state.issuer {

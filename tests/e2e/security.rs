@@ -490,6 +490,14 @@ fn hostile_headers_never_change_identity(tb: &Testbed, deployment: &Deployment) 
             "{name}: refused, but not as mallory: {body}"
         );
     }
+    // CONNECT would make a tunnel to any host: refused at the front door.
+    let mut tls = https::connect(&hawser.relay_url, &hawser.relay_ca)?;
+    let connect = format!("CONNECT 10.0.0.1:443 HTTP/1.1\r\nHost: 10.0.0.1:443\r\nAuthorization: {bearer}\r\n\r\n");
+    tls.write_all(connect.as_bytes())?;
+    let mut head = [0u8; 12];
+    tls.read_exact(&mut head)?;
+    ensure!(&head == b"HTTP/1.1 405", "CONNECT: {}", String::from_utf8_lossy(&head));
+
     // Request smuggling: by Content-Length the body would hold a second request
     // for the admin's path; the relay reads by Transfer-Encoding, drops
     // Content-Length, answers once and closes, so nothing follows.
