@@ -79,6 +79,13 @@ impl Apiserver {
                 "the request target must be a path, not {path_and_query:?}"
             )));
         }
+        // A dot segment could climb out of an apiserver URL's path prefix (a gateway
+        // routing /k8s/clusters/NAME/) to another backend; no Kubernetes path has one.
+        if uri.path().split('/').any(is_dot_segment) {
+            return Err(ApiserverError::Config(
+                "the request path has a '.' or '..' segment".into(),
+            ));
+        }
         let base_path = self.base.path().trim_end_matches('/');
         Uri::builder()
             .scheme("https")
@@ -170,6 +177,12 @@ impl Apiserver {
             TokenSource::File(file) => file.get().map_err(|e| ApiserverError::Config(e.to_string())),
         }
     }
+}
+
+/// Whether a path segment is `.` or `..`, also when its dots or an inner slash are percent-encoded.
+fn is_dot_segment(segment: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+    decoded == "." || decoded == ".." || decoded.contains('/')
 }
 
 fn in_cluster() -> Result<(String, rustls::RootCertStore, TokenSource), ApiserverError> {

@@ -38,8 +38,19 @@ fn no_request_target_can_name_another_host() {
 }
 
 #[test]
-fn asterisk_form_is_refused() {
-    assert!(apiserver("https://10.0.0.1").uri_for(&"*".parse().unwrap()).is_err());
+fn asterisk_form_and_dot_segments_are_refused() {
+    let api = apiserver("https://gw.example/k8s/clusters/c1");
+    for target in [
+        "*",
+        "/../c2/api",
+        "/api/./v1",
+        "/%2e%2e/c2/api",
+        "/%2E./x",
+        "/api/v1/namespaces/a%2F..%2Fb",
+    ] {
+        assert!(api.uri_for(&target.parse().unwrap()).is_err(), "{target}");
+    }
+    assert!(api.uri_for(&"/api/v1/namespaces/a.b/pods/..c".parse().unwrap()).is_ok());
 }
 
 #[test]
