@@ -1,7 +1,8 @@
 //! Fuzzes the untrusted pre-parsing of caller JWTs, `hawser::auth::token::peek`.
 //!
 //! Every input is used twice: as the token itself (UTF-8, invalid bytes replaced), and through
-//! `arbitrary` as the parts of a token this target builds (header and payload members, signature).
+//! `arbitrary` as the parts of a token this target builds (header and payload members, signature,
+//! and a filler member of up to 17 KiB so the size limits are reached).
 //!
 //! Properties, for any string:
 //! - `peek` returns `Ok` or `Err`, never panics, and gives the same answer twice;
@@ -82,6 +83,10 @@ struct Built {
     header_extra: Vec<(String, String)>,
     payload_extra: Vec<(String, String)>,
     signature: Vec<u8>,
+    /// Length of a filler member, so the size limits are reached whatever the input's length.
+    pad: u16,
+    /// Whether the filler goes in the header (else the payload).
+    pad_header: bool,
 }
 
 impl Built {
@@ -98,6 +103,11 @@ impl Built {
             for (k, v) in extra {
                 map.entry(k).or_insert(Value::String(v));
             }
+        }
+        if self.pad > 0 {
+            let filler = Value::String("a".repeat(usize::from(self.pad) % (MAX_TOKEN_BYTES + 1024)));
+            let map = if self.pad_header { &mut header } else { &mut payload };
+            map.entry("pad").or_insert(filler);
         }
         let header_json = serde_json::to_vec(&header).expect("serializes");
         let payload_json = serde_json::to_vec(&payload).expect("serializes");
