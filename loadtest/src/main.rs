@@ -1,0 +1,437 @@
+//! hawser-loadtest: drives a real Hawser relay and real agents (the `hawser`
+//! binary, as separate processes) against a trivial HTTPS backend, and the
+//! same load straight at the backend as the baseline, in one run; reports
+//! hawser/direct ratios. See docs/benchmarks.md.
+#![forbid(unsafe_code)]
+
+mod backend;
+mod client;
+mod progress;
+mod report;
+mod scenario;
+mod stats;
+mod system;
+mod tls;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::progress::Progress;
+use crate::report::{Compared, Report};
+
+/// The progress line every part reports to.
+pub static PROGRESS: LazyLock<Progress> = LazyLock::new(Progress::new);
+
+/// A message on its own line of stderr.
+pub fn say(message: &str) {
+    PROGRESS.say(message);
+}
+
+/// Load driver for Hawser: a real relay and real agents (separate `hawser`
+/// processes) against a trivial HTTPS backend, with the same load sent
+/// straight to the backend as the baseline in the same run.
+///
+/// Without options it runs `small`, `rate` and `bulk` with the full-run
+/// defaults (about a minute and a half); `--smoke` runs every scenario with
+/// tiny sizes in a few seconds and fails if any request failed. Every
+/// option overrides the mode's default.
+#[derive(Debug, Parser)]
+#[command(name = "hawser-loadtest", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// The hawser binary [default: ../target/release/hawser next to loadtest/;
+    /// build it with `cargo build --release` at the repository root].
+    #[arg(long)]
+    hawser: Option<PathBuf>,
+    /// A few seconds in all: every scenario, tiny durations and sizes; exit 1 if any request failed.
+    #[arg(long)]
+    smoke: bool,
+    /// Scenarios to run, comma-separated [default: small,rate,bulk; smoke: all].
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Option<Vec<Scenario>>,
+    /// Clusters under load, one or more agents each; requests are spread over them [default: 1].
+    #[arg(long)]
+    clusters: Option<usize>,
+    /// Agents per loaded cluster (distinct instances; the relay spreads streams over them) [default: 1].
+    #[arg(long)]
+    agents_per_cluster: Option<usize>,
+    /// Concurrent callers in `small` [default: 32; smoke: 8].
+    #[arg(long)]
+    callers: Option<usize>,
+    /// HTTP/2 connections the callers share, per target [default: 2].
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Seconds each `small` and `rate` measurement lasts, per target [default: 10; smoke: 1].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Unrecorded seconds of `small` load before its measurement, per target [default: 2; smoke: 0.2].
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// `rate`: requests per second (e.g. 500 or 500/s), or `half`: half the
+    /// requests/s Hawser reached in `small` in this run [default: half; smoke: 100].
+    #[arg(long)]
+    rate: Option<RateArg>,
+    /// `bulk`: MiB each stream downloads [default: 256; smoke: 1].
+    #[arg(long)]
+    bulk_mib: Option<f64>,
+    /// `bulk`: the concurrent measurement's stream count (the other is 1) [default: 16].
+    #[arg(long)]
+    bulk_streams: Option<usize>,
+    /// `idle`: idle agents (one process and one cluster each) [default: 100; smoke: 2].
+    #[arg(long)]
+    idle_agents: Option<usize>,
+    /// `idle`: seconds to watch the relay's memory with all of them connected [default: 5; smoke: 0.5].
+    #[arg(long)]
+    idle_settle: Option<f64>,
+    /// Seconds a request may take before it counts as failed; bulk downloads get
+    /// this plus their size at 10 MB/s [default: 30; smoke: 10].
+    #[arg(long)]
+    request_timeout: Option<f64>,
+    /// Write every figure, the settings, versions and machine facts to this JSON file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Keep the working directory (configs, keys, logs) and print its path.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// The backend, as the driver starts it (internal).
+    #[command(hide = true)]
+    ServeBackend {
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+/// A scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Closed loop: M callers, GET /small as fast as answers come.
+    Small,
+    /// Open loop at a fixed rate; latency percentiles.
+    Rate,
+    /// Downloads on one stream and on 16 at once.
+    Bulk,
+    /// Relay memory with N idle agents connected.
+    Idle,
+}
+
+/// `--rate`: a number per second, or half of Hawser's `small` figure.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateArg {
+    /// Requests per second.
+    PerSecond(f64),
+    /// Half of Hawser's requests/s in `small` in this run.
+    Half,
+}
+
+impl std::str::FromStr for RateArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "half" {
+            return Ok(Self::Half);
+        }
+        let n: f64 = s
+            .trim_end_matches("/s")
+            .parse()
+            .map_err(|_| format!("{s:?} is neither a rate (500, 500/s) nor `half`"))?;
+        if !(n > 0.0 && n.is_finite()) {
+            return Err(format!("rate {n} must be positive"));
+        }
+        Ok(Self::PerSecond(n))
+    }
+}
+
+/// How the system under test is set up (docs/benchmarks.md says more).
+const SYSTEM: &str = "hawser relay and agents as separate processes on 127.0.0.1, RUST_LOG=info, JSON logs; \
+    relay: built-in issuer (ES256 tokens), [audit] output = none, [limits] max_streams_per_caller = 0 and \
+    auth_failures_per_minute = 0, [tunnel] defaults; agents: mode identity, [audit] output = none, JWKS from the relay; \
+    backend: hawser-loadtest serve-backend (hyper, rustls/ring, HTTP/2 and HTTP/1.1); \
+    callers: hyper HTTP/2 client over rustls/ring";
+
+/// Settings after the mode's defaults.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// `full` or `smoke`.
+    pub mode: &'static str,
+    /// In order of running.
+    pub scenarios: Vec<Scenario>,
+    /// Loaded clusters.
+    pub clusters: usize,
+    /// Agents per loaded cluster.
+    pub agents_per_cluster: usize,
+    /// `small` callers.
+    pub callers: usize,
+    /// HTTP/2 connections per target.
+    pub connections: usize,
+    /// Seconds per `small` and `rate` measurement.
+    pub duration_s: f64,
+    /// Unrecorded warm-up seconds before `small`.
+    pub warmup_s: f64,
+    /// `rate` as asked.
+    pub rate: RateArg,
+    /// Bytes per bulk stream.
+    pub bulk_bytes: u64,
+    /// The concurrent bulk measurement's streams.
+    pub bulk_streams: usize,
+    /// Idle agents.
+    pub idle_agents: usize,
+    /// Seconds the relay is watched with them.
+    pub idle_settle_s: f64,
+    /// Seconds before a request counts as failed.
+    pub request_timeout_s: f64,
+    /// How the driver configures the system under test.
+    pub system: &'static str,
+    /// Client HTTP/2 stream and connection windows.
+    pub client_h2_windows: (u32, u32),
+}
+
+impl Settings {
+    fn from(cli: &Cli) -> Result<Self> {
+        let smoke = cli.smoke;
+        let pick = |v: Option<f64>, full: f64, quick: f64| v.unwrap_or(if smoke { quick } else { full });
+        let mut scenarios = cli.scenarios.clone().unwrap_or_else(|| {
+            if smoke {
+                vec![Scenario::Idle, Scenario::Small, Scenario::Rate, Scenario::Bulk]
+            } else {
+                vec![Scenario::Small, Scenario::Rate, Scenario::Bulk]
+            }
+        });
+        // Idle first, on a relay that has carried no load yet; then the order above.
+        let order = |s: &Scenario| match s {
+            Scenario::Idle => 0,
+            Scenario::Small => 1,
+            Scenario::Rate => 2,
+            Scenario::Bulk => 3,
+        };
+        scenarios.sort_by_key(order);
+        scenarios.dedup();
+        let settings = Self {
+            mode: if smoke { "smoke" } else { "full" },
+            clusters: cli.clusters.unwrap_or(1),
+            agents_per_cluster: cli.agents_per_cluster.unwrap_or(1),
+            callers: cli.callers.unwrap_or(if smoke { 8 } else { 32 }),
+            connections: cli.connections.unwrap_or(2),
+            duration_s: pick(cli.duration, 10.0, 1.0),
+            warmup_s: pick(cli.warmup, 2.0, 0.2),
+            rate: cli.rate.unwrap_or(if smoke {
+                RateArg::PerSecond(100.0)
+            } else {
+                RateArg::Half
+            }),
+            bulk_bytes: (pick(cli.bulk_mib, 256.0, 1.0) * 1024.0 * 1024.0).round() as u64,
+            bulk_streams: cli.bulk_streams.unwrap_or(16),
+            idle_agents: cli.idle_agents.unwrap_or(if smoke { 2 } else { 100 }),
+            idle_settle_s: pick(cli.idle_settle, 5.0, 0.5),
+            request_timeout_s: pick(cli.request_timeout, 30.0, 10.0),
+            system: SYSTEM,
+            client_h2_windows: (4 << 20, 1 << 30),
+            scenarios,
+        };
+        if settings.clusters == 0 || settings.agents_per_cluster == 0 {
+            bail!("--clusters and --agents-per-cluster must be at least 1");
+        }
+        if settings.callers == 0 || settings.connections == 0 || settings.bulk_streams == 0 {
+            bail!("--callers, --connections and --bulk-streams must be at least 1");
+        }
+        if !(settings.duration_s > 0.0 && settings.warmup_s >= 0.0 && settings.idle_settle_s >= 0.0) {
+            bail!("--duration must be positive, --warmup and --idle-settle not negative");
+        }
+        if settings.request_timeout_s.is_nan() || settings.request_timeout_s <= 0.0 {
+            bail!("--request-timeout must be positive");
+        }
+        if settings.bulk_bytes == 0 {
+            bail!("--bulk-mib must be positive");
+        }
+        if matches!(settings.rate, RateArg::Half)
+            && settings.scenarios.contains(&Scenario::Rate)
+            && !settings.scenarios.contains(&Scenario::Small)
+        {
+            bail!("--rate half needs the small scenario in the same run; give a number (--rate 500)");
+        }
+        Ok(settings)
+    }
+
+    fn runs(&self, s: Scenario) -> bool {
+        self.scenarios.contains(&s)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hawser-loadtest: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(Sub::ServeBackend { cert, key }) = &cli.command {
+        return match runtime.block_on(backend::serve(cert, key)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hawser-loadtest backend: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            r = run(&cli) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    match outcome {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(failed) => {
+            eprintln!("hawser-loadtest: FAILED: {failed} request(s) failed (see the table above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("hawser-loadtest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The driver's package directory (loadtest/), as built.
+fn package_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the whole thing; returns how many requests failed.
+async fn run(cli: &Cli) -> Result<u64> {
+    let settings = Settings::from(cli)?;
+    let default_binary = cli.hawser.is_none();
+    let hawser = match &cli.hawser {
+        Some(p) => p.clone(),
+        None => package_dir().join("../target/release/hawser"),
+    };
+    if !hawser.is_file() {
+        bail!(
+            "no hawser binary at {}. Build it first with `cargo build --release` at the repository root \
+             ({}), or pass --hawser PATH",
+            hawser.display(),
+            package_dir().parent().unwrap_or(package_dir()).display()
+        );
+    }
+    let hawser = std::fs::canonicalize(&hawser).with_context(|| format!("resolving {}", hawser.display()))?;
+    let mut report = Report::begin(&settings, &hawser, default_binary).await?;
+    if report.hawser.binary_older_than_sources {
+        say(&format!(
+            "warning: {} is older than the sources in src/; rebuild with `cargo build --release` for current figures",
+            hawser.display()
+        ));
+    }
+    say(&format!(
+        "hawser-loadtest {} ({} mode): {} against {}",
+        env!("CARGO_PKG_VERSION"),
+        settings.mode,
+        report.hawser.version,
+        hawser.display()
+    ));
+
+    // The progress ticker.
+    let ticker = tokio::spawn(async {
+        loop {
+            tokio::time::sleep(PROGRESS.interval()).await;
+            PROGRESS.tick();
+        }
+    });
+
+    let options = system::Options {
+        hawser,
+        clusters: settings.clusters,
+        agents_per_cluster: settings.agents_per_cluster,
+        idle_agents: if settings.runs(Scenario::Idle) {
+            settings.idle_agents
+        } else {
+            0
+        },
+        keep: cli.keep,
+    };
+    let mut sys = system::System::start(&options).await?;
+    let measured = measure(&settings, &mut sys, &mut report).await;
+    ticker.abort();
+    if measured.is_err() || cli.keep {
+        sys.keep_dir();
+        say(&format!(
+            "kept the working directory (configs, logs): {}",
+            sys.dir.display()
+        ));
+    }
+    measured?;
+
+    report.finish();
+    println!("{}", report.table());
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        say(&format!("wrote {}", path.display()));
+    }
+    Ok(report.failed_requests)
+}
+
+async fn measure(settings: &Settings, sys: &mut system::System, report: &mut Report) -> Result<()> {
+    let timeout = Duration::from_secs_f64(settings.request_timeout_s);
+    let direct = sys.direct_target(settings.connections, timeout).await?;
+    let hawser = sys.hawser_target(settings.connections, timeout).await?;
+    sys.wait_answering(&direct).await?;
+    sys.wait_answering(&hawser).await?;
+    say("backend answering directly and through the relay");
+    let meter = scenario::Meter {
+        pids: stats::Pids {
+            relay: sys.relay.pid,
+            agents: sys.agent_pids(),
+            backend: sys.backend.pid,
+        },
+        ticks_per_second: stats::ticks_per_second(),
+    };
+    let secs = Duration::from_secs_f64;
+
+    if settings.runs(Scenario::Idle) {
+        report.idle = Some(scenario::idle(sys, settings.idle_agents, secs(settings.idle_settle_s)).await?);
+    }
+    if settings.runs(Scenario::Small) {
+        let (duration, warmup) = (secs(settings.duration_s), secs(settings.warmup_s));
+        let d = scenario::small(&direct, settings.callers, duration, warmup, &meter).await?;
+        let h = scenario::small(&hawser, settings.callers, duration, warmup, &meter).await?;
+        report.small = Some(Compared::small(d, h));
+    }
+    if settings.runs(Scenario::Rate) {
+        let rate = match settings.rate {
+            RateArg::PerSecond(r) => r,
+            RateArg::Half => {
+                let small = report.small.as_ref().context("--rate half needs the small scenario")?;
+                (small.hawser.requests_per_sec / 2.0).round().max(1.0)
+            }
+        };
+        let duration = secs(settings.duration_s);
+        let d = scenario::rate(&direct, rate, duration, &meter).await?;
+        let h = scenario::rate(&hawser, rate, duration, &meter).await?;
+        report.rate = Some(Compared::rate(d, h));
+    }
+    if settings.runs(Scenario::Bulk) {
+        let mut counts = vec![1, settings.bulk_streams];
+        counts.dedup();
+        for streams in counts {
+            let d = scenario::bulk(&direct, streams, settings.bulk_bytes, &meter).await?;
+            let h = scenario::bulk(&hawser, streams, settings.bulk_bytes, &meter).await?;
+            report.bulk.push(Compared::bulk(d, h));
+        }
+    }
+    Ok(())
+}
