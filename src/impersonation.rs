@@ -14,7 +14,10 @@
 //!    request-header authenticator's `X-Remote-User`, `X-Remote-Group`, `X-Remote-Extra-*`), the
 //!    hop-by-hop headers (`connection`, `keep-alive`, `proxy-connection`, `te`, `trailer`,
 //!    `transfer-encoding`, `upgrade`) and every header named in a `Connection` value. Names are
-//!    matched by lower-cased prefix: one rule per family, never a list of known names.
+//!    matched by lower-cased prefix: one rule per family, never a list of known names. From
+//!    `Sec-WebSocket-Protocol` it removes every `base64url.bearer.authorization.k8s.io.` entry:
+//!    the apiserver authenticates a WebSocket request by that token too, and the header must stay
+//!    for the real subprotocols (`v5.channel.k8s.io`, ...).
 //! 2. **Set**: insert the agent's own headers, replacing (never appending to) anything of the same
 //!    name, plus `Authorization: Bearer <agent token>` marked sensitive, plus `Connection: Upgrade`
 //!    and the caller's single `Upgrade` value when the caller asked for an upgrade (exec, attach and
@@ -85,6 +88,11 @@ pub const IMPERSONATE_EXTRA_PREFIX: &str = "impersonate-extra-";
 /// Header name (lower case) that carries a caller's own cluster credential in passthrough mode,
 /// as `Bearer <token>`, so the relay JWT in `Authorization` never has to reach the cluster.
 pub const CLUSTER_AUTHORIZATION: &str = "hawser-cluster-authorization";
+
+/// Header whose entries may carry a bearer token on WebSocket requests (the browser's only way).
+const SEC_WEBSOCKET_PROTOCOL: &str = "sec-websocket-protocol";
+/// Prefix of a `Sec-WebSocket-Protocol` entry that kube-apiserver reads as a bearer token.
+const WEBSOCKET_BEARER_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
 
 /// Prefix of every impersonation header, matched case-insensitively.
 const IMPERSONATE_PREFIX: &str = "impersonate-";
@@ -300,7 +308,49 @@ pub fn assert_only_ours(headers: &HeaderMap, expected: &[(HeaderName, HeaderValu
             return Err(ImpersonationError::MismatchedHeader { name: name.clone() });
         }
     }
+    if headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .any(|value| value.as_bytes().split(|&b| b == b',').any(is_websocket_bearer))
+    {
+        return Err(ImpersonationError::WebSocketBearer);
+    }
     Ok(())
+}
+
+/// Whether one `Sec-WebSocket-Protocol` entry is a bearer token (prefix matched case-insensitively).
+fn is_websocket_bearer(entry: &[u8]) -> bool {
+    let entry = entry.trim_ascii();
+    entry
+        .get(..WEBSOCKET_BEARER_PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(WEBSOCKET_BEARER_PREFIX.as_bytes()))
+}
+
+/// Removes bearer-token entries from every `Sec-WebSocket-Protocol` value, keeping the others in order.
+fn strip_websocket_bearer(headers: &mut HeaderMap) {
+    let values: Vec<HeaderValue> = headers.get_all(SEC_WEBSOCKET_PROTOCOL).iter().cloned().collect();
+    if !values
+        .iter()
+        .any(|v| v.as_bytes().split(|&b| b == b',').any(is_websocket_bearer))
+    {
+        return;
+    }
+    headers.remove(SEC_WEBSOCKET_PROTOCOL);
+    for value in values {
+        let kept: Vec<&[u8]> = value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|entry| !entry.is_empty() && !is_websocket_bearer(entry))
+            .collect();
+        if kept.is_empty() {
+            continue;
+        }
+        // Entries are slices of a valid header value joined by ", ", so this cannot fail.
+        if let Ok(value) = HeaderValue::from_bytes(&kept.join(&b", "[..])) {
+            headers.append(SEC_WEBSOCKET_PROTOCOL, value);
+        }
+    }
 }
 
 /// [`apply`] with the strip step passed in, so tests can show that set and assert hold on their own.
@@ -355,6 +405,7 @@ fn remove_controlled(headers: &mut HeaderMap) {
     for name in &doomed {
         headers.remove(name);
     }
+    strip_websocket_bearer(headers);
 }
 
 /// Whether a caller must never control this header (identity-bearing or hop-by-hop).

@@ -210,6 +210,24 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
 }
 
 /// Checks `sanitize` on a copy of `original`; returns the sanitized map and the reported upgrade.
+/// Every non-empty `Sec-WebSocket-Protocol` entry, trimmed, in order.
+fn websocket_protocols(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b',').map(|e| e.trim_ascii().to_vec()))
+        .filter(|e| !e.is_empty())
+        .map(|e| String::from_utf8_lossy(&e).into_owned())
+        .collect()
+}
+
+/// Model of an entry the apiserver reads as a bearer token.
+fn is_websocket_bearer(entry: &str) -> bool {
+    entry
+        .to_ascii_lowercase()
+        .starts_with("base64url.bearer.authorization.k8s.io.")
+}
+
 fn check_sanitize(original: &HeaderMap) -> Option<(HeaderMap, Option<HeaderValue>)> {
     let mut headers = original.clone();
     let upgrades: Vec<&HeaderValue> = original.get_all(UPGRADE).iter().collect();
@@ -238,13 +256,30 @@ fn check_sanitize(original: &HeaderMap) -> Option<(HeaderMap, Option<HeaderValue
                     !tokens.contains(&name.as_str().to_owned()),
                     "sanitize left {name}, named by Connection"
                 );
+                if name.as_str() == "sec-websocket-protocol" {
+                    continue;
+                }
                 assert!(
                     headers.get_all(name).iter().eq(original.get_all(name).iter()),
                     "sanitize changed the values of {name}"
                 );
             }
+            let kept = websocket_protocols(&headers);
+            assert!(
+                kept.iter().all(|e| !is_websocket_bearer(e)),
+                "sanitize left a WebSocket bearer token"
+            );
+            let wanted: Vec<String> = websocket_protocols(original)
+                .into_iter()
+                .filter(|e| !is_websocket_bearer(e))
+                .collect();
+            assert!(kept == wanted, "sanitize changed the WebSocket subprotocols");
             for name in original.keys() {
-                if !controlled(name.as_str()) && !tokens.contains(&name.as_str().to_owned()) {
+                // Sec-WebSocket-Protocol goes when only bearer entries were in it (checked above).
+                if !controlled(name.as_str())
+                    && !tokens.contains(&name.as_str().to_owned())
+                    && name.as_str() != "sec-websocket-protocol"
+                {
                     assert!(headers.contains_key(name), "sanitize removed {name}");
                 }
             }

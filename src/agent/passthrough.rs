@@ -12,8 +12,10 @@
 //! its own, so RBAC sees the token's identity and never the agent's.
 //!
 //! Reviews are cached briefly by the token's SHA-256 (never the token), so a
-//! watch-heavy client does not cost one review per request; a revoked token
-//! keeps working for at most `passthrough.cache_secs`.
+//! watch-heavy client does not cost one review per request. The cache only
+//! skips the agent's own pre-check: the apiserver still authenticates the
+//! forwarded token on every request, so a revoked token is refused there at
+//! once.
 
 use std::time::{Duration, Instant};
 

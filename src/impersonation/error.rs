@@ -135,6 +135,9 @@ pub enum ImpersonationError {
         /// The unexpected header's name.
         name: HeaderName,
     },
+    /// After setting, `Sec-WebSocket-Protocol` still offers a bearer token to the apiserver.
+    #[error("Sec-WebSocket-Protocol still carries a bearer token")]
+    WebSocketBearer,
     /// After setting, a header the agent set is missing or does not hold exactly the agent's values.
     #[error("header {name} does not hold exactly the values the agent set")]
     MismatchedHeader {

@@ -334,5 +334,44 @@ fn the_cluster_token_header_is_stripped_in_identity_mode_too() {
     assert!(headers.get(CLUSTER_AUTHORIZATION).is_none());
 }
 
+#[test]
+fn websocket_protocol_bearer_entries_are_removed_and_subprotocols_kept() {
+    let caller = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        (
+            "Sec-WebSocket-Protocol",
+            "v5.channel.k8s.io, base64url.bearer.authorization.k8s.io.ZXZpbA, v4.channel.k8s.io",
+        ),
+        (
+            "sec-websocket-protocol",
+            "BASE64URL.Bearer.Authorization.K8S.IO.c3VwZXI",
+        ),
+        (
+            "Sec-WebSocket-Protocol",
+            " base64url.bearer.authorization.k8s.io.eA ,channel.k8s.io",
+        ),
+    ];
+    let mut identity_mode = map(&caller);
+    apply(&mut identity_mode, &identity(), AGENT_TOKEN).expect("apply");
+    let mut passthrough = map(&caller);
+    apply_passthrough(&mut passthrough, "cluster-token").expect("apply_passthrough");
+    for headers in [&identity_mode, &passthrough] {
+        assert_eq!(
+            values(headers, "sec-websocket-protocol"),
+            ["v5.channel.k8s.io, v4.channel.k8s.io", "channel.k8s.io"]
+        );
+    }
+}
+
+#[test]
+fn a_websocket_bearer_that_survives_is_caught_by_the_assertion() {
+    let mut headers = map(&[("Sec-WebSocket-Protocol", "base64url.bearer.authorization.k8s.io.ZXZpbA")]);
+    let err = apply_with(&mut headers, &identity(), AGENT_TOKEN, |_| Ok(Sanitized::default()))
+        .expect_err("a surviving WebSocket bearer must be refused");
+    assert_eq!(err, ImpersonationError::WebSocketBearer);
+    assert!(headers.get("sec-websocket-protocol").is_none(), "scrubbed on error");
+}
+
 mod identity;
 mod layers;
