@@ -149,6 +149,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         endpoint.close(0u32.into(), b"agent shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
     }
+    state.audit.flush();
     Ok(())
 }
 

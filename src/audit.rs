@@ -10,8 +10,11 @@
 //!
 //! Never a token: no header value is ever recorded, and the query string is
 //! left out (it may carry a caller's data). Lines go to stdout or a file
-//! opened for append (mode 0600), one `write` per line so concurrent lines
-//! never interleave; writing is synchronous so no line is dropped under load.
+//! opened for append (mode 0600) from a writer thread of their own, so a slow
+//! disk or a stalled stdout never blocks the async runtime. Its queue is
+//! bounded ([`QUEUE_LINES`]); when it is full, request tasks wait for room
+//! rather than drop a line: under a stuck sink the service slows down, it
+//! never goes unaudited.
 
 mod verb;
 
@@ -19,6 +22,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
@@ -83,10 +87,34 @@ pub struct AuditError {
     source: std::io::Error,
 }
 
+/// Lines queued for the writer thread before request tasks wait for room.
+pub const QUEUE_LINES: usize = 4096;
+
 enum Sink {
     None,
-    Stdout,
-    File(Mutex<std::fs::File>),
+    Writer(SyncSender<Message>),
+}
+
+enum Message {
+    Line(Vec<u8>),
+    /// Answered once every line queued before it is written.
+    Flush(SyncSender<()>),
+}
+
+/// The writer thread's loop: write each line with one `write`, flush, answer barriers.
+fn write_lines(mut out: Box<dyn Write + Send>, queue: Receiver<Message>) {
+    for message in queue {
+        match message {
+            Message::Line(text) => {
+                if let Err(e) = out.write_all(&text).and_then(|()| out.flush()) {
+                    tracing::error!(error = %e, "cannot write the audit log");
+                }
+            }
+            Message::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
 }
 
 /// Writes audit lines for one component (relay or agent).
@@ -99,9 +127,15 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens the configured output for `component` (`relay` or `agent`) named `instance`.
     pub fn open(config: &AuditConfig, component: &'static str, instance: &str) -> Result<Arc<Self>, AuditError> {
-        let sink = match config.output.as_str() {
-            "none" => Sink::None,
-            "stdout" => Sink::Stdout,
+        let out: Box<dyn Write + Send> = match config.output.as_str() {
+            "none" => {
+                return Ok(Arc::new(Self {
+                    sink: Sink::None,
+                    component,
+                    instance: instance.to_owned(),
+                }));
+            }
+            "stdout" => Box::new(std::io::stdout()),
             path => {
                 use std::os::unix::fs::OpenOptionsExt;
                 let error = |source| AuditError {
@@ -117,9 +151,18 @@ impl AuditLog {
                     .mode(0o600)
                     .open(path)
                     .map_err(error)?;
-                Sink::File(Mutex::new(file))
+                Box::new(file)
             }
         };
+        let (queue, lines) = std::sync::mpsc::sync_channel(QUEUE_LINES);
+        std::thread::Builder::new()
+            .name(format!("{component}-audit"))
+            .spawn(move || write_lines(out, lines))
+            .map_err(|source| AuditError {
+                path: config.output.clone(),
+                source,
+            })?;
+        let sink = Sink::Writer(queue);
         Ok(Arc::new(Self {
             sink,
             component,
@@ -130,7 +173,7 @@ impl AuditLog {
     /// Starts the record of one request; the line is written when the last handle drops.
     pub fn begin(self: &Arc<Self>, request_id: &str, method: &Method, uri: &Uri, headers: &HeaderMap) -> Audit {
         let info = request_info(method, uri);
-        let upgrade = crate::forward::upgrade_protocol(headers).and_then(|v| v.to_str().ok().map(str::to_owned));
+        let upgrade = crate::forward::upgrade_protocol(headers).map(|v| upgrade_kind(v.as_bytes()).to_owned());
         Audit(Arc::new(Entry {
             log: self.clone(),
             started: Instant::now(),
@@ -153,21 +196,42 @@ impl AuditLog {
     }
 
     fn write(&self, line: &Record<'_>) {
-        if matches!(self.sink, Sink::None) {
+        let Sink::Writer(queue) = &self.sink else {
             return;
-        }
+        };
         let Ok(mut text) = serde_json::to_vec(line) else {
             return;
         };
         text.push(b'\n');
-        let written = match &self.sink {
-            Sink::None => Ok(()),
-            Sink::Stdout => std::io::stdout().lock().write_all(&text),
-            Sink::File(file) => file.lock().unwrap_or_else(|e| e.into_inner()).write_all(&text),
-        };
-        if let Err(e) = written {
-            tracing::error!(error = %e, "cannot write the audit log");
+        match queue.try_send(Message::Line(text)) {
+            Ok(()) => {}
+            // Full: wait for room (see the module docs); this blocks only while the sink is stuck.
+            Err(TrySendError::Full(message)) => {
+                let multi_thread = tokio::runtime::Handle::try_current()
+                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+                let _ = if multi_thread {
+                    tokio::task::block_in_place(|| queue.send(message))
+                } else {
+                    queue.send(message)
+                };
+            }
+            Err(TrySendError::Disconnected(_)) => tracing::error!("the audit writer thread is gone"),
         }
+    }
+
+    /// Waits until every line recorded so far is written (at shutdown, and in tests).
+    pub fn flush(&self) {
+        if let Sink::Writer(queue) = &self.sink {
+            let (done, wait) = std::sync::mpsc::sync_channel(1);
+            if queue.send(Message::Flush(done)).is_ok() {
+                let _ = wait.recv();
+            }
+        }
+    }
+
+    /// Whether lines go anywhere (`false` for `output = "none"`).
+    pub fn is_enabled(&self) -> bool {
+        matches!(self.sink, Sink::Writer(_))
     }
 }
 
@@ -355,6 +419,22 @@ impl hyper::body::Body for Counted {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The kind of upgrade asked for, from a fixed set: the caller's own `Upgrade` value never reaches the log.
+fn upgrade_kind(value: &[u8]) -> &'static str {
+    let starts = |prefix: &[u8]| {
+        value
+            .get(..prefix.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(prefix))
+    };
+    if starts(b"websocket") {
+        "websocket"
+    } else if starts(b"spdy/") {
+        "spdy"
+    } else {
+        "other"
     }
 }
 

@@ -45,6 +45,44 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
+/// Wraps `body` so that `thing` lives until the body is done, fails or is dropped.
+pub fn hold_until_done<T: Send + Sync + Unpin + 'static>(body: Body, thing: T) -> Body {
+    Held {
+        inner: body,
+        thing: Some(thing),
+    }
+    .boxed()
+}
+
+struct Held<T> {
+    inner: Body,
+    thing: Option<T>,
+}
+
+impl<T: Unpin> hyper::body::Body for Held<T> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            self.thing = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Headers that belong to one hop and must not be forwarded.
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -190,16 +228,82 @@ async fn splice(caller: OnUpgrade, upstream: OnUpgrade, audit: Option<Audit>) {
             return;
         }
     };
-    let (mut caller, mut upstream) = (TokioIo::new(caller), TokioIo::new(upstream));
+    // Bytes are counted as they are read, so an exchange that ends in an error still has them.
+    let mut caller = Tally::new(TokioIo::new(caller), audit.clone(), true);
+    let mut upstream = Tally::new(TokioIo::new(upstream), audit, false);
     match tokio::io::copy_bidirectional(&mut caller, &mut upstream).await {
-        Ok((up, down)) => {
-            if let Some(audit) = &audit {
-                audit.add_in(up);
-                audit.add_out(down);
-            }
-            debug!(bytes_up = up, bytes_down = down, "upgraded stream closed");
+        Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "upgraded stream closed"),
+        Err(e) => debug!(
+            error = %e,
+            bytes_up = caller.read,
+            bytes_down = upstream.read,
+            "upgraded stream ended with an error"
+        ),
+    }
+}
+
+/// An upgraded connection whose reads are counted into an audit record
+/// (`inbound`: bytes from the caller).
+struct Tally<T> {
+    inner: T,
+    audit: Option<Audit>,
+    inbound: bool,
+    read: u64,
+}
+
+impl<T> Tally<T> {
+    fn new(inner: T, audit: Option<Audit>, inbound: bool) -> Self {
+        Self {
+            inner,
+            audit,
+            inbound,
+            read: 0,
         }
-        Err(e) => debug!(error = %e, "upgraded stream ended with an error"),
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tally<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.read += n;
+            match (&self.audit, self.inbound) {
+                (Some(audit), true) => audit.add_in(n),
+                (Some(audit), false) => audit.add_out(n),
+                (None, _) => {}
+            }
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tally<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

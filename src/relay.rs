@@ -3,6 +3,7 @@
 
 mod agents;
 mod front;
+mod idle;
 mod limits;
 mod registry;
 
@@ -169,6 +170,7 @@ impl Relay {
             state.instance.clone(),
         ));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let audit = state.audit.clone();
         tokio::select! {
             _ = front::serve(listener, acceptor, state, &graceful) => {}
             _ = shutdown::signal() => {}
@@ -181,6 +183,7 @@ impl Relay {
             info!("drain deadline reached; closing the rest");
         }
         info!("relay shutting down");
+        audit.flush();
         endpoint.close(agents::close_code::SHUTDOWN.into(), b"relay shutting down");
         endpoint.wait_idle().await;
         agents.abort();

@@ -17,6 +17,8 @@ pub struct HttpError {
     pub reason: &'static str,
     /// A one-line cause for the caller; never a token.
     pub message: String,
+    /// Seconds for `Retry-After` on a 429 (1 when not set).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl HttpError {
@@ -26,6 +28,7 @@ impl HttpError {
             code: StatusCode::BAD_REQUEST,
             reason: "BadRequest",
             message: message.into(),
+            retry_after_secs: None,
         }
     }
     /// 401: no valid credential.
@@ -34,6 +37,7 @@ impl HttpError {
             code: StatusCode::UNAUTHORIZED,
             reason: "Unauthorized",
             message: message.into(),
+            retry_after_secs: None,
         }
     }
     /// 403: a valid caller that may not do this.
@@ -42,6 +46,7 @@ impl HttpError {
             code: StatusCode::FORBIDDEN,
             reason: "Forbidden",
             message: message.into(),
+            retry_after_secs: None,
         }
     }
     /// 404: no such thing.
@@ -50,6 +55,7 @@ impl HttpError {
             code: StatusCode::NOT_FOUND,
             reason: "NotFound",
             message: message.into(),
+            retry_after_secs: None,
         }
     }
     /// 405: a method the relay and agent never forward (CONNECT).
@@ -58,6 +64,7 @@ impl HttpError {
             code: StatusCode::METHOD_NOT_ALLOWED,
             reason: "MethodNotAllowed",
             message: message.into(),
+            retry_after_secs: None,
         }
     }
     /// 429: a limit was reached; kubectl retries after `Retry-After`.
@@ -66,7 +73,13 @@ impl HttpError {
             code: StatusCode::TOO_MANY_REQUESTS,
             reason: "TooManyRequests",
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+    /// The same error with `Retry-After` set to `after`, rounded up to whole seconds.
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after_secs = Some(after.as_secs() + u64::from(after.subsec_nanos() > 0));
+        self
     }
     /// 500: we could not do our part (never a fallback to another identity).
     pub fn internal(message: impl Into<String>) -> Self {
@@ -74,6 +87,7 @@ impl HttpError {
             code: StatusCode::INTERNAL_SERVER_ERROR,
             reason: "InternalError",
             message: message.into(),
+            retry_after_secs: None,
         }
     }
     /// 502: the next hop failed mid-way.
@@ -82,6 +96,7 @@ impl HttpError {
             code: StatusCode::BAD_GATEWAY,
             reason: "InternalError",
             message: message.into(),
+            retry_after_secs: None,
         }
     }
     /// 503: the next hop is not there now.
@@ -90,12 +105,15 @@ impl HttpError {
             code: StatusCode::SERVICE_UNAVAILABLE,
             reason: "ServiceUnavailable",
             message: message.into(),
+            retry_after_secs: None,
         }
     }
 
     /// The `Status` response.
     pub fn into_response(self) -> Response<Body> {
-        let status = json!({
+        let retry_after =
+            (self.code == StatusCode::TOO_MANY_REQUESTS).then(|| self.retry_after_secs.unwrap_or(1).max(1));
+        let mut status = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -104,15 +122,18 @@ impl HttpError {
             "reason": self.reason,
             "code": self.code.as_u16(),
         });
+        if let Some(secs) = retry_after {
+            status["details"] = json!({ "retryAfterSeconds": secs });
+        }
         let mut resp = Response::new(full(status.to_string()));
         *resp.status_mut() = self.code;
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/json"),
         );
-        if self.code == StatusCode::TOO_MANY_REQUESTS {
+        if let Some(secs) = retry_after {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         if self.code == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
@@ -137,6 +158,19 @@ mod tests {
     use http_body_util::BodyExt;
 
     use super::*;
+
+    #[tokio::test]
+    async fn too_many_requests_says_when_to_retry_in_the_header_and_the_status() {
+        let resp = HttpError::too_many_requests("slow down")
+            .retry_after(std::time::Duration::from_millis(12_500))
+            .into_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "13");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status["details"]["retryAfterSeconds"], 13);
+        let plain = HttpError::too_many_requests("busy").into_response();
+        assert_eq!(plain.headers()[header::RETRY_AFTER], "1");
+    }
 
     #[tokio::test]
     async fn status_json_kubectl_can_read() {

@@ -48,9 +48,12 @@ async fn one_line_when_the_last_handle_drops_with_bytes_and_no_secrets() {
     let body = audit.count(crate::forward::full("hello world"), false);
     audit.status(200);
     drop(audit);
+    log.flush();
     assert!(lines(&path).is_empty(), "the body still holds the record open");
     let collected = body.collect().await.unwrap().to_bytes();
     assert_eq!(collected.len(), 11);
+    log.flush();
+    assert_eq!(lines(&path).len(), 1, "exactly one line per request");
 
     let written = std::fs::read_to_string(&path).unwrap();
     assert!(!written.contains("s3cret"), "a token or the query leaked: {written}");
@@ -84,13 +87,58 @@ fn refusals_are_lines_too_and_none_writes_nothing() {
     );
     audit.status(401);
     drop(audit);
+    log.flush();
     let line = &lines(&path)[0];
     assert_eq!(line["status"], 401);
     assert_eq!(line["caller"], serde_json::Value::Null);
     assert_eq!(line["resource"], "pods/exec");
 
     let none = AuditLog::open(&AuditConfig { output: "none".into() }, "agent", "a").unwrap();
+    assert!(!none.is_enabled() && log.is_enabled());
     drop(none.begin("r-3", &Method::GET, &"/version".parse().unwrap(), &HeaderMap::new()));
+    none.flush();
+}
+
+#[test]
+fn upgrade_kinds_come_from_a_fixed_set_never_the_callers_value() {
+    assert_eq!(upgrade_kind(b"websocket"), "websocket");
+    assert_eq!(upgrade_kind(b"WebSocket"), "websocket");
+    assert_eq!(upgrade_kind(b"SPDY/3.1"), "spdy");
+    assert_eq!(upgrade_kind(b"h2c"), "other");
+    let dir = tempfile::tempdir().unwrap();
+    let (log, path) = log_to(&dir);
+    let mut headers = HeaderMap::new();
+    headers.insert("connection", "Upgrade".parse().unwrap());
+    headers.insert("upgrade", "x-secret-ABC123".parse().unwrap());
+    drop(log.begin("u", &Method::GET, &"/version".parse().unwrap(), &headers));
+    log.flush();
+    assert_eq!(lines(&path)[0]["upgrade"], "other");
+    assert!(!std::fs::read_to_string(&path).unwrap().contains("secret"));
+}
+
+#[test]
+fn a_full_queue_waits_for_room_and_loses_no_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, path) = log_to(&dir);
+    let total = QUEUE_LINES * 3;
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let log = &log;
+            scope.spawn(move || {
+                for i in 0..total / 4 {
+                    drop(log.begin(
+                        &format!("{t}-{i}"),
+                        &Method::GET,
+                        &"/version".parse().unwrap(),
+                        &HeaderMap::new(),
+                    ));
+                }
+            });
+        }
+    });
+    log.flush();
+    let lines = lines(&path);
+    assert_eq!(lines.len(), total, "every line, each whole");
 }
 
 #[test]
@@ -99,8 +147,10 @@ fn the_file_is_private_and_appended() {
     let dir = tempfile::tempdir().unwrap();
     let (log, path) = log_to(&dir);
     drop(log.begin("a", &Method::GET, &"/version".parse().unwrap(), &HeaderMap::new()));
+    log.flush();
     let (log, _) = log_to(&dir);
     drop(log.begin("b", &Method::GET, &"/version".parse().unwrap(), &HeaderMap::new()));
+    log.flush();
     assert_eq!(lines(&path).len(), 2);
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
 }

@@ -59,6 +59,8 @@ pub struct LimitsConfig {
     pub max_header_bytes: usize,
     /// How long a caller has to send a request's headers (slowloris), in seconds.
     pub header_read_timeout_secs: u64,
+    /// How long a caller connection may hold no request before it is closed, in seconds.
+    pub idle_connection_timeout_secs: u64,
     /// Concurrent HTTP/2 streams per caller connection.
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2 streams a caller may reset before the server has accepted them, before GOAWAY (rapid reset).
@@ -76,6 +78,7 @@ impl Default for LimitsConfig {
             open_stream_timeout_secs: 10,
             max_header_bytes: 64 * 1024,
             header_read_timeout_secs: 30,
+            idle_connection_timeout_secs: 120,
             h2_max_concurrent_streams: 1000,
             h2_max_pending_reset_streams: 20,
             h2_max_local_error_resets: 1024,
@@ -89,8 +92,14 @@ impl LimitsConfig {
         if !(8192..=1024 * 1024).contains(&self.max_header_bytes) {
             return Err("limits.max_header_bytes: between 8192 and 1048576".into());
         }
-        if self.header_read_timeout_secs == 0 || self.open_stream_timeout_secs == 0 {
-            return Err("limits: header_read_timeout_secs and open_stream_timeout_secs must be at least 1".into());
+        if self.header_read_timeout_secs == 0
+            || self.open_stream_timeout_secs == 0
+            || self.idle_connection_timeout_secs == 0
+        {
+            return Err(
+                "limits: header_read_timeout_secs, open_stream_timeout_secs and idle_connection_timeout_secs must be at least 1"
+                    .into(),
+            );
         }
         if self.h2_max_concurrent_streams == 0
             || self.h2_max_pending_reset_streams == 0

@@ -164,4 +164,30 @@ async fn an_upstream_redirect_is_passed_back_not_followed() {
     );
 }
 
+#[tokio::test]
+async fn upgraded_bytes_are_counted_as_read_so_an_error_keeps_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let config = crate::audit::AuditConfig {
+        output: path.display().to_string(),
+    };
+    let log = crate::audit::AuditLog::open(&config, "relay", "r").unwrap();
+    let audit = log.begin("id", &http::Method::GET, &"/exec".parse().unwrap(), &HeaderMap::new());
+    let (mut peer, io) = tokio::io::duplex(1024);
+    let mut caller = Tally::new(io, Some(audit.clone()), true);
+    let mut upstream_side = Tally::new(tokio::io::empty(), Some(audit), false);
+    peer.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(caller.read(&mut buf).await.unwrap(), 5);
+    // The peer vanishes mid-stream: whatever was read stays counted.
+    drop(peer);
+    assert_eq!(upstream_side.read(&mut buf).await.unwrap(), 0);
+    drop((caller, upstream_side));
+    log.flush();
+    let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+    assert_eq!(line["bytes_in"], 5);
+    assert_eq!(line["bytes_out"], 0);
+}
+
 mod smuggling;

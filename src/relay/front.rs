@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span};
 
 use super::RelayState;
+use super::idle::Activity;
 use crate::audit::Audit;
 use crate::forward::{self, Body, boxed, full};
 use crate::proto::{self, StreamHeader};
@@ -75,10 +76,17 @@ async fn connection(
         Err(_) => return debug!("tls handshake timed out"),
     };
     let limits = state.limits.clone();
-    let service = service_fn(move |req| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, req, peer).await) }
-    });
+    let activity = Activity::new();
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let (state, busy) = (state.clone(), activity.begin());
+            async move {
+                let resp = handle(&state, req, peer).await;
+                Ok::<_, Infallible>(resp.map(|body| forward::hold_until_done(body, busy)))
+            }
+        })
+    };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Headers past max_header_bytes get 431 (HTTP/1.1) or a stream error (HTTP/2);
     // the h2 header-list bound also caps CONTINUATION floods.
@@ -97,8 +105,18 @@ async fn connection(
         .keep_alive_interval(H2_KEEP_ALIVE)
         .keep_alive_timeout(Duration::from_secs(20));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-    if let Err(e) = watcher.watch(conn).await {
-        debug!(error = %e, "caller connection ended with an error");
+    let (first, idle) = (
+        Duration::from_secs(limits.header_read_timeout_secs),
+        Duration::from_secs(limits.idle_connection_timeout_secs),
+    );
+    tokio::select! {
+        result = watcher.watch(conn) => {
+            if let Err(e) = result {
+                debug!(error = %e, "caller connection ended with an error");
+            }
+        }
+        // Also ends connections stuck before protocol detection or in an endless HTTP/2 HEADERS.
+        () = activity.expired(first, idle) => debug!("caller connection closed: no request in flight"),
     }
 }
 
@@ -133,11 +151,17 @@ async fn handle(state: &RelayState, req: Request<Incoming>, peer: SocketAddr) ->
     };
     audit.set(|f| f.relay = Some(state.instance.clone()));
     let result = match routed {
-        Ok(_) if !state.auth_failures.allowed(peer.ip()) => Err(HttpError::too_many_requests(format!(
-            "too many failed authentications from this address; retry in {:?}",
-            state.auth_failures.retry_after()
-        ))),
-        Ok((cluster, upstream)) => to_cluster(state, req, cluster, upstream, request_id, &audit, peer).await,
+        Ok((cluster, upstream)) => match state.auth_failures.attempt(peer.ip()) {
+            Some(attempt) => to_cluster(state, req, cluster, upstream, request_id, &audit, attempt).await,
+            None => {
+                let after = state.auth_failures.retry_after();
+                Err(HttpError::too_many_requests(format!(
+                    "too many failed authentications from this address; retry in {}s",
+                    after.as_secs()
+                ))
+                .retry_after(after))
+            }
+        },
         Err(e) => Err(e),
     };
     result.unwrap_or_else(|e| {
@@ -180,18 +204,19 @@ async fn to_cluster(
     upstream_uri: Uri,
     request_id: String,
     audit: &Audit,
-    peer: SocketAddr,
+    attempt: super::limits::Attempt<'_>,
 ) -> Result<Response<Body>, HttpError> {
     let authenticated = match crate::auth::bearer_token(req.headers()) {
         Ok(token) => state.auth.authenticate(token).await,
         Err(e) => Err(e),
     };
-    let identity = authenticated.inspect_err(|e| {
-        // An issuer that cannot be reached is not the caller's failure.
-        if !matches!(e, crate::auth::AuthError::ProviderUnavailable(_)) {
-            state.auth_failures.failed(peer.ip());
-        }
-    })?;
+    // A failure keeps the attempt's token; success, or an issuer that cannot be
+    // reached (not the caller's failure), gives it back.
+    match &authenticated {
+        Ok(_) | Err(crate::auth::AuthError::ProviderUnavailable(_)) => attempt.refund(),
+        Err(_) => attempt.failed(),
+    }
+    let identity = authenticated?;
     audit.set(|f| {
         f.caller = Some(identity.user.clone());
         f.groups = identity.groups.clone();
@@ -272,13 +297,13 @@ async fn to_cluster(
     .await
 }
 
+/// `{instance}-{random}-{counter}`: the random part, drawn once per process, keeps ids unique
+/// across restarts and across replicas that share an instance name or a pid.
 fn next_request_id(instance: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{instance}-{:x}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| format!("{:016x}", rand::random::<u64>()));
+    format!("{instance}-{run}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 #[cfg(test)]
@@ -294,5 +319,17 @@ mod tests {
         assert_eq!(root, "/");
         assert!(split_cluster_uri(&"/clusters/Bad_Name/api".parse().unwrap()).is_err());
         assert!(split_cluster_uri(&"/clusters//api".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn request_ids_carry_a_per_process_random_part_and_a_counter() {
+        let (a, b) = (next_request_id("relay-0"), next_request_id("relay-0"));
+        let parts = |id: &str| id.rsplitn(3, '-').map(str::to_owned).collect::<Vec<_>>();
+        let (pa, pb) = (parts(&a), parts(&b));
+        assert_ne!(a, b);
+        assert_eq!(pa[1], pb[1], "one random part per process");
+        assert_eq!(pa[1].len(), 16);
+        assert_eq!(pa[2], "relay-0");
+        assert!(pb[0].parse::<u64>().unwrap() > pa[0].parse::<u64>().unwrap());
     }
 }

@@ -3,16 +3,18 @@
 //! - Concurrent exchanges per caller: one identity cannot take a whole
 //!   tunnel's stream budget (every open watch, exec or port-forward counts
 //!   until it ends). Over the limit: 429 with `Retry-After`.
-//! - Failed authentications per source address: a token bucket per IP; a
-//!   source that ran it dry gets 429 for everything before any signature is
-//!   checked, so guessing or a flood of bad tokens costs the relay little.
+//! - Failed authentications per source address: a token bucket per IPv4
+//!   address or IPv6 /64; a source that ran it dry gets 429 for everything
+//!   before any signature is checked, so guessing or a flood of bad tokens
+//!   costs the relay little.
 //!
 //! Both maps are sharded (dashmap); no guard is held across an `.await`, and
 //! both stay bounded: caller entries leave at zero, source entries that have
-//! refilled are swept when the map grows.
+//! refilled are swept (at most once a second) when the map is full, and past
+//! that new sources go untracked.
 
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -62,10 +64,37 @@ impl Drop for CallerLease {
     }
 }
 
-/// A token bucket of failed authentications per source address.
+/// A token bucket of failed authentications per source (an IPv4 address, or an IPv6 /64).
+///
+/// Each attempt takes a token when it starts ([`AuthFailures::attempt`]), so a burst of
+/// concurrent bad requests cannot all pass the check before the first failure is counted; an
+/// attempt that succeeds (or that failed for a reason that is not the caller's) gives it back.
 pub struct AuthFailures {
     per_minute: u32,
     buckets: DashMap<IpAddr, (f64, Instant)>,
+    /// When the map was last swept, so a flood of sources costs one sweep per second at most.
+    last_sweep: Mutex<Instant>,
+}
+
+/// One authentication attempt holding a token of its source's bucket, spent unless refunded.
+pub struct Attempt<'a> {
+    limiter: &'a AuthFailures,
+    source: Option<IpAddr>,
+}
+
+impl Attempt<'_> {
+    /// The caller failed to authenticate: the token stays spent.
+    pub fn failed(self) {}
+
+    /// The attempt did not fail through the caller's fault: its token goes back.
+    pub fn refund(mut self) {
+        if let Some(source) = self.source.take() {
+            let capacity = f64::from(self.limiter.per_minute);
+            if let Some(mut bucket) = self.limiter.buckets.get_mut(&source) {
+                bucket.0 = (bucket.0 + 1.0).min(capacity);
+            }
+        }
+    }
 }
 
 impl AuthFailures {
@@ -74,20 +103,16 @@ impl AuthFailures {
         Self {
             per_minute,
             buckets: DashMap::new(),
+            last_sweep: Mutex::new(Instant::now()),
         }
     }
 
-    /// Whether `source` may try to authenticate now.
-    pub fn allowed(&self, source: IpAddr) -> bool {
-        self.allowed_at(source, Instant::now())
+    /// Starts an attempt from `source`, or `None` if its budget is spent.
+    pub fn attempt(&self, source: IpAddr) -> Option<Attempt<'_>> {
+        self.attempt_at(source, Instant::now())
     }
 
-    /// Counts one failed authentication from `source`.
-    pub fn failed(&self, source: IpAddr) {
-        self.failed_at(source, Instant::now());
-    }
-
-    /// How long until `source` may try again, rounded up to whole seconds.
+    /// How long until a spent source may try again, rounded up to whole seconds.
     pub fn retry_after(&self) -> Duration {
         let per_token = 60.0 / f64::from(self.per_minute.max(1));
         Duration::from_secs(per_token.ceil() as u64)
@@ -98,35 +123,76 @@ impl AuthFailures {
         (tokens + now.saturating_duration_since(since).as_secs_f64() * capacity / 60.0).min(capacity)
     }
 
-    fn allowed_at(&self, source: IpAddr, now: Instant) -> bool {
+    fn attempt_at(&self, source: IpAddr, now: Instant) -> Option<Attempt<'_>> {
         if self.per_minute == 0 {
-            return true;
+            return Some(Attempt {
+                limiter: self,
+                source: None,
+            });
         }
-        match self.buckets.get(&source) {
-            Some(bucket) => self.refilled(bucket.0, bucket.1, now) >= 1.0,
-            None => true,
-        }
-    }
-
-    fn failed_at(&self, source: IpAddr, now: Instant) {
-        if self.per_minute == 0 {
-            return;
-        }
-        if self.buckets.len() >= SOURCES_BEFORE_SWEEP {
-            let capacity = f64::from(self.per_minute);
-            self.buckets
-                .retain(|_, (tokens, since)| self.refilled(*tokens, *since, now) < capacity);
+        let source = bucket_key(source);
+        if self.buckets.len() >= SOURCES_BEFORE_SWEEP && !self.buckets.contains_key(&source) {
+            self.sweep(now);
+            if self.buckets.len() >= SOURCES_BEFORE_SWEEP {
+                // Still full of sources with recent failures: this new one goes untracked
+                // rather than the map growing without bound.
+                return Some(Attempt {
+                    limiter: self,
+                    source: None,
+                });
+            }
         }
         let capacity = f64::from(self.per_minute);
         let mut bucket = self.buckets.entry(source).or_insert((capacity, now));
         let tokens = self.refilled(bucket.0, bucket.1, now);
-        *bucket = ((tokens - 1.0).max(0.0), now);
+        if tokens < 1.0 {
+            *bucket = (tokens, now);
+            return None;
+        }
+        *bucket = (tokens - 1.0, now);
+        Some(Attempt {
+            limiter: self,
+            source: Some(source),
+        })
+    }
+
+    /// Drops sources whose buckets have refilled, at most once a second.
+    fn sweep(&self, now: Instant) {
+        {
+            let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+            if now.saturating_duration_since(*last) < Duration::from_secs(1) {
+                return;
+            }
+            *last = now;
+        }
+        let capacity = f64::from(self.per_minute);
+        self.buckets
+            .retain(|_, (tokens, since)| self.refilled(*tokens, *since, now) < capacity);
+    }
+}
+
+/// The source a bucket belongs to: IPv4 as is (also when mapped into IPv6), IPv6 by its /64,
+/// since one host usually holds a whole /64 and could otherwise rotate addresses freely.
+fn bucket_key(source: IpAddr) -> IpAddr {
+    match source {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts a failed attempt, if one was allowed.
+    fn fail(attempt: Option<Attempt<'_>>) {
+        if let Some(attempt) = attempt {
+            attempt.failed();
+        }
+    }
 
     #[test]
     fn caller_slots_are_counted_and_freed() {
@@ -155,21 +221,65 @@ mod tests {
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         let t0 = Instant::now();
         for _ in 0..6 {
-            assert!(limit.allowed_at(ip, t0));
-            limit.failed_at(ip, t0);
+            limit.attempt_at(ip, t0).expect("within budget").failed();
         }
-        assert!(!limit.allowed_at(ip, t0), "six failures at once empty the bucket");
-        assert!(limit.allowed_at(other, t0), "another source is unaffected");
-        assert!(!limit.allowed_at(ip, t0 + Duration::from_secs(9)));
         assert!(
-            limit.allowed_at(ip, t0 + Duration::from_secs(10)),
+            limit.attempt_at(ip, t0).is_none(),
+            "six failures at once empty the bucket"
+        );
+        assert!(limit.attempt_at(other, t0).is_some(), "another source is unaffected");
+        assert!(limit.attempt_at(ip, t0 + Duration::from_secs(9)).is_none());
+        assert!(
+            limit.attempt_at(ip, t0 + Duration::from_secs(10)).is_some(),
             "one token per 10 s at 6/min"
         );
         assert_eq!(limit.retry_after(), Duration::from_secs(10));
         let off = AuthFailures::new(0);
         for _ in 0..100 {
-            off.failed_at(ip, t0);
+            fail(off.attempt_at(ip, t0));
         }
-        assert!(off.allowed_at(ip, t0));
+        assert!(off.attempt_at(ip, t0).is_some());
+    }
+
+    #[test]
+    fn concurrent_attempts_take_their_tokens_up_front_and_successes_refund() {
+        let limit = AuthFailures::new(3);
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let t0 = Instant::now();
+        let held: Vec<_> = (0..3).map(|_| limit.attempt_at(ip, t0).expect("budget")).collect();
+        assert!(
+            limit.attempt_at(ip, t0).is_none(),
+            "a fourth concurrent attempt is refused before any has failed"
+        );
+        for attempt in held {
+            attempt.refund();
+        }
+        for _ in 0..3 {
+            limit.attempt_at(ip, t0).expect("refunded").refund();
+        }
+        assert!(limit.attempt_at(ip, t0).is_some(), "successes never spend the budget");
+    }
+
+    #[test]
+    fn ipv6_sources_share_a_bucket_per_64_and_mapped_ipv4_is_ipv4() {
+        let limit = AuthFailures::new(2);
+        let t0 = Instant::now();
+        fail(limit.attempt_at("2001:db8:1:2::1".parse().unwrap(), t0));
+        fail(limit.attempt_at("2001:db8:1:2:ffff::9".parse().unwrap(), t0));
+        assert!(limit.attempt_at("2001:db8:1:2::abcd".parse().unwrap(), t0).is_none());
+        assert!(limit.attempt_at("2001:db8:1:3::1".parse().unwrap(), t0).is_some());
+        fail(limit.attempt_at("::ffff:192.0.2.7".parse().unwrap(), t0));
+        fail(limit.attempt_at("192.0.2.7".parse().unwrap(), t0));
+        assert!(limit.attempt_at("192.0.2.7".parse().unwrap(), t0).is_none());
+    }
+
+    #[test]
+    fn the_map_stays_bounded_under_a_flood_of_sources() {
+        let limit = AuthFailures::new(1);
+        let t0 = Instant::now();
+        for i in 0..(SOURCES_BEFORE_SWEEP as u32 + 1000) {
+            fail(limit.attempt_at(IpAddr::V4(i.into()), t0));
+        }
+        assert!(limit.buckets.len() <= SOURCES_BEFORE_SWEEP);
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP/2 abuse against the relay's front door: rapid reset (CVE-2023-44487)
-//! and CONTINUATION floods. Both must end the offending connection with a
-//! GOAWAY, while the relay keeps serving everyone else.
+//! and CONTINUATION floods must end the offending connection with a GOAWAY,
+//! while the relay keeps serving everyone else; connections that hold no
+//! request (silent, or an HTTP/2 header block never finished) are closed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,8 @@ use tokio_rustls::client::TlsStream;
 
 use crate::routes::Deployment;
 use crate::support::Testbed;
-use crate::support::hawser::Hawser;
+use crate::support::hawser::{CLUSTER, Extra, Hawser};
+use crate::support::https;
 use crate::tunnel::version;
 
 /// A TLS connection to the relay that negotiated `h2`.
@@ -176,4 +178,92 @@ fn goaway_in(bytes: &[u8], goaway: u8) -> bool {
         at += 9 + len;
     }
     false
+}
+
+/// How long the relay took to close `conn` (reading and discarding whatever it sends), at most 20 s.
+async fn closed_after<S: tokio::io::AsyncRead + Unpin>(conn: &mut S) -> Result<Duration> {
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await
+    .context("the relay kept the connection open for 20 s")?;
+    Ok(started.elapsed())
+}
+
+/// Connections holding no request are closed: a TLS connection that never sends a byte and an
+/// HTTP/2 header block never finished after `header_read_timeout_secs`, an idle connection after
+/// `idle_connection_timeout_secs`; a quiet watch keeps its connection.
+pub fn connections_without_requests_are_closed(tb: &Testbed, _: &Deployment) -> Result<()> {
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    let hawser = Hawser::start_with(
+        tb,
+        &Extra {
+            relay: "[limits]\nheader_read_timeout_secs = 2\nidle_connection_timeout_secs = 4\n",
+            ..Extra::default()
+        },
+    )?;
+    let in_window = |what: &str, held: Duration, secs: f64| {
+        ensure!(
+            held.as_secs_f64() >= secs * 0.75 && held.as_secs_f64() < secs + 8.0,
+            "{what} was closed after {held:?}, not the configured {secs} s"
+        );
+        Ok(())
+    };
+    let token = hawser.issue_token("idle-test", &["dev"])?;
+    let ns = tb.namespace("idle")?;
+    tb.bind_role(&ns, "cluster-admin", "idle-test")?;
+    // A watch on which nothing happens: it must outlive every deadline below.
+    let watch = format!(
+        "{}/clusters/{CLUSTER}/api/v1/namespaces/{ns}/configmaps?watch=true",
+        hawser.relay_url
+    );
+    let (status, mut quiet_watch) = https::get_and_stall(
+        &watch,
+        &hawser.relay_ca,
+        &[("Authorization", &format!("Bearer {token}"))],
+    )?;
+    ensure!(status == 200, "the quiet watch got {status}");
+
+    runtime()?.block_on(async {
+        // Silent after the TLS handshake: hyper-util is still sniffing the protocol.
+        let mut silent = h2_tls(&hawser).await?;
+        in_window("a silent connection", closed_after(&mut silent).await?, 2.0)?;
+
+        // An HTTP/2 HEADERS frame without END_HEADERS, and no CONTINUATION ever.
+        let mut slow = h2_tls(&hawser).await?;
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(SETTINGS, 0, 0, &[]));
+        out.extend(frame(HEADERS, 0x1, 1, &[0x82, 0x87, 0x84]));
+        slow.write_all(&out).await?;
+        in_window("an unfinished HTTP/2 header block", closed_after(&mut slow).await?, 2.0)?;
+
+        // A complete request, then nothing: closed after the idle timeout, not the first deadline.
+        let tls = h2_tls(&hawser).await?;
+        let (client, connection) = h2::client::handshake(tls).await?;
+        let driver = tokio::spawn(connection);
+        let mut client = client.ready().await?;
+        let request = http::Request::get(format!("{}/healthz", hawser.relay_url)).body(())?;
+        let (response, _) = client.send_request(request, true)?;
+        let mut body = response.await?.into_body();
+        while let Some(chunk) = body.data().await {
+            chunk?;
+        }
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(20), driver)
+            .await
+            .context("an idle HTTP/2 connection stayed open for 20 s")??
+            .ok();
+        in_window("an idle HTTP/2 connection", started.elapsed(), 4.0)
+    })?;
+
+    // The watch, quiet all along, is still open: a read times out instead of seeing the end.
+    quiet_watch.sock.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let mut buf = [0u8; 1];
+    match std::io::Read::read(&mut quiet_watch, &mut buf) {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(()),
+        other => anyhow::bail!("the quiet watch was ended by the idle deadline: {other:?}"),
+    }
 }

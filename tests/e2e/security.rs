@@ -42,6 +42,10 @@ pub const TESTS: &[(&str, Test)] = &[
     ),
     ("h2_rapid_reset_gets_goaway", crate::h2flood::h2_rapid_reset_gets_goaway),
     (
+        "connections_without_requests_are_closed",
+        crate::h2flood::connections_without_requests_are_closed,
+    ),
+    (
         "h2_continuation_flood_is_cut",
         crate::h2flood::h2_continuation_flood_is_cut,
     ),
