@@ -23,6 +23,9 @@
 //!    with control characters are refused (they would become `Impersonate-*` header values), and
 //!    so are `system:` users and groups unless the issuer is explicitly allowed them.
 //!
+//! A token that passed every step is remembered by its SHA-256 for at most 30 s (never past its
+//! `exp`), so the same token on the next request skips the signature check (`verified`).
+//!
 //! Keys come from a JWKS file, a PEM file or a JWKS URL. A URL's key set is cached; an unknown
 //! `kid` causes at most one refetch, concurrent refetches are merged, and refetches are
 //! rate-limited per issuer (one per 10 s), so a flood of random `kid`s cannot hammer the identity
@@ -64,6 +67,7 @@ mod error;
 mod keys;
 mod remote;
 pub mod token;
+mod verified;
 
 #[cfg(test)]
 mod jwks_url_tests;

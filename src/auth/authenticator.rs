@@ -14,6 +14,7 @@ use super::clock::{Clock, SystemClock};
 use super::keys::{KeyError, VerifyKey, keys_from_jwks, keys_from_pem};
 use super::remote::{RefetchPolicy, RemoteKeys};
 use super::token::{StrictObject, Unverified, peek};
+use super::verified::{KeysSeen, Verified, digest};
 use super::{AuthError, Identity};
 use super::{ConfigError, IssuerConfig};
 
@@ -25,6 +26,7 @@ pub struct Authenticator {
     issuers: Vec<Issuer>,
     by_name: HashMap<String, usize>,
     clock: Arc<dyn Clock>,
+    verified: Verified,
 }
 
 struct Issuer {
@@ -57,6 +59,12 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
+    /// How many verified tokens are remembered (tests).
+    #[cfg(test)]
+    pub(crate) fn remembered(&self) -> usize {
+        self.verified.len()
+    }
+
     /// Validate the configs and load static keys; JWKS URLs are fetched on first use.
     pub fn new(configs: Vec<IssuerConfig>) -> Result<Self, ConfigError> {
         Self::with_clock(configs, Arc::new(SystemClock::new()), RefetchPolicy::default())
@@ -90,24 +98,37 @@ impl Authenticator {
             issuers,
             by_name,
             clock,
+            verified: Verified::default(),
         })
     }
 
     /// Validate `token` and return the caller's identity; see the module doc for the rules.
     pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        let key = digest(token);
+        let current = |keys: KeysSeen| self.issuers.get(keys.issuer).map(Issuer::generation) == Some(keys.generation);
+        if let Some(identity) = self.verified.get(&key, current, self.clock.as_ref()) {
+            return Ok(identity);
+        }
         let unverified = peek(token)?;
-        let issuer = self
-            .by_name
-            .get(&unverified.iss)
-            .map(|&i| &self.issuers[i])
-            .ok_or(AuthError::UnknownIssuer)?;
+        let index = *self.by_name.get(&unverified.iss).ok_or(AuthError::UnknownIssuer)?;
+        let issuer = &self.issuers[index];
         let alg = Algorithm::from_str(&unverified.alg).map_err(|_| AuthError::AlgorithmNotAllowed)?;
         if !issuer.algorithms.contains(&alg) {
             return Err(AuthError::AlgorithmNotAllowed);
         }
-        let claims = issuer.verify(token, &unverified, alg).await?;
+        let (claims, generation) = issuer.verify(token, &unverified, alg).await?;
         check_registered(&claims, &issuer.config, self.clock.unix_seconds())?;
-        identity_from(&claims, &issuer.config)
+        let identity = identity_from(&claims, &issuer.config)?;
+        // check_registered proved exp is there and a number.
+        if let Some(exp) = claims.get("exp").and_then(Value::as_f64) {
+            let keys = KeysSeen {
+                issuer: index,
+                generation,
+            };
+            self.verified
+                .insert(key, &identity, keys, exp as u64, self.clock.as_ref());
+        }
+        Ok(identity)
     }
 }
 
@@ -155,17 +176,25 @@ fn read_limited(config: &IssuerConfig, path: &Path) -> Result<Vec<u8>, ConfigErr
 }
 
 impl Issuer {
+    /// Which key set verifies now: 0 for static keys, the fetch generation for a JWKS URL.
+    fn generation(&self) -> u64 {
+        match &self.keys {
+            KeySource::Static(_) => 0,
+            KeySource::Remote(remote) => remote.generation(),
+        }
+    }
+
     async fn verify(
         &self,
         token: &str,
         unverified: &Unverified,
         alg: Algorithm,
-    ) -> Result<Map<String, Value>, AuthError> {
+    ) -> Result<(Map<String, Value>, u64), AuthError> {
         let kid = unverified.kid.as_deref();
         let remote = match &self.keys {
             KeySource::Static(keys) => {
                 return match self.try_keys(keys, token, kid, alg)? {
-                    Attempt::Verified(claims) => Ok(claims),
+                    Attempt::Verified(claims) => Ok((claims, 0)),
                     Attempt::NoKey => Err(AuthError::UnknownKey),
                     Attempt::BadSignature => Err(AuthError::BadSignature),
                 };
@@ -174,7 +203,7 @@ impl Issuer {
         };
         let cached = remote.keys().await.map_err(AuthError::ProviderUnavailable)?;
         let first = match self.try_keys(&cached.keys, token, kid, alg)? {
-            Attempt::Verified(claims) => return Ok(claims),
+            Attempt::Verified(claims) => return Ok((claims, cached.generation)),
             // A named key that exists and fails is a bad signature, not a rotation.
             Attempt::BadSignature if kid.is_some() => return Err(AuthError::BadSignature),
             other => other,
@@ -190,7 +219,7 @@ impl Issuer {
             self.try_keys(&fresh.keys, token, kid, alg)?
         };
         match second {
-            Attempt::Verified(claims) => Ok(claims),
+            Attempt::Verified(claims) => Ok((claims, fresh.generation)),
             Attempt::NoKey => Err(AuthError::UnknownKey),
             Attempt::BadSignature => Err(AuthError::BadSignature),
         }

@@ -121,6 +121,11 @@ impl RemoteKeys {
         Ok(Self { inner: Arc::new(inner) })
     }
 
+    /// The generation of the key set in use now (0 before the first fetch).
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.current().generation
+    }
+
     /// The cached key set; fetches first if there is none yet, refreshes in the background if old.
     pub(crate) async fn keys(&self) -> Result<Arc<KeySet>, String> {
         let current = self.inner.current();

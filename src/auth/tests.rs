@@ -365,3 +365,41 @@ async fn a_validly_signed_payload_that_is_not_utf8_is_refused() {
         "a non-UTF-8 claim was accepted or its valid signature refused: {result:?}"
     );
 }
+
+#[tokio::test]
+async fn a_verified_token_is_remembered_byte_for_byte_and_never_past_exp() {
+    use std::time::Duration;
+
+    use super::clock::ManualClock;
+    use super::remote::RefetchPolicy;
+
+    let key = EcKey::new("k1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = std::sync::Arc::new(ManualClock::new());
+    let config = jwks_config(&dir, json!({"keys": [key.jwk()]}));
+    let auth = Authenticator::with_clock(vec![config], clock.clone(), RefetchPolicy::default()).expect("config");
+    let token = key.sign(&with(claims("a"), json!({"exp": now() + 20})));
+    assert_eq!(auth.authenticate(&token).await.expect("valid").user, "a");
+    assert_eq!(auth.remembered(), 1, "remembered once verified");
+    assert_eq!(auth.authenticate(&token).await.expect("hit").user, "a");
+
+    // One character of the signature changed: not a hit, and refused.
+    let mut tampered = token.clone().into_bytes();
+    let at = tampered.len() - 10;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).expect("ascii");
+    assert_eq!(auth.authenticate(&tampered).await, Err(AuthError::BadSignature));
+    assert_eq!(auth.remembered(), 1, "a refused token is never remembered");
+
+    // At exp the remembered identity is not used: the full check says Expired.
+    clock.advance(Duration::from_secs(20));
+    assert_eq!(auth.authenticate(&token).await, Err(AuthError::Expired));
+    assert_eq!(auth.remembered(), 0);
+
+    // A long-lived token is re-verified after the cache's TTL, then remembered again.
+    let long = key.sign(&claims("b"));
+    assert!(auth.authenticate(&long).await.is_ok());
+    clock.advance(super::verified::TTL);
+    assert!(auth.authenticate(&long).await.is_ok());
+    assert_eq!(auth.remembered(), 1);
+}
