@@ -119,6 +119,8 @@ pub struct TunnelConfig {
     pub keep_alive_secs: u64,
     /// Seconds without any packet after which the tunnel counts as dead.
     pub idle_timeout_secs: u64,
+    /// Kernel buffer asked for the tunnel's UDP socket, each way, in bytes; 0 keeps the OS default.
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for TunnelConfig {
@@ -131,6 +133,7 @@ impl Default for TunnelConfig {
             connection_receive_window: None,
             keep_alive_secs: 5,
             idle_timeout_secs: 20,
+            udp_buffer_bytes: 4 * 1024 * 1024,
         }
     }
 }

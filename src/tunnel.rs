@@ -70,7 +70,41 @@ pub fn relay_endpoint(
     let quic_tls = QuicServerConfig::try_from(tls).map_err(|e| TunnelError::QuicTls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
     server.transport_config(transport(config, 2));
-    Ok(Endpoint::server(server, addr)?)
+    let socket = udp_socket(addr, config.udp_buffer_bytes)?;
+    Ok(Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+/// A UDP socket bound to `addr` whose kernel buffers are asked to hold `buffer` bytes each way.
+///
+/// The default (about 208 KiB on Linux) overflows under a bulk transfer on loopback and the
+/// kernel drops datagrams, which QUIC then treats as congestion. The kernel caps the request at
+/// `net.core.rmem_max`/`wmem_max`; what was granted is logged.
+fn udp_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, TunnelError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if buffer > 0 {
+        // Best effort: a smaller grant still works, only with more drops under load.
+        let _ = socket.set_recv_buffer_size(buffer);
+        let _ = socket.set_send_buffer_size(buffer);
+        // Linux reports twice what it grants (bookkeeping overhead included).
+        let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+        if granted < buffer {
+            tracing::info!(
+                asked = buffer,
+                granted,
+                "the kernel capped the tunnel's UDP receive buffer; raise net.core.rmem_max to allow more"
+            );
+        } else {
+            tracing::debug!(granted, "tunnel UDP buffers set");
+        }
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// The agent's QUIC client endpoint, accepting only a relay that `trust`
@@ -89,7 +123,13 @@ pub fn agent_endpoint(
     } else {
         ([0, 0, 0, 0], 0).into()
     };
-    let mut endpoint = Endpoint::client(bind)?;
+    let socket = udp_socket(bind, config.udp_buffer_bytes)?;
+    let mut endpoint = Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
