@@ -127,7 +127,9 @@ impl Default for TunnelConfig {
     fn default() -> Self {
         Self {
             max_streams_per_tunnel: 16_384,
-            stream_receive_window: 1024 * 1024,
+            // As kubectl's own HTTP/2 stream window: 1 MiB held one bulk stream to about
+            // 120 MB/s here, 4 MiB to about 210 (docs/benchmarks.md, "Tuning").
+            stream_receive_window: 4 * 1024 * 1024,
             // Unlimited: a finite connection window lets a few stalled streams
             // (window / stream window of them) stop every stream on the tunnel.
             connection_receive_window: None,
