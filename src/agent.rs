@@ -90,14 +90,27 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         .iter()
         .flat_map(|i| i.extra_claims.keys().cloned())
         .collect();
-    match apiserver.missing_impersonation_rights(uids, &extra_keys).await {
-        Ok(missing) if missing.is_empty() => info!("the agent may impersonate what its issuers map"),
-        Ok(missing) => warn!(
-            ?missing,
-            "the agent's credential lacks verb impersonate on these resources; callers will get Forbidden \
-             (grant them: docs/configuration.md)"
-        ),
-        Err(e) => warn!(error = %e, "could not check the agent's impersonation rights"),
+    if config.mode.allows_identity() {
+        match apiserver.missing_impersonation_rights(uids, &extra_keys).await {
+            Ok(missing) if missing.is_empty() => info!("the agent may impersonate what its issuers map"),
+            Ok(missing) => warn!(
+                ?missing,
+                "the agent's credential lacks these rights; callers will get Forbidden \
+                 (grant them: docs/configuration.md)"
+            ),
+            Err(e) => warn!(error = %e, "could not check the agent's impersonation rights"),
+        }
+    }
+    if config.mode.allows_passthrough() {
+        match apiserver.missing_passthrough_rights().await {
+            Ok(missing) if missing.is_empty() => info!("the agent may review passthrough cluster tokens"),
+            Ok(missing) => warn!(
+                ?missing,
+                "the agent's credential cannot review cluster tokens; passthrough requests will get 503 \
+                 (grant create on tokenreviews.authentication.k8s.io: docs/configuration.md)"
+            ),
+            Err(e) => warn!(error = %e, "could not check the agent's passthrough rights"),
+        }
     }
     let trust = tls::RelayTrust::load(config.relay.ca_file.as_deref(), &config.relay.pinned_key_sha256)?;
     let state = Arc::new(AgentState {

@@ -105,20 +105,36 @@ impl Apiserver {
     /// keys the issuers map. A missing grant otherwise shows up only as a
     /// confusing Forbidden on some requests.
     pub async fn missing_impersonation_rights(&self, uids: bool, extra_keys: &[String]) -> Result<Vec<String>, String> {
-        let mut needed: Vec<(&str, &str, String)> = vec![("", "users", String::new()), ("", "groups", String::new())];
+        let mut needed: Vec<(&str, &str, &str, String)> = vec![
+            ("impersonate", "", "users", String::new()),
+            ("impersonate", "", "groups", String::new()),
+        ];
         if uids {
-            needed.push(("authentication.k8s.io", "uids", String::new()));
+            needed.push(("impersonate", "authentication.k8s.io", "uids", String::new()));
         }
         for key in extra_keys {
-            needed.push(("authentication.k8s.io", "userextras", key.clone()));
+            needed.push(("impersonate", "authentication.k8s.io", "userextras", key.clone()));
         }
+        self.missing_rights(&needed).await
+    }
+
+    /// Whether the agent may review cluster tokens (`create tokenreviews`), as passthrough needs;
+    /// the missing right's name if not.
+    pub async fn missing_passthrough_rights(&self) -> Result<Vec<String>, String> {
+        self.missing_rights(&[("create", "authentication.k8s.io", "tokenreviews", String::new())])
+            .await
+    }
+
+    /// Asks with SelfSubjectAccessReviews which of `needed` (verb, group, resource, subresource)
+    /// the agent's credential lacks.
+    async fn missing_rights(&self, needed: &[(&str, &str, &str, String)]) -> Result<Vec<String>, String> {
         let mut missing = Vec::new();
-        for (group, resource, subresource) in needed {
+        for (verb, group, resource, subresource) in needed {
             let review = serde_json::json!({
                 "apiVersion": "authorization.k8s.io/v1",
                 "kind": "SelfSubjectAccessReview",
                 "spec": {"resourceAttributes": {
-                    "verb": "impersonate", "group": group, "resource": resource, "subresource": subresource,
+                    "verb": verb, "group": group, "resource": resource, "subresource": subresource,
                 }},
             });
             let (status, answer) = self
@@ -129,9 +145,9 @@ impl Apiserver {
             }
             if answer["status"]["allowed"] != true {
                 missing.push(if subresource.is_empty() {
-                    resource.to_owned()
+                    format!("{verb} {resource}")
                 } else {
-                    format!("{resource}/{subresource}")
+                    format!("{verb} {resource}/{subresource}")
                 });
             }
         }

@@ -297,14 +297,21 @@ fn agent_reports_missing_impersonation_rights(tb: &Testbed, deployment: &Deploym
         .chain(std::iter::once(String::new()))
         .collect::<Vec<_>>()
         .join("\n")
-        .replace("instance = \"agent-e2e\"", "instance = \"agent-no-rights\"");
+        .replace(
+            "instance = \"agent-e2e\"",
+            "instance = \"agent-no-rights\"\nmode = \"both\"",
+        );
     let path = hawser.dir().join("no-rights.toml");
     fs::write(&path, config)?;
     let mut agent = hawser.spawn_agent("no-rights", &path)?;
+    // In mode "both" it checks the rights of both modes.
     wait_for("the agent to report what it lacks", Duration::from_secs(30), || {
         agent.ensure_running()?;
         let log = agent.log_tail(40);
-        Ok((log.contains("lacks verb impersonate") && log.contains(r#"missing=["users", "groups"]"#)).then_some(()))
+        let impersonation = log.contains(r#"missing=["impersonate users", "impersonate groups"]"#);
+        let passthrough =
+            log.contains("cannot review cluster tokens") && log.contains(r#"missing=["create tokenreviews"]"#);
+        Ok((impersonation && passthrough).then_some(()))
     })
 }
 
