@@ -12,7 +12,9 @@
 //! its own, so RBAC sees the token's identity and never the agent's.
 //!
 //! Reviews are cached briefly by the token's SHA-256 (never the token), so a
-//! watch-heavy client does not cost one review per request. The cache only
+//! watch-heavy client does not cost one review per request; refusals are
+//! remembered the same way, so repeating a bad token costs one review per
+//! `cache_secs`, while "the apiserver cannot say" (503) is never remembered. The cache only
 //! skips the agent's own pre-check: the apiserver still authenticates the
 //! forwarded token on every request, so a revoked token is refused there at
 //! once.
@@ -44,7 +46,8 @@ pub struct Reviewed {
 pub struct TokenReviewer {
     audiences: Vec<String>,
     ttl: Duration,
-    cache: DashMap<[u8; 32], (Reviewed, Instant)>,
+    /// Answers by token SHA-256: accepted, or refused (401); never "cannot say" (503).
+    cache: DashMap<[u8; 32], (Result<Reviewed, HttpError>, Instant)>,
 }
 
 /// The cluster token a request carries, if any: `Bearer <token>` in exactly one
@@ -84,7 +87,7 @@ impl TokenReviewer {
     pub async fn review(&self, apiserver: &Apiserver, token: &str) -> Result<Reviewed, HttpError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(hit) = self.cached(&key) {
-            return Ok(hit);
+            return hit;
         }
         let mut spec = serde_json::json!({ "token": token });
         if !self.audiences.is_empty() {
@@ -105,11 +108,13 @@ impl TokenReviewer {
                 answer["message"].as_str().unwrap_or_default()
             )));
         }
-        let reviewed = self.judge(&answer["status"])?;
+        // Refusals are remembered too, so a caller repeating a bad token costs one review per
+        // cache_secs, not one per request.
+        let reviewed = self.judge(&answer["status"]);
         if !self.ttl.is_zero() {
             self.remember(key, reviewed.clone());
         }
-        Ok(reviewed)
+        reviewed
     }
 
     /// Reads a TokenReview status: authenticated, with a user, and (when
@@ -151,13 +156,13 @@ impl TokenReviewer {
         })
     }
 
-    fn cached(&self, key: &[u8; 32]) -> Option<Reviewed> {
+    fn cached(&self, key: &[u8; 32]) -> Option<Result<Reviewed, HttpError>> {
         let hit = self.cache.get(key)?;
         let (reviewed, at) = hit.value();
         (at.elapsed() < self.ttl).then(|| reviewed.clone())
     }
 
-    fn remember(&self, key: [u8; 32], reviewed: Reviewed) {
+    fn remember(&self, key: [u8; 32], reviewed: Result<Reviewed, HttpError>) {
         if self.cache.len() >= CACHE_ENTRIES {
             let ttl = self.ttl;
             self.cache.retain(|_, (_, at)| at.elapsed() < ttl);
@@ -186,6 +191,23 @@ mod tests {
             h.append(CLUSTER_AUTHORIZATION, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn refusals_are_remembered_like_acceptances() {
+        let r = reviewer(&[]);
+        let refused = r.judge(&serde_json::json!({"authenticated": false, "error": "expired"}));
+        let key = [7u8; 32];
+        r.remember(key, refused.clone());
+        assert_eq!(r.cached(&key), Some(refused));
+        assert_eq!(
+            r.cached(&key).unwrap().unwrap_err().code,
+            http::StatusCode::UNAUTHORIZED
+        );
+        let accepted = r.judge(&serde_json::json!({"authenticated": true, "user": {"username": "u"}}));
+        r.remember([8u8; 32], accepted.clone());
+        assert_eq!(r.cached(&[8u8; 32]), Some(accepted));
+        assert_eq!(r.cached(&[9u8; 32]), None);
     }
 
     #[test]
@@ -232,10 +254,10 @@ mod tests {
         });
         r.remember(
             [1; 32],
-            Reviewed {
+            Ok(Reviewed {
                 user: "u".into(),
                 groups: vec![],
-            },
+            }),
         );
         assert_eq!(r.cached(&[1; 32]), None, "a zero lifetime never hits");
         let r = reviewer(&[]);
@@ -244,10 +266,10 @@ mod tests {
             key[..8].copy_from_slice(&(i as u64).to_be_bytes());
             r.remember(
                 key,
-                Reviewed {
+                Ok(Reviewed {
                     user: "u".into(),
                     groups: vec![],
-                },
+                }),
             );
         }
         assert!(r.cache.len() <= CACHE_ENTRIES);
