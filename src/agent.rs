@@ -3,7 +3,8 @@
 //! caller's impersonated identity.
 
 mod apiserver;
-mod backoff;
+/// Reconnect backoff; public so the load driver runs the same algorithm.
+pub mod backoff;
 mod passthrough;
 mod serve;
 

@@ -40,7 +40,7 @@ pub enum TunnelError {
 /// Transport settings. `accept_bidi` is how many streams the peer may open
 /// towards us at once: large on the agent (the relay opens a stream per
 /// request), small on the relay (the agent opens only its control stream).
-fn transport(config: &TunnelConfig, accept_bidi: u32) -> Arc<TransportConfig> {
+pub fn transport(config: &TunnelConfig, accept_bidi: u32) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(accept_bidi))
         .max_concurrent_uni_streams(VarInt::from_u32(0))

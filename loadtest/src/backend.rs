@@ -2,10 +2,13 @@
 //!
 //! It runs as a child process of the driver (`hawser-loadtest serve-backend`),
 //! so its CPU time is its own, and exits when the driver closes its stdin.
-//! HTTP/1.1 and HTTP/2 (ALPN), its own self-signed CA, and three routes:
+//! HTTP/1.1 and HTTP/2 (ALPN), its own self-signed CA, and five routes:
 //!
 //! - `GET /small`: a ~100-byte JSON body;
 //! - `GET /bulk?bytes=N`: N bytes, streamed in 64 KiB frames of one shared buffer;
+//! - `GET /watch?interval_ms=N`: a never-ending watch, one ~90-byte JSON event
+//!   line every N ms stamped with the time it was sent (`crate::watches`);
+//! - `GET /stats`: `/bulk` bytes produced so far (to see a stalled reader's stream stop);
 //! - `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`: allowed,
 //!   so the agent's start-up check of its impersonation rights passes.
 //!
@@ -123,6 +126,8 @@ fn answer(req: &Request<Incoming>, chunk: Bytes) -> Response<Body> {
             Some(n) => Response::new(Body::Bulk { chunk, remaining: n }),
             None => status(StatusCode::BAD_REQUEST, "bulk needs ?bytes=N"),
         },
+        (&Method::GET, "/watch") => crate::watches::watch_body(req.uri().query()),
+        (&Method::GET, "/stats") => crate::watches::stats_body(),
         (&Method::POST, "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews") => json(
             br#"{"kind":"SelfSubjectAccessReview","apiVersion":"authorization.k8s.io/v1","status":{"allowed":true}}"#,
         ),
@@ -165,15 +170,21 @@ pub enum Body {
         /// Bytes still to send.
         remaining: u64,
     },
+    /// A watch: one small event per tick, never ending.
+    Watch(Box<tokio::time::Interval>),
 }
 
 impl hyper::body::Body for Body {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         Poll::Ready(match this {
+            Body::Watch(ticker) => {
+                std::task::ready!(ticker.poll_tick(cx));
+                Some(Ok(Frame::data(crate::watches::event())))
+            }
             Body::Once(data) => data.take().map(|d| Ok(Frame::data(d))),
             Body::Bulk { chunk, remaining } => {
                 if *remaining == 0 {
@@ -181,6 +192,7 @@ impl hyper::body::Body for Body {
                 } else {
                     let n = (*remaining).min(chunk.len() as u64) as usize;
                     *remaining -= n as u64;
+                    crate::watches::BULK_SENT.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     Some(Ok(Frame::data(chunk.slice(..n))))
                 }
             }
@@ -191,6 +203,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Once(data) => data.is_none(),
             Body::Bulk { remaining, .. } => *remaining == 0,
+            Body::Watch(_) => false,
         }
     }
 
@@ -198,6 +211,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Once(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Body::Bulk { remaining, .. } => SizeHint::with_exact(*remaining),
+            Body::Watch(_) => SizeHint::default(),
         }
     }
 }

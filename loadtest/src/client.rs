@@ -128,7 +128,7 @@ impl Target {
     }
 }
 
-async fn open(connector: &TlsConnector, addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>> {
+pub async fn open(connector: &TlsConnector, addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let tls = connector

@@ -5,13 +5,19 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod ceiling;
 mod client;
+mod peers;
 mod progress;
 mod report;
+mod scale;
 mod scenario;
 mod stats;
+mod storm;
+mod swarm;
 mod system;
 mod tls;
+mod watches;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -100,6 +106,10 @@ struct Cli {
     /// Keep the working directory (configs, keys, logs) and print its path.
     #[arg(long)]
     keep: bool,
+    #[command(flatten)]
+    scale: scale::ScaleArgs,
+    #[command(flatten)]
+    peers: peers::PeerArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +136,12 @@ pub enum Scenario {
     Bulk,
     /// Relay memory with N idle agents connected.
     Idle,
+    /// Relay memory per idle tunnel with 1k and 10k tunnels from one process.
+    Swarm,
+    /// 10,000 watches with events flowing, then one stalled reader.
+    Watch,
+    /// Relay restart under many tunnels: time until all are back.
+    Storm,
 }
 
 /// `--rate`: a number per second, or half of Hawser's `small` figure.
@@ -197,6 +213,10 @@ pub struct Settings {
     pub system: &'static str,
     /// Client HTTP/2 stream and connection windows.
     pub client_h2_windows: (u32, u32),
+    /// `swarm`, `watch` and `storm`.
+    pub scale: scale::ScaleSettings,
+    /// Peers and the bare-quinn ceiling.
+    pub peers: peers::PeerSettings,
 }
 
 impl Settings {
@@ -205,7 +225,15 @@ impl Settings {
         let pick = |v: Option<f64>, full: f64, quick: f64| v.unwrap_or(if smoke { quick } else { full });
         let mut scenarios = cli.scenarios.clone().unwrap_or_else(|| {
             if smoke {
-                vec![Scenario::Idle, Scenario::Small, Scenario::Rate, Scenario::Bulk]
+                vec![
+                    Scenario::Idle,
+                    Scenario::Small,
+                    Scenario::Rate,
+                    Scenario::Bulk,
+                    Scenario::Swarm,
+                    Scenario::Watch,
+                    Scenario::Storm,
+                ]
             } else {
                 vec![Scenario::Small, Scenario::Rate, Scenario::Bulk]
             }
@@ -213,6 +241,9 @@ impl Settings {
         // Idle first, on a relay that has carried no load yet; then the order above.
         let order = |s: &Scenario| match s {
             Scenario::Idle => 0,
+            Scenario::Swarm => 0,
+            Scenario::Watch => 4,
+            Scenario::Storm => 5,
             Scenario::Small => 1,
             Scenario::Rate => 2,
             Scenario::Bulk => 3,
@@ -239,6 +270,8 @@ impl Settings {
             request_timeout_s: pick(cli.request_timeout, 30.0, 10.0),
             system: SYSTEM,
             client_h2_windows: (4 << 20, 1 << 30),
+            scale: scale::ScaleSettings::from(&cli.scale, smoke)?,
+            peers: peers::PeerSettings::from(&cli.peers, smoke)?,
             scenarios,
         };
         if settings.clusters == 0 || settings.agents_per_cluster == 0 {
@@ -292,6 +325,7 @@ fn main() -> ExitCode {
         tokio::select! {
             r = run(&cli) => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            _ = terminated() => Err(anyhow::anyhow!("terminated (SIGTERM)")),
         }
     });
     match outcome {
@@ -304,6 +338,16 @@ fn main() -> ExitCode {
             eprintln!("hawser-loadtest: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves on SIGTERM, so the children are killed (on drop) as on Ctrl-C.
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -361,6 +405,7 @@ async fn run(cli: &Cli) -> Result<u64> {
         } else {
             0
         },
+        swarm_clusters: settings.scale.swarm_clusters(&settings),
         keep: cli.keep,
     };
     let mut sys = system::System::start(&options).await?;
@@ -405,6 +450,7 @@ async fn measure(settings: &Settings, sys: &mut system::System, report: &mut Rep
     if settings.runs(Scenario::Idle) {
         report.idle = Some(scenario::idle(sys, settings.idle_agents, secs(settings.idle_settle_s)).await?);
     }
+    scale::before(settings, sys, &mut report.scale).await?;
     if settings.runs(Scenario::Small) {
         let (duration, warmup) = (secs(settings.duration_s), secs(settings.warmup_s));
         let d = scenario::small(&direct, settings.callers, duration, warmup, &meter).await?;
@@ -433,5 +479,7 @@ async fn measure(settings: &Settings, sys: &mut system::System, report: &mut Rep
             report.bulk.push(Compared::bulk(d, h));
         }
     }
+    peers::measure(settings, sys, report).await?;
+    scale::after(settings, sys, &mut report.scale, &meter).await?;
     Ok(())
 }

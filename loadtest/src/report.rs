@@ -39,6 +39,10 @@ pub struct Report {
     pub bulk: Vec<Compared<BulkResult>>,
     /// `idle` (no baseline: direct access has no tunnels).
     pub idle: Option<IdleResult>,
+    /// `swarm`, `watch` and `storm`.
+    pub scale: crate::scale::ScaleResults,
+    /// Peers and the bare-quinn ceiling.
+    pub peers: crate::peers::PeerResults,
     /// Failed requests over every measurement.
     pub failed_requests: u64,
 }
@@ -211,6 +215,8 @@ impl Report {
             rate: None,
             bulk: Vec::new(),
             idle: None,
+            scale: Default::default(),
+            peers: Default::default(),
             failed_requests: 0,
         })
     }
@@ -229,7 +235,7 @@ impl Report {
         for b in &self.bulk {
             failed += b.direct.failures.count + b.hawser.failures.count;
         }
-        self.failed_requests = failed;
+        self.failed_requests = failed + self.scale.failures() + self.peers.failures();
     }
 
     /// The readable summary.
@@ -306,6 +312,8 @@ impl Report {
                 i.agent_process_rss_mean_kib / 1024.0,
             );
         }
+        out.push_str(&self.peers.table(self));
+        out.push_str(&self.scale.table());
         let failures: Vec<String> = self.failure_messages();
         if !failures.is_empty() {
             let _ = writeln!(out, "\nfailures:");

@@ -36,6 +36,8 @@ pub struct Options {
     pub agents_per_cluster: usize,
     /// Clusters configured for idle agents (`idle-0000`, ...), one agent each.
     pub idle_agents: usize,
+    /// Clusters configured for swarm agents (`swarm-00000`, ...), one tunnel each.
+    pub swarm_clusters: usize,
     /// Keep the temporary directory.
     pub keep: bool,
 }
@@ -44,7 +46,7 @@ pub struct Options {
 pub struct Proc {
     /// What it is, for messages.
     pub name: String,
-    child: Child,
+    pub(crate) child: Child,
     /// Its process id.
     pub pid: u32,
     /// The backend's lifeline; unused for hawser processes.
@@ -75,7 +77,7 @@ impl Proc {
 #[derive(Default, Clone)]
 pub struct RelayEvents {
     /// Front door (TCP) and agent listener (UDP).
-    listening: Option<(SocketAddr, SocketAddr)>,
+    pub(crate) listening: Option<(SocketAddr, SocketAddr)>,
     /// `agent registered` lines by cluster.
     registered: HashMap<String, usize>,
     /// `agent gone` lines by cluster.
@@ -90,6 +92,11 @@ impl RelayEvents {
         let count = |m: &HashMap<String, usize>| m.iter().filter(|(c, _)| c.starts_with(prefix)).map(|(_, n)| n).sum();
         let (up, down): (usize, usize) = (count(&self.registered), count(&self.gone));
         up.saturating_sub(down)
+    }
+
+    /// Whether the relay's log has ended (it exited).
+    pub fn exited(&self) -> bool {
+        self.exited
     }
 
     /// `agent gone` lines over clusters whose name starts with `prefix`.
@@ -108,7 +115,7 @@ pub struct System {
     pub dir: PathBuf,
     /// Remove `dir` when dropped (not with --keep, nor after a failure).
     remove_dir: bool,
-    hawser: PathBuf,
+    pub(crate) hawser: PathBuf,
     /// The backend process.
     pub backend: Proc,
     /// The backend's address.
@@ -119,10 +126,11 @@ pub struct System {
     pub relay: Proc,
     /// The relay's HTTPS front door.
     pub relay_front: SocketAddr,
-    relay_udp: SocketAddr,
+    /// The relay's QUIC listener (agents dial it).
+    pub relay_udp: SocketAddr,
     /// The relay's self-signed certificate, to trust.
     pub relay_ca: PathBuf,
-    events: watch::Receiver<RelayEvents>,
+    pub(crate) events: watch::Receiver<RelayEvents>,
     /// Agents of the loaded clusters.
     pub agents: Vec<Proc>,
     /// The loaded clusters.
@@ -195,7 +203,8 @@ max_streams_per_caller = 0
 auth_failures_per_minute = 0
 "#
         );
-        for cluster in clusters.iter().chain(&idle_clusters) {
+        let swarm_clusters = (0..options.swarm_clusters).map(crate::swarm::cluster);
+        for cluster in clusters.iter().chain(&idle_clusters).cloned().chain(swarm_clusters) {
             relay_toml.push_str(&format!(
                 "\n[[clusters]]\nname = \"{cluster}\"\nagent_token_sha256 = \"{digest}\"\n"
             ));
@@ -488,7 +497,7 @@ async fn spawn_backend(dir: &Path) -> Result<(Proc, SocketAddr)> {
     Ok((Proc::new("backend".into(), child)?, addr))
 }
 
-fn spawn_relay(hawser: &Path, dir: &Path, config: &Path) -> Result<(Proc, watch::Receiver<RelayEvents>)> {
+pub(crate) fn spawn_relay(hawser: &Path, dir: &Path, config: &Path) -> Result<(Proc, watch::Receiver<RelayEvents>)> {
     let mut child = Command::new(hawser)
         .args(["--log-format", "json", "relay", "--config"])
         .arg(config)

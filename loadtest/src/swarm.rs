@@ -1,0 +1,282 @@
+//! Many agent tunnels in this one process (a "swarm"), since one `hawser
+//! agent` process is about 34 MiB and 10,000 of them do not fit here.
+//!
+//! Each swarm agent is a real QUIC connection to the real relay binary,
+//! made with the product's own pieces: `hawser::tunnel::agent_endpoint`
+//! (the agent's transport settings, [`TunnelConfig::default`]),
+//! `hawser::tls::RelayTrust`, and the `Hello`/`Welcome` frames of
+//! `hawser::proto`, each agent registering a cluster of its own
+//! (`swarm-00000`, ...). It does what `hawser::agent` does for a tunnel
+//! (connect, hello within 10 s, serve until the connection ends, back off,
+//! again) but serves no request: a stream the relay opens is dropped.
+//!
+//! Differences from the product's agent, on purpose:
+//! - endpoints (UDP sockets) are shared, `per_endpoint` agents each, where the
+//!   product makes a fresh endpoint per attempt: quinn allocates a receive
+//!   buffer of several MiB per endpoint, so 10,000 of them would not fit. The
+//!   relay still sees one QUIC connection per agent (own connection ids,
+//!   own handshake, own keep-alives); only the source port is shared.
+//! - each swarm tunnel accepts at most `agent_streams` relay-opened streams
+//!   (the product's `max_streams_per_tunnel`, default 16,384): quinn-proto
+//!   allocates bookkeeping for every stream the peer may open when the
+//!   connection starts, about 1.5 MB per connection at 16,384, which at
+//!   10,000 tunnels would need some 15 GB in this process. This changes only
+//!   what the agent side allocates; the relay's side of each connection is the same.
+//! - the backoff is the product's own (`hawser::agent::backoff::Backoff`), with its
+//!   defaults ([`ReconnectConfig::default`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hawser::agent::backoff::Backoff;
+use hawser::config::{ReconnectConfig, TunnelConfig};
+use hawser::proto::{self, Hello, Welcome};
+use rand::Rng;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+/// Cluster name of swarm agent `i`.
+pub fn cluster(i: usize) -> String {
+    format!("swarm-{i:05}")
+}
+
+/// What the swarm's agents have done, summed over all of them.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connection attempts started.
+    pub attempts: AtomicU64,
+    /// Attempts that got a `Welcome` (registered at the relay).
+    pub welcomed: AtomicU64,
+    /// Tunnels up now (welcomed and not yet closed).
+    pub up: AtomicU64,
+    /// Attempts that ended before a welcome, by reason.
+    failures: Mutex<BTreeMap<String, u64>>,
+}
+
+/// A copy of [`Counters`] at one moment.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CountersSnapshot {
+    /// Connection attempts started.
+    pub attempts: u64,
+    /// Attempts that registered.
+    pub welcomed: u64,
+    /// Tunnels up.
+    pub up: u64,
+    /// Failed attempts by reason (the error as quinn or the relay gave it).
+    pub failures: BTreeMap<String, u64>,
+}
+
+impl Counters {
+    fn fail(&self, reason: String) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let reason: String = reason.chars().take(100).collect();
+        if map.len() < 20 || map.contains_key(&reason) {
+            *map.entry(reason).or_default() += 1;
+        } else {
+            *map.entry("(other)".into()).or_default() += 1;
+        }
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> CountersSnapshot {
+        CountersSnapshot {
+            attempts: self.attempts.load(Ordering::Relaxed),
+            welcomed: self.welcomed.load(Ordering::Relaxed),
+            up: self.up.load(Ordering::Relaxed),
+            failures: self.failures.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+}
+
+impl CountersSnapshot {
+    /// What happened between `self` and `later`.
+    pub fn until(&self, later: &CountersSnapshot) -> CountersSnapshot {
+        let mut failures = later.failures.clone();
+        for (k, v) in &self.failures {
+            if let Some(n) = failures.get_mut(k) {
+                *n = n.saturating_sub(*v);
+            }
+        }
+        failures.retain(|_, n| *n > 0);
+        CountersSnapshot {
+            attempts: later.attempts.saturating_sub(self.attempts),
+            welcomed: later.welcomed.saturating_sub(self.welcomed),
+            up: later.up,
+            failures,
+        }
+    }
+}
+
+/// What every swarm agent shares.
+struct Shared {
+    relay: SocketAddr,
+    token: String,
+    reconnect: ReconnectConfig,
+    counters: Arc<Counters>,
+    /// An experiment, not the product: a refused attempt does not grow the backoff.
+    keep_backoff_on_refusal: std::sync::atomic::AtomicBool,
+}
+
+/// The swarm: agents `0..len()` running, each in a task of its own.
+pub struct Swarm {
+    shared: Arc<Shared>,
+    trust: hawser::tls::RelayTrust,
+    tunnel: TunnelConfig,
+    endpoints: Vec<quinn::Endpoint>,
+    per_endpoint: usize,
+    agents: Vec<JoinHandle<()>>,
+}
+
+impl Swarm {
+    /// A swarm of no agents yet, for the relay's QUIC address, trusting `ca`,
+    /// proving clusters with `token`; `per_endpoint` agents share a UDP socket.
+    pub fn new(relay: SocketAddr, ca: &Path, token: String, per_endpoint: usize, agent_streams: u32) -> Result<Self> {
+        let trust = hawser::tls::RelayTrust::load(Some(ca), &[]).context("loading the relay's CA")?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                relay,
+                token,
+                reconnect: ReconnectConfig::default(),
+                counters: Arc::default(),
+                keep_backoff_on_refusal: Default::default(),
+            }),
+            tunnel: TunnelConfig {
+                max_streams_per_tunnel: agent_streams.max(1),
+                ..TunnelConfig::default()
+            },
+            trust,
+            endpoints: Vec::new(),
+            per_endpoint: per_endpoint.max(1),
+            agents: Vec::new(),
+        })
+    }
+
+    /// The experiment: from now on a refused attempt does not grow an agent's backoff.
+    pub fn keep_backoff_on_refusal(&self) {
+        self.shared.keep_backoff_on_refusal.store(true, Ordering::Relaxed);
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Agents running.
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// UDP sockets in use.
+    pub fn endpoints(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Starts agents until `n` run (each dials at once, as a starting agent does).
+    pub fn grow_to(&mut self, n: usize) -> Result<()> {
+        while self.agents.len() < n {
+            let i = self.agents.len();
+            let e = i / self.per_endpoint;
+            if e == self.endpoints.len() {
+                let endpoint = hawser::tunnel::agent_endpoint(&self.trust, &self.tunnel, self.shared.relay)
+                    .context("creating a QUIC endpoint")?;
+                self.endpoints.push(endpoint);
+            }
+            let hello = Hello {
+                cluster: cluster(i),
+                token: self.shared.token.clone(),
+                instance: format!("swarm-agent-{i:05}"),
+            };
+            let task = tokio::spawn(agent(self.endpoints[e].clone(), hello, self.shared.clone()));
+            self.agents.push(task);
+        }
+        Ok(())
+    }
+
+    /// Stops agents until `n` run; their connections close (code 0) as their handles drop.
+    pub fn shrink_to(&mut self, n: usize) {
+        while self.agents.len() > n {
+            if let Some(task) = self.agents.pop() {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        self.shrink_to(0);
+        for e in &self.endpoints {
+            e.close(0u32.into(), b"loadtest done");
+        }
+    }
+}
+
+/// One swarm agent: the loop of `hawser::agent::run`, without serving.
+async fn agent(endpoint: quinn::Endpoint, hello: Hello, shared: Arc<Shared>) {
+    let mut backoff = Backoff::new(shared.reconnect.clone());
+    // The ceiling the last wait was drawn from: the experiment's refusals draw from it again.
+    let mut last_ceiling = backoff.ceiling();
+    let counters = &shared.counters;
+    loop {
+        let started = Instant::now();
+        counters.attempts.fetch_add(1, Ordering::Relaxed);
+        match session(&endpoint, shared.relay, &hello).await {
+            Ok((connection, _control)) => {
+                counters.welcomed.fetch_add(1, Ordering::Relaxed);
+                counters.up.fetch_add(1, Ordering::Relaxed);
+                // Streams the relay opens would be requests; a swarm cluster gets none.
+                while let Ok(stream) = connection.accept_bi().await {
+                    drop(stream);
+                }
+                counters.up.fetch_sub(1, Ordering::Relaxed);
+            }
+            Err(reason) => {
+                let refused = reason.contains("refused");
+                counters.fail(reason);
+                if refused && shared.keep_backoff_on_refusal.load(Ordering::Relaxed) {
+                    let wait = Duration::from_millis(rand::rng().random_range(0..=last_ceiling.as_millis() as u64));
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
+        }
+        last_ceiling = backoff.ceiling();
+        let wait = backoff.next_wait(started.elapsed(), &mut rand::rng());
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Connect, hello, welcome: as `hawser::agent`'s session does, with its 10 s hello deadline.
+async fn session(
+    endpoint: &quinn::Endpoint,
+    relay: SocketAddr,
+    hello: &Hello,
+) -> Result<(quinn::Connection, hawser::tunnel::Stream), String> {
+    let connection = endpoint
+        .connect(relay, "localhost")
+        .map_err(|e| format!("connect: {e}"))?
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut control = hawser::tunnel::join(connection.open_bi().await.map_err(|e| e.to_string())?);
+        proto::write_frame(&mut control, hello)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _: Welcome = proto::read_frame(&mut control).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(control)
+    })
+    .await;
+    match answer {
+        Ok(Ok(control)) => Ok((connection, control)),
+        Ok(Err(e)) => Err(format!(
+            "hello: {}",
+            connection.close_reason().map_or(e, |r| r.to_string())
+        )),
+        Err(_) => Err("hello: no answer within 10s".into()),
+    }
+}
