@@ -185,9 +185,7 @@ async fn session(
     let endpoint =
         tunnel::agent_endpoint(trust, &config.tunnel, addr).map_err(|e| SessionError::Connect(e.to_string()))?;
     *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint.clone());
-    let connection = endpoint
-        .connect(addr, server_name)
-        .map_err(|e| SessionError::Connect(e.to_string()))?
+    let connection = tunnel::dial(&endpoint, addr, server_name, tunnel::HANDSHAKE_TIMEOUT)
         .await
         .map_err(|e| SessionError::Connect(e.to_string()))?;
     let welcome = tokio::time::timeout(Duration::from_secs(10), async {

@@ -21,6 +21,8 @@ use crate::{shutdown, tls, tunnel};
 
 /// How long a shutting-down relay lets caller connections finish.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long closed agent tunnels get to tell their agents (a few round trips suffice).
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -163,11 +165,16 @@ impl Relay {
             agents = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             "relay listening"
         );
+        let (stop_agents, stopping) = tokio::sync::watch::channel(false);
         let agents = tokio::spawn(agents::serve(
-            endpoint.clone(),
-            state.tokens.clone(),
-            state.registry.clone(),
-            state.instance.clone(),
+            agents::Listener {
+                endpoint: endpoint.clone(),
+                tokens: state.tokens.clone(),
+                registry: state.registry.clone(),
+                relay: state.instance.clone(),
+                max_handshakes: agents::MAX_HANDSHAKES,
+            },
+            stopping,
         ));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let audit = state.audit.clone();
@@ -184,8 +191,13 @@ impl Relay {
         }
         info!("relay shutting down");
         audit.flush();
+        // Close every tunnel but keep the port answering nothing rather than refusing: an agent
+        // that redials now retransmits until the next relay listens, instead of backing off.
+        let _ = stop_agents.send(true);
+        if tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle()).await.is_err() {
+            info!("agent tunnels still closing at the deadline");
+        }
         endpoint.close(agents::close_code::SHUTDOWN.into(), b"relay shutting down");
-        endpoint.wait_idle().await;
         agents.abort();
     }
 }

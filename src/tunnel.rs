@@ -134,5 +134,37 @@ pub fn agent_endpoint(
     Ok(endpoint)
 }
 
+/// How long the agent waits for a QUIC handshake with the relay. Without it a lost
+/// handshake would wait out the idle timeout (20 s) before the agent tried again.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a dial did not give a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// quinn would not start the attempt (bad name, endpoint closed).
+    #[error("{0}")]
+    Start(#[from] quinn::ConnectError),
+    /// The relay answered and the handshake failed (refused, TLS, closed).
+    #[error("{0}")]
+    Handshake(#[from] quinn::ConnectionError),
+    /// No handshake within the deadline: no relay answered.
+    #[error("no handshake within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Dials `addr` naming `server_name`, giving up after `deadline`.
+pub async fn dial(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+    deadline: Duration,
+) -> Result<quinn::Connection, DialError> {
+    let connecting = endpoint.connect(addr, server_name)?;
+    match tokio::time::timeout(deadline, connecting).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(DialError::Timeout(deadline)),
+    }
+}
+
 #[cfg(test)]
 mod tests;

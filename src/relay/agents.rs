@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::registry::Registry;
@@ -72,40 +73,83 @@ pub fn token_digest_hex(token: &str) -> String {
         .collect()
 }
 
-/// Handshakes in progress at once; more are refused until some finish.
-const MAX_HANDSHAKES: usize = 256;
+/// Handshakes in progress at once; beyond it new attempts go unanswered until some finish.
+pub const MAX_HANDSHAKES: usize = 256;
 
-/// Accepts agent connections until the endpoint closes.
+/// What the agent listener needs.
+pub struct Listener {
+    /// The relay's QUIC endpoint.
+    pub endpoint: quinn::Endpoint,
+    /// Agent token digests by cluster.
+    pub tokens: Arc<AgentTokens>,
+    /// Where registered sessions go.
+    pub registry: Arc<Registry>,
+    /// This relay's instance name, told to agents in the welcome.
+    pub relay: String,
+    /// Handshakes in progress at once ([`MAX_HANDSHAKES`] in the relay).
+    pub max_handshakes: usize,
+}
+
+/// Accepts agent connections until the endpoint closes; once `stopping` turns true, closes every
+/// tunnel with [`close_code::SHUTDOWN`] and leaves new attempts unanswered.
 ///
-/// Each `Incoming` is judged before any handshake work: an unvalidated
-/// source address gets a QUIC retry (so spoofed sources cost us nothing),
-/// and beyond [`MAX_HANDSHAKES`] in flight new attempts are refused.
-pub async fn serve(endpoint: quinn::Endpoint, tokens: Arc<AgentTokens>, registry: Arc<Registry>, relay: String) {
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+/// Each `Incoming` is judged before any handshake work: an unvalidated source address gets a
+/// QUIC retry (so spoofed sources cost us nothing). Beyond `max_handshakes` in flight, and while
+/// stopping, an attempt is ignored rather than refused: the agent's QUIC stack retransmits its
+/// first packet, so the same attempt succeeds once a handshake slot frees up or once the next
+/// relay listens on this address, and the agent is not charged a failure and a longer backoff.
+pub async fn serve(listener: Listener, stopping: watch::Receiver<bool>) {
+    let Listener {
+        endpoint,
+        tokens,
+        registry,
+        relay,
+        max_handshakes,
+    } = listener;
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(max_handshakes));
     while let Some(incoming) = endpoint.accept().await {
+        if *stopping.borrow() {
+            incoming.ignore();
+            continue;
+        }
         if !incoming.remote_address_validated() && incoming.may_retry() {
             let _ = incoming.retry();
             continue;
         }
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            incoming.refuse();
+            incoming.ignore();
             continue;
         };
         let remote = incoming.remote_address();
         let (tokens, registry, relay) = (tokens.clone(), registry.clone(), relay.clone());
+        let mut stopping = stopping.clone();
         tokio::spawn(
             async move {
-                let handshake = tokio::time::timeout(HELLO_TIMEOUT, incoming).await;
+                let handshake = tokio::select! {
+                    handshake = tokio::time::timeout(HELLO_TIMEOUT, incoming) => handshake,
+                    _ = stopped(&mut stopping) => return,
+                };
                 drop(permit);
-                match handshake {
-                    Ok(Ok(connection)) => session(connection, &tokens, &registry, &relay).await,
-                    Ok(Err(e)) => info!(error = %e, "agent handshake failed"),
-                    Err(_) => info!("agent handshake timed out"),
+                let connection = match handshake {
+                    Ok(Ok(connection)) => connection,
+                    Ok(Err(e)) => return info!(error = %e, "agent handshake failed"),
+                    Err(_) => return info!("agent handshake timed out"),
+                };
+                tokio::select! {
+                    _ = session(connection.clone(), &tokens, &registry, &relay) => {}
+                    _ = stopped(&mut stopping) => {
+                        connection.close(close_code::SHUTDOWN.into(), b"relay shutting down");
+                    }
                 }
             }
             .instrument(info_span!("agent_connection", net.peer.address = %remote)),
         );
     }
+}
+
+/// Resolves once the relay is stopping (or whoever could stop it is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
 }
 
 async fn session(connection: quinn::Connection, tokens: &AgentTokens, registry: &Arc<Registry>, relay: &str) {
@@ -138,18 +182,4 @@ async fn session(connection: quinn::Connection, tokens: &AgentTokens, registry: 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_of_one_cluster_cannot_serve_another() {
-        let a = token_digest_hex("token-a");
-        let b = token_digest_hex("token-b");
-        let tokens = AgentTokens::new([("a", a.as_str()), ("b", b.as_str())]);
-        assert!(tokens.verify("a", "token-a"));
-        assert!(!tokens.verify("b", "token-a"));
-        assert!(!tokens.verify("a", "token-b"));
-        assert!(!tokens.verify("c", "token-a"));
-        assert!(tokens.knows("a") && !tokens.knows("c"));
-    }
-}
+mod tests;

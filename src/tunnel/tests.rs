@@ -74,10 +74,8 @@ fn honest_relay(identity: &Identity) -> (Endpoint, SocketAddr) {
 /// Dials `addr` as the agent does, naming `server_name`; the error as the agent would log it.
 async fn dial(trust: &RelayTrust, addr: SocketAddr, server_name: &str) -> Result<(), String> {
     let agent = agent_endpoint(trust, &TunnelConfig::default(), addr).map_err(|e| e.to_string())?;
-    let connecting = agent.connect(addr, server_name).map_err(|e| e.to_string())?;
-    let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
+    let connection = super::dial(&agent, addr, server_name, HANDSHAKE_TIMEOUT)
         .await
-        .map_err(|_| "no handshake within 10s".to_owned())?
         .map_err(|e| e.to_string())?;
     connection.close(0u32.into(), b"done");
     Ok(())
@@ -194,5 +192,27 @@ async fn with_ca_and_pin_both_must_hold() {
     assert!(
         err.contains("not valid for name"),
         "with a CA the name is checked: {err}"
+    );
+}
+
+#[tokio::test]
+async fn a_dial_nobody_answers_gives_up_at_its_deadline() {
+    // A bound UDP socket that never answers: the handshake's packets are lost.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let real = Identity::new(&["localhost"]);
+    let agent = agent_endpoint(&pinned(&[real.pin()]), &TunnelConfig::default(), addr).unwrap();
+    let started = std::time::Instant::now();
+    let deadline = Duration::from_millis(300);
+    let outcome = super::dial(&agent, addr, "localhost", deadline).await;
+    assert!(
+        matches!(outcome, Err(DialError::Timeout(d)) if d == deadline),
+        "expected a timeout: {outcome:?}"
+    );
+    // Well before quinn's own idle timeout would have ended it.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
     );
 }
