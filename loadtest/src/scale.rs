@@ -91,17 +91,29 @@ pub struct ScaleSettings {
     /// Whether the watches also run straight at the backend.
     pub watch_direct: bool,
     /// Stream limits in force for `watch`.
-    pub watch_limits: &'static str,
+    pub watch_limits: String,
     /// RLIMIT_NOFILE of the driver (its children inherit it), as /proc/self/limits says.
     pub open_files_limit: String,
-    /// net.core.rmem_default / rmem_max (UDP receive buffers; neither hawser endpoint sets its own).
+    /// net.core.rmem_default / rmem_max (the kernel's cap on `[tunnel] udp_buffer_bytes`).
     pub udp_rmem_default_max: String,
 }
 
-const WATCH_LIMITS: &str = "relay [limits] h2_max_concurrent_streams = 1000 (default) per caller connection, \
-    max_streams_per_caller = 0 (unlimited); [tunnel] defaults on both sides: max_streams_per_tunnel = 16384, \
-    stream_receive_window = 1 MiB, connection_receive_window unlimited; caller h2 windows 4 MiB per stream, 1 GiB \
-    per connection; backend h2 max_concurrent_streams 10000";
+/// The stream limits and windows in force for `watch`, as the product's defaults say.
+fn watch_limits() -> String {
+    let tunnel = hawser::config::TunnelConfig::default();
+    format!(
+        "relay [limits] h2_max_concurrent_streams = 1000 (default) per caller connection, \
+         max_streams_per_caller = 0 (unlimited); [tunnel] defaults on both sides: max_streams_per_tunnel = {}, \
+         stream_receive_window = {} KiB, connection_receive_window {}, udp_buffer_bytes = {} KiB; \
+         caller h2 windows 4 MiB per stream, 1 GiB per connection; backend h2 max_concurrent_streams 10000",
+        tunnel.max_streams_per_tunnel,
+        tunnel.stream_receive_window / 1024,
+        tunnel
+            .connection_receive_window
+            .map_or("unlimited".to_owned(), |w| format!("{w} B")),
+        tunnel.udp_buffer_bytes / 1024,
+    )
+}
 
 impl ScaleSettings {
     /// From the options and the mode.
@@ -122,7 +134,7 @@ impl ScaleSettings {
             watch_measure_s: args.watch_measure.unwrap_or(if smoke { 0.5 } else { 10.0 }),
             watch_stall_read_bytes: 1 << 20,
             watch_direct: !args.watch_no_direct,
-            watch_limits: WATCH_LIMITS,
+            watch_limits: watch_limits(),
             open_files_limit: std::fs::read_to_string("/proc/self/limits")
                 .unwrap_or_default()
                 .lines()

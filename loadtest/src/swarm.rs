@@ -251,17 +251,20 @@ async fn agent(endpoint: quinn::Endpoint, hello: Hello, shared: Arc<Shared>) {
     }
 }
 
-/// Connect, hello, welcome: as `hawser::agent`'s session does, with its 10 s hello deadline.
+/// Connect, hello, welcome: as `hawser::agent`'s session does, with its 10 s handshake and hello deadlines.
 async fn session(
     endpoint: &quinn::Endpoint,
     relay: SocketAddr,
     hello: &Hello,
 ) -> Result<(quinn::Connection, hawser::tunnel::Stream), String> {
-    let connection = endpoint
-        .connect(relay, "localhost")
-        .map_err(|e| format!("connect: {e}"))?
+    use hawser::tunnel::{DialError, HANDSHAKE_TIMEOUT, dial};
+    let connection = dial(endpoint, relay, "localhost", HANDSHAKE_TIMEOUT)
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| match e {
+            DialError::Start(e) => format!("connect: {e}"),
+            DialError::Handshake(e) => format!("handshake: {e}"),
+            DialError::Timeout(_) => "handshake: timed out".to_owned(),
+        })?;
     let answer = tokio::time::timeout(Duration::from_secs(10), async {
         let mut control = hawser::tunnel::join(connection.open_bi().await.map_err(|e| e.to_string())?);
         proto::write_frame(&mut control, hello)
