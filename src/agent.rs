@@ -53,7 +53,9 @@ enum SessionError {
     #[error("resolving {0}: {1}")]
     Resolve(String, String),
     #[error("connecting: {0}")]
-    Connect(String),
+    Endpoint(tunnel::TunnelError),
+    #[error("connecting: {0}")]
+    Dial(#[from] tunnel::DialError),
     #[error("handshake with the relay: {0}")]
     Hello(String),
 }
@@ -182,12 +184,9 @@ async fn session(
         .next()
         .ok_or_else(|| SessionError::Resolve(config.relay.address.clone(), "no address".into()))?;
     // A fresh endpoint per attempt: a restarted relay sees a new source port.
-    let endpoint =
-        tunnel::agent_endpoint(trust, &config.tunnel, addr).map_err(|e| SessionError::Connect(e.to_string()))?;
+    let endpoint = tunnel::agent_endpoint(trust, &config.tunnel, addr).map_err(SessionError::Endpoint)?;
     *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint.clone());
-    let connection = tunnel::dial(&endpoint, addr, server_name, tunnel::HANDSHAKE_TIMEOUT)
-        .await
-        .map_err(|e| SessionError::Connect(e.to_string()))?;
+    let connection = tunnel::dial(&endpoint, addr, server_name, tunnel::HANDSHAKE_TIMEOUT).await?;
     let welcome = tokio::time::timeout(Duration::from_secs(10), async {
         let mut control = tunnel::join(connection.open_bi().await.map_err(|e| e.to_string())?);
         proto::write_frame(&mut control, hello)

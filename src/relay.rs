@@ -172,7 +172,7 @@ impl Relay {
                 tokens: state.tokens.clone(),
                 registry: state.registry.clone(),
                 relay: state.instance.clone(),
-                max_handshakes: agents::MAX_HANDSHAKES,
+                handshakes: Arc::new(tokio::sync::Semaphore::new(agents::MAX_HANDSHAKES)),
             },
             stopping,
         ));
@@ -195,9 +195,10 @@ impl Relay {
         // that redials now retransmits until the next relay listens, instead of backing off.
         let _ = stop_agents.send(true);
         if tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle()).await.is_err() {
-            info!("agent tunnels still closing at the deadline");
+            // Only now, as the process ends: a closed endpoint refuses new attempts.
+            info!("agent tunnels still closing at the deadline; closing the rest");
+            endpoint.close(agents::close_code::SHUTDOWN.into(), b"relay shutting down");
         }
-        endpoint.close(agents::close_code::SHUTDOWN.into(), b"relay shutting down");
         agents.abort();
     }
 }

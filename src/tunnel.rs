@@ -135,19 +135,19 @@ pub fn agent_endpoint(
 }
 
 /// How long the agent waits for a QUIC handshake with the relay. Without it a lost
-/// handshake would wait out the idle timeout (20 s) before the agent tried again.
+/// handshake would wait out the tunnel's idle timeout before the agent tried again.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a dial did not give a connection.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     /// quinn would not start the attempt (bad name, endpoint closed).
-    #[error("{0}")]
+    #[error(transparent)]
     Start(#[from] quinn::ConnectError),
     /// The relay answered and the handshake failed (refused, TLS, closed).
-    #[error("{0}")]
+    #[error(transparent)]
     Handshake(#[from] quinn::ConnectionError),
-    /// No handshake within the deadline: no relay answered.
+    /// No handshake within the deadline: the relay's answers, if any, never completed one.
     #[error("no handshake within {0:?}")]
     Timeout(Duration),
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::watch;
-use tracing::{Instrument, info, info_span, warn};
+use tokio::sync::{Semaphore, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::registry::Registry;
 use crate::proto::{self, Hello, Welcome};
@@ -86,29 +86,31 @@ pub struct Listener {
     pub registry: Arc<Registry>,
     /// This relay's instance name, told to agents in the welcome.
     pub relay: String,
-    /// Handshakes in progress at once ([`MAX_HANDSHAKES`] in the relay).
-    pub max_handshakes: usize,
+    /// One permit per handshake in progress ([`MAX_HANDSHAKES`] in the relay), shared by all
+    /// sources.
+    pub handshakes: Arc<Semaphore>,
 }
 
-/// Accepts agent connections until the endpoint closes; once `stopping` turns true, closes every
-/// tunnel with [`close_code::SHUTDOWN`] and leaves new attempts unanswered.
+/// Accepts agent connections until the endpoint closes; once `stopping` turns true (or its
+/// sender is gone), closes every tunnel with [`close_code::SHUTDOWN`] and leaves new attempts
+/// unanswered.
 ///
 /// Each `Incoming` is judged before any handshake work: an unvalidated source address gets a
-/// QUIC retry (so spoofed sources cost us nothing). Beyond `max_handshakes` in flight, and while
-/// stopping, an attempt is ignored rather than refused: the agent's QUIC stack retransmits its
-/// first packet, so the same attempt succeeds once a handshake slot frees up or once the next
-/// relay listens on this address, and the agent is not charged a failure and a longer backoff.
+/// QUIC retry (so spoofed sources cost us nothing). Without a handshake permit, and while
+/// stopping, an attempt is ignored rather than refused: the agent's QUIC stack resends its first
+/// packet (about 1, 3 and 7 s after the dial, with quinn's defaults), so the attempt succeeds if
+/// a permit frees up or the next relay listens on this address by then, and the agent is not
+/// charged a failure and a longer backoff. Past its handshake deadline it is, as for a refusal.
 pub async fn serve(listener: Listener, stopping: watch::Receiver<bool>) {
     let Listener {
         endpoint,
         tokens,
         registry,
         relay,
-        max_handshakes,
+        handshakes,
     } = listener;
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(max_handshakes));
     while let Some(incoming) = endpoint.accept().await {
-        if *stopping.borrow() {
+        if is_stopping(&stopping) {
             incoming.ignore();
             continue;
         }
@@ -117,6 +119,7 @@ pub async fn serve(listener: Listener, stopping: watch::Receiver<bool>) {
             continue;
         }
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            debug!(net.peer.address = %incoming.remote_address(), "handshake limit reached; attempt ignored");
             incoming.ignore();
             continue;
         };
@@ -125,15 +128,20 @@ pub async fn serve(listener: Listener, stopping: watch::Receiver<bool>) {
         let mut stopping = stopping.clone();
         tokio::spawn(
             async move {
-                let handshake = tokio::select! {
-                    handshake = tokio::time::timeout(HELLO_TIMEOUT, incoming) => handshake,
-                    _ = stopped(&mut stopping) => return,
-                };
+                // Not cut short by a stop: a handshake in progress finishes (it is bounded), so
+                // its agent hears the shutdown code rather than a bare close.
+                let handshake = tokio::time::timeout(HELLO_TIMEOUT, incoming).await;
                 drop(permit);
                 let connection = match handshake {
                     Ok(Ok(connection)) => connection,
-                    Ok(Err(e)) => return info!(error = %e, "agent handshake failed"),
-                    Err(_) => return info!("agent handshake timed out"),
+                    Ok(Err(e)) => {
+                        info!(error = %e, "agent handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        info!("agent handshake timed out");
+                        return;
+                    }
                 };
                 tokio::select! {
                     _ = session(connection.clone(), &tokens, &registry, &relay) => {}
@@ -147,7 +155,12 @@ pub async fn serve(listener: Listener, stopping: watch::Receiver<bool>) {
     }
 }
 
-/// Resolves once the relay is stopping (or whoever could stop it is gone).
+/// Whether the relay is stopping, or whoever could stop it is gone.
+fn is_stopping(stopping: &watch::Receiver<bool>) -> bool {
+    *stopping.borrow() || stopping.has_changed().is_err()
+}
+
+/// Resolves once [`is_stopping`] would say so.
 async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
 }
