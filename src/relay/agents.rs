@@ -173,6 +173,11 @@ async fn session(connection: quinn::Connection, tokens: &AgentTokens, registry: 
     })
     .await;
     let Ok(Some((mut control, hello))) = hello else {
+        let why = match hello {
+            Err(_) => "no hello within the deadline",
+            Ok(_) => "no readable hello",
+        };
+        info!(reason = why, "agent connection closed before registering");
         connection.close(close_code::BAD_HELLO.into(), b"expected a hello");
         return;
     };
