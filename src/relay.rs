@@ -166,6 +166,7 @@ impl Relay {
             "relay listening"
         );
         let (stop_agents, stopping) = tokio::sync::watch::channel(false);
+        let listener_stats = Arc::new(agents::ListenerStats::default());
         let agents = tokio::spawn(agents::serve(
             agents::Listener {
                 endpoint: endpoint.clone(),
@@ -173,6 +174,8 @@ impl Relay {
                 registry: state.registry.clone(),
                 relay: state.instance.clone(),
                 handshakes: Arc::new(tokio::sync::Semaphore::new(agents::MAX_HANDSHAKES)),
+                retry_below_free: agents::MAX_HANDSHAKES - agents::RETRY_ABOVE,
+                stats: listener_stats.clone(),
             },
             stopping,
         ));
@@ -200,5 +203,11 @@ impl Relay {
             endpoint.close(agents::close_code::SHUTDOWN.into(), b"relay shutting down");
         }
         agents.abort();
+        info!(
+            retried = listener_stats.retried.load(std::sync::atomic::Ordering::Relaxed),
+            ignored = listener_stats.ignored.load(std::sync::atomic::Ordering::Relaxed),
+            accepted = listener_stats.accepted.load(std::sync::atomic::Ordering::Relaxed),
+            "agent attempts over this relay's life"
+        );
     }
 }

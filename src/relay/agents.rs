@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -76,6 +77,20 @@ pub fn token_digest_hex(token: &str) -> String {
 /// Handshakes in progress at once; beyond it new attempts go unanswered until some finish.
 pub const MAX_HANDSHAKES: usize = 256;
 
+/// Handshakes in progress beyond which an unvalidated source must first answer a QUIC Retry.
+pub const RETRY_ABOVE: usize = 64;
+
+/// What the listener did with incoming attempts, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Attempts sent a QUIC Retry (address validation).
+    pub retried: AtomicU64,
+    /// Attempts ignored (no handshake permit, or stopping).
+    pub ignored: AtomicU64,
+    /// Attempts whose handshake was started.
+    pub accepted: AtomicU64,
+}
+
 /// What the agent listener needs.
 pub struct Listener {
     /// The relay's QUIC endpoint.
@@ -89,14 +104,23 @@ pub struct Listener {
     /// One permit per handshake in progress ([`MAX_HANDSHAKES`] in the relay), shared by all
     /// sources.
     pub handshakes: Arc<Semaphore>,
+    /// Once fewer permits than this are free, unvalidated sources get a Retry first
+    /// (`MAX_HANDSHAKES - RETRY_ABOVE` in the relay).
+    pub retry_below_free: usize,
+    /// Counters of what happened to incoming attempts.
+    pub stats: Arc<ListenerStats>,
 }
 
 /// Accepts agent connections until the endpoint closes; once `stopping` turns true (or its
 /// sender is gone), closes every tunnel with [`close_code::SHUTDOWN`] and leaves new attempts
 /// unanswered.
 ///
-/// Each `Incoming` is judged before any handshake work: an unvalidated source address gets a
-/// QUIC retry (so spoofed sources cost us nothing). Without a handshake permit, and while
+/// Each `Incoming` is judged before any handshake work. While many handshakes are in progress,
+/// an unvalidated source address gets a QUIC Retry first, so a flood from spoofed sources can
+/// hold only the first few permits and cannot starve real agents; below that, the Retry is
+/// skipped: it costs every connect a round trip, and with it about one attempt in a few
+/// thousand hung on loopback (docs/benchmarks.md). Until a source answers, QUIC's
+/// anti-amplification limit bounds what it makes us send. Without a handshake permit, and while
 /// stopping, an attempt is ignored rather than refused: the agent's QUIC stack resends its first
 /// packet (about 1, 3 and 7 s after the dial, with quinn's defaults), so the attempt succeeds if
 /// a permit frees up or the next relay listens on this address by then, and the agent is not
@@ -108,21 +132,30 @@ pub async fn serve(listener: Listener, stopping: watch::Receiver<bool>) {
         registry,
         relay,
         handshakes,
+        retry_below_free,
+        stats,
     } = listener;
     while let Some(incoming) = endpoint.accept().await {
         if is_stopping(&stopping) {
+            stats.ignored.fetch_add(1, Ordering::Relaxed);
             incoming.ignore();
             continue;
         }
-        if !incoming.remote_address_validated() && incoming.may_retry() {
+        if handshakes.available_permits() < retry_below_free
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            stats.retried.fetch_add(1, Ordering::Relaxed);
             let _ = incoming.retry();
             continue;
         }
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             debug!(net.peer.address = %incoming.remote_address(), "handshake limit reached; attempt ignored");
+            stats.ignored.fetch_add(1, Ordering::Relaxed);
             incoming.ignore();
             continue;
         };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
         let remote = incoming.remote_address();
         let (tokens, registry, relay) = (tokens.clone(), registry.clone(), relay.clone());
         let mut stopping = stopping.clone();

@@ -25,16 +25,19 @@ fn token_of_one_cluster_cannot_serve_another() {
 /// an agent needs for it.
 struct Relay {
     addr: SocketAddr,
+    stats: Arc<ListenerStats>,
     trust: RelayTrust,
     stop: watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
 fn relay(max_handshakes: usize) -> Relay {
-    relay_with(Arc::new(Semaphore::new(max_handshakes)))
+    relay_with(Arc::new(Semaphore::new(max_handshakes)), 0)
 }
 
-fn relay_with(handshakes: Arc<Semaphore>) -> Relay {
+/// A relay whose handshake permits are `handshakes`, sending a Retry first once fewer than
+/// `retry_below_free` of them are free.
+fn relay_with(handshakes: Arc<Semaphore>, retry_below_free: usize) -> Relay {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
     crate::tls::ensure_self_signed(&cert, &key, &["localhost".to_owned()]).unwrap();
@@ -43,16 +46,20 @@ fn relay_with(handshakes: Arc<Semaphore>) -> Relay {
     let addr = endpoint.local_addr().unwrap();
     let digest = token_digest_hex("token-c");
     let (stop, stopping) = watch::channel(false);
+    let stats = Arc::new(ListenerStats::default());
     let listener = Listener {
         endpoint,
         tokens: Arc::new(AgentTokens::new([("c", digest.as_str())])),
         registry: Registry::new(),
         relay: "relay-test".to_owned(),
         handshakes,
+        retry_below_free,
+        stats: stats.clone(),
     };
     tokio::spawn(serve(listener, stopping));
     Relay {
         addr,
+        stats,
         trust: RelayTrust::load(Some(&cert), &[]).unwrap(),
         stop,
         _dir: dir,
@@ -121,7 +128,7 @@ async fn beyond_the_handshake_limit_an_attempt_is_left_to_retry_not_refused() {
 #[tokio::test]
 async fn an_ignored_attempt_gets_through_once_a_handshake_permit_frees() {
     let permits = Arc::new(Semaphore::new(0));
-    let relay = relay_with(permits.clone());
+    let relay = relay_with(permits.clone(), 0);
     let dial = tokio::spawn(async move {
         let started = Instant::now();
         let outcome = relay.dial(Duration::from_secs(8)).await;
@@ -136,4 +143,25 @@ async fn an_ignored_attempt_gets_through_once_a_handshake_permit_frees() {
         took >= Duration::from_millis(300),
         "it cannot have completed before the permit existed: {took:?}"
     );
+}
+
+#[tokio::test]
+async fn a_quiet_relay_skips_the_retry_and_a_busy_one_validates_addresses_first() {
+    let count = |relay: &Relay| {
+        let stats = &relay.stats;
+        (
+            stats.retried.load(Ordering::Relaxed),
+            stats.accepted.load(Ordering::Relaxed),
+        )
+    };
+    // Four permits, Retry once fewer than three are free.
+    let permits = Arc::new(Semaphore::new(4));
+    let relay = relay_with(permits.clone(), 3);
+    relay.register().await;
+    assert_eq!(count(&relay), (0, 1), "quiet: no Retry, one handshake");
+    // Two handshakes in progress (as far as the listener can tell): now a Retry comes first.
+    let held = permits.clone().acquire_many_owned(2).await.unwrap();
+    relay.register().await;
+    assert_eq!(count(&relay), (1, 2), "busy: a Retry, then the handshake");
+    drop(held);
 }
