@@ -203,11 +203,7 @@ impl Relay {
             endpoint.close(agents::close_code::SHUTDOWN.into(), b"relay shutting down");
         }
         agents.abort();
-        info!(
-            retried = listener_stats.retried.load(std::sync::atomic::Ordering::Relaxed),
-            ignored = listener_stats.ignored.load(std::sync::atomic::Ordering::Relaxed),
-            accepted = listener_stats.accepted.load(std::sync::atomic::Ordering::Relaxed),
-            "agent attempts over this relay's life"
-        );
+        let (retried, ignored, accepted) = listener_stats.snapshot();
+        info!(retried, ignored, accepted, "agent attempts over this relay's life");
     }
 }

@@ -91,6 +91,14 @@ pub struct ListenerStats {
     pub accepted: AtomicU64,
 }
 
+impl ListenerStats {
+    /// `(retried, ignored, accepted)` at this moment.
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        (load(&self.retried), load(&self.ignored), load(&self.accepted))
+    }
+}
+
 /// What the agent listener needs.
 pub struct Listener {
     /// The relay's QUIC endpoint.

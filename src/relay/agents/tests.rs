@@ -129,30 +129,34 @@ async fn beyond_the_handshake_limit_an_attempt_is_left_to_retry_not_refused() {
 async fn an_ignored_attempt_gets_through_once_a_handshake_permit_frees() {
     let permits = Arc::new(Semaphore::new(0));
     let relay = relay_with(permits.clone(), 0);
-    let dial = tokio::spawn(async move {
-        let started = Instant::now();
-        let outcome = relay.dial(Duration::from_secs(8)).await;
-        (outcome.map(|_| ()), started.elapsed())
-    });
-    // Past the first packet, which is ignored; the agent's stack resends it about 1 s after the dial.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = relay.stats.clone();
+    let started = Instant::now();
+    let dial = tokio::spawn(async move { relay.dial(Duration::from_secs(8)).await.map(|_| ()) });
+    // Wait until the first packet has been ignored (the agent's stack resends it about 1 s after
+    // the dial), then free a permit.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while stats.ignored.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the first attempt reached the listener and was ignored within 5 s");
+    let freed_at = started.elapsed();
     permits.add_permits(1);
-    let (outcome, took) = dial.await.unwrap();
+    let outcome = dial.await.unwrap();
+    let took = started.elapsed();
     outcome.expect("the same dial completes once a permit is free");
     assert!(
-        took >= Duration::from_millis(300),
-        "it cannot have completed before the permit existed: {took:?}"
+        took >= freed_at,
+        "it cannot have completed before the permit existed: {took:?} < {freed_at:?}"
     );
 }
 
 #[tokio::test]
 async fn a_quiet_relay_skips_the_retry_and_a_busy_one_validates_addresses_first() {
     let count = |relay: &Relay| {
-        let stats = &relay.stats;
-        (
-            stats.retried.load(Ordering::Relaxed),
-            stats.accepted.load(Ordering::Relaxed),
-        )
+        let (retried, _, accepted) = relay.stats.snapshot();
+        (retried, accepted)
     };
     // Four permits, Retry once fewer than three are free.
     let permits = Arc::new(Semaphore::new(4));
