@@ -16,8 +16,6 @@
 //! rather than drop a line: under a stuck sink the service slows down, it
 //! never goes unaudited.
 
-mod verb;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -32,9 +30,8 @@ use http::{HeaderMap, Method, Uri};
 use hyper::body::Frame;
 use serde::{Deserialize, Serialize};
 
-pub use verb::{RequestInfo, request_info};
-
 use crate::forward::{Body, BoxError};
+use crate::request_info::request_info;
 
 /// Where audit lines go: `"stdout"` (the default), `"none"`, or a file path.
 #[derive(Debug, Clone, Deserialize)]
@@ -171,8 +168,10 @@ impl AuditLog {
     }
 
     /// Starts the record of one request; the line is written when the last handle drops.
+    /// Verb, resource, namespace and name are those the apiserver acts on (decoded); a path it
+    /// would refuse leaves them empty.
     pub fn begin(self: &Arc<Self>, request_id: &str, method: &Method, uri: &Uri, headers: &HeaderMap) -> Audit {
-        let info = request_info(method, uri);
+        let info = request_info(method, uri).unwrap_or_default();
         let upgrade = crate::forward::upgrade_protocol(headers).map(|v| upgrade_kind(v.as_bytes()).to_owned());
         Audit(Arc::new(Entry {
             log: self.clone(),

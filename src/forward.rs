@@ -205,16 +205,16 @@ pub fn https_client(tls: rustls::ClientConfig, allow_h2: bool) -> HttpsClient {
 
 /// Upgrades, watches and followed logs stay open indefinitely: they get
 /// HTTP/1.1 connections of their own instead of an HTTP/2 stream slot.
+/// Judged on the decoded path and query, as the apiserver reads them.
 pub fn is_long_running<B>(req: &Request<B>) -> bool {
-    // Go's strconv.ParseBool spellings of true, as the apiserver accepts them.
-    let truthy = |v: &str| matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True");
+    use crate::request_info::{decode_path, query_param, request_info};
+    // As apimachinery converts a query value to a bool: anything but `0` or `false` is true.
+    let set =
+        |key| query_param(req.uri(), key).is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false"));
     upgrade_protocol(req.headers()).is_some()
-        || req.uri().path().split('/').any(|segment| segment == "watch")
-        || req.uri().query().is_some_and(|q| {
-            q.split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .any(|(k, v)| (k == "watch" || k == "follow") && truthy(v))
-        })
+        || request_info(req.method(), req.uri()).is_ok_and(|info| info.verb == "watch")
+        || decode_path(req.uri().path()).is_ok_and(|path| path.split('/').any(|segment| segment == "watch"))
+        || set("follow")
 }
 
 /// Copies bytes both ways until both directions are done; each direction's

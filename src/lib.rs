@@ -17,6 +17,7 @@ pub mod forward;
 pub mod impersonation;
 pub mod proto;
 pub mod relay;
+pub mod request_info;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

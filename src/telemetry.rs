@@ -1,8 +1,19 @@
 //! Logging and tracing set-up: `tracing` spans per connection and per
 //! stream with structured fields, as text or JSON on stderr, filtered by
 //! `RUST_LOG` (default `info`).
+//!
+//! Log lines carry strings that come from outside: an agent's hello, a relay's
+//! welcome, a peer's close reason, a caller's name or path, an apiserver's
+//! error text. None may forge a line, so every field value and message is
+//! escaped ([`escape`]) before it is written: in text, by the field formatter
+//! installed here, whatever the call site wrote; in JSON, by the JSON encoder
+//! (a control character is never written raw). Call sites need not remember.
+
+use std::fmt::{self, Write as _};
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::format::{Writer, debug_fn};
 
 use crate::cli::LogFormat;
 
@@ -16,7 +27,69 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.fmt_fields(escaping_fields()).init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
     }
 }
+
+/// The text field formatter: `name=value` pairs separated by spaces, the message bare, every
+/// value escaped so that no field can start a new line or reorder what a terminal shows.
+pub fn escaping_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
+    debug_fn(
+        |writer: &mut Writer<'_>, field: &tracing::field::Field, value: &dyn fmt::Debug| {
+            // `%x` fields are recorded as a Debug that prints their Display; `?x` as Debug.
+            let text = format!("{value:?}");
+            if field.name() == "message" {
+                write!(writer, "{}", escape(&text))
+            } else {
+                write!(writer, "{}={}", field.name(), escape(&text))
+            }
+        },
+    )
+    .delimited(" ")
+}
+
+/// `text` with every character that could break or disguise a log line escaped: control
+/// characters (`\n`, `\r`, ESC, ...), Unicode line and paragraph separators, and the
+/// bidirectional overrides that make a terminal show text in another order. Everything else,
+/// non-ASCII letters included, is kept as is.
+pub fn escape(text: &str) -> Escaped<'_> {
+    Escaped(text)
+}
+
+/// See [`escape`].
+pub struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if must_escape(c) {
+                for e in c.escape_default() {
+                    f.write_char(e)?;
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+fn must_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{2028}' | '\u{2029}'                      // line and paragraph separators
+            | '\u{200e}' | '\u{200f}' | '\u{061c}'      // directional marks
+            | '\u{202a}'..='\u{202e}'                   // embeddings and overrides
+            | '\u{2066}'..='\u{2069}'                   // isolates
+        )
+}
+
+#[cfg(test)]
+mod tests;

@@ -73,6 +73,7 @@ pub async fn stream(mut stream: Stream, state: Arc<AgentState>, relay: Arc<str>)
 
 async fn handle(state: &AgentState, req: Request<Incoming>, audit: &Audit) -> Result<Response<Body>, HttpError> {
     forward::refuse_connect(req.method())?;
+    crate::request_info::request_info(req.method(), req.uri()).map_err(|e| HttpError::bad_request(e.to_string()))?;
     let token = crate::auth::bearer_token(req.headers())?;
     let identity = state.auth.authenticate(token).await?;
     audit.set(|f| {

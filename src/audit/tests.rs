@@ -154,3 +154,17 @@ fn the_file_is_private_and_appended() {
     assert_eq!(lines(&path).len(), 2);
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn records_what_the_apiserver_acts_on_not_the_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, path) = log_to(&dir);
+    let uri: Uri = "/api/v1/namespaces/kube%2Dsystem/secr%65ts/x".parse().unwrap();
+    drop(log.begin("r-enc", &Method::GET, &uri, &HeaderMap::new()));
+    log.flush();
+    let line = &lines(&path)[0];
+    assert_eq!(line["namespace"], "kube-system");
+    assert_eq!(line["resource"], "secrets");
+    assert_eq!(line["name"], "x");
+    assert_eq!(line["verb"], "get");
+}

@@ -71,6 +71,12 @@ fn watches_follows_and_upgrades_are_long_running() {
     assert!(is_long_running(&req("/api/v1/watch/namespaces/a/pods")));
     assert!(is_long_running(&req("/api/v1/pods?watch=True")));
     assert!(!is_long_running(&req("/api/v1/pods?watch=false&x=watch")));
+    assert!(
+        is_long_running(&req("/api/v1/pods?w%61tch=1")),
+        "decoded as the apiserver does"
+    );
+    assert!(is_long_running(&req("/api/v1/namespaces/a/pods/b/log?follow=yes")));
+    assert!(is_long_running(&req("/api/v1/w%61tch/pods")));
     let exec = Request::builder()
         .uri("/x")
         .header("connection", "Upgrade")

@@ -151,6 +151,10 @@ async fn handle(state: &RelayState, req: Request<Incoming>, peer: SocketAddr) ->
     };
     audit.set(|f| f.relay = Some(state.instance.clone()));
     let result = match routed {
+        // A path the apiserver would not decode is refused before anything else looks at it.
+        Ok((_, upstream)) if crate::request_info::request_info(req.method(), &upstream).is_err() => Err(
+            HttpError::bad_request("the request path has a malformed percent-escape or is not UTF-8"),
+        ),
         Ok((cluster, upstream)) => match state.auth_failures.attempt(peer.ip()) {
             Some(attempt) => to_cluster(state, req, cluster, upstream, request_id, &audit, attempt).await,
             None => {
