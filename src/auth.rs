@@ -80,5 +80,5 @@ pub use access::{AccessRule, AccessRules};
 pub use authenticator::Authenticator;
 pub use builtin::{BuiltinIssuer, IssuerError};
 pub use claims::Identity;
-pub use config::IssuerConfig;
+pub use config::{DEFAULT_MAX_TOKEN_LIFETIME, IssuerConfig};
 pub use error::{AuthError, ConfigError, bearer_token};

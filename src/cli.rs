@@ -84,7 +84,7 @@ pub enum TokenCommand {
         /// A group of the subject; repeat for several.
         #[arg(long = "group")]
         groups: Vec<String>,
-        /// Lifetime such as 30m, 1h or 7d.
+        /// Lifetime such as 30m or 1h; at most the issuer's max_token_lifetime (24h unless configured).
         #[arg(long, default_value = "1h")]
         ttl: String,
     },

@@ -45,17 +45,12 @@ fn token_command(args: TokenArgs) -> Result<()> {
             groups,
             ttl,
         }) => {
-            let ttl = token::parse_ttl(&ttl).map_err(anyhow::Error::msg)?;
+            let ttl = config::parse_duration(&ttl).map_err(anyhow::Error::msg)?;
             let config: RelayConfig = config::load(&config)?;
             let Some(issuer) = &config.issuer else {
                 bail!("the relay configuration has no [issuer]; its tokens come from an external issuer");
             };
-            let builtin = crate::auth::BuiltinIssuer::load_or_generate(
-                &issuer.signing_key_file,
-                issuer.issuer.clone(),
-                issuer.audience.clone(),
-                issuer.generate,
-            )?;
+            let builtin = issuer.load()?;
             println!("{}", builtin.issue(&subject, &groups, ttl)?);
         }
     }

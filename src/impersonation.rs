@@ -54,9 +54,10 @@
 //! - **Smuggle with control bytes.** Caller header values containing CR, LF or NUL are refused
 //!   (defence in depth: `http`'s checked constructors already refuse them, only `unsafe` code
 //!   could build such a value; obs-text in other caller headers passes through untouched).
-//!   Identity values (user, uid, groups, extra values) must be printable ASCII or tab, with no
-//!   leading or trailing whitespace (HTTP parsers trim it, which would change the identity the
+//!   Identity values (user, uid, groups, extra values) may hold no control character but tab and
+//!   no leading or trailing whitespace (HTTP parsers trim it, which would change the identity the
 //!   apiserver sees, e.g. `" system:masters"`); anything else is refused rather than re-encoded.
+//!   Non-ASCII letters travel as UTF-8 bytes, which the apiserver reads back unchanged.
 //! - **Alias extra keys.** The apiserver lower-cases an `Impersonate-Extra-` suffix and then
 //!   percent-decodes it; client-go percent-encodes every byte that is not an RFC 7230 token byte,
 //!   and `%` itself. [`encode_extra_key`] does the same with upper-case hex and refuses keys with
@@ -436,19 +437,21 @@ fn line_breaking_byte(bytes: &[u8]) -> Option<BadByte> {
     })
 }
 
-/// Classifies a byte of an identity value: printable ASCII, space and tab pass.
-fn identity_byte_problem(b: u8) -> Option<BadByte> {
-    match b {
-        b'\r' => Some(BadByte::Cr),
-        b'\n' => Some(BadByte::Lf),
-        0 => Some(BadByte::Nul),
-        b'\t' | 0x20..=0x7e => None,
-        0x80..=0xff => Some(BadByte::NonAscii),
-        _ => Some(BadByte::Control),
+/// Classifies a character of an identity value: anything but a control character (tab aside) passes.
+fn identity_char_problem(c: char) -> Option<BadByte> {
+    match c {
+        '\r' => Some(BadByte::Cr),
+        '\n' => Some(BadByte::Lf),
+        '\0' => Some(BadByte::Nul),
+        '\t' => None,
+        c if c.is_control() => Some(BadByte::Control),
+        _ => None,
     }
 }
 
-/// Validates an identity value and turns it into a header value that the apiserver reads back unchanged.
+/// Validates an identity value and turns it into a header value that the apiserver reads back
+/// unchanged. Non-ASCII names travel as their UTF-8 bytes (obs-text, which Go's HTTP servers
+/// keep as they are), so `jürgen` reaches RBAC as `jürgen`.
 fn identity_value(s: &str, field: IdentityField, allow_empty: bool) -> Result<HeaderValue, ImpersonationError> {
     if s.is_empty() {
         if allow_empty {
@@ -457,16 +460,15 @@ fn identity_value(s: &str, field: IdentityField, allow_empty: bool) -> Result<He
         return Err(ImpersonationError::EmptyIdentityValue { field });
     }
     if let Some((index, byte)) = s
-        .bytes()
-        .enumerate()
-        .find_map(|(i, b)| identity_byte_problem(b).map(|p| (i, p)))
+        .char_indices()
+        .find_map(|(i, c)| identity_char_problem(c).map(|p| (i, p)))
     {
         return Err(ImpersonationError::IdentityByte { field, index, byte });
     }
     if s.trim_ascii() != s {
         return Err(ImpersonationError::SurroundingWhitespace { field });
     }
-    HeaderValue::from_str(s).map_err(|_| ImpersonationError::IdentityByte {
+    HeaderValue::from_bytes(s.as_bytes()).map_err(|_| ImpersonationError::IdentityByte {
         field,
         index: 0,
         byte: BadByte::Control,

@@ -87,10 +87,7 @@ impl Relay {
             info!(cert = %config.tls.cert_file.display(), "generated a self-signed serving certificate");
         }
         let issuer = match &config.issuer {
-            Some(c) => Some(
-                BuiltinIssuer::load_or_generate(&c.signing_key_file, c.issuer.clone(), c.audience.clone(), c.generate)
-                    .map_err(|e| RelayError::Issuer(e.to_string()))?,
-            ),
+            Some(c) => Some(c.load().map_err(|e| RelayError::Issuer(e.to_string()))?),
             None => None,
         };
         let mut issuers = config.issuers.clone();

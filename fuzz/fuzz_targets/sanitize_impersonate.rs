@@ -296,13 +296,13 @@ fn check_sanitize(original: &HeaderMap) -> Option<(HeaderMap, Option<HeaderValue
     }
 }
 
-/// Whether `s` may be an identity value: tab or printable ASCII only, no surrounding whitespace.
+/// Whether `s` may be an identity value: no control character but tab, no surrounding whitespace.
 fn valid_identity_value(s: &str, allow_empty: bool) -> bool {
     if s.is_empty() {
         return allow_empty;
     }
     let bytes = s.as_bytes();
-    bytes.iter().all(|&b| b == b'\t' || (0x20..=0x7e).contains(&b))
+    s.chars().all(|c| c == '\t' || !c.is_control())
         && !b" \t".contains(&bytes[0])
         && !b" \t".contains(&bytes[bytes.len() - 1])
 }

@@ -32,6 +32,8 @@ pub struct Authenticator {
 struct Issuer {
     config: IssuerConfig,
     algorithms: Vec<Algorithm>,
+    /// `max_token_lifetime` in seconds.
+    max_lifetime: u64,
     keys: KeySource,
 }
 
@@ -87,13 +89,16 @@ impl Authenticator {
                 return Err(ConfigError::DuplicateIssuer(config.issuer));
             }
             let algorithms = config.parsed_algorithms()?;
+            let max_lifetime = config.max_lifetime_secs()?;
             let keys = load_keys(&config, &clock, &policy)?;
             issuers.push(Issuer {
                 config,
                 algorithms,
+                max_lifetime,
                 keys,
             });
         }
+        refuse_overlapping_names(&issuers)?;
         Ok(Self {
             issuers,
             by_name,
@@ -117,7 +122,7 @@ impl Authenticator {
             return Err(AuthError::AlgorithmNotAllowed);
         }
         let (claims, generation) = issuer.verify(token, &unverified, alg).await?;
-        check_registered(&claims, &issuer.config, self.clock.unix_seconds())?;
+        check_registered(&claims, &issuer.config, self.clock.unix_seconds(), issuer.max_lifetime)?;
         let identity = identity_from(&claims, &issuer.config)?;
         // check_registered proved exp is there and a number.
         if let Some(exp) = claims.get("exp").and_then(Value::as_f64) {
@@ -130,6 +135,31 @@ impl Authenticator {
         }
         Ok(identity)
     }
+}
+
+/// With several issuers, each must map to names no other can produce: issuer A's names are
+/// `A-prefix + claim`, so A and B collide whenever one prefix is a prefix of the other (two empty
+/// prefixes included). Kubernetes' structured authentication warns of the same.
+fn refuse_overlapping_names(issuers: &[Issuer]) -> Result<(), ConfigError> {
+    for (i, a) in issuers.iter().enumerate() {
+        for b in &issuers[i + 1..] {
+            let (a, b) = (&a.config, &b.config);
+            let overlap = |x: &str, y: &str| x.starts_with(y) || y.starts_with(x);
+            for (what, x, y) in [
+                ("username", &a.username_prefix, &b.username_prefix),
+                ("groups", &a.groups_prefix, &b.groups_prefix),
+            ] {
+                if overlap(x, y) {
+                    return Err(ConfigError::OverlappingNames {
+                        first: a.issuer.clone(),
+                        second: b.issuer.clone(),
+                        what,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn load_keys(config: &IssuerConfig, clock: &Arc<dyn Clock>, policy: &RefetchPolicy) -> Result<KeySource, ConfigError> {

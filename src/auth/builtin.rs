@@ -36,9 +36,11 @@ pub enum IssuerError {
     /// The subject, a group, the issuer or the audience is empty or holds control characters.
     #[error("{0} is empty or contains control characters")]
     InvalidClaim(&'static str),
-    /// The lifetime is zero or too large.
-    #[error("token lifetime must be between 1 s and 1 year")]
-    InvalidTtl,
+    /// The lifetime is zero or longer than the issuer's `max_token_lifetime`.
+    #[error(
+        "token lifetime must be between 1 s and the issuer's max_token_lifetime ({0}); raise it in [issuer] for longer tokens"
+    )]
+    InvalidTtl(String),
     /// Signing failed.
     #[error("signing the token: {0}")]
     Sign(String),
@@ -48,6 +50,9 @@ pub enum IssuerError {
 pub struct BuiltinIssuer {
     issuer: String,
     audience: String,
+    username_prefix: String,
+    groups_prefix: String,
+    max_lifetime: Duration,
     key: EncodingKey,
     kid: String,
     x: String,
@@ -76,9 +81,6 @@ struct Claims<'a> {
     exp: u64,
     jti: String,
 }
-
-/// Longest lifetime `issue` accepts.
-const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl BuiltinIssuer {
     /// Load the PKCS#8 PEM P-256 key at `key_file`, or create it (mode 0600) if missing and `generate`.
@@ -130,11 +132,27 @@ impl BuiltinIssuer {
         Ok(Self {
             issuer,
             audience,
+            username_prefix: String::new(),
+            groups_prefix: String::new(),
+            max_lifetime: Duration::from_secs(24 * 3600),
             key: EncodingKey::from_ec_der(&pair.serialize_der()),
             kid: URL_SAFE_NO_PAD.encode(&digest[..16]),
             x: URL_SAFE_NO_PAD.encode(&point[1..33]),
             y: URL_SAFE_NO_PAD.encode(&point[33..65]),
         })
+    }
+
+    /// The same issuer with these prefixes for the names its tokens carry (see [`IssuerConfig`]).
+    pub fn with_naming(mut self, username_prefix: &str, groups_prefix: &str) -> Self {
+        self.username_prefix = username_prefix.to_owned();
+        self.groups_prefix = groups_prefix.to_owned();
+        self
+    }
+
+    /// The same issuer, issuing and accepting tokens that live at most `max`.
+    pub fn with_max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = max;
+        self
     }
 
     /// Issue an ES256 token for `subject` and `groups`, valid for `ttl` from now.
@@ -145,8 +163,8 @@ impl BuiltinIssuer {
         if groups.iter().any(|g| g.is_empty() || g.chars().any(char::is_control)) {
             return Err(IssuerError::InvalidClaim("group"));
         }
-        if ttl.as_secs() == 0 || ttl > MAX_TTL {
-            return Err(IssuerError::InvalidTtl);
+        if ttl.as_secs() == 0 || ttl > self.max_lifetime {
+            return Err(IssuerError::InvalidTtl(format!("{}s", self.max_lifetime.as_secs())));
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -180,6 +198,9 @@ impl BuiltinIssuer {
         let mut config = IssuerConfig::new(self.issuer.clone(), vec![self.audience.clone()]);
         config.algorithms = vec!["ES256".to_owned()];
         config.inline_jwks = Some(self.jwks().to_string());
+        config.username_prefix.clone_from(&self.username_prefix);
+        config.groups_prefix.clone_from(&self.groups_prefix);
+        config.max_token_lifetime = format!("{}s", self.max_lifetime.as_secs());
         config
     }
 
@@ -332,7 +353,16 @@ mod tests {
         ));
         assert!(matches!(
             issuer.issue("a", &[], Duration::from_millis(500)),
-            Err(IssuerError::InvalidTtl)
+            Err(IssuerError::InvalidTtl(_))
         ));
+        assert!(
+            matches!(
+                issuer.issue("a", &[], Duration::from_secs(24 * 3600 + 1)),
+                Err(IssuerError::InvalidTtl(_))
+            ),
+            "a day by default"
+        );
+        let long = issuer.with_max_lifetime(Duration::from_secs(7 * 86_400));
+        assert!(long.issue("a", &[], Duration::from_secs(7 * 86_400)).is_ok());
     }
 }

@@ -23,8 +23,14 @@ pub struct Identity {
     pub extra: BTreeMap<String, Vec<String>>,
 }
 
-/// Check `iss`, `aud`, `exp` and `nbf` of signature-verified claims at `now` (Unix seconds).
-pub(crate) fn check_registered(claims: &Map<String, Value>, config: &IssuerConfig, now: u64) -> Result<(), AuthError> {
+/// Check `iss`, `aud`, `exp`, `nbf` and `iat` of signature-verified claims at `now` (Unix
+/// seconds), and that the token lives no longer than `max_lifetime` seconds.
+pub(crate) fn check_registered(
+    claims: &Map<String, Value>,
+    config: &IssuerConfig,
+    now: u64,
+    max_lifetime: u64,
+) -> Result<(), AuthError> {
     // A one-element array `iss` would pass a looser check; only the exact string is accepted.
     if claims.get("iss").and_then(Value::as_str) != Some(config.issuer.as_str()) {
         return Err(AuthError::UnknownIssuer);
@@ -41,19 +47,36 @@ pub(crate) fn check_registered(claims: &Map<String, Value>, config: &IssuerConfi
         return Err(AuthError::WrongAudience);
     }
     let now = now as f64;
+    let leeway = NBF_LEEWAY_SECS as f64;
     // RFC 7519: the current time must be before `exp`; no leeway.
-    match claims.get("exp").and_then(Value::as_f64) {
-        Some(exp) if now < exp => {}
+    let exp = match claims.get("exp").and_then(Value::as_f64) {
+        Some(exp) if now < exp => exp,
         Some(_) => return Err(AuthError::Expired),
         None => return Err(AuthError::ClaimRejected("exp must be present and numeric".to_owned())),
+    };
+    let time = |name: &str| match claims.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| AuthError::ClaimRejected(format!("{name} must be numeric"))),
+    };
+    if let Some(nbf) = time("nbf")?
+        && nbf > now + leeway
+    {
+        return Err(AuthError::NotYetValid);
     }
-    match claims.get("nbf") {
-        None => {}
-        Some(nbf) => match nbf.as_f64() {
-            Some(nbf) if nbf <= now + NBF_LEEWAY_SECS as f64 => {}
-            Some(_) => return Err(AuthError::NotYetValid),
-            None => return Err(AuthError::ClaimRejected("nbf must be numeric".to_owned())),
-        },
+    let iat = time("iat")?;
+    if iat.is_some_and(|iat| iat > now + leeway) {
+        return Err(AuthError::ClaimRejected("iat is in the future".to_owned()));
+    }
+    // Without `iat`, a token may not be valid for longer than the limit from now on.
+    let start = iat.unwrap_or(now);
+    if exp - start > max_lifetime as f64 {
+        return Err(AuthError::ClaimRejected(format!(
+            "the token lives longer than this issuer's max_token_lifetime ({})",
+            config.max_token_lifetime
+        )));
     }
     Ok(())
 }
@@ -176,7 +199,7 @@ mod tests {
         let ok = |extra: Value| {
             let mut claims = map(json!({"iss": "https://idp", "aud": "hawser", "exp": now + 10}));
             claims.extend(map(extra));
-            check_registered(&claims, &c, now)
+            check_registered(&claims, &c, now, 86_400)
         };
         assert_eq!(ok(json!({})), Ok(()));
         assert_eq!(ok(json!({"aud": ["x", "hawser"]})), Ok(()));
@@ -190,6 +213,32 @@ mod tests {
         assert_eq!(ok(json!({"aud": [1, "x"]})), Err(AuthError::WrongAudience));
         assert_eq!(ok(json!({"iss": ["https://idp"]})), Err(AuthError::UnknownIssuer));
         assert_eq!(ok(json!({"iss": "https://idp/"})), Err(AuthError::UnknownIssuer));
+        assert_eq!(ok(json!({"iat": now - 100})), Ok(()));
+        assert!(matches!(ok(json!({"iat": now + 31})), Err(AuthError::ClaimRejected(_))));
+        assert!(matches!(ok(json!({"iat": "then"})), Err(AuthError::ClaimRejected(_))));
+    }
+
+    #[test]
+    fn lifetime_is_bounded_with_or_without_iat() {
+        let c = config();
+        let now = 1_000_000;
+        let day = 86_400;
+        let check = |claims: Value| check_registered(&map(claims), &c, now, day);
+        let base = |exp: u64| json!({"iss": "https://idp", "aud": "hawser", "exp": exp});
+        let ten_years = now + 10 * 365 * day;
+        let too_long = |r: Result<(), AuthError>| matches!(r, Err(AuthError::ClaimRejected(m)) if m.contains("max_token_lifetime"));
+        // The finding: a ten-year token was accepted.
+        let mut claims = base(ten_years);
+        claims["iat"] = json!(now);
+        assert!(too_long(check(claims)));
+        assert!(too_long(check(base(ten_years))), "without iat, counted from now");
+        let mut claims = base(now + 3600);
+        claims["iat"] = json!(now - 2 * day);
+        assert!(too_long(check(claims)), "issued two days ago for two days and an hour");
+        let mut claims = base(now + day);
+        claims["iat"] = json!(now);
+        assert_eq!(check(claims), Ok(()), "exactly the limit");
+        assert_eq!(check(base(now + day)), Ok(()));
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct IssuerConfig {
     /// Accept `system:` users and groups from this issuer (off by default).
     #[serde(default)]
     pub allow_system_names: bool,
+    /// Longest lifetime a token may have (`exp` minus `iat`, or minus now without `iat`), such
+    /// as `1h` or `7d`; a longer-lived token is refused even before it expires.
+    #[serde(default = "default_max_token_lifetime")]
+    pub max_token_lifetime: String,
     /// In-memory JWKS, used by the relay's own issuer; never read from a config file.
     #[serde(skip)]
     pub(crate) inline_jwks: Option<String>,
@@ -66,6 +70,13 @@ fn default_algorithms() -> Vec<String> {
     .into_iter()
     .map(String::from)
     .collect()
+}
+
+/// The default `max_token_lifetime`: a day, so a leaked token dies within one.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: &str = "24h";
+
+fn default_max_token_lifetime() -> String {
+    DEFAULT_MAX_TOKEN_LIFETIME.to_owned()
 }
 
 fn default_username_claim() -> String {
@@ -94,6 +105,7 @@ impl IssuerConfig {
             uid_claim: None,
             extra_claims: BTreeMap::new(),
             allow_system_names: false,
+            max_token_lifetime: default_max_token_lifetime(),
             inline_jwks: None,
         }
     }
@@ -119,6 +131,7 @@ impl IssuerConfig {
         }
         self.validate_key_source()?;
         self.parsed_algorithms()?;
+        self.max_lifetime_secs()?;
         for (name, claim) in [
             ("username_claim", &self.username_claim),
             ("groups_claim", &self.groups_claim),
@@ -207,6 +220,17 @@ impl IssuerConfig {
             )),
             _ => Err(url_error("must be an https URL")),
         }
+    }
+
+    /// `max_token_lifetime` in seconds.
+    pub(crate) fn max_lifetime_secs(&self) -> Result<u64, ConfigError> {
+        crate::config::parse_duration(&self.max_token_lifetime)
+            .map(|d| d.as_secs())
+            .map_err(|_| ConfigError::InvalidField {
+                issuer: self.issuer.clone(),
+                field: "max_token_lifetime",
+                problem: "is not a duration such as 1h or 7d",
+            })
     }
 
     /// The allow-list as `jsonwebtoken` algorithms, refusing `none`, HMAC and unknown names.

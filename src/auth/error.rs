@@ -145,6 +145,20 @@ pub enum ConfigError {
         /// What is wrong with them.
         reason: String,
     },
+    /// Two issuers could map tokens to the same username or group (their prefixes overlap).
+    #[error(
+        "issuers {first:?} and {second:?} can both produce the same {what}: give each a {what}_prefix \
+         that is not a prefix of the other's (such as \"a:\" and \"b:\"), or the users of one get the \
+         RBAC bindings of the other's"
+    )]
+    OverlappingNames {
+        /// One issuer.
+        first: String,
+        /// The other.
+        second: String,
+        /// `username` or `groups`.
+        what: &'static str,
+    },
     /// An access rule is empty or holds an empty pattern.
     #[error("access rule {index}: {problem}")]
     AccessRule {

@@ -300,8 +300,11 @@ async fn issuer_picks_its_own_keys() {
     let (a, b) = (EcKey::new("a"), EcKey::new("b"));
     let dir = tempfile::tempdir().expect("tempdir");
     let config_a = jwks_config(&dir, json!({"keys": [a.jwk()]}));
+    let mut config_a = config_a;
+    (config_a.username_prefix, config_a.groups_prefix) = ("a:".into(), "a:".into());
     let mut config_b = IssuerConfig::new("https://b.example", vec![AUD.to_owned()]);
     config_b.jwks_file = Some(write_file(&dir, "b.json", &json!({"keys": [b.jwk()]}).to_string()));
+    (config_b.username_prefix, config_b.groups_prefix) = ("b:".into(), "b:".into());
     let auth = Authenticator::new(vec![config_a, config_b]).expect("config");
     let from_b = b.sign(&with(claims("x"), json!({"iss": "https://b.example"})));
     assert!(auth.authenticate(&from_b).await.is_ok());
@@ -311,6 +314,49 @@ async fn issuer_picks_its_own_keys() {
         Err(AuthError::BadSignature)
     );
     assert!(!format!("{auth:?}").contains(&b.jwk()["x"].as_str().expect("x").to_owned()));
+}
+
+#[test]
+fn two_issuers_that_could_name_the_same_user_or_group_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = EcKey::new("k");
+    let a = jwks_config(&dir, json!({"keys": [key.jwk()]}));
+    let mut b = a.clone();
+    b.issuer = "https://b.example".into();
+    let with = |user_a: &str, group_a: &str, user_b: &str, group_b: &str| {
+        let (mut a, mut b) = (a.clone(), b.clone());
+        (a.username_prefix, a.groups_prefix) = (user_a.into(), group_a.into());
+        (b.username_prefix, b.groups_prefix) = (user_b.into(), group_b.into());
+        Authenticator::new(vec![a, b])
+    };
+    // The finding: with empty prefixes b's user `x` is a's user `x`, with a's RBAC bindings.
+    let err = with("", "", "", "").unwrap_err().to_string();
+    assert!(
+        err.contains(&a.issuer) && err.contains("https://b.example") && err.contains("username"),
+        "{err}"
+    );
+    assert!(
+        matches!(
+            with("", "a:", "b:", "b:"),
+            Err(ConfigError::OverlappingNames { what: "username", .. })
+        ),
+        "an empty prefix overlaps every other"
+    );
+    assert!(
+        matches!(
+            with("oidc:", "a:", "oidc:ci:", "b:"),
+            Err(ConfigError::OverlappingNames { what: "username", .. })
+        ),
+        "one prefix extending the other"
+    );
+    assert!(matches!(
+        with("a:", "g:", "b:", "g:"),
+        Err(ConfigError::OverlappingNames { what: "groups", .. })
+    ));
+    assert!(with("a:", "a:", "b:", "b:").is_ok());
+    let mut alone = a.clone();
+    alone.username_prefix.clear();
+    assert!(Authenticator::new(vec![alone]).is_ok(), "one issuer needs no prefix");
 }
 
 #[test]

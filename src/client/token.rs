@@ -2,7 +2,6 @@
 //! plugin kubectl runs to get the caller's token, and `hawser token issue`.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::json;
 
@@ -35,40 +34,9 @@ pub fn exec_credential(token: &str) -> String {
     .to_string()
 }
 
-/// Parses a duration such as `90s`, `30m`, `1h` or `7d`.
-pub fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 30m or 1h"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
-    };
-    if secs == 0 {
-        return Err("the duration must be positive".into());
-    }
-    Ok(Duration::from_secs(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ttl_units() {
-        assert_eq!(parse_ttl("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_ttl("30m").unwrap(), Duration::from_secs(1800));
-        assert_eq!(parse_ttl("1h").unwrap(), Duration::from_secs(3600));
-        assert!(parse_ttl("1").is_err());
-        assert!(parse_ttl("h").is_err());
-        assert!(parse_ttl("0s").is_err());
-        assert!(parse_ttl("5w").is_err());
-    }
 
     #[test]
     fn exec_credential_shape() {

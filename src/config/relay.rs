@@ -144,6 +144,35 @@ pub struct BuiltinIssuerConfig {
     /// Generate the signing key if the file does not exist.
     #[serde(default)]
     pub generate: bool,
+    /// Prefix put before every username from these tokens (needed beside `[[issuers]]`).
+    #[serde(default)]
+    pub username_prefix: String,
+    /// Prefix put before every group from these tokens (needed beside `[[issuers]]`).
+    #[serde(default)]
+    pub groups_prefix: String,
+    /// Longest lifetime of a token from this issuer, such as `1h` or `7d`.
+    #[serde(default = "default_max_token_lifetime")]
+    pub max_token_lifetime: String,
+}
+
+fn default_max_token_lifetime() -> String {
+    crate::auth::DEFAULT_MAX_TOKEN_LIFETIME.to_owned()
+}
+
+impl BuiltinIssuerConfig {
+    /// The issuer this configures: its key loaded (or generated) and its naming rules set.
+    pub fn load(&self) -> Result<crate::auth::BuiltinIssuer, crate::auth::IssuerError> {
+        let lifetime = super::parse_duration(&self.max_token_lifetime)
+            .map_err(|_| crate::auth::IssuerError::InvalidClaim("max_token_lifetime"))?;
+        Ok(crate::auth::BuiltinIssuer::load_or_generate(
+            &self.signing_key_file,
+            self.issuer.clone(),
+            self.audience.clone(),
+            self.generate,
+        )?
+        .with_naming(&self.username_prefix, &self.groups_prefix)
+        .with_max_lifetime(lifetime))
+    }
 }
 
 /// A cluster whose agent may register.
@@ -155,6 +184,10 @@ pub struct ClusterConfig {
     /// Hex SHA-256 of the cluster's agent token (the token itself is never stored).
     pub agent_token_sha256: String,
 }
+
+/// SHA-256 of the demo agent token shipped in `config/agent-token`: public, so it is refused
+/// unless the relay listens on loopback only.
+pub const DEMO_AGENT_TOKEN_SHA256: &str = "42ee490b296f7afc2032ae124a2d77e4dff20b5c20bfe20f00f72968b77a3b7f";
 
 impl Validate for RelayConfig {
     fn resolve_paths(&mut self, base: &Path) {
@@ -176,6 +209,15 @@ impl Validate for RelayConfig {
         if self.issuer.is_none() && self.issuers.is_empty() {
             return Err("no token issuer: configure [issuer] or [[issuers]]".into());
         }
+        if let Some(issuer) = &self.issuer {
+            super::parse_duration(&issuer.max_token_lifetime).map_err(|e| format!("issuer.max_token_lifetime: {e}"))?;
+            if [&issuer.username_prefix, &issuer.groups_prefix]
+                .iter()
+                .any(|p| p.chars().any(char::is_control))
+            {
+                return Err("issuer: username_prefix and groups_prefix cannot hold control characters".into());
+            }
+        }
         for issuer in &self.issuers {
             issuer
                 .validate()
@@ -194,6 +236,16 @@ impl Validate for RelayConfig {
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!(
                     "cluster {}: agent_token_sha256 must be 64 hex digits",
+                    cluster.name
+                ));
+            }
+            let loopback_only =
+                self.listen.ip().is_loopback() && self.agent_listen.is_none_or(|a| a.ip().is_loopback());
+            if hex.eq_ignore_ascii_case(DEMO_AGENT_TOKEN_SHA256) && !loopback_only {
+                return Err(format!(
+                    "cluster {}: agent_token_sha256 is the demo token's, which is public (config/agent-token); \
+                     it is accepted only while the relay listens on loopback. Make a token of your own: \
+                     head -c 32 /dev/urandom | base64 > agent-token; tr -d '\\n' < agent-token | sha256sum",
                     cluster.name
                 ));
             }

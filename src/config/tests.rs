@@ -169,3 +169,36 @@ fn secrets_are_masked() {
     assert_eq!(format!("{secret:?}"), "<redacted>");
     assert_eq!(secret.expose(), "hunter2");
 }
+
+#[test]
+fn durations_have_units() {
+    use std::time::Duration;
+    assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+    assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+    assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+    assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+    for bad in ["1", "h", "0s", "5w", "-1h", "99999999999999999999d"] {
+        assert!(parse_duration(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn the_public_demo_agent_token_is_refused_off_loopback() {
+    let demo = format!("\n[[clusters]]\nname = \"local\"\nagent_token_sha256 = \"{DEMO_AGENT_TOKEN_SHA256}\"\n");
+    assert!(parse_relay(&format!("{MINIMAL}{demo}")).is_ok(), "fine on loopback");
+    let exposed = MINIMAL.replace("127.0.0.1:0", "0.0.0.0:8443");
+    let err = parse_relay(&format!("{exposed}{demo}")).unwrap_err().to_string();
+    assert!(err.contains("demo token") && err.contains("cluster local"), "{err}");
+    let agents_exposed = MINIMAL.replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nagent_listen = \"[::]:8443\"",
+    );
+    assert!(parse_relay(&format!("{agents_exposed}{demo}")).is_err());
+    let upper = demo.replace(DEMO_AGENT_TOKEN_SHA256, &DEMO_AGENT_TOKEN_SHA256.to_uppercase());
+    assert!(
+        parse_relay(&format!("{exposed}{upper}")).is_err(),
+        "hex case does not matter"
+    );
+    let own = demo.replace(DEMO_AGENT_TOKEN_SHA256, &"b".repeat(64));
+    assert!(parse_relay(&format!("{exposed}{own}")).is_ok());
+}

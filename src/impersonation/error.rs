@@ -16,8 +16,6 @@ pub enum BadByte {
     Nul,
     /// Any other control character (C0 other than tab, DEL, or C1).
     Control,
-    /// A byte outside ASCII.
-    NonAscii,
 }
 
 impl fmt::Display for BadByte {
@@ -27,7 +25,6 @@ impl fmt::Display for BadByte {
             BadByte::Lf => "a line feed (LF)",
             BadByte::Nul => "a NUL byte",
             BadByte::Control => "a control character",
-            BadByte::NonAscii => "a non-ASCII byte",
         })
     }
 }

@@ -57,7 +57,7 @@ fn other_control_characters_in_identity_are_refused() {
             ImpersonationError::IdentityByte {
                 field: IdentityField::User,
                 index: 1,
-                byte: BadByte::Control | BadByte::NonAscii
+                byte: BadByte::Control
             }
         ));
     }
@@ -67,17 +67,19 @@ fn other_control_characters_in_identity_are_refused() {
 }
 
 #[test]
-fn non_ascii_user_is_refused() {
+fn non_ascii_names_travel_as_utf8() {
     let mut id = identity();
-    id.user = "j\u{f6}rg".to_owned();
-    assert_eq!(
-        expect_identity_error(&id),
-        ImpersonationError::IdentityByte {
-            field: IdentityField::User,
-            index: 1,
-            byte: BadByte::NonAscii
-        }
-    );
+    id.user = "j\u{fc}rgen".to_owned();
+    id.groups = vec!["d\u{e9}v".to_owned()];
+    let headers = impersonation_headers(&id).expect("carried, not refused");
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_bytes().to_vec())
+    };
+    assert_eq!(value("impersonate-user").unwrap(), "j\u{fc}rgen".as_bytes());
+    assert_eq!(value("impersonate-group").unwrap(), "d\u{e9}v".as_bytes());
 }
 
 #[test]
