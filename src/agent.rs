@@ -63,6 +63,8 @@ enum SessionError {
 /// What every stream handler shares.
 pub(crate) struct AgentState {
     auth: Authenticator,
+    /// Relay assertions (`true`) or callers' own tokens.
+    takes_assertions: bool,
     apiserver: apiserver::Apiserver,
     mode: crate::config::AccessMode,
     reviewer: passthrough::TokenReviewer,
@@ -85,7 +87,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             message: "empty".into(),
         });
     }
-    let auth = Authenticator::new(config.issuers.clone()).map_err(|e| AgentError::Auth(e.to_string()))?;
+    let auth = Authenticator::new(config.caller_issuers()).map_err(|e| AgentError::Auth(e.to_string()))?;
     let apiserver = apiserver::Apiserver::from_config(&config.apiserver)?;
     let uids = config.issuers.iter().any(|i| i.uid_claim.is_some());
     let extra_keys: Vec<String> = config
@@ -118,6 +120,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let trust = tls::RelayTrust::load(config.relay.ca_file.as_deref(), &config.relay.pinned_key_sha256)?;
     let state = Arc::new(AgentState {
         auth,
+        takes_assertions: config.assertions.is_some(),
         apiserver,
         mode: config.mode,
         reviewer: passthrough::TokenReviewer::new(&config.passthrough),
@@ -134,6 +137,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         cluster: config.cluster.clone(),
         token: token.expose().to_owned(),
         instance: config.instance.clone(),
+        accepts: config.accepts(),
     };
     let mut backoff = backoff::Backoff::new(config.reconnect.clone());
     // The live endpoint, so shutdown can close the tunnel instead of leaving

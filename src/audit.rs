@@ -194,7 +194,7 @@ impl AuditLog {
         }))
     }
 
-    fn write(&self, line: &Record<'_>) {
+    fn write<T: Serialize>(&self, line: &T) {
         let Sink::Writer(queue) = &self.sink else {
             return;
         };
@@ -461,5 +461,8 @@ fn rfc3339(time: SystemTime) -> String {
     )
 }
 
+mod event;
 #[cfg(test)]
 mod tests;
+
+pub use event::AgentEvent;

@@ -58,6 +58,7 @@
 //! the agent impersonates the identity produced here).
 
 mod access;
+pub mod assertion;
 mod authenticator;
 mod builtin;
 mod claims;
@@ -66,6 +67,7 @@ mod config;
 mod error;
 mod keys;
 mod remote;
+mod signing;
 pub mod token;
 mod verified;
 
@@ -79,6 +81,12 @@ mod tests;
 pub use access::{AccessRule, AccessRules};
 pub use authenticator::Authenticator;
 pub use builtin::{BuiltinIssuer, IssuerError};
-pub use claims::Identity;
+pub use claims::{Caller, Identity};
 pub use config::{DEFAULT_MAX_TOKEN_LIFETIME, IssuerConfig};
 pub use error::{AuthError, ConfigError, bearer_token};
+pub use signing::SigningKey;
+
+/// The SHA-256 of a token: what caches remember it by (never the token).
+pub fn token_digest(token: &str) -> [u8; 32] {
+    verified::digest(token)
+}

@@ -13,9 +13,9 @@ use crate::config::{self, AgentConfig, RelayConfig, Secret};
 /// Runs one subcommand to completion.
 pub async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Relay { config } => {
-            let config: RelayConfig = config::load(&config)?;
-            let relay = crate::relay::Relay::bind(config).await?;
+        Command::Relay { config: path } => {
+            let config: RelayConfig = config::load(&path)?;
+            let relay = crate::relay::Relay::bind(config).await?.reload_from(path);
             relay.run().await;
             Ok(())
         }

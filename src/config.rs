@@ -8,10 +8,12 @@ mod relay;
 
 use std::path::{Path, PathBuf};
 
-pub use agent::{AccessMode, AgentConfig, ApiserverConfig, PassthroughConfig, ReconnectConfig, RelayEndpoint};
+pub use agent::{
+    AccessMode, AgentAssertions, AgentConfig, ApiserverConfig, PassthroughConfig, ReconnectConfig, RelayEndpoint,
+};
 pub use relay::{
-    BuiltinIssuerConfig, ClusterConfig, DEMO_AGENT_TOKEN_SHA256, LimitsConfig, RelayConfig, TlsConfig,
-    valid_cluster_name,
+    AssertionsConfig, BuiltinIssuerConfig, ClusterConfig, DEMO_AGENT_TOKEN_SHA256, Digests, LimitsConfig, RelayConfig,
+    TlsConfig, valid_cluster_name, valid_instance_name,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;

@@ -4,11 +4,21 @@
 //!   sends a [`Hello`]; the relay answers with a [`Welcome`] or closes the
 //!   connection.
 //! - Every other stream is opened by the relay and carries one HTTP/1.1
-//!   exchange, preceded by a [`StreamHeader`].
+//!   exchange, preceded by a [`StreamHeader`] that holds the caller's
+//!   [`Credential`] for this cluster (never the caller's own token unless that
+//!   token is bound to this cluster).
 //!
 //! Each message is a frame: 4 magic bytes, a version byte, a big-endian u16
 //! length, then that many bytes of JSON. Frames are small and bounded, so a
-//! hostile peer cannot make the reader allocate more than [`MAX_FRAME`].
+//! hostile peer cannot make the reader allocate more than [`MAX_FRAME`] (and
+//! an agent that has not yet proved its cluster no more than [`MAX_HELLO`]).
+//!
+//! # Versions
+//!
+//! [`VERSION`] 2 carries the credential in the stream header (1 forwarded the
+//! caller's token in the HTTP request). Relay and agent must speak the same
+//! version; a hello of another version is refused with a close reason that
+//! names both, so the agent's log says which side to upgrade.
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -17,10 +27,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const ALPN: &[u8] = b"hawser/1";
 /// Magic bytes that open every frame.
 const MAGIC: &[u8; 4] = b"HWSR";
-/// The only wire version so far.
-const VERSION: u8 = 1;
-/// Largest JSON payload a frame may carry.
-pub const MAX_FRAME: usize = 16 * 1024;
+/// The wire version this build speaks.
+pub const VERSION: u8 = 2;
+/// Largest JSON payload a frame may carry (a stream header holds a token of up to 16 KiB).
+pub const MAX_FRAME: usize = 24 * 1024;
+/// Largest hello: read before the agent has proved anything, so kept small.
+pub const MAX_HELLO: usize = 2 * 1024;
+
+/// Response header by which an agent tells the relay that it refused the caller's own
+/// credential (a cluster token or a caller token), so the relay can count it against the
+/// caller's failed-authentication budget. The relay removes it before answering the caller.
+pub const AUTH_FAILED_HEADER: &str = "hawser-auth-failed";
 
 /// Errors reading or writing a frame.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +49,7 @@ pub enum ProtoError {
     #[error("not a hawser frame")]
     BadMagic,
     /// A version this build does not speak.
-    #[error("unsupported wire version {0}")]
+    #[error("the peer speaks wire version {0}; this build speaks {VERSION}")]
     UnsupportedVersion(u8),
     /// The payload is larger than allowed.
     #[error("frame of {0} bytes exceeds the limit")]
@@ -42,7 +59,7 @@ pub enum ProtoError {
     Malformed(#[from] serde_json::Error),
 }
 
-/// The agent's first message: which cluster it serves, and its proof.
+/// The agent's first message: which cluster it serves, its proof, and how it authenticates callers.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Hello {
@@ -52,6 +69,9 @@ pub struct Hello {
     pub token: String,
     /// Agent instance name, for logs and audit.
     pub instance: String,
+    /// The callers' credential this agent checks; the relay refuses an agent whose
+    /// expectation does not match the relay's configuration for the cluster.
+    pub accepts: Accepts,
 }
 
 impl std::fmt::Debug for Hello {
@@ -60,8 +80,25 @@ impl std::fmt::Debug for Hello {
             .field("cluster", &self.cluster)
             .field("token", &"<redacted>")
             .field("instance", &self.instance)
+            .field("accepts", &self.accepts)
             .finish()
     }
+}
+
+/// What an agent accepts as proof of a caller's identity.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Accepts {
+    /// Assertions the relay signs, bound to this cluster, from this issuer.
+    Assertion {
+        /// The assertions' `iss`.
+        issuer: String,
+    },
+    /// The caller's own token, carrying one of these audiences (the cluster's own).
+    CallerToken {
+        /// Every audience the agent's issuers accept.
+        audiences: Vec<String>,
+    },
 }
 
 /// The relay's answer to an accepted [`Hello`].
@@ -74,12 +111,33 @@ pub struct Welcome {
     pub session: u64,
 }
 
-/// What a relay-opened stream carries.
+/// What a relay-opened stream carries before its HTTP exchange.
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StreamHeader {
     /// Request id, the same in the relay's and the agent's logs.
     pub request_id: String,
+    /// Who the caller is, in the form this cluster's agent accepts.
+    pub credential: Credential,
+}
+
+/// The proof of a caller's identity that rides a stream: never valid at another cluster.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Credential {
+    /// A short-lived assertion the relay signed after validating the caller, bound to the cluster.
+    Assertion(String),
+    /// The caller's own token, whose audience binds it to this cluster alone.
+    CallerToken(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Assertion(_) => "Assertion(<redacted>)",
+            Self::CallerToken(_) => "CallerToken(<redacted>)",
+        })
+    }
 }
 
 /// Writes one frame.
@@ -98,8 +156,16 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T
     Ok(())
 }
 
-/// Reads one frame.
+/// Reads one frame of at most [`MAX_FRAME`] bytes.
 pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> Result<T, ProtoError> {
+    read_frame_limited(r, MAX_FRAME).await
+}
+
+/// Reads one frame whose payload may be at most `max` bytes (never more than [`MAX_FRAME`]).
+pub async fn read_frame_limited<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+) -> Result<T, ProtoError> {
     let mut head = [0u8; 7];
     r.read_exact(&mut head).await?;
     if &head[..4] != MAGIC {
@@ -109,7 +175,7 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) ->
         return Err(ProtoError::UnsupportedVersion(head[4]));
     }
     let len = usize::from(u16::from_be_bytes([head[5], head[6]]));
-    if len > MAX_FRAME {
+    if len > max.min(MAX_FRAME) {
         return Err(ProtoError::TooLarge(len));
     }
     let mut payload = vec![0u8; len];
@@ -125,6 +191,7 @@ mod tests {
     async fn round_trip() {
         let header = StreamHeader {
             request_id: "r-1".into(),
+            credential: Credential::Assertion("a.b.c".into()),
         };
         let mut buf = Vec::new();
         write_frame(&mut buf, &header).await.unwrap();
@@ -134,40 +201,68 @@ mod tests {
 
     #[tokio::test]
     async fn rejects_bad_magic_version_and_size() {
-        let mut bad = b"XXXX\x01\x00\x00".as_slice();
+        let mut bad = b"XXXX\x02\x00\x00".as_slice();
         assert!(matches!(
             read_frame::<_, StreamHeader>(&mut bad).await,
             Err(ProtoError::BadMagic)
         ));
-        let mut v2 = b"HWSR\x02\x00\x00".as_slice();
-        assert!(matches!(
-            read_frame::<_, StreamHeader>(&mut v2).await,
-            Err(ProtoError::UnsupportedVersion(2))
-        ));
-        let mut huge = b"HWSR\x01\xff\xff".as_slice();
+        let mut v1 = b"HWSR\x01\x00\x00".as_slice();
+        let old = read_frame::<_, StreamHeader>(&mut v1).await.unwrap_err();
+        assert!(matches!(old, ProtoError::UnsupportedVersion(1)));
+        assert_eq!(
+            old.to_string(),
+            "the peer speaks wire version 1; this build speaks 2",
+            "a mismatch names both versions"
+        );
+        let mut huge = b"HWSR\x02\xff\xff".as_slice();
         assert!(matches!(
             read_frame::<_, StreamHeader>(&mut huge).await,
             Err(ProtoError::TooLarge(65535))
         ));
-        let mut short = b"HWSR\x01\x00\x10{}".as_slice();
+        let mut short = b"HWSR\x02\x00\x10{}".as_slice();
         assert!(matches!(
             read_frame::<_, StreamHeader>(&mut short).await,
             Err(ProtoError::Io(_))
         ));
-        let mut unknown = b"HWSR\x01\x00\x0b{\"x\":\"y\"}\x00\x00".as_slice();
+        let mut unknown = b"HWSR\x02\x00\x0b{\"x\":\"y\"}\x00\x00".as_slice();
         assert!(matches!(
             read_frame::<_, StreamHeader>(&mut unknown).await,
             Err(ProtoError::Malformed(_))
         ));
     }
 
+    #[tokio::test]
+    async fn a_hello_is_read_with_a_smaller_limit() {
+        let hello = Hello {
+            cluster: "c".into(),
+            token: "t".repeat(MAX_HELLO),
+            instance: "a".into(),
+            accepts: Accepts::Assertion { issuer: "i".into() },
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &hello).await.unwrap();
+        assert!(matches!(
+            read_frame_limited::<_, Hello>(&mut buf.as_slice(), MAX_HELLO).await,
+            Err(ProtoError::TooLarge(_))
+        ));
+        assert_eq!(read_frame::<_, Hello>(&mut buf.as_slice()).await.unwrap(), hello);
+    }
+
     #[test]
-    fn hello_debug_hides_the_token() {
+    fn debug_hides_tokens_and_credentials() {
         let hello = Hello {
             cluster: "c".into(),
             token: "s3cret".into(),
             instance: "a".into(),
+            accepts: Accepts::CallerToken {
+                audiences: vec!["aud".into()],
+            },
         };
         assert!(!format!("{hello:?}").contains("s3cret"));
+        let header = StreamHeader {
+            request_id: "r".into(),
+            credential: Credential::CallerToken("s3cret".into()),
+        };
+        assert!(!format!("{header:?}").contains("s3cret"));
     }
 }

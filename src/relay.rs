@@ -2,19 +2,24 @@
 //! session registry and the routing between them.
 
 mod agents;
+mod clusters;
 mod front;
 mod idle;
+mod keys;
 mod limits;
 mod registry;
+mod reload;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use agents::token_digest_hex;
+pub use clusters::token_digest_hex;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::info;
 
-use crate::auth::{AccessRules, Authenticator, BuiltinIssuer};
+use crate::auth::assertion::AssertionMinter;
+use crate::auth::{AccessRules, Authenticator, BuiltinIssuer, SigningKey};
 use crate::config::RelayConfig;
 use crate::proto::ALPN;
 use crate::{shutdown, tls, tunnel};
@@ -39,6 +44,12 @@ pub enum RelayError {
     /// Token validation set-up.
     #[error("issuers: {0}")]
     Auth(String),
+    /// The assertion key.
+    #[error("assertions: {0}")]
+    Assertions(String),
+    /// Two of the relay's keys are one key.
+    #[error("{0}")]
+    SharedKey(String),
     /// The audit log.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
@@ -58,7 +69,8 @@ pub(crate) struct RelayState {
     auth: Authenticator,
     access: AccessRules,
     issuer: Option<BuiltinIssuer>,
-    tokens: Arc<agents::AgentTokens>,
+    minter: Option<AssertionMinter>,
+    clusters: Arc<clusters::Clusters>,
     registry: Arc<registry::Registry>,
     audit: Arc<crate::audit::AuditLog>,
     limits: crate::config::LimitsConfig,
@@ -72,6 +84,8 @@ pub struct Relay {
     acceptor: TlsAcceptor,
     endpoint: quinn::Endpoint,
     state: Arc<RelayState>,
+    sessions: Arc<agents::Sessions>,
+    config_path: Option<PathBuf>,
 }
 
 impl Relay {
@@ -95,6 +109,15 @@ impl Relay {
             issuers.push(issuer.issuer_config());
         }
         let auth = Authenticator::new(issuers).map_err(|e| RelayError::Auth(e.to_string()))?;
+        let minter = match &config.assertions {
+            Some(a) => {
+                let key = SigningKey::load_or_generate(&a.signing_key_file, a.generate)
+                    .map_err(|e| RelayError::Assertions(e.to_string()))?;
+                Some(AssertionMinter::new(key, a.issuer.clone(), a.lifetime()))
+            }
+            None => None,
+        };
+        keys::check_distinct(&config.tls.cert_file, issuer.as_ref(), minter.as_ref())?;
         let access = AccessRules::new(config.access.clone()).map_err(|e| RelayError::Auth(e.to_string()))?;
 
         let listener = TcpListener::bind(config.listen)
@@ -113,20 +136,30 @@ impl Relay {
         let agent_tls = tls::server_config(&config.tls.cert_file, &config.tls.key_file, &[ALPN])?;
         let endpoint = tunnel::relay_endpoint(agent_addr, agent_tls, &config.tunnel)?;
 
-        let tokens = agents::AgentTokens::new(
-            config
-                .clusters
-                .iter()
-                .map(|c| (c.name.as_str(), c.agent_token_sha256.as_str())),
-        );
+        let clusters = Arc::new(clusters::Clusters::new(clusters::ClusterTable::new(&config.clusters)));
+        let registry = registry::Registry::new();
+        let audit = crate::audit::AuditLog::open(&config.audit, "relay", &config.instance)?;
+        let sessions = Arc::new(agents::Sessions {
+            clusters: clusters.clone(),
+            registry: registry.clone(),
+            relay: config.instance.clone(),
+            assertion_issuer: minter.as_ref().map(|m| m.issuer().to_owned()),
+            proven_receive_window: tunnel::connection_window(&config.tunnel),
+            hello_failures: limits::AuthFailures::new(config.limits.agent_hello_failures_per_minute),
+            unproven: Arc::default(),
+            unproven_per_source: config.limits.agent_unproven_per_source,
+            audit: audit.clone(),
+            refusal_log: agents::RefusalLog::default(),
+        });
         let state = Arc::new(RelayState {
             instance: config.instance.clone(),
             auth,
             access,
             issuer,
-            tokens: Arc::new(tokens),
-            registry: registry::Registry::new(),
-            audit: crate::audit::AuditLog::open(&config.audit, "relay", &config.instance)?,
+            minter,
+            clusters,
+            registry,
+            audit,
             caller_streams: Arc::default(),
             auth_failures: limits::AuthFailures::new(config.limits.auth_failures_per_minute),
             limits: config.limits.clone(),
@@ -136,7 +169,17 @@ impl Relay {
             acceptor: TlsAcceptor::from(Arc::new(front_tls)),
             endpoint,
             state,
+            sessions,
+            config_path: None,
         })
+    }
+
+    /// Re-reads `path` on SIGHUP and applies its `[[clusters]]`: agent tokens added, rotated or
+    /// revoked, a cluster's trust model changed; sessions no longer admitted are closed, every
+    /// other tunnel stays up.
+    pub fn reload_from(mut self, path: PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
     }
 
     /// The caller-facing TCP address.
@@ -156,6 +199,8 @@ impl Relay {
             acceptor,
             endpoint,
             state,
+            sessions,
+            config_path,
         } = self;
         info!(
             front = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -167,19 +212,18 @@ impl Relay {
         let agents = tokio::spawn(agents::serve(
             agents::Listener {
                 endpoint: endpoint.clone(),
-                tokens: state.tokens.clone(),
-                registry: state.registry.clone(),
-                relay: state.instance.clone(),
                 handshakes: Arc::new(tokio::sync::Semaphore::new(agents::MAX_HANDSHAKES)),
                 retry_below_free: agents::MAX_HANDSHAKES - agents::RETRY_ABOVE,
                 stats: listener_stats.clone(),
+                sessions,
             },
             stopping,
         ));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let audit = state.audit.clone();
         tokio::select! {
-            _ = front::serve(listener, acceptor, state, &graceful) => {}
+            _ = front::serve(listener, acceptor, state.clone(), &graceful) => {}
+            _ = reload::on_hangup(config_path, &state) => {}
             _ = shutdown::signal() => {}
         }
         // Drain: no new callers; HTTP/1.1 connections close after their
@@ -201,6 +245,10 @@ impl Relay {
         }
         agents.abort();
         let (retried, ignored, accepted) = listener_stats.snapshot();
-        info!(retried, ignored, accepted, "agent attempts over this relay's life");
+        let throttled = listener_stats.throttled.load(std::sync::atomic::Ordering::Relaxed);
+        info!(
+            retried,
+            ignored, accepted, throttled, "agent attempts over this relay's life"
+        );
     }
 }

@@ -92,4 +92,4 @@ fn must_escape(c: char) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

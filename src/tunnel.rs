@@ -37,20 +37,35 @@ pub enum TunnelError {
     Io(#[from] std::io::Error),
 }
 
+/// The connection-level receive window a relay gives an agent connection until its hello is
+/// accepted: room for one hello frame and QUIC's bookkeeping, so an unproven peer can make the
+/// relay buffer a few KiB at most. The relay then opens it to [`connection_window`].
+pub const UNPROVEN_RECEIVE_WINDOW: u32 = 8 * 1024;
+
+/// The configured connection-level receive window (unset: unlimited).
+pub fn connection_window(config: &TunnelConfig) -> VarInt {
+    config
+        .connection_receive_window
+        .and_then(|w| VarInt::from_u64(w).ok())
+        .unwrap_or(VarInt::MAX)
+}
+
 /// Transport settings. `accept_bidi` is how many streams the peer may open
 /// towards us at once: large on the agent (the relay opens a stream per
-/// request), small on the relay (the agent opens only its control stream).
+/// request), one on the relay (the agent opens only its control stream).
+/// Datagrams are off: the tunnel does not use them, and their receive buffer
+/// would be memory an unproven peer could fill.
 pub fn transport(config: &TunnelConfig, accept_bidi: u32) -> Arc<TransportConfig> {
+    Arc::new(transport_config(config, accept_bidi))
+}
+
+fn transport_config(config: &TunnelConfig, accept_bidi: u32) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(accept_bidi))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .datagram_receive_buffer_size(None)
         .stream_receive_window(VarInt::from_u32(config.stream_receive_window))
-        .receive_window(
-            config
-                .connection_receive_window
-                .and_then(|w| VarInt::from_u64(w).ok())
-                .unwrap_or(VarInt::MAX),
-        )
+        .receive_window(connection_window(config))
         .send_window(config.connection_receive_window.unwrap_or(u64::MAX))
         .keep_alive_interval(Some(Duration::from_secs(config.keep_alive_secs)))
         .max_idle_timeout(Some(
@@ -58,7 +73,7 @@ pub fn transport(config: &TunnelConfig, accept_bidi: u32) -> Arc<TransportConfig
                 .unwrap_or(VarInt::MAX)
                 .into(),
         ));
-    Arc::new(t)
+    t
 }
 
 /// The relay's QUIC listener.
@@ -69,7 +84,9 @@ pub fn relay_endpoint(
 ) -> Result<Endpoint, TunnelError> {
     let quic_tls = QuicServerConfig::try_from(tls).map_err(|e| TunnelError::QuicTls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
-    server.transport_config(transport(config, 2));
+    let mut transport = transport_config(config, 1);
+    transport.receive_window(VarInt::from_u32(UNPROVEN_RECEIVE_WINDOW));
+    server.transport_config(Arc::new(transport));
     let socket = udp_socket(addr, config.udp_buffer_bytes)?;
     Ok(Endpoint::new(
         quinn::EndpointConfig::default(),

@@ -19,7 +19,7 @@ use std::io::ErrorKind;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use hawser::proto::{Hello, MAX_FRAME, ProtoError, StreamHeader, Welcome, read_frame, write_frame};
+use hawser::proto::{Hello, MAX_FRAME, ProtoError, StreamHeader, VERSION, Welcome, read_frame, write_frame};
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -44,7 +44,7 @@ fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(data: &[u8]) -> bo
     let mut rest = data;
     let result = now(read_frame::<_, T>(&mut rest));
 
-    let head_ok = data.len() >= HEAD && &data[..4] == b"HWSR" && data[4] == 1;
+    let head_ok = data.len() >= HEAD && &data[..4] == b"HWSR" && data[4] == VERSION;
     let declared = (data.len() >= HEAD).then(|| usize::from(u16::from_be_bytes([data[5], data[6]])));
     match &result {
         Err(ProtoError::Io(e)) => {
@@ -56,7 +56,7 @@ fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(data: &[u8]) -> bo
         }
         Err(ProtoError::BadMagic) => assert!(data.len() >= HEAD && &data[..4] != b"HWSR"),
         Err(ProtoError::UnsupportedVersion(v)) => {
-            assert!(data.len() >= HEAD && &data[..4] == b"HWSR" && data[4] == *v && *v != 1);
+            assert!(data.len() >= HEAD && &data[..4] == b"HWSR" && data[4] == *v && *v != VERSION);
         }
         Err(ProtoError::TooLarge(n)) => assert!(head_ok && declared == Some(*n) && *n > MAX_FRAME),
         Err(ProtoError::Malformed(_)) | Ok(_) => {

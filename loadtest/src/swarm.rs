@@ -190,6 +190,9 @@ impl Swarm {
                 cluster: cluster(i),
                 token: self.shared.token.clone(),
                 instance: format!("swarm-agent-{i:05}"),
+                accepts: hawser::proto::Accepts::Assertion {
+                    issuer: crate::system::ASSERTION_ISSUER.to_owned(),
+                },
             };
             let task = tokio::spawn(agent(self.endpoints[e].clone(), hello, self.shared.clone()));
             self.agents.push(task);

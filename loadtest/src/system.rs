@@ -22,6 +22,8 @@ use crate::client::Target;
 
 /// `iss` and `aud` of the relay's built-in issuer in this set-up.
 const ISSUER: &str = "https://hawser-loadtest.invalid";
+/// The `iss` of the relay's assertions, which agents (the swarm's too) name in their hello.
+pub const ASSERTION_ISSUER: &str = "https://hawser-loadtest.invalid/assertions";
 const AUDIENCE: &str = "hawser-loadtest";
 /// The caller's username, the only one the access rule admits.
 pub const SUBJECT: &str = "loadtest";
@@ -189,6 +191,11 @@ self_signed_names = ["localhost", "127.0.0.1"]
 issuer = "{ISSUER}"
 audience = "{AUDIENCE}"
 signing_key_file = "issuer.key"
+generate = true
+
+[assertions]
+issuer = "{ASSERTION_ISSUER}"
+signing_key_file = "assertion.key"
 generate = true
 
 [[access]]
@@ -375,10 +382,9 @@ ca_file = "relay.crt"
 [apiserver]
 kubeconfig = "backend.kubeconfig"
 
-[[issuers]]
-issuer = "{ISSUER}"
-audiences = ["{AUDIENCE}"]
-jwks_url = "https://{front}/.well-known/jwks.json"
+[assertions]
+issuer = "{ASSERTION_ISSUER}"
+jwks_url = "https://{front}/.well-known/hawser/assertion-jwks.json"
 jwks_ca_file = "relay.crt"
 
 [reconnect]

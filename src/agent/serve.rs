@@ -27,7 +27,7 @@ use tracing::{Instrument, debug, info_span};
 use super::{AgentState, passthrough};
 use crate::audit::Audit;
 use crate::forward::{self, Body, boxed};
-use crate::proto::{self, StreamHeader};
+use crate::proto::{self, Credential, StreamHeader};
 use crate::status::HttpError;
 use crate::tunnel::Stream;
 
@@ -41,9 +41,13 @@ pub async fn stream(mut stream: Stream, state: Arc<AgentState>, relay: Arc<str>)
         Ok(Err(e)) => return debug!(error = %e, "bad stream header"),
         Err(_) => return debug!("stream header timed out"),
     };
+    if !plain_request_id(&header.request_id) {
+        return debug!("stream header with a malformed request id");
+    }
     let span = info_span!("stream", request.id = %header.request_id);
     let service = service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
+        let credential = header.credential.clone();
         let audit = state
             .audit
             .begin(&header.request_id, req.method(), req.uri(), req.headers());
@@ -53,7 +57,7 @@ pub async fn stream(mut stream: Stream, state: Arc<AgentState>, relay: Arc<str>)
             f.agent = Some(state.instance.clone());
         });
         async move {
-            Ok::<_, Infallible>(handle(&state, req, &audit).await.unwrap_or_else(|e| {
+            Ok::<_, Infallible>(handle(&state, req, &credential, &audit).await.unwrap_or_else(|e| {
                 audit.status(e.code.as_u16());
                 e.into_response()
             }))
@@ -71,10 +75,26 @@ pub async fn stream(mut stream: Stream, state: Arc<AgentState>, relay: Arc<str>)
     }
 }
 
-async fn handle(state: &AgentState, req: Request<Incoming>, audit: &Audit) -> Result<Response<Body>, HttpError> {
+/// Whether a relay-chosen request id is a plain name (it reaches logs and audit lines).
+fn plain_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+async fn handle(
+    state: &AgentState,
+    req: Request<Incoming>,
+    credential: &Credential,
+    audit: &Audit,
+) -> Result<Response<Body>, HttpError> {
     forward::refuse_connect(req.method())?;
     crate::request_info::request_info(req.method(), req.uri()).map_err(|e| HttpError::bad_request(e.to_string()))?;
-    let token = crate::auth::bearer_token(req.headers())?;
+    // Only the credential in the stream header counts; the request's own `Authorization` is the
+    // caller's and is stripped below like every other identity header.
+    let token = match (state.takes_assertions, credential) {
+        (true, Credential::Assertion(token)) | (false, Credential::CallerToken(token)) => token,
+        (true, _) => return Err(HttpError::unauthorized("this agent takes relay assertions only")),
+        (false, _) => return Err(HttpError::unauthorized("this agent takes callers' own tokens only")),
+    };
     let identity = state.auth.authenticate(token).await?;
     audit.set(|f| {
         f.caller = Some(identity.user.clone());

@@ -9,7 +9,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use super::claims::{check_registered, identity_from};
+use super::claims::{Caller, audiences_of, check_registered, identity_from, identity_from_assertion};
 use super::clock::{Clock, SystemClock};
 use super::keys::{KeyError, VerifyKey, keys_from_jwks, keys_from_pem};
 use super::remote::{RefetchPolicy, RemoteKeys};
@@ -109,10 +109,15 @@ impl Authenticator {
 
     /// Validate `token` and return the caller's identity; see the module doc for the rules.
     pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        self.authenticate_caller(token).await.map(|caller| caller.identity)
+    }
+
+    /// Validate `token` and return the caller: identity, issuer, audiences and expiry.
+    pub async fn authenticate_caller(&self, token: &str) -> Result<Caller, AuthError> {
         let key = digest(token);
         let current = |keys: KeysSeen| self.issuers.get(keys.issuer).map(Issuer::generation) == Some(keys.generation);
-        if let Some(identity) = self.verified.get(&key, current, self.clock.as_ref()) {
-            return Ok(identity);
+        if let Some(caller) = self.verified.get(&key, current, self.clock.as_ref()) {
+            return Ok(caller);
         }
         let unverified = peek(token)?;
         let index = *self.by_name.get(&unverified.iss).ok_or(AuthError::UnknownIssuer)?;
@@ -123,17 +128,25 @@ impl Authenticator {
         }
         let (claims, generation) = issuer.verify(token, &unverified, alg).await?;
         check_registered(&claims, &issuer.config, self.clock.unix_seconds(), issuer.max_lifetime)?;
-        let identity = identity_from(&claims, &issuer.config)?;
+        let identity = if issuer.config.assertion {
+            identity_from_assertion(&claims, &issuer.config)?
+        } else {
+            identity_from(&claims, &issuer.config)?
+        };
         // check_registered proved exp is there and a number.
-        if let Some(exp) = claims.get("exp").and_then(Value::as_f64) {
-            let keys = KeysSeen {
-                issuer: index,
-                generation,
-            };
-            self.verified
-                .insert(key, &identity, keys, exp as u64, self.clock.as_ref());
-        }
-        Ok(identity)
+        let expires_at = claims.get("exp").and_then(Value::as_f64).unwrap_or_default() as u64;
+        let caller = Caller {
+            identity,
+            issuer: issuer.config.issuer.clone(),
+            audiences: audiences_of(&claims),
+            expires_at,
+        };
+        let keys = KeysSeen {
+            issuer: index,
+            generation,
+        };
+        self.verified.insert(key, &caller, keys, self.clock.as_ref());
+        Ok(caller)
     }
 }
 

@@ -1,26 +1,23 @@
 //! The relay's own token issuer: an ES256 key on disk, tokens, and its public JWKS.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::IssuerConfig;
+use super::signing::SigningKey;
 
-/// Why the built-in issuer could not load its key or issue a token.
+/// Why a signing key could not be loaded or a token issued.
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
     /// The key file does not exist and generating one was not allowed.
-    #[error("issuer key file {0:?} does not exist")]
+    #[error("key file {0:?} does not exist")]
     Missing(PathBuf),
     /// The key file could not be read or written.
-    #[error("issuer key file {path:?}: {source}")]
+    #[error("key file {path:?}: {source}")]
     Io {
         /// The key file.
         path: PathBuf,
@@ -28,11 +25,8 @@ pub enum IssuerError {
         source: std::io::Error,
     },
     /// The key file does not hold a PKCS#8 EC P-256 private key.
-    #[error("issuer key file {0:?} is not a PKCS#8 PEM EC P-256 private key")]
+    #[error("key file {0:?} is not a PKCS#8 PEM EC P-256 private key")]
     InvalidKey(PathBuf),
-    /// A new key could not be generated.
-    #[error("generating the issuer key: {0}")]
-    Generate(String),
     /// The subject, a group, the issuer or the audience is empty or holds control characters.
     #[error("{0} is empty or contains control characters")]
     InvalidClaim(&'static str),
@@ -47,27 +41,14 @@ pub enum IssuerError {
 }
 
 /// The relay's own ES256 issuer; the private key never appears in `Debug` output.
+#[derive(Debug)]
 pub struct BuiltinIssuer {
     issuer: String,
     audience: String,
     username_prefix: String,
     groups_prefix: String,
     max_lifetime: Duration,
-    key: EncodingKey,
-    kid: String,
-    x: String,
-    y: String,
-}
-
-impl std::fmt::Debug for BuiltinIssuer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BuiltinIssuer")
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .field("kid", &self.kid)
-            .field("key", &"<redacted>")
-            .finish()
-    }
+    key: SigningKey,
 }
 
 #[derive(Serialize)]
@@ -80,6 +61,14 @@ struct Claims<'a> {
     nbf: u64,
     exp: u64,
     jti: String,
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl BuiltinIssuer {
@@ -95,50 +84,13 @@ impl BuiltinIssuer {
                 return Err(IssuerError::InvalidClaim(what));
             }
         }
-        let io = |source| IssuerError::Io {
-            path: key_file.to_owned(),
-            source,
-        };
-        let pem = match std::fs::read_to_string(key_file) {
-            Ok(pem) => {
-                warn_if_readable_by_others(key_file);
-                pem
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && generate => {
-                match write_new_key(key_file) {
-                    Ok(pem) => pem,
-                    // Another process created it first: use theirs.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        std::fs::read_to_string(key_file).map_err(io)?
-                    }
-                    Err(e) => return Err(io(e)),
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(IssuerError::Missing(key_file.to_owned()));
-            }
-            Err(e) => return Err(io(e)),
-        };
-        let invalid = || IssuerError::InvalidKey(key_file.to_owned());
-        let pair = KeyPair::from_pem(&pem).map_err(|_| invalid())?;
-        if pair.algorithm() != &PKCS_ECDSA_P256_SHA256 {
-            return Err(invalid());
-        }
-        let point = pair.public_key_raw();
-        if point.len() != 65 || point[0] != 0x04 {
-            return Err(invalid());
-        }
-        let digest = Sha256::digest(pair.subject_public_key_info());
         Ok(Self {
             issuer,
             audience,
             username_prefix: String::new(),
             groups_prefix: String::new(),
             max_lifetime: Duration::from_secs(24 * 3600),
-            key: EncodingKey::from_ec_der(&pair.serialize_der()),
-            kid: URL_SAFE_NO_PAD.encode(&digest[..16]),
-            x: URL_SAFE_NO_PAD.encode(&point[1..33]),
-            y: URL_SAFE_NO_PAD.encode(&point[33..65]),
+            key: SigningKey::load_or_generate(key_file, generate)?,
         })
     }
 
@@ -157,40 +109,46 @@ impl BuiltinIssuer {
 
     /// Issue an ES256 token for `subject` and `groups`, valid for `ttl` from now.
     pub fn issue(&self, subject: &str, groups: &[String], ttl: Duration) -> Result<String, IssuerError> {
+        self.issue_for(&self.audience, subject, groups, ttl)
+    }
+
+    /// Like [`BuiltinIssuer::issue`], for `audience` instead of the configured one (a token bound
+    /// to one cluster's `caller_audience`).
+    pub fn issue_for(
+        &self,
+        audience: &str,
+        subject: &str,
+        groups: &[String],
+        ttl: Duration,
+    ) -> Result<String, IssuerError> {
         if subject.is_empty() || subject.chars().any(char::is_control) {
             return Err(IssuerError::InvalidClaim("subject"));
         }
         if groups.iter().any(|g| g.is_empty() || g.chars().any(char::is_control)) {
             return Err(IssuerError::InvalidClaim("group"));
         }
+        if audience.is_empty() || audience.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(IssuerError::InvalidClaim("audience"));
+        }
         if ttl.as_secs() == 0 || ttl > self.max_lifetime {
             return Err(IssuerError::InvalidTtl(format!("{}s", self.max_lifetime.as_secs())));
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let claims = Claims {
+        let now = unix_now();
+        self.key.sign(&Claims {
             iss: &self.issuer,
-            aud: &self.audience,
+            aud: audience,
             sub: subject,
             groups,
             iat: now,
             nbf: now,
             exp: now + ttl.as_secs(),
             jti: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()),
-        };
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| IssuerError::Sign(e.to_string()))
+        })
     }
 
     /// The public key as a JWKS document, to publish or to trust.
     pub fn jwks(&self) -> serde_json::Value {
-        serde_json::json!({"keys": [{
-            "kty": "EC", "crv": "P-256", "x": self.x, "y": self.y,
-            "kid": self.kid, "alg": "ES256", "use": "sig",
-        }]})
+        self.key.jwks()
     }
 
     /// An issuer config that trusts this issuer's tokens through an in-memory copy of its key.
@@ -216,44 +174,13 @@ impl BuiltinIssuer {
 
     /// The key id put in every token header.
     pub fn kid(&self) -> &str {
-        &self.kid
+        self.key.kid()
     }
-}
 
-/// Create `path` with a fresh key, readable by the owner only, refusing to replace any file.
-fn write_new_key(path: &Path) -> std::io::Result<String> {
-    let pem = KeyPair::generate().map_err(std::io::Error::other)?.serialize_pem();
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        let mut dir = std::fs::DirBuilder::new();
-        dir.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
-        dir.create(parent)?;
+    /// The signing key (the relay compares it with its other keys).
+    pub fn key(&self) -> &SigningKey {
+        &self.key
     }
-    let mut options = std::fs::OpenOptions::new();
-    // create_new: never follow a planted symlink or overwrite a key another process wrote.
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(pem.as_bytes())?;
-    file.sync_all()?;
-    tracing::info!(path = %path.display(), "generated a new issuer key");
-    Ok(pem)
-}
-
-fn warn_if_readable_by_others(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            tracing::warn!(path = %path.display(), "issuer key file is accessible by group or others; use mode 0600");
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
 }
 
 #[cfg(test)]
@@ -312,7 +239,7 @@ mod tests {
         let path = dir.path().join("absent.pem");
         let err = BuiltinIssuer::load_or_generate(&path, "i".into(), "a".into(), false).expect_err("missing");
         assert!(matches!(err, IssuerError::Missing(_)));
-        let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("p384");
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("p384");
         std::fs::write(&path, p384.serialize_pem()).expect("write");
         let err = BuiltinIssuer::load_or_generate(&path, "i".into(), "a".into(), false).expect_err("p384");
         assert!(matches!(err, IssuerError::InvalidKey(_)));
@@ -326,7 +253,7 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].kid.as_deref(), Some(issuer.kid()));
         let token = issuer.issue("carol", &[], Duration::from_secs(60)).expect("issues");
-        let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
         validation.set_audience(&["hawser"]);
         let data = jsonwebtoken::decode::<serde_json::Value>(&token, &keys[0].key, &validation).expect("verifies");
         assert_eq!(data.claims["sub"], "carol");

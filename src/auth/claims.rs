@@ -23,6 +23,90 @@ pub struct Identity {
     pub extra: BTreeMap<String, Vec<String>>,
 }
 
+/// A caller as the relay knows it after a token passed every check: who, from which issuer, for
+/// which audiences, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Who the caller is.
+    pub identity: Identity,
+    /// The `iss` of the token.
+    pub issuer: String,
+    /// The token's `aud` values.
+    pub audiences: Vec<String>,
+    /// The token's `exp`, in Unix seconds.
+    pub expires_at: u64,
+}
+
+/// The `aud` of verified claims as a list (a string or an array of strings).
+pub(crate) fn audiences_of(claims: &Map<String, Value>) -> Vec<String> {
+    match claims.get("aud") {
+        Some(Value::String(aud)) => vec![aud.clone()],
+        Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The identity a relay assertion states: `sub`, `groups`, `uid` and `extra` as the relay
+/// mapped them (prefixes already applied), held to the same rules as a mapped token.
+pub(crate) fn identity_from_assertion(
+    claims: &Map<String, Value>,
+    config: &IssuerConfig,
+) -> Result<Identity, AuthError> {
+    let user = match claims.get("sub") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err(rejected("an assertion needs a non-empty sub".to_owned())),
+    };
+    check_value(&user, "username")?;
+    check_system(&user, "username", config)?;
+    let mut groups = Vec::new();
+    for group in strings(claims, "groups")? {
+        check_value(&group, "group")?;
+        check_system(&group, "group", config)?;
+        if !groups.contains(&group) {
+            groups.push(group);
+        }
+    }
+    let uid = match claims.get("uid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(uid)) if !uid.is_empty() => {
+            check_value(uid, "uid")?;
+            Some(uid.clone())
+        }
+        _ => return Err(rejected("an assertion's uid must be a non-empty string".to_owned())),
+    };
+    let mut extra = BTreeMap::new();
+    match claims.get("extra") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for key in map.keys() {
+                let key_ok = !key.is_empty()
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._/-".contains(&b));
+                if !key_ok {
+                    return Err(rejected(
+                        "an assertion's extra key must be lowercase [a-z0-9._/-]".to_owned(),
+                    ));
+                }
+                let values = strings(map, key)?;
+                for value in &values {
+                    check_value(value, "extra value")?;
+                }
+                if !values.is_empty() {
+                    extra.insert(key.clone(), values);
+                }
+            }
+        }
+        Some(_) => return Err(rejected("an assertion's extra must be an object".to_owned())),
+    }
+    Ok(Identity {
+        user,
+        uid,
+        groups,
+        extra,
+    })
+}
+
 /// Check `iss`, `aud`, `exp`, `nbf` and `iat` of signature-verified claims at `now` (Unix
 /// seconds), and that the token lives no longer than `max_lifetime` seconds.
 pub(crate) fn check_registered(

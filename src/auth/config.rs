@@ -61,6 +61,9 @@ pub struct IssuerConfig {
     /// In-memory JWKS, used by the relay's own issuer; never read from a config file.
     #[serde(skip)]
     pub(crate) inline_jwks: Option<String>,
+    /// The tokens are relay assertions (identity already mapped), not callers' tokens.
+    #[serde(skip)]
+    pub(crate) assertion: bool,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -107,6 +110,7 @@ impl IssuerConfig {
             allow_system_names: false,
             max_token_lifetime: default_max_token_lifetime(),
             inline_jwks: None,
+            assertion: false,
         }
     }
 

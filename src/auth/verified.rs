@@ -14,7 +14,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
-use super::Identity;
+use super::Caller;
 use super::clock::Clock;
 
 /// How long a verified token is remembered at most.
@@ -40,7 +40,7 @@ pub(crate) struct KeysSeen {
 }
 
 struct Entry {
-    identity: Identity,
+    caller: Caller,
     keys: KeysSeen,
     /// Unix seconds at which the entry stops being used: min(exp, verified + TTL).
     until: u64,
@@ -55,17 +55,12 @@ impl Verified {
     /// The identity of a token verified before, if it is still within its time.
     ///
     /// `current` says whether the key set that verified it is still the issuer's.
-    pub(crate) fn get(
-        &self,
-        key: &[u8; 32],
-        current: impl Fn(KeysSeen) -> bool,
-        clock: &dyn Clock,
-    ) -> Option<Identity> {
+    pub(crate) fn get(&self, key: &[u8; 32], current: impl Fn(KeysSeen) -> bool, clock: &dyn Clock) -> Option<Caller> {
         let now = clock.unix_seconds();
         let entry = self.tokens.get(key)?;
         let keys = entry.keys;
         if now < entry.until && current(keys) {
-            return Some(entry.identity.clone());
+            return Some(entry.caller.clone());
         }
         drop(entry);
         self.tokens.remove_if(key, |_, e| e.keys == keys);
@@ -73,7 +68,8 @@ impl Verified {
     }
 
     /// Remembers a token that passed every check, with its `exp` (Unix seconds).
-    pub(crate) fn insert(&self, key: [u8; 32], identity: &Identity, keys: KeysSeen, exp: u64, clock: &dyn Clock) {
+    pub(crate) fn insert(&self, key: [u8; 32], caller: &Caller, keys: KeysSeen, clock: &dyn Clock) {
+        let exp = caller.expires_at;
         let now = clock.unix_seconds();
         let until = exp.min(now.saturating_add(TTL.as_secs()));
         if until <= now {
@@ -88,7 +84,7 @@ impl Verified {
         self.tokens.insert(
             key,
             Entry {
-                identity: identity.clone(),
+                caller: caller.clone(),
                 keys,
                 until,
             },

@@ -25,7 +25,12 @@ pub struct AgentConfig {
     /// How to reach kube-apiserver.
     #[serde(default)]
     pub apiserver: ApiserverConfig,
-    /// Token issuers whose callers this agent accepts (checked here, not taken from the relay).
+    /// Trust the relay to vouch for callers: assertions it signs, bound to this cluster. Set this
+    /// or `issuers`, not both.
+    pub assertions: Option<AgentAssertions>,
+    /// Token issuers whose callers' own tokens this agent accepts (each audience bound to this
+    /// cluster); no relay can then mint an identity here. Set this or `assertions`, not both.
+    #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
     /// QUIC tunnel settings.
     #[serde(default)]
@@ -42,6 +47,58 @@ pub struct AgentConfig {
     /// How passthrough cluster tokens are checked.
     #[serde(default)]
     pub passthrough: PassthroughConfig,
+}
+
+/// `[assertions]`: the relay's assertion issuer and where its public key comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentAssertions {
+    /// The relay's `[assertions] issuer`.
+    pub issuer: String,
+    /// JWKS file with the relay's assertion key (pinned: the strongest choice).
+    pub jwks_file: Option<PathBuf>,
+    /// PEM public key file with the relay's assertion key.
+    pub public_key_file: Option<PathBuf>,
+    /// HTTPS URL of the relay's assertion JWKS (`https://RELAY/.well-known/hawser/assertion-jwks.json`).
+    pub jwks_url: Option<String>,
+    /// PEM CA bundle trusted for `jwks_url` instead of the system roots.
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Accept `system:` users and groups in assertions (off by default).
+    #[serde(default)]
+    pub allow_system_names: bool,
+}
+
+impl AgentConfig {
+    /// The issuers this agent's authenticator trusts: the relay's assertions, or `issuers`.
+    pub fn caller_issuers(&self) -> Vec<IssuerConfig> {
+        match &self.assertions {
+            Some(a) => {
+                let mut config = IssuerConfig::relay_assertions(a.issuer.clone(), &self.cluster);
+                config.jwks_file.clone_from(&a.jwks_file);
+                config.public_key_file.clone_from(&a.public_key_file);
+                config.jwks_url.clone_from(&a.jwks_url);
+                config.jwks_ca_file.clone_from(&a.jwks_ca_file);
+                config.allow_system_names = a.allow_system_names;
+                vec![config]
+            }
+            None => self.issuers.clone(),
+        }
+    }
+
+    /// What this agent tells the relay it accepts.
+    pub fn accepts(&self) -> crate::proto::Accepts {
+        match &self.assertions {
+            Some(a) => crate::proto::Accepts::Assertion {
+                issuer: a.issuer.clone(),
+            },
+            None => {
+                let mut audiences: Vec<String> = self.issuers.iter().flat_map(|i| i.audiences.clone()).collect();
+                audiences.sort();
+                audiences.dedup();
+                crate::proto::Accepts::CallerToken { audiences }
+            }
+        }
+    }
 }
 
 /// How a caller's request is authorized at the apiserver.
@@ -160,6 +217,14 @@ impl Validate for AgentConfig {
         for issuer in &mut self.issuers {
             super::resolve_issuer_paths(base, issuer);
         }
+        if let Some(a) = &mut self.assertions {
+            for path in [&mut a.jwks_file, &mut a.public_key_file, &mut a.jwks_ca_file]
+                .into_iter()
+                .flatten()
+            {
+                resolve(base, path);
+            }
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -171,10 +236,23 @@ impl Validate for AgentConfig {
         if !valid_cluster_name(&self.cluster) {
             return Err(format!("cluster name {:?}: use 1-63 of a-z, 0-9 and '-'", self.cluster));
         }
-        if self.issuers.is_empty() {
-            return Err("no [[issuers]]: the agent must validate callers itself".into());
+        if !super::relay::valid_instance_name(&self.instance) {
+            return Err("instance: use 1-253 of A-Z, a-z, 0-9, '.', '_' and '-'".into());
         }
-        for issuer in &self.issuers {
+        match (&self.assertions, self.issuers.is_empty()) {
+            (None, true) => {
+                return Err(
+                    "set [assertions] (the relay vouches for callers) or [[issuers]] (callers' own tokens, \
+                     bound to this cluster by audience): docs/security.md"
+                        .into(),
+                );
+            }
+            (Some(_), false) => {
+                return Err("set [assertions] or [[issuers]], not both: one trust model per cluster".into());
+            }
+            _ => {}
+        }
+        for issuer in self.caller_issuers() {
             issuer
                 .validate()
                 .map_err(|e| format!("issuer {}: {e}", issuer.issuer))?;

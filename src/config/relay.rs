@@ -23,6 +23,8 @@ pub struct RelayConfig {
     pub tls: TlsConfig,
     /// The relay's own token issuer (`hawser token issue`), if any.
     pub issuer: Option<BuiltinIssuerConfig>,
+    /// How the relay vouches for callers to agents of clusters without a `caller_audience`.
+    pub assertions: Option<AssertionsConfig>,
     /// External token issuers the relay trusts.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
@@ -69,6 +71,12 @@ pub struct LimitsConfig {
     pub h2_max_local_error_resets: usize,
     /// Failed authentications per source address per minute (also the burst); 0: no limit.
     pub auth_failures_per_minute: u32,
+    /// Refused agent hellos (wrong token, unknown cluster) per source address per minute (also
+    /// the burst); past it the source's attempts go unanswered. 0: no limit.
+    pub agent_hello_failures_per_minute: u32,
+    /// Agent connections from one source address that have finished the QUIC handshake but not
+    /// yet their hello; more are closed at once.
+    pub agent_unproven_per_source: usize,
 }
 
 impl Default for LimitsConfig {
@@ -83,6 +91,8 @@ impl Default for LimitsConfig {
             h2_max_pending_reset_streams: 20,
             h2_max_local_error_resets: 1024,
             auth_failures_per_minute: 60,
+            agent_hello_failures_per_minute: 30,
+            agent_unproven_per_source: 64,
         }
     }
 }
@@ -100,6 +110,9 @@ impl LimitsConfig {
                 "limits: header_read_timeout_secs, open_stream_timeout_secs and idle_connection_timeout_secs must be at least 1"
                     .into(),
             );
+        }
+        if self.agent_unproven_per_source == 0 {
+            return Err("limits.agent_unproven_per_source must be at least 1".into());
         }
         if self.h2_max_concurrent_streams == 0
             || self.h2_max_pending_reset_streams == 0
@@ -175,14 +188,69 @@ impl BuiltinIssuerConfig {
     }
 }
 
-/// A cluster whose agent may register.
+/// How the relay vouches for callers: `[assertions]`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionsConfig {
+    /// The `iss` of assertions; agents name it in their `[assertions]`. Must differ from every
+    /// callers' issuer.
+    pub issuer: String,
+    /// PKCS#8 PEM ES256 key that signs assertions; a key of its own (not the TLS key, not the
+    /// built-in issuer's).
+    pub signing_key_file: PathBuf,
+    /// Generate the key if the file does not exist.
+    #[serde(default)]
+    pub generate: bool,
+    /// How long an assertion is valid, such as `5m` (at most `1h`); it is reused while more than
+    /// half of it is left.
+    #[serde(default = "default_assertion_lifetime")]
+    pub lifetime: String,
+}
+
+fn default_assertion_lifetime() -> String {
+    "5m".to_owned()
+}
+
+impl AssertionsConfig {
+    /// The lifetime as a duration (validated at start).
+    pub fn lifetime(&self) -> std::time::Duration {
+        super::parse_duration(&self.lifetime).unwrap_or(crate::auth::assertion::MAX_LIFETIME)
+    }
+}
+
+/// A cluster whose agent may register.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// The cluster's name, the first path segment of its URL on the relay.
     pub name: String,
-    /// Hex SHA-256 of the cluster's agent token (the token itself is never stored).
-    pub agent_token_sha256: String,
+    /// Hex SHA-256 of the cluster's agent token, or a list of them (to stage a rotation); the
+    /// tokens themselves are never stored.
+    pub agent_token_sha256: Digests,
+    /// If set, the cluster's agent gets the caller's own token, which must carry this audience
+    /// (and no other cluster's): the agent validates it against its own issuers and the relay
+    /// cannot mint an identity there. If unset, the agent gets relay assertions.
+    pub caller_audience: Option<String>,
+}
+
+/// One hex SHA-256 or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Digests {
+    /// One digest.
+    One(String),
+    /// Several digests; any of their tokens is accepted.
+    Many(Vec<String>),
+}
+
+impl Digests {
+    /// Every digest, as written.
+    pub fn all(&self) -> Vec<&str> {
+        match self {
+            Self::One(one) => vec![one.as_str()],
+            Self::Many(many) => many.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// SHA-256 of the demo agent token shipped in `config/agent-token`: public, so it is refused
@@ -196,6 +264,9 @@ impl Validate for RelayConfig {
         resolve(base, &mut self.tls.key_file);
         if let Some(issuer) = &mut self.issuer {
             resolve(base, &mut issuer.signing_key_file);
+        }
+        if let Some(assertions) = &mut self.assertions {
+            resolve(base, &mut assertions.signing_key_file);
         }
         for issuer in &mut self.issuers {
             super::resolve_issuer_paths(base, issuer);
@@ -224,7 +295,58 @@ impl Validate for RelayConfig {
                 .map_err(|e| format!("issuer {}: {e}", issuer.issuer))?;
         }
         crate::auth::AccessRules::new(self.access.clone()).map_err(|e| format!("access rules: {e}"))?;
+        valid_instance_name(&self.instance)
+            .then_some(())
+            .ok_or("instance: use 1-253 of A-Z, a-z, 0-9, '.', '_' and '-'")?;
+        self.validate_assertions()?;
+        self.validate_clusters()
+    }
+}
+
+impl RelayConfig {
+    /// Every audience a callers' issuer of this relay accepts.
+    fn caller_audiences(&self) -> Vec<&str> {
+        let builtin = self.issuer.iter().map(|i| i.audience.as_str());
+        let external = self.issuers.iter().flat_map(|i| i.audiences.iter().map(String::as_str));
+        builtin.chain(external).collect()
+    }
+
+    fn validate_assertions(&self) -> Result<(), String> {
+        let Some(assertions) = &self.assertions else {
+            if let Some(cluster) = self.clusters.iter().find(|c| c.caller_audience.is_none()) {
+                return Err(format!(
+                    "cluster {}: without a caller_audience its agent gets relay assertions; configure [assertions] \
+                     (or give the cluster a caller_audience)",
+                    cluster.name
+                ));
+            }
+            return Ok(());
+        };
+        let issuer = &assertions.issuer;
+        if issuer.is_empty() || issuer.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("assertions.issuer: empty, or holds whitespace or control characters".into());
+        }
+        let callers = self
+            .issuer
+            .iter()
+            .map(|i| &i.issuer)
+            .chain(self.issuers.iter().map(|i| &i.issuer));
+        if let Some(clash) = callers.into_iter().find(|c| *c == issuer) {
+            return Err(format!(
+                "assertions.issuer {clash:?} is also a callers' issuer: an assertion must never pass as a caller's token"
+            ));
+        }
+        match super::parse_duration(&assertions.lifetime) {
+            Ok(d) if d <= crate::auth::assertion::MAX_LIFETIME => Ok(()),
+            Ok(_) => Err("assertions.lifetime: at most 1h".into()),
+            Err(e) => Err(format!("assertions.lifetime: {e}")),
+        }
+    }
+
+    fn validate_clusters(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
+        let mut audiences = std::collections::HashMap::new();
+        let loopback_only = self.listen.ip().is_loopback() && self.agent_listen.is_none_or(|a| a.ip().is_loopback());
         for cluster in &self.clusters {
             if !valid_cluster_name(&cluster.name) {
                 return Err(format!("cluster name {:?}: use 1-63 of a-z, 0-9 and '-'", cluster.name));
@@ -232,26 +354,48 @@ impl Validate for RelayConfig {
             if !seen.insert(&cluster.name) {
                 return Err(format!("cluster {} is listed twice", cluster.name));
             }
-            let hex = &cluster.agent_token_sha256;
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!(
-                    "cluster {}: agent_token_sha256 must be 64 hex digits",
-                    cluster.name
-                ));
+            let digests = cluster.agent_token_sha256.all();
+            if digests.is_empty() {
+                return Err(format!("cluster {}: agent_token_sha256 is empty", cluster.name));
             }
-            let loopback_only =
-                self.listen.ip().is_loopback() && self.agent_listen.is_none_or(|a| a.ip().is_loopback());
-            if hex.eq_ignore_ascii_case(DEMO_AGENT_TOKEN_SHA256) && !loopback_only {
-                return Err(format!(
-                    "cluster {}: agent_token_sha256 is the demo token's, which is public (config/agent-token); \
-                     it is accepted only while the relay listens on loopback. Make a token of your own: \
-                     head -c 32 /dev/urandom | base64 > agent-token; tr -d '\\n' < agent-token | sha256sum",
-                    cluster.name
-                ));
+            for hex in digests {
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!(
+                        "cluster {}: agent_token_sha256 must be 64 hex digits",
+                        cluster.name
+                    ));
+                }
+                if hex.eq_ignore_ascii_case(DEMO_AGENT_TOKEN_SHA256) && !loopback_only {
+                    return Err(format!(
+                        "cluster {}: agent_token_sha256 is the demo token's, which is public (config/agent-token); \
+                         it is accepted only while the relay listens on loopback. Make a token of your own: \
+                         head -c 32 /dev/urandom | base64 > agent-token; tr -d '\\n' < agent-token | sha256sum",
+                        cluster.name
+                    ));
+                }
+            }
+            if let Some(audience) = &cluster.caller_audience {
+                if let Some(other) = audiences.insert(audience.as_str(), &cluster.name) {
+                    return Err(format!(
+                        "clusters {other} and {} share caller_audience {audience:?}: a token for one would be good at the other",
+                        cluster.name
+                    ));
+                }
+                if !self.caller_audiences().contains(&audience.as_str()) {
+                    return Err(format!(
+                        "cluster {}: no callers' issuer accepts caller_audience {audience:?}; add it to an issuer's audiences",
+                        cluster.name
+                    ));
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Whether `name` is a valid instance name (relay or agent): a host or pod name.
+pub fn valid_instance_name(name: &str) -> bool {
+    (1..=253).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// Whether `name` is a valid cluster name (a DNS label).

@@ -29,7 +29,7 @@ fn the_example_agent_token_matches_the_relay_digest() {
     let token = std::fs::read_to_string(example("agent-token")).unwrap();
     assert_eq!(
         crate::relay::token_digest_hex(token.trim()),
-        relay.clusters[0].agent_token_sha256
+        relay.clusters[0].agent_token_sha256.all()[0]
     );
 }
 
@@ -49,6 +49,9 @@ key_file = "k"
 issuer = "https://relay"
 audience = "hawser"
 signing_key_file = "i"
+[assertions]
+issuer = "https://relay/assertions"
+signing_key_file = "a"
 "#;
 
 #[test]
@@ -201,4 +204,92 @@ fn the_public_demo_agent_token_is_refused_off_loopback() {
     );
     let own = demo.replace(DEMO_AGENT_TOKEN_SHA256, &"b".repeat(64));
     assert!(parse_relay(&format!("{exposed}{own}")).is_ok());
+}
+
+#[test]
+fn every_cluster_has_one_trust_model_the_relay_can_serve() {
+    let no_assertions = MINIMAL.split("[assertions]").next().unwrap();
+    let cluster = |extra: &str| {
+        format!(
+            "\n[[clusters]]\nname = \"a\"\nagent_token_sha256 = \"{}\"\n{extra}",
+            "a".repeat(64)
+        )
+    };
+    let err = parse_relay(&format!("{no_assertions}{}", cluster("")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cluster a") && err.contains("[assertions]"), "{err}");
+    // A cluster whose agent takes callers' own tokens needs no assertions, but an issuer for its audience.
+    assert!(parse_relay(&format!("{no_assertions}{}", cluster("caller_audience = \"hawser\""))).is_ok());
+    let err = parse_relay(&format!("{MINIMAL}{}", cluster("caller_audience = \"cluster-a\"")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no callers' issuer accepts"), "{err}");
+    let two = format!(
+        "{MINIMAL}{}\n[[clusters]]\nname = \"b\"\nagent_token_sha256 = \"{}\"\ncaller_audience = \"hawser\"\n",
+        cluster("caller_audience = \"hawser\""),
+        "b".repeat(64)
+    );
+    assert!(
+        parse_relay(&two)
+            .unwrap_err()
+            .to_string()
+            .contains("share caller_audience")
+    );
+    let rotation = format!(
+        "{MINIMAL}\n[[clusters]]\nname = \"a\"\nagent_token_sha256 = [\"{}\", \"{}\"]\n",
+        "a".repeat(64),
+        "b".repeat(64)
+    );
+    assert_eq!(
+        parse_relay(&rotation).unwrap().clusters[0]
+            .agent_token_sha256
+            .all()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn an_assertion_issuer_is_never_a_callers_issuer() {
+    let clash = MINIMAL.replace("https://relay/assertions", "https://relay");
+    let err = parse_relay(&clash).unwrap_err().to_string();
+    assert!(err.contains("also a callers' issuer"), "{err}");
+    let long = format!("{MINIMAL}lifetime = \"2h\"\n");
+    assert!(parse_relay(&long).unwrap_err().to_string().contains("at most 1h"));
+}
+
+#[test]
+fn an_agent_trusts_assertions_or_issuers_never_both_nor_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    let base = "cluster = \"local\"\ntoken_file = \"t\"\n[relay]\naddress = \"r:443\"\nca_file = \"c\"\n";
+    let assertions = "[assertions]\nissuer = \"https://r/assertions\"\njwks_file = \"a.json\"\n";
+    let issuers = "[[issuers]]\nissuer = \"https://idp\"\naudiences = [\"cluster-local\"]\njwks_file = \"i.json\"\n";
+    let parse = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        load::<AgentConfig>(&path)
+    };
+    let relay_vouches = parse(format!("{base}{assertions}")).unwrap();
+    assert_eq!(
+        relay_vouches.accepts(),
+        crate::proto::Accepts::Assertion {
+            issuer: "https://r/assertions".into()
+        }
+    );
+    assert_eq!(relay_vouches.caller_issuers()[0].audiences, ["hawser:cluster:local"]);
+    let own_tokens = parse(format!("{base}{issuers}")).unwrap();
+    assert_eq!(
+        own_tokens.accepts(),
+        crate::proto::Accepts::CallerToken {
+            audiences: vec!["cluster-local".into()]
+        }
+    );
+    assert!(
+        parse(format!("{base}{assertions}{issuers}"))
+            .unwrap_err()
+            .to_string()
+            .contains("not both")
+    );
+    assert!(parse(base.to_owned()).unwrap_err().to_string().contains("[assertions]"));
 }

@@ -1,77 +1,63 @@
 //! The relay's QUIC listener: agents connect, prove their cluster, and stay
 //! registered until their connection ends.
 //!
-//! An agent proves its cluster with that cluster's agent token. The relay
-//! keeps only the token's SHA-256 and compares digests in constant time, so
-//! neither a config leak nor timing reveals a token, and a token for cluster
-//! A can never register as cluster B (the digest is looked up by the cluster
-//! the agent names).
+//! # Threat model
+//!
+//! Anyone can reach this port. Until an agent has proved its cluster with that cluster's agent
+//! token (its hello), its connection may make the relay hold only a few KiB: the connection-level
+//! receive window starts at [`tunnel::UNPROVEN_RECEIVE_WINDOW`] (enough for a hello, [`proto::MAX_HELLO`])
+//! and opens up only after the welcome; the agent may open one stream (its control stream), no
+//! unidirectional streams and no datagrams. Unproven connections are bounded in all (a handshake
+//! permit is held until the hello is judged) and per source address
+//! (`limits.agent_unproven_per_source`, counted once the QUIC handshake proved the address).
+//! Refused hellos are charged to their source (`limits.agent_hello_failures_per_minute`); a
+//! source that ran out is ignored before any handshake work, and refusals are logged at a bounded
+//! rate, so guessing tokens is slow and cannot flood the log. Nothing an agent sends reaches a
+//! log line unescaped (`telemetry`), and its cluster and instance names must be plain names.
+//!
+//! A token that proves cluster B lets its holder serve B and nothing else. A second instance
+//! serving a cluster beside others gets a share of its requests, so its arrival is a warning in
+//! the log and an `agent_registered` audit event naming the others. The agent also says which
+//! credential it checks (relay assertions from which issuer, or callers' own tokens for which
+//! audiences); one that does not match this relay's configuration for the cluster is refused
+//! with a close reason naming both sides, so no request is ever routed to it.
 
-use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use quinn::VarInt;
 use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::registry::Registry;
-use crate::proto::{self, Hello, Welcome};
+use super::clusters::Clusters;
+use super::limits::{AuthFailures, InFlight};
+use super::registry::{Admission, Registry};
+use crate::audit::{AgentEvent, AuditLog};
+use crate::proto::{self, Accepts, Hello, Welcome};
 use crate::tunnel;
 
-/// How long an agent has to send its hello after the handshake.
+/// How long an agent has for its QUIC handshake, and then again for its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Refused hellos logged per minute at most; the rest are counted into the next line.
+const REFUSALS_LOGGED_PER_MINUTE: u32 = 10;
 
 /// Error codes the relay closes an agent connection with.
 pub mod close_code {
-    /// The hello was missing, malformed or late.
+    /// The hello was missing, malformed, late or of another wire version.
     pub const BAD_HELLO: u32 = 1;
     /// Unknown cluster or wrong token.
     pub const REFUSED: u32 = 2;
     /// The relay is shutting down.
     pub const SHUTDOWN: u32 = 3;
-}
-
-/// Agent token digests by cluster.
-pub struct AgentTokens(HashMap<String, [u8; 32]>);
-
-impl AgentTokens {
-    /// Builds the table from `(cluster, hex SHA-256)` pairs (validated by config).
-    pub fn new<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let mut map = HashMap::new();
-        for (cluster, hex) in pairs {
-            let mut digest = [0u8; 32];
-            for (i, byte) in digest.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
-            }
-            map.insert(cluster.to_owned(), digest);
-        }
-        Self(map)
-    }
-
-    /// Whether `cluster` is configured at all.
-    pub fn knows(&self, cluster: &str) -> bool {
-        self.0.contains_key(cluster)
-    }
-
-    /// Whether `token` is the agent token of `cluster`.
-    pub fn verify(&self, cluster: &str, token: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        match self.0.get(cluster) {
-            Some(expected) => bool::from(expected.ct_eq(&digest)),
-            None => false,
-        }
-    }
-}
-
-/// The hex SHA-256 of an agent token, as the relay's config stores it.
-pub fn token_digest_hex(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    /// The agent checks callers another way than this relay vouches for them.
+    pub const MISMATCH: u32 = 4;
+    /// The agent's token was revoked, or its cluster's trust model changed (a reload).
+    pub const REVOKED: u32 = 5;
+    /// Too many connections from this address have not proved their cluster yet.
+    pub const BUSY: u32 = 6;
 }
 
 /// Handshakes in progress at once; beyond it new attempts go unanswered until some finish.
@@ -89,6 +75,8 @@ pub struct ListenerStats {
     pub ignored: AtomicU64,
     /// Attempts whose handshake was started.
     pub accepted: AtomicU64,
+    /// Attempts ignored because their source ran out of hello failures.
+    pub throttled: AtomicU64,
 }
 
 impl ListenerStats {
@@ -103,49 +91,75 @@ impl ListenerStats {
 pub struct Listener {
     /// The relay's QUIC endpoint.
     pub endpoint: quinn::Endpoint,
-    /// Agent token digests by cluster.
-    pub tokens: Arc<AgentTokens>,
-    /// Where registered sessions go.
-    pub registry: Arc<Registry>,
-    /// This relay's instance name, told to agents in the welcome.
-    pub relay: String,
-    /// One permit per handshake in progress ([`MAX_HANDSHAKES`] in the relay), shared by all
-    /// sources.
+    /// One permit per connection that has not proved its cluster yet, handshake included
+    /// ([`MAX_HANDSHAKES`] in the relay), shared by all sources.
     pub handshakes: Arc<Semaphore>,
     /// Once fewer permits than this are free, unvalidated sources get a Retry first
     /// (`MAX_HANDSHAKES - RETRY_ABOVE` in the relay).
     pub retry_below_free: usize,
     /// Counters of what happened to incoming attempts.
     pub stats: Arc<ListenerStats>,
+    /// What sessions need.
+    pub sessions: Arc<Sessions>,
+}
+
+/// What judging a hello and keeping a session need.
+pub struct Sessions {
+    /// Clusters, their agent tokens and trust models.
+    pub clusters: Arc<Clusters>,
+    /// Where registered sessions go.
+    pub registry: Arc<Registry>,
+    /// This relay's instance name, told to agents in the welcome.
+    pub relay: String,
+    /// The issuer of this relay's assertions, if it has `[assertions]`.
+    pub assertion_issuer: Option<String>,
+    /// The connection receive window once an agent has proved its cluster.
+    pub proven_receive_window: VarInt,
+    /// Refused hellos per source.
+    pub hello_failures: AuthFailures,
+    /// Connections per source past the QUIC handshake but not yet past the hello.
+    pub unproven: Arc<InFlight<IpAddr>>,
+    /// How many of those one source may have.
+    pub unproven_per_source: usize,
+    /// Tunnel events.
+    pub audit: Arc<AuditLog>,
+    /// Bounds how often refused hellos are logged.
+    pub refusal_log: RefusalLog,
 }
 
 /// Accepts agent connections until the endpoint closes; once `stopping` turns true (or its
 /// sender is gone), closes every tunnel with [`close_code::SHUTDOWN`] and leaves new attempts
 /// unanswered.
 ///
-/// Each `Incoming` is judged before any handshake work. While many handshakes are in progress,
-/// an unvalidated source address gets a QUIC Retry first, so a flood from spoofed sources can
-/// hold only the first few permits and cannot starve real agents; below that, the Retry is
-/// skipped: it costs every connect a round trip, and with it about one attempt in a few
-/// thousand hung on loopback (docs/benchmarks.md). Until a source answers, QUIC's
-/// anti-amplification limit bounds what it makes us send. Without a handshake permit, and while
-/// stopping, an attempt is ignored rather than refused: the agent's QUIC stack resends its first
-/// packet (about 1, 3 and 7 s after the dial, with quinn's defaults), so the attempt succeeds if
-/// a permit frees up or the next relay listens on this address by then, and the agent is not
-/// charged a failure and a longer backoff. Past its handshake deadline it is, as for a refusal.
+/// Each `Incoming` is judged before any handshake work. A source that ran out of hello failures
+/// is ignored. While many handshakes are in progress, an unvalidated source address gets a QUIC
+/// Retry first, so a flood from spoofed sources can hold only the first few permits and cannot
+/// starve real agents; below that, the Retry is skipped: it costs every connect a round trip,
+/// and with it about one attempt in a few thousand hung on loopback (docs/benchmarks.md). Until a
+/// source answers, QUIC's anti-amplification limit bounds what it makes us send. Without a
+/// permit, and while stopping, an attempt is ignored rather than refused: the agent's QUIC stack
+/// resends its first packet (about 1, 3 and 7 s after the dial, with quinn's defaults), so the
+/// attempt succeeds if a permit frees up or the next relay listens on this address by then, and
+/// the agent is not charged a failure and a longer backoff. Past its handshake deadline it is, as
+/// for a refusal. The permit is held until the hello is judged.
 pub async fn serve(listener: Listener, stopping: watch::Receiver<bool>) {
     let Listener {
         endpoint,
-        tokens,
-        registry,
-        relay,
         handshakes,
         retry_below_free,
         stats,
+        sessions,
     } = listener;
     while let Some(incoming) = endpoint.accept().await {
         if is_stopping(&stopping) {
             stats.ignored.fetch_add(1, Ordering::Relaxed);
+            incoming.ignore();
+            continue;
+        }
+        // Only a source whose address was proved can have failed a hello, so a spoofer cannot
+        // spend another's budget.
+        if sessions.hello_failures.is_spent(incoming.remote_address().ip()) {
+            stats.throttled.fetch_add(1, Ordering::Relaxed);
             incoming.ignore();
             continue;
         }
@@ -165,27 +179,27 @@ pub async fn serve(listener: Listener, stopping: watch::Receiver<bool>) {
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let remote = incoming.remote_address();
-        let (tokens, registry, relay) = (tokens.clone(), registry.clone(), relay.clone());
+        let sessions = sessions.clone();
         let mut stopping = stopping.clone();
         tokio::spawn(
             async move {
                 // Not cut short by a stop: a handshake in progress finishes (it is bounded), so
                 // its agent hears the shutdown code rather than a bare close.
-                let handshake = tokio::time::timeout(HELLO_TIMEOUT, incoming).await;
-                drop(permit);
-                let connection = match handshake {
+                let connection = match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
                     Ok(Ok(connection)) => connection,
-                    Ok(Err(e)) => {
-                        info!(error = %e, "agent handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        info!("agent handshake timed out");
-                        return;
-                    }
+                    Ok(Err(e)) => return info!(error = %e, "agent handshake failed"),
+                    Err(_) => return info!("agent handshake timed out"),
+                };
+                let Some(unproven) = sessions.unproven.acquire(&remote.ip(), sessions.unproven_per_source) else {
+                    debug!("too many unproven agent connections from this address; closed");
+                    connection.close(
+                        close_code::BUSY.into(),
+                        b"too many unproven connections from this address",
+                    );
+                    return;
                 };
                 tokio::select! {
-                    _ = session(connection.clone(), &tokens, &registry, &relay) => {}
+                    _ = session(connection.clone(), remote, &sessions, (permit, unproven)) => {}
                     _ = stopped(&mut stopping) => {
                         connection.close(close_code::SHUTDOWN.into(), b"relay shutting down");
                     }
@@ -206,30 +220,62 @@ async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
 }
 
-async fn session(connection: quinn::Connection, tokens: &AgentTokens, registry: &Arc<Registry>, relay: &str) {
+/// Reads and judges the hello; on success registers the session and holds it until the
+/// connection ends. `unproven` (the handshake permit and the per-source slot) is released as
+/// soon as the hello is judged.
+async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &Sessions, unproven: impl Send) {
     let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
-        let mut control = tunnel::join(connection.accept_bi().await.ok()?);
-        let hello: Hello = proto::read_frame(&mut control).await.ok()?;
-        Some((control, hello))
+        let mut control = tunnel::join(connection.accept_bi().await.map_err(|e| e.to_string())?);
+        let hello = proto::read_frame_limited::<_, Hello>(&mut control, proto::MAX_HELLO)
+            .await
+            .map_err(|e| match e {
+                proto::ProtoError::UnsupportedVersion(_) => e.to_string(),
+                other => format!("no readable hello: {other}"),
+            })?;
+        Ok::<_, String>((control, hello))
     })
-    .await;
-    let Ok(Some((mut control, hello))) = hello else {
-        let why = match hello {
-            Err(_) => "no hello within the deadline",
-            Ok(_) => "no readable hello",
-        };
-        info!(reason = why, "agent connection closed before registering");
-        connection.close(close_code::BAD_HELLO.into(), b"expected a hello");
-        return;
+    .await
+    .unwrap_or_else(|_| Err("no hello within the deadline".to_owned()));
+    let (mut control, hello) = match hello {
+        Ok(pair) => pair,
+        Err(why) => {
+            info!(reason = %why, "agent connection closed before registering");
+            connection.close(close_code::BAD_HELLO.into(), why.as_bytes());
+            return;
+        }
     };
-    if !tokens.verify(&hello.cluster, &hello.token) {
-        warn!(cluster = %hello.cluster, agent = %hello.instance, "agent refused: unknown cluster or wrong token");
-        connection.close(close_code::REFUSED.into(), b"unknown cluster or wrong agent token");
-        return;
+    let admitted = match judge(&hello, remote.ip(), sessions) {
+        Ok(admitted) => admitted,
+        Err((code, why)) => {
+            connection.close(code.into(), why.as_bytes());
+            return;
+        }
+    };
+    drop(unproven);
+    // Proved: now the agent's responses may fill the tunnel's configured windows.
+    connection.set_receive_window(sessions.proven_receive_window);
+    let (guard, beside) = sessions
+        .registry
+        .register(&hello.cluster, &hello.instance, connection.clone(), admitted);
+    let event = |event: &'static str, beside: &[String]| {
+        sessions.audit.agent_event(&AgentEvent {
+            event,
+            cluster: &hello.cluster,
+            agent: &hello.instance,
+            session: guard.id(),
+            peer: remote.to_string(),
+            beside,
+        });
+    };
+    event("agent_registered", &beside);
+    if !beside.is_empty() {
+        warn!(
+            cluster = %hello.cluster, agent = %hello.instance, session = guard.id(), ?beside,
+            "another agent instance joined this cluster: it gets a share of the cluster's requests"
+        );
     }
-    let guard = registry.register(&hello.cluster, &hello.instance, connection.clone());
     let welcome = Welcome {
-        relay: relay.to_owned(),
+        relay: sessions.relay.clone(),
         session: guard.id(),
     };
     if proto::write_frame(&mut control, &welcome).await.is_err() {
@@ -237,7 +283,92 @@ async fn session(connection: quinn::Connection, tokens: &AgentTokens, registry: 
     }
     info!(cluster = %hello.cluster, agent = %hello.instance, session = guard.id(), "agent registered");
     let reason = connection.closed().await;
+    event("agent_gone", &[]);
     info!(cluster = %hello.cluster, agent = %hello.instance, session = guard.id(), %reason, "agent gone");
+}
+
+/// Judges a hello: plain names, a token of the cluster it names, and the same trust model as
+/// this relay's configuration for that cluster. A refusal is the close code and reason.
+fn judge(hello: &Hello, source: IpAddr, sessions: &Sessions) -> Result<Admission, (u32, String)> {
+    if !crate::config::valid_cluster_name(&hello.cluster) || !crate::config::valid_instance_name(&hello.instance) {
+        sessions.hello_failures.charge(source);
+        sessions
+            .refusal_log
+            .refused(&hello.cluster, &hello.instance, "malformed cluster or instance name");
+        return Err((
+            close_code::BAD_HELLO,
+            "malformed hello: cluster or instance name".to_owned(),
+        ));
+    }
+    let table = sessions.clusters.current();
+    let Some(token_digest) = table.verify(&hello.cluster, &hello.token) else {
+        sessions.hello_failures.charge(source);
+        sessions
+            .refusal_log
+            .refused(&hello.cluster, &hello.instance, "unknown cluster or wrong token");
+        return Err((close_code::REFUSED, "unknown cluster or wrong agent token".to_owned()));
+    };
+    let caller_audience = table.caller_audience(&hello.cluster).map(str::to_owned);
+    let ours = match (&caller_audience, &sessions.assertion_issuer) {
+        (Some(audience), _) => Accepts::CallerToken {
+            audiences: vec![audience.clone()],
+        },
+        (None, Some(issuer)) => Accepts::Assertion { issuer: issuer.clone() },
+        // Validated at start: a cluster without a caller audience needs [assertions].
+        (None, None) => return Err((close_code::MISMATCH, "this relay cannot vouch for callers".to_owned())),
+    };
+    if hello.accepts != ours {
+        let why = mismatch(&hello.cluster, &ours, &hello.accepts);
+        warn!(cluster = %hello.cluster, agent = %hello.instance, reason = %why, "agent refused: trust model mismatch");
+        return Err((close_code::MISMATCH, why));
+    }
+    Ok(Admission {
+        token_digest,
+        caller_audience,
+    })
+}
+
+/// What to tell an agent that checks callers another way than the relay vouches for them.
+fn mismatch(cluster: &str, ours: &Accepts, theirs: &Accepts) -> String {
+    let describe = |a: &Accepts| match a {
+        Accepts::Assertion { issuer } => format!("relay assertions from issuer {issuer:?} ([assertions] issuer)"),
+        Accepts::CallerToken { audiences } => {
+            format!("callers' own tokens for audiences {audiences:?} ([[issuers]] audiences)")
+        }
+    };
+    format!(
+        "cluster {cluster}: this relay sends {}, but the agent accepts {}",
+        describe(ours),
+        describe(theirs)
+    )
+}
+
+/// Logs refused hellos at warn, at most [`REFUSALS_LOGGED_PER_MINUTE`] a minute; the line after a
+/// quiet spell says how many were not logged.
+pub struct RefusalLog {
+    limiter: governor::DefaultDirectRateLimiter,
+    suppressed: AtomicU64,
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        let per_minute = std::num::NonZeroU32::new(REFUSALS_LOGGED_PER_MINUTE).unwrap_or(std::num::NonZeroU32::MIN);
+        Self {
+            limiter: governor::RateLimiter::direct(governor::Quota::per_minute(per_minute)),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RefusalLog {
+    fn refused(&self, cluster: &str, instance: &str, why: &str) {
+        if self.limiter.check().is_ok() {
+            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+            warn!(cluster = %cluster, agent = %instance, reason = why, suppressed, "agent refused");
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[cfg(test)]

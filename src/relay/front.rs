@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::header::{HOST, HeaderValue};
+use http::header::{AUTHORIZATION, HOST, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -23,12 +23,17 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span};
 
 use super::RelayState;
+use super::clusters::ClusterTable;
 use super::idle::Activity;
 use crate::audit::Audit;
+use crate::auth::Caller;
 use crate::forward::{self, Body, boxed, full};
-use crate::proto::{self, StreamHeader};
+use crate::proto::{self, Credential, StreamHeader};
 use crate::status::HttpError;
 use crate::tunnel;
+
+/// Where the relay publishes the public half of its assertion key, for agents to trust.
+pub const ASSERTION_JWKS_PATH: &str = "/.well-known/hawser/assertion-jwks.json";
 
 /// How long a caller has for its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,6 +136,12 @@ async fn handle(state: &RelayState, req: Request<Incoming>, peer: SocketAddr) ->
             None => HttpError::not_found("this relay has no built-in issuer").into_response(),
         };
     }
+    if path == ASSERTION_JWKS_PATH {
+        return match &state.minter {
+            Some(minter) => json_response(minter.jwks().to_string()),
+            None => HttpError::not_found("this relay has no [assertions]").into_response(),
+        };
+    }
     if path == "/healthz" {
         return Response::new(full("ok"));
     }
@@ -211,32 +222,75 @@ async fn to_cluster(
     attempt: super::limits::Attempt<'_>,
 ) -> Result<Response<Body>, HttpError> {
     let authenticated = match crate::auth::bearer_token(req.headers()) {
-        Ok(token) => state.auth.authenticate(token).await,
+        Ok(token) => state
+            .auth
+            .authenticate_caller(token)
+            .await
+            .map(|caller| (caller, token.to_owned())),
         Err(e) => Err(e),
     };
-    // A failure keeps the attempt's token; success, or an issuer that cannot be
-    // reached (not the caller's failure), gives it back.
-    match &authenticated {
-        Ok(_) | Err(crate::auth::AuthError::ProviderUnavailable(_)) => attempt.refund(),
-        Err(_) => attempt.failed(),
-    }
-    let identity = authenticated?;
+    let (caller, token) = match authenticated {
+        Ok(authenticated) => authenticated,
+        // An issuer that cannot be reached is not the caller's failure.
+        Err(e @ crate::auth::AuthError::ProviderUnavailable(_)) => {
+            attempt.refund();
+            return Err(e.into());
+        }
+        Err(e) => {
+            attempt.failed();
+            return Err(e.into());
+        }
+    };
     audit.set(|f| {
-        f.caller = Some(identity.user.clone());
-        f.groups = identity.groups.clone();
+        f.caller = Some(caller.identity.user.clone());
+        f.groups = caller.identity.groups.clone();
     });
-    if !state.access.allows(&identity, &cluster) {
+    // The caller's credential can still fail further on: a token not bound to this cluster here,
+    // a cluster token or caller token the agent refuses (it says so in a header). Those keep the
+    // attempt's token; anything else gives it back.
+    let outcome = route(state, req, &cluster, upstream_uri, request_id, audit, &caller, &token).await;
+    let caller_failed = match &outcome {
+        Ok(resp) => resp.headers().contains_key(proto::AUTH_FAILED_HEADER),
+        Err(e) => e.code == http::StatusCode::UNAUTHORIZED,
+    };
+    if caller_failed {
+        attempt.failed();
+    } else {
+        attempt.refund();
+    }
+    outcome.map(|mut resp| {
+        resp.headers_mut().remove(proto::AUTH_FAILED_HEADER);
+        resp
+    })
+}
+
+/// Access rules, the cluster's credential, the caller's slot, then the exchange on a new stream.
+#[allow(clippy::too_many_arguments)]
+async fn route(
+    state: &RelayState,
+    req: Request<Incoming>,
+    cluster: &str,
+    upstream_uri: Uri,
+    request_id: String,
+    audit: &Audit,
+    caller: &Caller,
+    token: &str,
+) -> Result<Response<Body>, HttpError> {
+    let identity = &caller.identity;
+    if !state.access.allows(identity, cluster) {
         return Err(HttpError::forbidden(format!(
             "clusters \"{cluster}\" is forbidden: User \"{}\" may not reach cluster \"{cluster}\" through this relay",
             identity.user
         )));
     }
-    if !state.tokens.knows(&cluster) {
+    let table = state.clusters.current();
+    if !table.knows(cluster) {
         return Err(HttpError::not_found(format!("no cluster named \"{cluster}\"")));
     }
+    let credential = credential_for(state, &table, cluster, caller, token)?;
     let session = state
         .registry
-        .pick(&cluster)
+        .pick(cluster)
         .ok_or_else(|| HttpError::unavailable(format!("cluster \"{cluster}\" is offline: no agent is connected")))?;
     let lease = state
         .caller_streams
@@ -267,7 +321,7 @@ async fn to_cluster(
                 ))
             })?;
         let mut stream = tunnel::join(opened.map_err(|e| offline(&e))?);
-        proto::write_frame(&mut stream, &StreamHeader { request_id })
+        proto::write_frame(&mut stream, &StreamHeader { request_id, credential })
             .await
             .map_err(|e| offline(&e))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -286,9 +340,12 @@ async fn to_cluster(
         *req.uri_mut() = upstream_uri;
         *req.version_mut() = Version::HTTP_11;
         forward::strip_hop_by_hop(req.headers_mut());
+        // The caller's token rode the stream header only if it is bound to this cluster; it never
+        // travels in the request itself.
+        req.headers_mut().remove(AUTHORIZATION);
         req.headers_mut().insert(
             HOST,
-            HeaderValue::from_str(&cluster).map_err(|_| HttpError::bad_request("bad cluster"))?,
+            HeaderValue::from_str(cluster).map_err(|_| HttpError::bad_request("bad cluster"))?,
         );
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let resp = forward::exchange(req, Some(audit), |req| sender.send_request(req))
@@ -299,6 +356,45 @@ async fn to_cluster(
     }
     .instrument(span)
     .await
+}
+
+/// What `cluster`'s agent gets as the caller's proof: the caller's own token if the cluster takes
+/// those and the token is bound to it alone, else an assertion of the relay's bound to it. Either
+/// way nothing the agent receives is good at any other cluster.
+fn credential_for(
+    state: &RelayState,
+    table: &ClusterTable,
+    cluster: &str,
+    caller: &Caller,
+    token: &str,
+) -> Result<Credential, HttpError> {
+    match table.caller_audience(cluster) {
+        Some(audience) => {
+            if !caller.audiences.iter().any(|a| a == audience) {
+                return Err(HttpError::unauthorized(format!(
+                    "this token is not for cluster \"{cluster}\": its agent takes callers' own tokens, and they must \
+                     carry the audience \"{audience}\""
+                )));
+            }
+            if let Some(other) = table.bound_elsewhere(cluster, &caller.audiences) {
+                return Err(HttpError::unauthorized(format!(
+                    "this token is also good for cluster \"{other}\", so it is not sent to cluster \"{cluster}\": \
+                     use a token whose only cluster audience is \"{audience}\""
+                )));
+            }
+            Ok(Credential::CallerToken(token.to_owned()))
+        }
+        None => {
+            let minter = state
+                .minter
+                .as_ref()
+                .ok_or_else(|| HttpError::internal("this relay has no [assertions] to vouch for callers"))?;
+            let assertion = minter
+                .assertion(caller, crate::auth::token_digest(token), cluster)
+                .map_err(|e| HttpError::internal(format!("cannot vouch for the caller: {e}")))?;
+            Ok(Credential::Assertion(assertion.to_string()))
+        }
+    }
 }
 
 /// `{instance}-{random}-{counter}`: the random part, drawn once per process, keeps ids unique

@@ -8,10 +8,17 @@
 //!   before any signature is checked, so guessing or a flood of bad tokens
 //!   costs the relay little.
 //!
-//! Both maps are sharded (dashmap); no guard is held across an `.await`, and
-//! both stay bounded: caller entries leave at zero, source entries that have
+//! - Agent connections that have not proved their cluster yet, per source, and refused agent
+//!   hellos per source (the same token bucket as callers' failures, charged after the fact).
+//!
+//! The maps are sharded (dashmap); no guard is held across an `.await`, and
+//! they stay bounded: in-flight entries leave at zero, source entries that have
 //! refilled are swept (at most once a second) when the map is full, and past
 //! that new sources go untracked.
+//!
+//! The token bucket is written here rather than taken from a rate-limit crate because an attempt
+//! takes its token up front and gives it back on success (so a burst of concurrent bad requests
+//! cannot overshoot, while good ones cost nothing), which those crates do not offer.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
@@ -22,42 +29,52 @@ use dashmap::DashMap;
 /// Most source addresses tracked before full buckets are swept.
 const SOURCES_BEFORE_SWEEP: usize = 65_536;
 
+/// Things in flight per key: exchanges per caller, unproven agent connections per source.
+pub struct InFlight<K: Eq + std::hash::Hash> {
+    in_flight: DashMap<K, usize>,
+}
+
+impl<K: Eq + std::hash::Hash> Default for InFlight<K> {
+    fn default() -> Self {
+        Self {
+            in_flight: DashMap::new(),
+        }
+    }
+}
+
 /// In-flight exchanges per caller.
-#[derive(Default)]
-pub struct CallerStreams {
-    in_flight: DashMap<String, usize>,
+pub type CallerStreams = InFlight<String>;
+
+/// One admitted thing in flight; dropping it frees its key's slot.
+pub struct Lease<K: Eq + std::hash::Hash> {
+    owner: Arc<InFlight<K>>,
+    key: K,
 }
 
-/// One admitted exchange; dropping it frees the caller's slot.
-pub struct CallerLease {
-    owner: Arc<CallerStreams>,
-    caller: String,
-}
-
-impl CallerStreams {
-    /// Admits one more exchange for `caller` unless it already has `max` (0: no limit).
-    pub fn acquire(self: &Arc<Self>, caller: &str, max: usize) -> Option<CallerLease> {
-        let mut count = self.in_flight.entry(caller.to_owned()).or_insert(0);
+impl<K: Eq + std::hash::Hash + Clone> InFlight<K> {
+    /// Admits one more for `key` unless it already has `max` (0: no limit).
+    pub fn acquire(self: &Arc<Self>, key: &K, max: usize) -> Option<Lease<K>> {
+        let mut count = self.in_flight.entry(key.clone()).or_insert(0);
         if max != 0 && *count >= max {
             return None;
         }
         *count += 1;
-        Some(CallerLease {
+        Some(Lease {
             owner: self.clone(),
-            caller: caller.to_owned(),
+            key: key.clone(),
         })
     }
 
-    /// The exchanges `caller` has in flight.
+    /// How many `key` has in flight.
     #[cfg(test)]
-    pub fn count(&self, caller: &str) -> usize {
-        self.in_flight.get(caller).map_or(0, |c| *c)
+    pub fn count(&self, key: &K) -> usize {
+        self.in_flight.get(key).map_or(0, |c| *c)
     }
 }
 
-impl Drop for CallerLease {
+impl<K: Eq + std::hash::Hash> Drop for Lease<K> {
     fn drop(&mut self) {
-        self.owner.in_flight.remove_if_mut(&self.caller, |_, count| {
+        self.owner.in_flight.remove_if_mut(&self.key, |_, count| {
             *count = count.saturating_sub(1);
             *count == 0
         });
@@ -110,6 +127,25 @@ impl AuthFailures {
     /// Starts an attempt from `source`, or `None` if its budget is spent.
     pub fn attempt(&self, source: IpAddr) -> Option<Attempt<'_>> {
         self.attempt_at(source, Instant::now())
+    }
+
+    /// Whether `source` has no failure left in its budget (nothing is taken).
+    pub fn is_spent(&self, source: IpAddr) -> bool {
+        if self.per_minute == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        self.buckets
+            .get(&bucket_key(source))
+            .is_some_and(|bucket| self.refilled(bucket.0, bucket.1, now) < 1.0)
+    }
+
+    /// Counts one failure against `source` after the fact (for checks that cannot take a token
+    /// up front without delaying a burst of legitimate attempts, such as an agents' reconnect storm).
+    pub fn charge(&self, source: IpAddr) {
+        if let Some(attempt) = self.attempt(source) {
+            attempt.failed();
+        }
     }
 
     /// How long until a spent source may try again, rounded up to whole seconds.
@@ -197,20 +233,21 @@ mod tests {
     #[test]
     fn caller_slots_are_counted_and_freed() {
         let streams = Arc::new(CallerStreams::default());
-        let a1 = streams.acquire("alice", 2).unwrap();
-        let _a2 = streams.acquire("alice", 2).unwrap();
-        assert!(streams.acquire("alice", 2).is_none(), "third exchange over the limit");
-        let _b = streams.acquire("bob", 2).expect("other callers are unaffected");
+        let (alice, bob, carol) = ("alice".to_owned(), "bob".to_owned(), "carol".to_owned());
+        let a1 = streams.acquire(&alice, 2).unwrap();
+        let _a2 = streams.acquire(&alice, 2).unwrap();
+        assert!(streams.acquire(&alice, 2).is_none(), "third exchange over the limit");
+        let _b = streams.acquire(&bob, 2).expect("other callers are unaffected");
         drop(a1);
-        assert_eq!(streams.count("alice"), 1);
-        let _a3 = streams.acquire("alice", 2).expect("a freed slot can be reused");
-        assert!(streams.acquire("carol", 0).is_some(), "0 means no limit");
+        assert_eq!(streams.count(&alice), 1);
+        let _a3 = streams.acquire(&alice, 2).expect("a freed slot can be reused");
+        assert!(streams.acquire(&carol, 0).is_some(), "0 means no limit");
     }
 
     #[test]
     fn entries_leave_at_zero() {
         let streams = Arc::new(CallerStreams::default());
-        drop(streams.acquire("alice", 5));
+        drop(streams.acquire(&"alice".to_owned(), 5));
         assert!(streams.in_flight.is_empty());
     }
 

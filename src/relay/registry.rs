@@ -22,6 +22,18 @@ pub struct Session {
     pub instance: String,
     /// The QUIC connection to open streams on.
     pub connection: quinn::Connection,
+    /// What the session was admitted with: its token's digest and the cluster's caller audience
+    /// then, so a reload that revokes the token or changes the trust model closes it.
+    pub admitted: Admission,
+}
+
+/// The terms under which a session was admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// SHA-256 of the agent token it proved.
+    pub token_digest: [u8; 32],
+    /// The cluster's `caller_audience` at the time (`None`: relay assertions).
+    pub caller_audience: Option<String>,
 }
 
 /// Sessions by cluster.
@@ -39,32 +51,67 @@ impl Registry {
     }
 
     /// Registers a connection for `cluster`, replacing an older session of the
-    /// same agent instance. The returned guard unregisters it when dropped.
-    pub fn register(self: &Arc<Self>, cluster: &str, instance: &str, connection: quinn::Connection) -> SessionGuard {
+    /// same agent instance. The returned guard unregisters it when dropped; with it come the
+    /// other instances that serve the cluster now (a new one beside them gets a share of the
+    /// cluster's requests, which the caller of this makes visible).
+    pub fn register(
+        self: &Arc<Self>,
+        cluster: &str,
+        instance: &str,
+        connection: quinn::Connection,
+        admitted: Admission,
+    ) -> (SessionGuard, Vec<String>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let session = Session {
             id,
             instance: instance.to_owned(),
             connection,
+            admitted,
         };
-        let replaced = {
+        let (replaced, others) = {
             let mut entry = self.clusters.entry(cluster.to_owned()).or_default();
             let old = entry
                 .iter()
                 .position(|s| s.instance == instance)
                 .map(|i| entry.swap_remove(i));
+            let others: Vec<String> = entry.iter().map(|s| s.instance.clone()).collect();
             entry.push(session);
-            old
+            (old, others)
         };
         if let Some(old) = replaced {
             // The agent came back on a new connection: the old one is stale.
             old.connection.close(0u32.into(), b"replaced by a newer session");
         }
-        SessionGuard {
+        let guard = SessionGuard {
             registry: self.clone(),
             cluster: cluster.to_owned(),
             id,
+        };
+        (guard, others)
+    }
+
+    /// Closes (with `code` and `reason`) every session for which `keep(cluster, session)` is
+    /// false, and returns `(cluster, instance, id)` of each; their guards unregister them.
+    pub fn close_unless(
+        &self,
+        keep: impl Fn(&str, &Session) -> bool,
+        code: u32,
+        reason: &[u8],
+    ) -> Vec<(String, String, u64)> {
+        // Collected first, closed after: no map guard is held while a connection closes.
+        let mut doomed = Vec::new();
+        for entry in &self.clusters {
+            for session in entry.value().iter().filter(|s| !keep(entry.key(), s)) {
+                doomed.push((entry.key().clone(), session.clone()));
+            }
         }
+        doomed
+            .into_iter()
+            .map(|(cluster, session)| {
+                session.connection.close(code.into(), reason);
+                (cluster, session.instance, session.id)
+            })
+            .collect()
     }
 
     /// A live session for `cluster`, spreading load over several.

@@ -49,6 +49,11 @@ impl Pin {
         Ok(Self(Sha256::digest(parsed.subject_public_key_info().as_ref()).into()))
     }
 
+    /// The SHA-256 of the SubjectPublicKeyInfo.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.0
+    }
+
     /// The pin of the first certificate of a PEM file (the end-entity one of a chain).
     pub fn of_pem_file(path: &Path) -> Result<Self, TlsError> {
         let certs = load_certs(path)?;

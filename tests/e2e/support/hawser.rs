@@ -96,6 +96,10 @@ issuer = "{relay_url}"
 audience = "hawser"
 signing_key_file = "issuer.key"
 generate = true
+[assertions]
+issuer = "{relay_url}/assertions"
+signing_key_file = "assertion.key"
+generate = true
 [[access]]
 clusters = ["{CLUSTER}"]
 groups = ["dev"]
@@ -138,10 +142,9 @@ server_name = "localhost"
 ca_file = "relay.crt"
 [apiserver]
 kubeconfig = "{kubeconfig}"
-[[issuers]]
-issuer = "{relay_url}"
-audiences = ["hawser"]
-jwks_url = "{relay_url}/.well-known/jwks.json"
+[assertions]
+issuer = "{relay_url}/assertions"
+jwks_url = "{relay_url}/.well-known/hawser/assertion-jwks.json"
 jwks_ca_file = "relay.crt"
 [reconnect]
 initial_backoff_ms = 100
