@@ -22,6 +22,12 @@ const VERSION: u8 = 1;
 /// Largest JSON payload a frame may carry.
 pub const MAX_FRAME: usize = 16 * 1024;
 
+/// Response header by which the agent tells the relay that it refused the request because the
+/// caller failed to authenticate (value: which credential, e.g. `cluster-token` for a cluster
+/// token TokenReview refused), so the relay can charge the caller's failed-authentication budget.
+/// The agent sets it only on its own refusals and removes it from the apiserver's responses.
+pub const AUTH_FAILED_HEADER: &str = "hawser-auth-failed";
+
 /// Errors reading or writing a frame.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
