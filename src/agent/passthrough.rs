@@ -113,6 +113,7 @@ pub struct TokenReviewer<C: Clock = DefaultClock> {
     per_minute: u32,
     checks: AtomicU64,
 }
+
 /// The cluster token a request carries, if any: `Bearer <token>` in exactly one
 /// `Hawser-Cluster-Authorization` header.
 pub fn cluster_token(headers: &HeaderMap) -> Result<Option<String>, HttpError> {
@@ -543,19 +544,15 @@ mod tests {
         assert_eq!(malformed.auth_failed, None);
     }
 
-    #[tokio::test]
-    async fn cache_stays_bounded() {
-        let r = TokenReviewer::new(&config(10, 0));
-        let api = FakeApi {
-            delay: Duration::ZERO,
-            ..FakeApi::accepting(&[])
-        };
-        assert_eq!(r.cache.policy().time_to_live(), Some(Duration::from_secs(10)));
-        for i in 0..(CACHE_ENTRIES + 10) {
-            r.review(&api, "alice", &format!("bad-{i}")).await.unwrap_err();
-        }
-        r.cache.run_pending_tasks().await;
-        assert!(r.cache.entry_count() <= CACHE_ENTRIES, "{}", r.cache.entry_count());
+    #[test]
+    fn cache_is_bounded_and_expires() {
+        // moka enforces both; what is ours is asking for them (filling 4096
+        // entries in a debug build would take seconds).
+        let policy = TokenReviewer::new(&config(10, 0)).cache.policy();
+        assert_eq!(policy.max_capacity(), Some(CACHE_ENTRIES));
+        assert_eq!(policy.time_to_live(), Some(Duration::from_secs(10)));
+        let keeps_nothing = TokenReviewer::new(&config(0, 0)).cache.policy();
+        assert_eq!(keeps_nothing.max_capacity(), Some(0));
     }
 
     #[test]
