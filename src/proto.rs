@@ -34,9 +34,11 @@ pub const MAX_FRAME: usize = 24 * 1024;
 /// Largest hello: read before the agent has proved anything, so kept small.
 pub const MAX_HELLO: usize = 2 * 1024;
 
-/// Response header by which an agent tells the relay that it refused the caller's own
-/// credential (a cluster token or a caller token), so the relay can count it against the
-/// caller's failed-authentication budget. The relay removes it before answering the caller.
+/// Response header by which the agent tells the relay that it refused the request because the
+/// caller failed to authenticate (value: which credential: `cluster-token` for a cluster token
+/// TokenReview refused, `caller-token` for a caller's own token the agent refused), so the relay
+/// can charge the caller's failed-authentication budget; the relay removes it before answering.
+/// The agent sets it only on its own refusals and removes it from the apiserver's responses.
 pub const AUTH_FAILED_HEADER: &str = "hawser-auth-failed";
 
 /// Errors reading or writing a frame.

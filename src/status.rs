@@ -19,6 +19,27 @@ pub struct HttpError {
     pub message: String,
     /// Seconds for `Retry-After` on a 429 (1 when not set).
     pub retry_after_secs: Option<u64>,
+    /// Set when the refusal is the caller's failed authentication, so the relay can charge it.
+    pub auth_failed: Option<AuthFailure>,
+}
+
+/// A credential the caller failed to prove, named in [`crate::proto::AUTH_FAILED_HEADER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// The caller's cluster token (passthrough): TokenReview refused it.
+    ClusterToken,
+    /// The caller's own token, which an agent that takes callers' tokens refused.
+    CallerToken,
+}
+
+impl AuthFailure {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterToken => "cluster-token",
+            Self::CallerToken => "caller-token",
+        }
+    }
 }
 
 impl HttpError {
@@ -29,6 +50,7 @@ impl HttpError {
             reason: "BadRequest",
             message: message.into(),
             retry_after_secs: None,
+            auth_failed: None,
         }
     }
     /// 401: no valid credential.
@@ -38,6 +60,7 @@ impl HttpError {
             reason: "Unauthorized",
             message: message.into(),
             retry_after_secs: None,
+            auth_failed: None,
         }
     }
     /// 403: a valid caller that may not do this.
@@ -47,6 +70,7 @@ impl HttpError {
             reason: "Forbidden",
             message: message.into(),
             retry_after_secs: None,
+            auth_failed: None,
         }
     }
     /// 404: no such thing.
@@ -56,6 +80,7 @@ impl HttpError {
             reason: "NotFound",
             message: message.into(),
             retry_after_secs: None,
+            auth_failed: None,
         }
     }
     /// 405: a method the relay and agent never forward (CONNECT).
@@ -65,6 +90,7 @@ impl HttpError {
             reason: "MethodNotAllowed",
             message: message.into(),
             retry_after_secs: None,
+            auth_failed: None,
         }
     }
     /// 429: a limit was reached; kubectl retries after `Retry-After`.
@@ -74,11 +100,17 @@ impl HttpError {
             reason: "TooManyRequests",
             message: message.into(),
             retry_after_secs: None,
+            auth_failed: None,
         }
     }
     /// The same error with `Retry-After` set to `after`, rounded up to whole seconds.
     pub fn retry_after(mut self, after: std::time::Duration) -> Self {
         self.retry_after_secs = Some(after.as_secs() + u64::from(after.subsec_nanos() > 0));
+        self
+    }
+    /// The same error marked as the caller's failed authentication of `what`.
+    pub fn auth_failed(mut self, what: AuthFailure) -> Self {
+        self.auth_failed = Some(what);
         self
     }
     /// 500: we could not do our part (never a fallback to another identity).
@@ -88,6 +120,7 @@ impl HttpError {
             reason: "InternalError",
             message: message.into(),
             retry_after_secs: None,
+            auth_failed: None,
         }
     }
     /// 502: the next hop failed mid-way.
@@ -97,6 +130,7 @@ impl HttpError {
             reason: "InternalError",
             message: message.into(),
             retry_after_secs: None,
+            auth_failed: None,
         }
     }
     /// 503: the next hop is not there now.
@@ -106,6 +140,7 @@ impl HttpError {
             reason: "ServiceUnavailable",
             message: message.into(),
             retry_after_secs: None,
+            auth_failed: None,
         }
     }
 
@@ -139,6 +174,12 @@ impl HttpError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
+        if let Some(what) = self.auth_failed {
+            resp.headers_mut().insert(
+                crate::proto::AUTH_FAILED_HEADER,
+                header::HeaderValue::from_static(what.as_str()),
+            );
+        }
         resp
     }
 }
@@ -170,6 +211,27 @@ mod tests {
         assert_eq!(status["details"]["retryAfterSeconds"], 13);
         let plain = HttpError::too_many_requests("busy").into_response();
         assert_eq!(plain.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn only_a_marked_refusal_says_the_caller_failed_to_authenticate() {
+        let marked = HttpError::unauthorized("the cluster token was rejected")
+            .auth_failed(AuthFailure::ClusterToken)
+            .into_response();
+        assert_eq!(marked.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(marked.headers()[crate::proto::AUTH_FAILED_HEADER], "cluster-token");
+        for plain in [
+            HttpError::unauthorized("no token"),
+            HttpError::unavailable("cannot check the cluster token"),
+            HttpError::too_many_requests("too many reviews").retry_after(std::time::Duration::from_secs(20)),
+        ] {
+            let code = plain.code;
+            let resp = plain.into_response();
+            assert!(
+                !resp.headers().contains_key(crate::proto::AUTH_FAILED_HEADER),
+                "{code} carries the failed-authentication header"
+            );
+        }
     }
 
     #[tokio::test]

@@ -18,20 +18,47 @@
 //! skips the agent's own pre-check: the apiserver still authenticates the
 //! forwarded token on every request, so a revoked token is refused there at
 //! once.
+//!
+//! Threat: one valid relay JWT plus a new random cluster token per request
+//! never hits that cache, and each request would cost the apiserver a
+//! TokenReview (an outside review made 500 in 2 s). So:
+//! - reviews are single-flight: concurrent reviews of one token make one
+//!   TokenReview and the others wait for its answer, also with
+//!   `cache_secs = 0`, where the cache keeps nothing and only joins loads in
+//!   flight;
+//! - a review that goes to the apiserver (not a cache hit, not a waiter)
+//!   takes a token from its caller's bucket (the relay identity's username,
+//!   `passthrough.reviews_per_caller_per_minute`, also the burst); an empty
+//!   bucket means 429 with `Retry-After` and no review. The check runs as the
+//!   load starts, so a waiter that joins a load in that instant shares its
+//!   429: only callers presenting the very same cluster token can meet that;
+//! - a token TokenReview refused answers 401 marked as the caller's failed
+//!   authentication ([`crate::proto::AUTH_FAILED_HEADER`]), so the relay can
+//!   charge the caller's failed-authentication budget.
 
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use dashmap::DashMap;
-use http::HeaderMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, StatusCode};
+use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
 use super::apiserver::Apiserver;
 use crate::config::PassthroughConfig;
 use crate::impersonation::CLUSTER_AUTHORIZATION;
-use crate::status::HttpError;
+use crate::status::{AuthFailure, HttpError};
 
-/// Most reviews kept; past it, expired ones are dropped, then all.
-const CACHE_ENTRIES: usize = 4096;
+/// Most reviews kept; past it the cache evicts.
+const CACHE_ENTRIES: u64 = 4096;
+/// Rate checks between sweeps of callers whose bucket is full again, so the
+/// limiter holds the callers of the last minute plus at most this many.
+const SWEEP_EVERY: u64 = 256;
 
 /// The identity a TokenReview found for a cluster token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,12 +69,49 @@ pub struct Reviewed {
     pub groups: Vec<String>,
 }
 
-/// Checks cluster tokens with TokenReview and remembers the answers briefly.
-pub struct TokenReviewer {
+/// A review's answer worth remembering: accepted, or refused (401).
+type Answer = Result<Reviewed, HttpError>;
+
+/// Why a review has no answer worth remembering (429 or 503); every caller
+/// waiting on that review gets it, nobody later does.
+#[derive(Debug)]
+struct Unanswered(HttpError);
+
+/// Reviews left per caller (relay username).
+type CallerLimiter<C> = RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// Where TokenReviews go: the apiserver, or a fake in unit tests.
+pub trait ReviewApi: Sync {
+    /// Posts a TokenReview: the HTTP status and the JSON answer, or why none came.
+    fn token_review(
+        &self,
+        review: &serde_json::Value,
+    ) -> impl Future<Output = Result<(StatusCode, serde_json::Value), String>> + Send;
+}
+
+impl ReviewApi for Apiserver {
+    fn token_review(
+        &self,
+        review: &serde_json::Value,
+    ) -> impl Future<Output = Result<(StatusCode, serde_json::Value), String>> + Send {
+        self.post_json("/apis/authentication.k8s.io/v1/tokenreviews", review)
+    }
+}
+
+/// Checks cluster tokens with TokenReview, one review per token at a time,
+/// remembers the answers briefly and limits each caller's reviews.
+pub struct TokenReviewer<C: Clock = DefaultClock> {
     audiences: Vec<String>,
-    ttl: Duration,
-    /// Answers by token SHA-256: accepted, or refused (401); never "cannot say" (503).
-    cache: DashMap<[u8; 32], (Result<Reviewed, HttpError>, Instant)>,
+    /// Answers by token SHA-256. moka rather than a map of our own: its
+    /// `try_get_with` makes concurrent loads of one key a single flight (a
+    /// cancelled loader hands over to a waiter), with TTL and a bounded size,
+    /// and it spawns no threads or tasks.
+    cache: Cache<[u8; 32], Answer>,
+    /// Reviews per caller; `None` when unlimited. governor: a keyed GCRA
+    /// bucket that is lock-free per key and can forget idle keys.
+    limiter: Option<CallerLimiter<C>>,
+    per_minute: u32,
+    checks: AtomicU64,
 }
 
 /// The cluster token a request carries, if any: `Bearer <token>` in exactly one
@@ -73,22 +137,48 @@ pub fn cluster_token(headers: &HeaderMap) -> Result<Option<String>, HttpError> {
 }
 
 impl TokenReviewer {
-    /// A reviewer with the configured audiences and cache lifetime.
+    /// A reviewer with the configured audiences, cache lifetime and per-caller rate.
     pub fn new(config: &PassthroughConfig) -> Self {
+        Self::with_clock(config, DefaultClock::default())
+    }
+}
+
+impl<C: Clock> TokenReviewer<C> {
+    /// Like [`TokenReviewer::new`], with the rate limiter on `clock`.
+    pub fn with_clock(config: &PassthroughConfig, clock: C) -> Self {
+        let ttl = Duration::from_secs(config.cache_secs);
+        // Capacity 0 disables moka's map but not its single flight: loads in
+        // flight are still joined, and no answer is kept after.
+        let cache = if ttl.is_zero() {
+            Cache::builder().max_capacity(0).build()
+        } else {
+            Cache::builder().max_capacity(CACHE_ENTRIES).time_to_live(ttl).build()
+        };
+        let limiter = NonZeroU32::new(config.reviews_per_caller_per_minute)
+            .map(|n| RateLimiter::dashmap_with_clock(Quota::per_minute(n), clock));
         Self {
             audiences: config.audiences.clone(),
-            ttl: Duration::from_secs(config.cache_secs),
-            cache: DashMap::new(),
+            cache,
+            limiter,
+            per_minute: config.reviews_per_caller_per_minute,
+            checks: AtomicU64::new(0),
         }
     }
 
     /// The token's identity if the apiserver accepts it; 401 if it does not,
-    /// 503 if the apiserver cannot say (never a pass on doubt).
-    pub async fn review(&self, apiserver: &Apiserver, token: &str) -> Result<Reviewed, HttpError> {
+    /// 429 if `caller` is over its review rate, 503 if the apiserver cannot
+    /// say (never a pass on doubt).
+    pub async fn review(&self, api: &impl ReviewApi, caller: &str, token: &str) -> Result<Reviewed, HttpError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(hit) = self.cached(&key) {
-            return hit;
-        }
+        self.cache
+            .try_get_with(key, self.load(api, caller, token))
+            .await
+            .map_err(|e| e.0.clone())?
+    }
+
+    /// One TokenReview, if `caller` has a review left.
+    async fn load(&self, api: &impl ReviewApi, caller: &str, token: &str) -> Result<Answer, Unanswered> {
+        self.admit(caller)?;
         let mut spec = serde_json::json!({ "token": token });
         if !self.audiences.is_empty() {
             spec["audiences"] = serde_json::json!(self.audiences);
@@ -98,23 +188,41 @@ impl TokenReviewer {
             "kind": "TokenReview",
             "spec": spec,
         });
-        let (status, answer) = apiserver
-            .post_json("/apis/authentication.k8s.io/v1/tokenreviews", &review)
+        let (status, answer) = api
+            .token_review(&review)
             .await
-            .map_err(|e| HttpError::unavailable(format!("cannot check the cluster token: {e}")))?;
+            .map_err(|e| Unanswered(HttpError::unavailable(format!("cannot check the cluster token: {e}"))))?;
         if !status.is_success() {
-            return Err(HttpError::unavailable(format!(
+            return Err(Unanswered(HttpError::unavailable(format!(
                 "cannot check the cluster token: TokenReview answered {status}: {}",
                 answer["message"].as_str().unwrap_or_default()
-            )));
+            ))));
         }
         // Refusals are remembered too, so a caller repeating a bad token costs one review per
         // cache_secs, not one per request.
-        let reviewed = self.judge(&answer["status"]);
-        if !self.ttl.is_zero() {
-            self.remember(key, reviewed.clone());
+        Ok(self.judge(&answer["status"]))
+    }
+
+    /// Takes one review from `caller`'s bucket, or 429 naming the limit.
+    fn admit(&self, caller: &str) -> Result<(), Unanswered> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
         }
-        reviewed
+        limiter.check_key(&caller.to_owned()).map_err(|not_until| {
+            let wait = not_until.wait_time_from(limiter.clock().now());
+            Unanswered(
+                HttpError::too_many_requests(format!(
+                    "too many cluster-token reviews for {caller}: at most {} per minute \
+                     (passthrough.reviews_per_caller_per_minute)",
+                    self.per_minute
+                ))
+                .retry_after(wait),
+            )
+        })
     }
 
     /// Reads a TokenReview status: authenticated, with a user, and (when
@@ -125,9 +233,7 @@ impl TokenReviewer {
                 .as_str()
                 .filter(|e| !e.is_empty())
                 .unwrap_or("not authenticated");
-            return Err(HttpError::unauthorized(format!(
-                "the cluster token was rejected: {why}"
-            )));
+            return Err(refused(format!("the cluster token was rejected: {why}")));
         }
         if !self.audiences.is_empty() {
             let granted = status["audiences"].as_array().into_iter().flatten();
@@ -135,14 +241,14 @@ impl TokenReviewer {
                 .filter_map(|a| a.as_str())
                 .any(|a| self.audiences.iter().any(|w| w == a))
             {
-                return Err(HttpError::unauthorized(
+                return Err(refused(
                     "the cluster token was rejected: none of its audiences is accepted here",
                 ));
             }
         }
         let user = status["user"]["username"].as_str().unwrap_or_default();
         if user.is_empty() {
-            return Err(HttpError::unauthorized("the cluster token was rejected: no username"));
+            return Err(refused("the cluster token was rejected: no username"));
         }
         let groups = status["user"]["groups"]
             .as_array()
@@ -155,33 +261,80 @@ impl TokenReviewer {
             groups,
         })
     }
+}
 
-    fn cached(&self, key: &[u8; 32]) -> Option<Result<Reviewed, HttpError>> {
-        let hit = self.cache.get(key)?;
-        let (reviewed, at) = hit.value();
-        (at.elapsed() < self.ttl).then(|| reviewed.clone())
-    }
-
-    fn remember(&self, key: [u8; 32], reviewed: Result<Reviewed, HttpError>) {
-        if self.cache.len() >= CACHE_ENTRIES {
-            let ttl = self.ttl;
-            self.cache.retain(|_, (_, at)| at.elapsed() < ttl);
-            if self.cache.len() >= CACHE_ENTRIES {
-                self.cache.clear();
-            }
-        }
-        self.cache.insert(key, (reviewed, Instant::now()));
-    }
+/// 401 for a cluster token TokenReview refused: the caller's failed authentication.
+fn refused(message: impl Into<String>) -> HttpError {
+    HttpError::unauthorized(message).auth_failed(AuthFailure::ClusterToken)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use futures_util::future::join_all;
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
+
+    /// A fake apiserver: counts TokenReviews and answers each after `delay`
+    /// (paused time: it elapses once every caller is waiting).
+    struct FakeApi {
+        reviews: AtomicUsize,
+        status: StatusCode,
+        /// Tokens it accepts; any other is refused.
+        valid: Vec<&'static str>,
+        delay: Duration,
+    }
+
+    impl FakeApi {
+        fn accepting(valid: &[&'static str]) -> Self {
+            Self {
+                reviews: AtomicUsize::new(0),
+                status: StatusCode::CREATED,
+                valid: valid.to_vec(),
+                delay: Duration::from_millis(50),
+            }
+        }
+
+        fn failing(status: StatusCode) -> Self {
+            Self {
+                status,
+                ..Self::accepting(&[])
+            }
+        }
+
+        fn reviews(&self) -> usize {
+            self.reviews.load(Ordering::SeqCst)
+        }
+    }
+
+    impl ReviewApi for FakeApi {
+        async fn token_review(&self, review: &serde_json::Value) -> Result<(StatusCode, serde_json::Value), String> {
+            self.reviews.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            let token = review["spec"]["token"].as_str().unwrap_or_default();
+            let status = if self.valid.contains(&token) {
+                serde_json::json!({"authenticated": true, "user": {"username": format!("sa-{token}")}})
+            } else {
+                serde_json::json!({"authenticated": false, "error": "invalid bearer token"})
+            };
+            Ok((self.status, serde_json::json!({"status": status, "message": "fake"})))
+        }
+    }
+
+    fn config(cache_secs: u64, per_minute: u32) -> PassthroughConfig {
+        PassthroughConfig {
+            audiences: vec![],
+            cache_secs,
+            reviews_per_caller_per_minute: per_minute,
+        }
+    }
 
     fn reviewer(audiences: &[&str]) -> TokenReviewer {
         TokenReviewer::new(&PassthroughConfig {
             audiences: audiences.iter().map(|a| a.to_string()).collect(),
-            cache_secs: 10,
+            ..config(10, 60)
         })
     }
 
@@ -193,21 +346,213 @@ mod tests {
         h
     }
 
-    #[test]
-    fn refusals_are_remembered_like_acceptances() {
-        let r = reviewer(&[]);
-        let refused = r.judge(&serde_json::json!({"authenticated": false, "error": "expired"}));
-        let key = [7u8; 32];
-        r.remember(key, refused.clone());
-        assert_eq!(r.cached(&key), Some(refused));
-        assert_eq!(
-            r.cached(&key).unwrap().unwrap_err().code,
-            http::StatusCode::UNAUTHORIZED
+    /// A reviewer whose rate limiter runs on a clock the test moves.
+    fn on_fake_clock(per_minute: u32) -> (TokenReviewer<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (TokenReviewer::with_clock(&config(10, per_minute), clock.clone()), clock)
+    }
+
+    /// `n` concurrent reviews of `token` by `caller`.
+    async fn concurrently<C: Clock>(
+        r: &TokenReviewer<C>,
+        api: &FakeApi,
+        caller: &str,
+        token: &str,
+        n: usize,
+    ) -> Vec<Answer> {
+        join_all((0..n).map(|_| r.review(api, caller, token))).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_reviews_of_one_token_make_one_tokenreview() {
+        let r = TokenReviewer::new(&config(10, 0));
+        let api = FakeApi::accepting(&["good"]);
+        let answers = concurrently(&r, &api, "alice", "good", 100).await;
+        assert_eq!(api.reviews(), 1, "one TokenReview for 100 concurrent reviews");
+        assert!(answers.iter().all(|a| a.as_ref().unwrap().user == "sa-good"));
+
+        let answers = concurrently(&r, &api, "alice", "bad", 100).await;
+        assert_eq!(api.reviews(), 2, "refusals are single-flight too");
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.as_ref().unwrap_err().code == StatusCode::UNAUTHORIZED)
         );
-        let accepted = r.judge(&serde_json::json!({"authenticated": true, "user": {"username": "u"}}));
-        r.remember([8u8; 32], accepted.clone());
-        assert_eq!(r.cached(&[8u8; 32]), Some(accepted));
-        assert_eq!(r.cached(&[9u8; 32]), None);
+
+        // Then both answers come from the cache.
+        r.review(&api, "bob", "good").await.unwrap();
+        r.review(&api, "bob", "bad").await.unwrap_err();
+        assert_eq!(api.reviews(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cannot_say_is_shared_by_waiters_and_never_remembered() {
+        let r = TokenReviewer::new(&config(10, 0));
+        let api = FakeApi::failing(StatusCode::INTERNAL_SERVER_ERROR);
+        let answers = concurrently(&r, &api, "alice", "good", 20).await;
+        assert_eq!(api.reviews(), 1);
+        for a in answers {
+            let e = a.unwrap_err();
+            assert_eq!(e.code, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(e.auth_failed, None, "a 503 is not the caller's failure");
+        }
+        r.review(&api, "alice", "good").await.unwrap_err();
+        assert_eq!(api.reviews(), 2, "a 503 is never reused");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_cache_secs_keeps_nothing_but_stays_single_flight() {
+        let r = TokenReviewer::new(&config(0, 0));
+        let api = FakeApi::accepting(&["good"]);
+        concurrently(&r, &api, "alice", "good", 50).await;
+        assert_eq!(api.reviews(), 1, "concurrent reviews share one TokenReview");
+        r.review(&api, "alice", "good").await.unwrap();
+        r.review(&api, "alice", "bad").await.unwrap_err();
+        r.review(&api, "alice", "bad").await.unwrap_err();
+        assert_eq!(api.reviews(), 4, "nothing kept: each later review asks again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reviews_per_caller_are_limited_with_429() {
+        let (r, clock) = on_fake_clock(3);
+        let api = FakeApi::accepting(&["good"]);
+        r.review(&api, "alice", "good").await.unwrap();
+        for token in ["bad-1", "bad-2"] {
+            r.review(&api, "alice", token).await.unwrap_err();
+        }
+        assert_eq!(api.reviews(), 3);
+        let limited = r.review(&api, "alice", "bad-3").await.unwrap_err();
+        assert_eq!(api.reviews(), 3, "over the limit: no TokenReview");
+        assert_eq!(limited.code, StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            limited.message.contains("at most 3 per minute")
+                && limited.message.contains("reviews_per_caller_per_minute"),
+            "{}",
+            limited.message
+        );
+        // One token per 20 s refills the bucket.
+        assert_eq!(limited.retry_after_secs, Some(20));
+        assert_eq!(limited.auth_failed, None, "a 429 is not a failed authentication");
+
+        // Cache hits are free, refusals included; another caller has its own bucket.
+        assert_eq!(r.review(&api, "alice", "good").await.unwrap().user, "sa-good");
+        assert_eq!(
+            r.review(&api, "alice", "bad-1").await.unwrap_err().code,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            r.review(&api, "bob", "bad-3").await.unwrap_err().code,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(api.reviews(), 4);
+
+        // Ten concurrent reviews of one token cost their caller one review of three.
+        let answers = concurrently(&r, &api, "carol", "bad-4", 10).await;
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.as_ref().unwrap_err().code == StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(api.reviews(), 5);
+        for token in ["bad-5", "bad-6"] {
+            assert_eq!(
+                r.review(&api, "carol", token).await.unwrap_err().code,
+                StatusCode::UNAUTHORIZED
+            );
+        }
+        assert_eq!(
+            r.review(&api, "carol", "bad-7").await.unwrap_err().code,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(api.reviews(), 7);
+
+        // The bucket refills with time: one review per 20 s.
+        clock.advance(Duration::from_secs(20));
+        assert_eq!(
+            r.review(&api, "alice", "bad-8").await.unwrap_err().code,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            r.review(&api, "alice", "bad-9").await.unwrap_err().code,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(api.reviews(), 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_reviews_per_minute_means_no_limit() {
+        let r = TokenReviewer::new(&config(10, 0));
+        let api = FakeApi::accepting(&[]);
+        for i in 0..200 {
+            let e = r.review(&api, "alice", &format!("bad-{i}")).await.unwrap_err();
+            assert_eq!(e.code, StatusCode::UNAUTHORIZED);
+        }
+        assert_eq!(api.reviews(), 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limiter_forgets_callers_whose_bucket_is_full_again() {
+        let (r, clock) = on_fake_clock(60);
+        let api = FakeApi::accepting(&[]);
+        for i in 0..SWEEP_EVERY - 1 {
+            r.review(&api, &format!("caller-{i}"), &format!("bad-{i}"))
+                .await
+                .unwrap_err();
+        }
+        let limiter = r.limiter.as_ref().unwrap();
+        assert_eq!(limiter.len() as u64, SWEEP_EVERY - 1);
+        clock.advance(Duration::from_secs(2));
+        // The next check sweeps: a caller that spent one of 60 is full again after a second.
+        r.review(&api, "last", "bad-last").await.unwrap_err();
+        assert!(limiter.len() <= 1, "{} callers kept", limiter.len());
+    }
+
+    #[tokio::test]
+    async fn a_refused_cluster_token_marks_the_response_as_a_failed_authentication() {
+        let r = TokenReviewer::new(&config(10, 1));
+        let api = FakeApi {
+            delay: Duration::ZERO,
+            ..FakeApi::accepting(&[])
+        };
+        let refused = r.review(&api, "alice", "bad").await.unwrap_err();
+        assert_eq!(refused.code, StatusCode::UNAUTHORIZED);
+        let resp = refused.clone().into_response();
+        assert_eq!(resp.headers()[crate::proto::AUTH_FAILED_HEADER], "cluster-token");
+        // Remembered refusals carry it too: each repeat is another failure.
+        assert_eq!(r.review(&api, "alice", "bad").await.unwrap_err(), refused);
+        let limited = r.review(&api, "alice", "other").await.unwrap_err();
+        assert_eq!(limited.code, StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            !limited
+                .into_response()
+                .headers()
+                .contains_key(crate::proto::AUTH_FAILED_HEADER)
+        );
+        let unavailable = TokenReviewer::new(&config(10, 0))
+            .review(&FakeApi::failing(StatusCode::FORBIDDEN), "alice", "bad")
+            .await
+            .unwrap_err();
+        assert_eq!(unavailable.code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            !unavailable
+                .into_response()
+                .headers()
+                .contains_key(crate::proto::AUTH_FAILED_HEADER)
+        );
+        // A malformed header is the caller's own 401, but it cost no review.
+        let malformed = cluster_token(&headers(&["Basic abc"])).unwrap_err();
+        assert_eq!(malformed.auth_failed, None);
+    }
+
+    #[test]
+    fn cache_is_bounded_and_expires() {
+        // moka enforces both; what is ours is asking for them (filling 4096
+        // entries in a debug build would take seconds).
+        let policy = TokenReviewer::new(&config(10, 0)).cache.policy();
+        assert_eq!(policy.max_capacity(), Some(CACHE_ENTRIES));
+        assert_eq!(policy.time_to_live(), Some(Duration::from_secs(10)));
+        let keeps_nothing = TokenReviewer::new(&config(0, 0)).cache.policy();
+        assert_eq!(keeps_nothing.max_capacity(), Some(0));
     }
 
     #[test]
@@ -241,37 +586,14 @@ mod tests {
         assert_eq!(r.judge(&wrong_aud).unwrap_err().code.as_u16(), 401);
         let no_user = serde_json::json!({"authenticated": true, "audiences": ["hawser"], "user": {}});
         assert_eq!(r.judge(&no_user).unwrap_err().code.as_u16(), 401);
+        for refusal in [denied, wrong_aud, no_user] {
+            assert_eq!(
+                r.judge(&refusal).unwrap_err().auth_failed,
+                Some(AuthFailure::ClusterToken)
+            );
+        }
         let any_aud = reviewer(&[]);
         let plain = serde_json::json!({"authenticated": true, "user": {"username": "u"}});
         assert_eq!(any_aud.judge(&plain).unwrap().groups, Vec::<String>::new());
-    }
-
-    #[test]
-    fn cache_expires_and_stays_bounded() {
-        let r = TokenReviewer::new(&PassthroughConfig {
-            audiences: vec![],
-            cache_secs: 0,
-        });
-        r.remember(
-            [1; 32],
-            Ok(Reviewed {
-                user: "u".into(),
-                groups: vec![],
-            }),
-        );
-        assert_eq!(r.cached(&[1; 32]), None, "a zero lifetime never hits");
-        let r = reviewer(&[]);
-        for i in 0..(CACHE_ENTRIES + 10) {
-            let mut key = [0u8; 32];
-            key[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            r.remember(
-                key,
-                Ok(Reviewed {
-                    user: "u".into(),
-                    groups: vec![],
-                }),
-            );
-        }
-        assert!(r.cache.len() <= CACHE_ENTRIES);
     }
 }

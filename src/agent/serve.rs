@@ -95,7 +95,15 @@ async fn handle(
         (true, _) => return Err(HttpError::unauthorized("this agent takes relay assertions only")),
         (false, _) => return Err(HttpError::unauthorized("this agent takes callers' own tokens only")),
     };
-    let identity = state.auth.authenticate(token).await?;
+    let identity = match state.auth.authenticate(token).await {
+        Ok(identity) => identity,
+        // A caller's own token refused here is the caller's failure; a relay assertion refused
+        // here is not (the caller's token passed at the relay), so only the former is marked.
+        Err(e) if !state.takes_assertions && e.status() == http::StatusCode::UNAUTHORIZED => {
+            return Err(HttpError::from(e).auth_failed(crate::status::AuthFailure::CallerToken));
+        }
+        Err(e) => return Err(e.into()),
+    };
     audit.set(|f| {
         f.caller = Some(identity.user.clone());
         f.groups = identity.groups.clone();
@@ -112,7 +120,10 @@ async fn handle(
                      its agent runs in identity mode",
                 ));
             }
-            let reviewed = state.reviewer.review(&state.apiserver, &cluster_token).await?;
+            let reviewed = state
+                .reviewer
+                .review(&state.apiserver, &identity.user, &cluster_token)
+                .await?;
             audit.set(|f| f.cluster_user = Some(reviewed.user.clone()));
             debug!(caller = %identity.user, cluster_user = %reviewed.user, "passthrough");
             crate::impersonation::apply_passthrough(req.headers_mut(), &cluster_token)
@@ -141,9 +152,33 @@ async fn handle(
     req.headers_mut().remove(HOST);
     let client = state.apiserver.client(long_running);
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let resp = forward::exchange(req, Some(audit), |req| client.request(req))
+    let mut resp = forward::exchange(req, Some(audit), |req| client.request(req))
         .await
         .map_err(|e| HttpError::bad_gateway(format!("the apiserver did not answer: {e}")))?;
+    strip_agent_marks(resp.headers_mut());
     tracing::debug!(%method, %path, long_running, status = resp.status().as_u16(), "response head from the apiserver");
     Ok(resp)
+}
+
+/// Removes headers only the agent may set from an apiserver response: an
+/// aggregated API server behind the apiserver must not make the relay charge
+/// a caller's failed-authentication budget.
+fn strip_agent_marks(headers: &mut http::HeaderMap) {
+    headers.remove(proto::AUTH_FAILED_HEADER);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apiserver_responses_cannot_claim_a_failed_authentication() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(proto::AUTH_FAILED_HEADER, "cluster-token".parse().unwrap());
+        headers.append("Hawser-Auth-Failed", "cluster-token".parse().unwrap());
+        headers.append("content-type", "application/json".parse().unwrap());
+        strip_agent_marks(&mut headers);
+        assert!(!headers.contains_key(proto::AUTH_FAILED_HEADER));
+        assert_eq!(headers.len(), 1);
+    }
 }

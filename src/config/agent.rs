@@ -132,8 +132,11 @@ impl AccessMode {
 pub struct PassthroughConfig {
     /// Audiences the token must carry (TokenReview `spec.audiences`); empty means the apiserver's own.
     pub audiences: Vec<String>,
-    /// How long a successful review is reused for the same token, in seconds (0: review every request).
+    /// How long a review's answer (accepted or refused) is reused for the same token, in seconds
+    /// (0: concurrent identical reviews still share one, nothing is kept after).
     pub cache_secs: u64,
+    /// TokenReviews one caller (relay identity) may cause per minute, also the burst; 0: no limit.
+    pub reviews_per_caller_per_minute: u32,
 }
 
 impl Default for PassthroughConfig {
@@ -141,6 +144,7 @@ impl Default for PassthroughConfig {
         Self {
             audiences: Vec::new(),
             cache_secs: 10,
+            reviews_per_caller_per_minute: 60,
         }
     }
 }

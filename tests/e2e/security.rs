@@ -26,6 +26,10 @@ pub const TESTS: &[(&str, Test)] = &[
         "passthrough_cluster_token_is_the_only_identity",
         passthrough_cluster_token_is_the_only_identity,
     ),
+    (
+        "passthrough_reviews_are_bounded_per_caller",
+        passthrough_reviews_are_bounded_per_caller,
+    ),
     ("audit_lines_join_relay_and_agent", audit_lines_join_relay_and_agent),
     (
         "agent_pinning_another_key_never_registers",
@@ -136,6 +140,118 @@ fn passthrough_cluster_token_is_the_only_identity(tb: &Testbed, deployment: &Dep
         whoami(&kubectl, &[])?["username"] == "pt-caller",
         "identity mode in \"both\""
     );
+    Ok(())
+}
+
+/// TokenReviews kube-apiserver has served since it started, from its own metrics.
+fn tokenreviews_served(tb: &Testbed) -> Result<u64> {
+    let metrics = tb.admin().ok(&["get", "--raw", "/metrics"])?;
+    let mut served = 0;
+    for line in metrics.lines() {
+        if line.starts_with("apiserver_request_total{") && line.contains("resource=\"tokenreviews\"") {
+            let value = line.rsplit(' ').next().unwrap_or_default();
+            served += value.parse::<f64>().with_context(|| format!("metric line {line:?}"))? as u64;
+        }
+    }
+    Ok(served)
+}
+
+/// Issue #10 finding 6: one relay JWT plus a new garbage cluster token per request once
+/// cost the apiserver one TokenReview per request. The agent's per-caller review rate
+/// (`reviews_per_caller_per_minute`, default 60, also the burst) bounds them.
+fn passthrough_reviews_are_bounded_per_caller(tb: &Testbed, _: &Deployment) -> Result<()> {
+    const THREADS: usize = 30;
+    const PER_THREAD: usize = 10;
+    const BURST: u64 = 60;
+    // Other tests running beside this one may review a few tokens of their own.
+    const OTHERS: u64 = 20;
+    // Its own deployment: the attack spends its caller's review budget.
+    let passthrough = format!("mode = \"both\"\n[passthrough]\naudiences = [\"{APISERVER_AUDIENCE}\"]\n");
+    let hawser = Hawser::start_with(
+        tb,
+        &Extra {
+            agent: &passthrough,
+            ..Extra::default()
+        },
+    )?;
+    let jwt = hawser.issue_token("pt-flood", &["dev"])?;
+    let url = format!("{}/clusters/{CLUSTER}/version", hawser.relay_url);
+    let before = tokenreviews_served(tb)?;
+    let started = Instant::now();
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (url, jwt, ca) = (&url, &jwt, &hawser.relay_ca);
+                s.spawn(move || {
+                    (0..PER_THREAD)
+                        .map(|i| {
+                            let garbage = format!("garbage-{t}-{i}-{:016x}", rand::random::<u64>());
+                            https::get(
+                                url,
+                                ca,
+                                &[
+                                    ("Authorization", &format!("Bearer {jwt}")),
+                                    ("Hawser-Cluster-Authorization", &format!("Bearer {garbage}")),
+                                ],
+                            )
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().map_err(|_| anyhow::anyhow!("a request thread panicked"))?)
+            .collect::<Result<Vec<Vec<_>>>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    let elapsed = started.elapsed();
+    let served = tokenreviews_served(tb)? - before;
+
+    let refused = answers.iter().filter(|(status, _)| *status == 401).count();
+    let limited: Vec<_> = answers.iter().filter(|(status, _)| *status == 429).collect();
+    let others: Vec<_> = answers
+        .iter()
+        .filter(|(status, _)| *status != 401 && *status != 429)
+        .collect();
+    eprintln!(
+        "{} requests with garbage cluster tokens in {elapsed:.1?}: {refused} refused (401), {} limited (429); \
+         kube-apiserver served {served} TokenReviews",
+        answers.len(),
+        limited.len()
+    );
+    // The bucket refills one review per second while the attack lasts.
+    let bound = BURST + elapsed.as_secs() + 1 + OTHERS;
+    ensure!(
+        served <= bound,
+        "{} garbage tokens cost kube-apiserver {served} TokenReviews (bound {bound})",
+        answers.len()
+    );
+    ensure!(others.is_empty(), "answers other than 401 and 429: {others:?}");
+    ensure!(refused > 0, "no garbage token was reviewed and refused");
+    ensure!(
+        !limited.is_empty()
+            && limited
+                .iter()
+                .all(|(_, body)| body.contains("reviews_per_caller_per_minute")),
+        "expected 429 Status naming the limit, got: {limited:?}"
+    );
+
+    // Another caller's budget is its own: its cluster token is still reviewed and used.
+    let ns = tb.namespace("pt-flood")?;
+    let sa_token = tb.service_account_token(&ns, "deployer")?;
+    let other = hawser.issue_token("pt-bystander", &["dev"])?;
+    let (status, body) = https::get(
+        &url,
+        &hawser.relay_ca,
+        &[
+            ("Authorization", &format!("Bearer {other}")),
+            ("Hawser-Cluster-Authorization", &format!("Bearer {sa_token}")),
+        ],
+    )?;
+    ensure!(status == 200, "another caller after the flood: {status} {body}");
     Ok(())
 }
 
