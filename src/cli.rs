@@ -70,15 +70,24 @@ pub struct TokenArgs {
     pub token_file: Option<PathBuf>,
 }
 
-/// `hawser token issue`.
+/// `hawser token issue` and `hawser token jwks`.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Sign a token with the relay's built-in issuer.
+    /// Sign a token: with the relay's built-in issuer (--config), or with a key of your own kept
+    /// away from the relay (--signing-key, --issuer, --audience), which the relay and agents then
+    /// trust as an ordinary [[issuers]] entry (its public half: `hawser token jwks`).
     Issue {
-        /// The relay's configuration (for its issuer and signing key).
+        /// The signing key.
+        #[command(flatten)]
+        key: SigningKeyArgs,
+        /// The token's `iss` (with --signing-key).
+        #[arg(long, requires = "signing_key")]
+        issuer: Option<String>,
+        /// The token's `aud`: with --config, instead of the issuer's (e.g. a cluster's
+        /// caller_audience); with --signing-key, required.
         #[arg(long)]
-        config: PathBuf,
-        /// The token's subject (the Kubernetes username, after the agent's prefix).
+        audience: Option<String>,
+        /// The token's subject (the Kubernetes username, after the issuer's prefix).
         #[arg(long)]
         subject: String,
         /// A group of the subject; repeat for several.
@@ -88,6 +97,26 @@ pub enum TokenCommand {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// Print the public JWKS of a signing key, for an [[issuers]] entry's jwks_file.
+    Jwks {
+        /// The signing key.
+        #[command(flatten)]
+        key: SigningKeyArgs,
+    },
+}
+
+/// Which key signs: the relay configuration's built-in issuer, or a key file (one of the two).
+#[derive(Debug, Args)]
+pub struct SigningKeyArgs {
+    /// The relay's configuration (its [issuer] and signing key).
+    #[arg(long, conflicts_with = "signing_key")]
+    pub config: Option<PathBuf>,
+    /// A PKCS#8 PEM ES256 key file of your own.
+    #[arg(long)]
+    pub signing_key: Option<PathBuf>,
+    /// Create the --signing-key file (mode 0600) if it does not exist.
+    #[arg(long, requires = "signing_key")]
+    pub generate: bool,
 }
 
 /// `hawser kubeconfig`.

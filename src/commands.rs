@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{Command, KubeconfigArgs, ProxyArgs, TokenArgs, TokenCommand};
+use crate::cli::{Command, KubeconfigArgs, ProxyArgs, SigningKeyArgs, TokenArgs, TokenCommand};
 use crate::client::kubeconfig::{self, Entry, User};
 use crate::client::{proxy, token};
 use crate::config::{self, AgentConfig, RelayConfig, Secret};
@@ -40,21 +40,47 @@ fn token_command(args: TokenArgs) -> Result<()> {
             println!("{}", token::exec_credential(&token));
         }
         Some(TokenCommand::Issue {
-            config,
+            key,
+            issuer,
+            audience,
             subject,
             groups,
             ttl,
         }) => {
             let ttl = config::parse_duration(&ttl).map_err(anyhow::Error::msg)?;
-            let config: RelayConfig = config::load(&config)?;
-            let Some(issuer) = &config.issuer else {
-                bail!("the relay configuration has no [issuer]; its tokens come from an external issuer");
-            };
-            let builtin = issuer.load()?;
-            println!("{}", builtin.issue(&subject, &groups, ttl)?);
+            let builtin = signing_issuer(&key, issuer, audience.clone())?;
+            let audience = audience.unwrap_or_else(|| builtin.audience().to_owned());
+            println!("{}", builtin.issue_for(&audience, &subject, &groups, ttl)?);
+        }
+        Some(TokenCommand::Jwks { key }) => {
+            let builtin = signing_issuer(&key, Some("jwks".into()), Some("jwks".into()))?;
+            println!("{}", builtin.jwks());
         }
     }
     Ok(())
+}
+
+/// The issuer that signs for `hawser token issue`/`jwks`: the relay's built-in one, or a key file
+/// with the issuer and audience given on the command line.
+fn signing_issuer(
+    key: &SigningKeyArgs,
+    issuer: Option<String>,
+    audience: Option<String>,
+) -> Result<crate::auth::BuiltinIssuer> {
+    if let Some(path) = &key.config {
+        let config: RelayConfig = config::load(path)?;
+        let Some(issuer) = &config.issuer else {
+            bail!("the relay configuration has no [issuer]; sign with --signing-key instead");
+        };
+        return Ok(issuer.load()?);
+    }
+    let Some(path) = &key.signing_key else {
+        bail!("give --config or --signing-key");
+    };
+    let (Some(issuer), Some(audience)) = (issuer, audience) else {
+        bail!("--signing-key needs --issuer and --audience");
+    };
+    Ok(crate::auth::BuiltinIssuer::load_or_generate(path, issuer, audience, key.generate)?)
 }
 
 fn kubeconfig_command(args: KubeconfigArgs) -> Result<()> {
