@@ -84,9 +84,9 @@ pub enum TokenCommand {
         #[arg(long, requires = "signing_key")]
         issuer: Option<String>,
         /// The token's `aud`: with --config, instead of the issuer's (e.g. a cluster's
-        /// caller_audience); with --signing-key, required.
-        #[arg(long)]
-        audience: Option<String>,
+        /// caller_audience); with --signing-key, required. Repeat for several.
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
         /// The token's subject (the Kubernetes username, after the issuer's prefix).
         #[arg(long)]
         subject: String,

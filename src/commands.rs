@@ -42,15 +42,17 @@ fn token_command(args: TokenArgs) -> Result<()> {
         Some(TokenCommand::Issue {
             key,
             issuer,
-            audience,
+            mut audiences,
             subject,
             groups,
             ttl,
         }) => {
             let ttl = config::parse_duration(&ttl).map_err(anyhow::Error::msg)?;
-            let builtin = signing_issuer(&key, issuer, audience.clone())?;
-            let audience = audience.unwrap_or_else(|| builtin.audience().to_owned());
-            println!("{}", builtin.issue_for(&audience, &subject, &groups, ttl)?);
+            let builtin = signing_issuer(&key, issuer, audiences.first().cloned())?;
+            if audiences.is_empty() {
+                audiences.push(builtin.audience().to_owned());
+            }
+            println!("{}", builtin.issue_for(&audiences, &subject, &groups, ttl)?);
         }
         Some(TokenCommand::Jwks { key }) => {
             let builtin = signing_issuer(&key, Some("jwks".into()), Some("jwks".into()))?;
@@ -80,7 +82,12 @@ fn signing_issuer(
     let (Some(issuer), Some(audience)) = (issuer, audience) else {
         bail!("--signing-key needs --issuer and --audience");
     };
-    Ok(crate::auth::BuiltinIssuer::load_or_generate(path, issuer, audience, key.generate)?)
+    Ok(crate::auth::BuiltinIssuer::load_or_generate(
+        path,
+        issuer,
+        audience,
+        key.generate,
+    )?)
 }
 
 fn kubeconfig_command(args: KubeconfigArgs) -> Result<()> {

@@ -54,7 +54,8 @@ pub struct BuiltinIssuer {
 #[derive(Serialize)]
 struct Claims<'a> {
     iss: &'a str,
-    aud: &'a str,
+    /// One audience as a string, several as an array.
+    aud: serde_json::Value,
     sub: &'a str,
     groups: &'a [String],
     iat: u64,
@@ -109,14 +110,14 @@ impl BuiltinIssuer {
 
     /// Issue an ES256 token for `subject` and `groups`, valid for `ttl` from now.
     pub fn issue(&self, subject: &str, groups: &[String], ttl: Duration) -> Result<String, IssuerError> {
-        self.issue_for(&self.audience, subject, groups, ttl)
+        self.issue_for(&[self.audience.clone()], subject, groups, ttl)
     }
 
-    /// Like [`BuiltinIssuer::issue`], for `audience` instead of the configured one (a token bound
+    /// Like [`BuiltinIssuer::issue`], for `audiences` instead of the configured one (a token bound
     /// to one cluster's `caller_audience`).
     pub fn issue_for(
         &self,
-        audience: &str,
+        audiences: &[String],
         subject: &str,
         groups: &[String],
         ttl: Duration,
@@ -127,7 +128,11 @@ impl BuiltinIssuer {
         if groups.iter().any(|g| g.is_empty() || g.chars().any(char::is_control)) {
             return Err(IssuerError::InvalidClaim("group"));
         }
-        if audience.is_empty() || audience.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if audiences.is_empty()
+            || audiences
+                .iter()
+                .any(|a| a.is_empty() || a.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
             return Err(IssuerError::InvalidClaim("audience"));
         }
         if ttl.as_secs() == 0 || ttl > self.max_lifetime {
@@ -136,7 +141,10 @@ impl BuiltinIssuer {
         let now = unix_now();
         self.key.sign(&Claims {
             iss: &self.issuer,
-            aud: audience,
+            aud: match audiences {
+                [one] => serde_json::json!(one),
+                many => serde_json::json!(many),
+            },
             sub: subject,
             groups,
             iat: now,

@@ -10,6 +10,7 @@ mod h2flood;
 mod routes;
 mod security;
 mod support;
+mod trust;
 mod tunnel;
 
 use std::process::ExitCode;
@@ -76,6 +77,14 @@ fn main() -> ExitCode {
     for &(name, test) in security::TESTS {
         let (fixture, deployment) = (fixture.clone(), deployment.clone());
         trials.push(Trial::test(format!("security::{name}"), move || {
+            let testbed = fixture.get()?;
+            test(&testbed, &deployment).map_err(|e| format!("{e:#}").into())
+        }));
+    }
+
+    for &(name, test) in trust::TESTS {
+        let (fixture, deployment) = (fixture.clone(), deployment.clone());
+        trials.push(Trial::test(format!("trust::{name}"), move || {
             let testbed = fixture.get()?;
             test(&testbed, &deployment).map_err(|e| format!("{e:#}").into())
         }));

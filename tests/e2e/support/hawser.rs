@@ -40,6 +40,27 @@ pub struct Extra<'a> {
     pub relay: &'a str,
     /// Top-level keys, then tables, for the agent's config.
     pub agent: &'a str,
+    /// How the agent learns who the caller is.
+    pub trust: Trust,
+}
+
+/// The trust model of a deployment (docs/security.md).
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// The relay vouches with assertions; callers' tokens come from its built-in issuer.
+    #[default]
+    Assertions,
+    /// Callers bring tokens from an issuer whose key the relay never holds, bound to one cluster
+    /// by audience ([`EXTERNAL_ISSUER`], [`cluster_audience`]); the agent checks them itself.
+    CallerTokens,
+}
+
+/// The `iss` of the external issuer in [`Trust::CallerTokens`] deployments.
+pub const EXTERNAL_ISSUER: &str = "https://idp.e2e.invalid";
+
+/// The caller audience of `cluster` in [`Trust::CallerTokens`] deployments.
+pub fn cluster_audience(cluster: &str) -> String {
+    format!("https://relay.e2e.invalid/clusters/{cluster}")
 }
 
 /// A relay and an agent serving the test bed. Dropping it stops both.
@@ -55,6 +76,7 @@ pub struct Hawser {
     agent_config: PathBuf,
     /// Numbers the files tests write, so parallel tests never share one.
     files: std::sync::atomic::AtomicUsize,
+    trust: Trust,
 }
 
 impl Hawser {
@@ -70,6 +92,7 @@ impl Hawser {
             tunnel,
             relay: relay_extra,
             agent: agent_top,
+            trust,
         } = *extra;
         let dir = tempfile::Builder::new()
             .prefix("hawser-system-")
@@ -91,16 +114,7 @@ listen = "127.0.0.1:{port}"
 cert_file = "relay.crt"
 key_file = "relay.key"
 generate_self_signed = true
-[issuer]
-issuer = "{relay_url}"
-audience = "hawser"
-signing_key_file = "issuer.key"
-generate = true
-[assertions]
-issuer = "{relay_url}/assertions"
-signing_key_file = "assertion.key"
-generate = true
-[[access]]
+{callers}[[access]]
 clusters = ["{CLUSTER}"]
 groups = ["dev"]
 [[access]]
@@ -109,15 +123,20 @@ users = ["hawser-admin"]
 [[clusters]]
 name = "{CLUSTER}"
 agent_token_sha256 = "{digest}"
+{testbed_audience}
 [[clusters]]
 name = "elsewhere"
 agent_token_sha256 = "{other}"
+{elsewhere_audience}
 [audit]
 output = "relay-audit.log"
 {relay_extra}
 {tunnel}
 "#,
                 other = hawser::relay::token_digest_hex("elsewhere-token"),
+                callers = relay_callers(trust, &relay_url, dir.path())?,
+                testbed_audience = audience_line(trust, CLUSTER),
+                elsewhere_audience = audience_line(trust, "elsewhere"),
             ),
         )?;
         let mut relay = spawn_relay(&relay_config, dir.path())?;
@@ -142,10 +161,7 @@ server_name = "localhost"
 ca_file = "relay.crt"
 [apiserver]
 kubeconfig = "{kubeconfig}"
-[assertions]
-issuer = "{relay_url}/assertions"
-jwks_url = "{relay_url}/.well-known/hawser/assertion-jwks.json"
-jwks_ca_file = "relay.crt"
+{callers}
 [reconnect]
 initial_backoff_ms = 100
 max_backoff_ms = 2000
@@ -154,6 +170,7 @@ output = "agent-audit.log"
 {tunnel}
 "#,
                 kubeconfig = agent_kubeconfig.display(),
+                callers = agent_callers(trust, &relay_url, CLUSTER),
             ),
         )?;
         let hawser = Self {
@@ -165,6 +182,7 @@ output = "agent-audit.log"
             relay_config,
             agent_config,
             files: Default::default(),
+            trust,
         };
         hawser.start_agent()?;
 
@@ -251,20 +269,79 @@ output = "agent-audit.log"
         self.dir.path().join(format!("{n:03}-{name}"))
     }
 
-    /// A token from the relay's built-in issuer.
+    /// A caller's token for this deployment's cluster: from the relay's built-in issuer, or in a
+    /// [`Trust::CallerTokens`] deployment from the external issuer, for the cluster's audience.
     pub fn issue_token(&self, subject: &str, groups: &[&str]) -> Result<String> {
+        match self.trust {
+            Trust::Assertions => self.issue_token_for(subject, groups, &[]),
+            Trust::CallerTokens => self.issue_token_for(subject, groups, &[&cluster_audience(CLUSTER)]),
+        }
+    }
+
+    /// A caller's token with these audiences (none: the issuer's own).
+    pub fn issue_token_for(&self, subject: &str, groups: &[&str], audiences: &[&str]) -> Result<String> {
         let mut cmd = Command::new(hawser_bin());
-        cmd.args(["token", "issue", "--config"])
-            .arg(&self.relay_config)
-            .args(["--subject", subject, "--ttl", "1h"]);
+        cmd.args(["token", "issue"]);
+        match self.trust {
+            Trust::Assertions => cmd.arg("--config").arg(&self.relay_config),
+            Trust::CallerTokens => cmd
+                .arg("--signing-key")
+                .arg(self.dir.path().join("external.key"))
+                .args(["--issuer", EXTERNAL_ISSUER]),
+        };
+        cmd.args(["--subject", subject, "--ttl", "1h"]);
         for group in groups {
             cmd.args(["--group", group]);
+        }
+        for audience in audiences {
+            cmd.args(["--audience", audience]);
         }
         let out = run_with_deadline(cmd, None, Duration::from_secs(30))?;
         if !out.status.success() {
             bail!("hawser token issue failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// The relay's configuration file.
+    pub fn relay_config(&self) -> &Path {
+        &self.relay_config
+    }
+
+    /// The agent's configuration file.
+    pub fn agent_config(&self) -> &Path {
+        &self.agent_config
+    }
+
+    /// Rewrites the relay's configuration file with `change` (it applies at a reload or restart).
+    pub fn rewrite_relay_config(&self, change: impl FnOnce(String) -> String) -> Result<()> {
+        let text = fs::read_to_string(&self.relay_config)?;
+        fs::write(&self.relay_config, change(text))?;
+        Ok(())
+    }
+
+    /// Sends the relay SIGHUP: it re-reads its `[[clusters]]`.
+    pub fn hup_relay(&self) -> Result<()> {
+        let pid = self
+            .relay
+            .lock()
+            .unwrap()
+            .as_ref()
+            .context("no relay running")?
+            .program_pid()?;
+        let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -HUP {pid} failed");
+        Ok(())
+    }
+
+    /// The relay process's pid.
+    pub fn relay_pid(&self) -> Result<u32> {
+        self.relay
+            .lock()
+            .unwrap()
+            .as_ref()
+            .context("no relay running")?
+            .program_pid()
     }
 
     /// Writes a token to a file of its own and returns the path.
@@ -328,6 +405,75 @@ output = "agent-audit.log"
     }
 }
 
+/// The relay's callers' issuers and how it vouches for them, for `trust`.
+fn relay_callers(trust: Trust, relay_url: &str, dir: &Path) -> Result<String> {
+    Ok(match trust {
+        Trust::Assertions => format!(
+            r#"[issuer]
+issuer = "{relay_url}"
+audience = "hawser"
+signing_key_file = "issuer.key"
+generate = true
+[assertions]
+issuer = "{relay_url}/assertions"
+signing_key_file = "assertion.key"
+generate = true
+"#
+        ),
+        Trust::CallerTokens => {
+            // The external issuer's key lives beside the test, never in the relay's config.
+            let mut cmd = Command::new(hawser_bin());
+            cmd.args(["token", "jwks", "--generate", "--signing-key"])
+                .arg(dir.join("external.key"));
+            let out = run_with_deadline(cmd, None, Duration::from_secs(30))?;
+            anyhow::ensure!(
+                out.status.success(),
+                "hawser token jwks: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            fs::write(dir.join("external-jwks.json"), &out.stdout)?;
+            format!(
+                r#"[[issuers]]
+issuer = "{EXTERNAL_ISSUER}"
+audiences = ["{testbed}", "{elsewhere}"]
+jwks_file = "external-jwks.json"
+"#,
+                testbed = cluster_audience(CLUSTER),
+                elsewhere = cluster_audience("elsewhere"),
+            )
+        }
+    })
+}
+
+/// The `caller_audience` line of `cluster`'s `[[clusters]]` entry, for `trust`.
+fn audience_line(trust: Trust, cluster: &str) -> String {
+    match trust {
+        Trust::Assertions => String::new(),
+        Trust::CallerTokens => format!("caller_audience = \"{}\"", cluster_audience(cluster)),
+    }
+}
+
+/// How the agent of `cluster` learns who the caller is, for `trust`.
+pub fn agent_callers(trust: Trust, relay_url: &str, cluster: &str) -> String {
+    match trust {
+        Trust::Assertions => format!(
+            r#"[assertions]
+issuer = "{relay_url}/assertions"
+jwks_url = "{relay_url}/.well-known/hawser/assertion-jwks.json"
+jwks_ca_file = "relay.crt"
+"#
+        ),
+        Trust::CallerTokens => format!(
+            r#"[[issuers]]
+issuer = "{EXTERNAL_ISSUER}"
+audiences = ["{}"]
+jwks_file = "external-jwks.json"
+"#,
+            cluster_audience(cluster)
+        ),
+    }
+}
+
 fn spawn_relay(config: &Path, dir: &Path) -> Result<Supervised> {
     Supervised::spawn(
         &binaries()?.reaper,
@@ -354,7 +500,14 @@ fn agent_kubeconfig(tb: &Testbed, dir: &Path) -> Result<PathBuf> {
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
         ],
     });
-    admin.ok_with_stdin(&["apply", "-f", "-"], role.to_string().as_bytes())?;
+    // Deployments start in parallel: a concurrent apply may create the role first, and a
+    // second apply then updates an identical role.
+    if let Err(first) = admin.ok_with_stdin(&["apply", "-f", "-"], role.to_string().as_bytes()) {
+        if !first.to_string().contains("AlreadyExists") {
+            return Err(first);
+        }
+        admin.ok_with_stdin(&["apply", "-f", "-"], role.to_string().as_bytes())?;
+    }
     admin.create_or_exists(&[
         "create",
         "clusterrolebinding",

@@ -140,6 +140,31 @@ impl Supervised {
         }
     }
 
+    /// The pid of the supervised program itself (reaper's child), once it runs.
+    pub fn program_pid(&self) -> Result<u32> {
+        let reaper = self.child.id();
+        wait_for(
+            &format!("{} to start under reaper", self.name),
+            Duration::from_secs(10),
+            || {
+                for entry in std::fs::read_dir("/proc")?.flatten() {
+                    let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                        continue;
+                    };
+                    let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+                    // Fields after the parenthesised command: state, then the parent's pid.
+                    let parent = stat
+                        .rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+                    if parent == Some(reaper.to_string().as_str()) {
+                        return Ok(Some(pid));
+                    }
+                }
+                Ok(None)
+            },
+        )
+    }
+
     /// The last `lines` lines of the process's log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
