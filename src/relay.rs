@@ -6,6 +6,7 @@ mod front;
 mod idle;
 mod limits;
 mod registry;
+mod stall;
 
 use std::sync::Arc;
 
