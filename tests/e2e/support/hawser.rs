@@ -338,6 +338,9 @@ fn spawn_relay(config: &Path, dir: &Path) -> Result<Supervised> {
 
 /// A service account that may impersonate, and a kubeconfig for it.
 fn agent_kubeconfig(tb: &Testbed, dir: &Path) -> Result<PathBuf> {
+    // Deployments started at once on a fresh test bed would race to create the role (AlreadyExists).
+    static SETUP: Mutex<()> = Mutex::new(());
+    let _setup = SETUP.lock().unwrap_or_else(|e| e.into_inner());
     let admin = tb.admin();
     admin.create_or_exists(&["create", "namespace", AGENT_NAMESPACE])?;
     let role = json!({
