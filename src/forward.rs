@@ -46,7 +46,12 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 /// Wraps `body` so that `thing` lives until the body is done, fails or is dropped.
-pub fn hold_until_done<T: Send + Sync + Unpin + 'static>(body: Body, thing: T) -> Body {
+pub fn hold_until_done<B, T>(body: B, thing: T) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+    T: Send + Sync + Unpin + 'static,
+{
     Held {
         inner: body,
         thing: Some(thing),
@@ -54,12 +59,17 @@ pub fn hold_until_done<T: Send + Sync + Unpin + 'static>(body: Body, thing: T) -
     .boxed()
 }
 
-struct Held<T> {
-    inner: Body,
+struct Held<B, T> {
+    inner: B,
     thing: Option<T>,
 }
 
-impl<T: Unpin> hyper::body::Body for Held<T> {
+impl<B, T> hyper::body::Body for Held<B, T>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+    T: Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -71,7 +81,7 @@ impl<T: Unpin> hyper::body::Body for Held<T> {
         if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
             self.thing = None;
         }
-        polled
+        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

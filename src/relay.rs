@@ -9,6 +9,7 @@ mod keys;
 mod limits;
 mod registry;
 mod reload;
+mod stall;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -110,7 +110,7 @@ impl BuiltinIssuer {
 
     /// Issue an ES256 token for `subject` and `groups`, valid for `ttl` from now.
     pub fn issue(&self, subject: &str, groups: &[String], ttl: Duration) -> Result<String, IssuerError> {
-        self.issue_for(&[self.audience.clone()], subject, groups, ttl)
+        self.issue_for(std::slice::from_ref(&self.audience), subject, groups, ttl)
     }
 
     /// Like [`BuiltinIssuer::issue`], for `audiences` instead of the configured one (a token bound

@@ -63,6 +63,9 @@ pub struct LimitsConfig {
     pub header_read_timeout_secs: u64,
     /// How long a caller connection may hold no request before it is closed, in seconds.
     pub idle_connection_timeout_secs: u64,
+    /// How long a response (other than an admitted watch, follow or upgrade) may wait on the
+    /// caller to take it before its connection is closed, in seconds.
+    pub response_stall_timeout_secs: u64,
     /// Concurrent HTTP/2 streams per caller connection.
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2 streams a caller may reset before the server has accepted them, before GOAWAY (rapid reset).
@@ -87,6 +90,7 @@ impl Default for LimitsConfig {
             max_header_bytes: 64 * 1024,
             header_read_timeout_secs: 30,
             idle_connection_timeout_secs: 120,
+            response_stall_timeout_secs: 60,
             h2_max_concurrent_streams: 1000,
             h2_max_pending_reset_streams: 20,
             h2_max_local_error_resets: 1024,
@@ -105,9 +109,11 @@ impl LimitsConfig {
         if self.header_read_timeout_secs == 0
             || self.open_stream_timeout_secs == 0
             || self.idle_connection_timeout_secs == 0
+            || self.response_stall_timeout_secs == 0
         {
             return Err(
-                "limits: header_read_timeout_secs, open_stream_timeout_secs and idle_connection_timeout_secs must be at least 1"
+                "limits: header_read_timeout_secs, open_stream_timeout_secs, idle_connection_timeout_secs and \
+                 response_stall_timeout_secs must be at least 1"
                     .into(),
             );
         }

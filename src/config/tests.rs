@@ -82,6 +82,15 @@ fn invalid_values_are_refused_at_start() {
             .to_string()
             .contains("idle_timeout_secs")
     );
+    let no_stall_bound = format!("{MINIMAL}\n[limits]\nresponse_stall_timeout_secs = 0\n");
+    assert!(
+        parse_relay(&no_stall_bound)
+            .unwrap_err()
+            .to_string()
+            .contains("response_stall_timeout_secs")
+    );
+    let stall_bound = format!("{MINIMAL}\n[limits]\nresponse_stall_timeout_secs = 5\n");
+    assert_eq!(parse_relay(&stall_bound).unwrap().limits.response_stall_timeout_secs, 5);
     let no_issuer = MINIMAL.split("[issuer]").next().unwrap();
     assert!(
         parse_relay(no_issuer)

@@ -4,7 +4,9 @@
 //! token is checked here before anything reaches an agent (401), then the
 //! access rules (403), then the cluster (404 unknown, 503 offline). The
 //! request then rides a new QUIC stream to the agent, which checks the token
-//! again itself. Watches and upgraded streams have no relay timeout.
+//! again itself. Watches and upgraded streams have no relay timeout; any
+//! other response the caller does not take within `response_stall_timeout_secs`
+//! closes its connection (see `stall`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +27,7 @@ use tracing::{Instrument, debug, info_span};
 use super::RelayState;
 use super::clusters::ClusterTable;
 use super::idle::Activity;
+use super::stall::{Delivery, Stalls};
 use crate::audit::Audit;
 use crate::auth::Caller;
 use crate::forward::{self, Body, boxed, full};
@@ -75,7 +78,9 @@ async fn connection(
     state: Arc<RelayState>,
     watcher: Watcher,
 ) {
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    // Under TLS, so the stall watch sees what the kernel takes, not what rustls buffers.
+    let stalls = Stalls::new();
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stalls.socket(tcp))).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return debug!(error = %e, "tls handshake failed"),
         Err(_) => return debug!("tls handshake timed out"),
@@ -83,12 +88,13 @@ async fn connection(
     let limits = state.limits.clone();
     let activity = Activity::new();
     let service = {
-        let activity = activity.clone();
+        let (activity, stalls) = (activity.clone(), stalls.clone());
         service_fn(move |req| {
-            let (state, busy) = (state.clone(), activity.begin());
+            let (state, stalls, busy, version) = (state.clone(), stalls.clone(), activity.begin(), req.version());
             async move {
-                let resp = handle(&state, req, peer).await;
-                Ok::<_, Infallible>(resp.map(|body| forward::hold_until_done(body, busy)))
+                let (resp, delivery) = handle(&state, req, peer).await;
+                let watched = |body| stalls.watch(body, delivery, version);
+                Ok::<_, Infallible>(resp.map(|body| forward::hold_until_done(watched(body), busy)))
             }
         })
     };
@@ -110,9 +116,10 @@ async fn connection(
         .keep_alive_interval(H2_KEEP_ALIVE)
         .keep_alive_timeout(Duration::from_secs(20));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-    let (first, idle) = (
+    let (first, idle, stall) = (
         Duration::from_secs(limits.header_read_timeout_secs),
         Duration::from_secs(limits.idle_connection_timeout_secs),
+        Duration::from_secs(limits.response_stall_timeout_secs),
     );
     tokio::select! {
         result = watcher.watch(conn) => {
@@ -122,31 +129,44 @@ async fn connection(
         }
         // Also ends connections stuck before protocol detection or in an endless HTTP/2 HEADERS.
         () = activity.expired(first, idle) => debug!("caller connection closed: no request in flight"),
+        // Dropping the connection closes the socket and drops every response on it.
+        stalled = stalls.stalled(stall) => debug!(
+            waited_ms = u64::try_from(stalled.waited.as_millis()).unwrap_or(u64::MAX),
+            responses_waiting = stalled.waiting,
+            responses_watched = stalled.watched,
+            socket_blocked = stalled.socket,
+            "caller connection closed: it took nothing the relay sent within response_stall_timeout_secs"
+        ),
     }
 }
 
-async fn handle(state: &RelayState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// The answer to one request, and whether the caller may take it at its own pace: only a
+/// forwarded long-running stream can be unbounded, so nothing the relay answers itself is.
+async fn handle(state: &RelayState, req: Request<Incoming>, peer: SocketAddr) -> (Response<Body>, Delivery) {
+    let bounded = |resp| (resp, Delivery::Bounded);
     if let Err(e) = forward::refuse_connect(req.method()) {
-        return e.into_response();
+        return bounded(e.into_response());
     }
     let path = req.uri().path();
     if path == "/.well-known/jwks.json" {
-        return match &state.issuer {
+        return bounded(match &state.issuer {
             Some(issuer) => json_response(issuer.jwks().to_string()),
             None => HttpError::not_found("this relay has no built-in issuer").into_response(),
-        };
+        });
     }
     if path == ASSERTION_JWKS_PATH {
-        return match &state.minter {
+        return bounded(match &state.minter {
             Some(minter) => json_response(minter.jwks().to_string()),
             None => HttpError::not_found("this relay has no [assertions]").into_response(),
-        };
+        });
     }
     if path == "/healthz" {
-        return Response::new(full("ok"));
+        return bounded(Response::new(full("ok")));
     }
     if !path.starts_with("/clusters/") {
-        return HttpError::not_found(format!("the relay serves /clusters/NAME/..., not {path}")).into_response();
+        return bounded(
+            HttpError::not_found(format!("the relay serves /clusters/NAME/..., not {path}")).into_response(),
+        );
     }
     let request_id = next_request_id(&state.instance);
     let (audit, routed) = match split_cluster_uri(req.uri()) {
@@ -181,7 +201,7 @@ async fn handle(state: &RelayState, req: Request<Incoming>, peer: SocketAddr) ->
     };
     result.unwrap_or_else(|e| {
         audit.status(e.code.as_u16());
-        e.into_response()
+        bounded(e.into_response())
     })
 }
 
@@ -220,7 +240,7 @@ async fn to_cluster(
     request_id: String,
     audit: &Audit,
     attempt: super::limits::Attempt<'_>,
-) -> Result<Response<Body>, HttpError> {
+) -> Result<(Response<Body>, Delivery), HttpError> {
     let authenticated = match crate::auth::bearer_token(req.headers()) {
         Ok(token) => state
             .auth
@@ -250,7 +270,7 @@ async fn to_cluster(
     // attempt's token; anything else gives it back.
     let outcome = route(state, req, &cluster, upstream_uri, request_id, audit, &caller, &token).await;
     let caller_failed = match &outcome {
-        Ok(resp) => resp.headers().contains_key(proto::AUTH_FAILED_HEADER),
+        Ok((resp, _)) => resp.headers().contains_key(proto::AUTH_FAILED_HEADER),
         Err(e) => e.code == http::StatusCode::UNAUTHORIZED,
     };
     if caller_failed {
@@ -258,9 +278,9 @@ async fn to_cluster(
     } else {
         attempt.refund();
     }
-    outcome.map(|mut resp| {
+    outcome.map(|(mut resp, delivery)| {
         resp.headers_mut().remove(proto::AUTH_FAILED_HEADER);
-        resp
+        (resp, delivery)
     })
 }
 
@@ -275,7 +295,7 @@ async fn route(
     audit: &Audit,
     caller: &Caller,
     token: &str,
-) -> Result<Response<Body>, HttpError> {
+) -> Result<(Response<Body>, Delivery), HttpError> {
     let identity = &caller.identity;
     if !state.access.allows(identity, cluster) {
         return Err(HttpError::forbidden(format!(
@@ -339,6 +359,7 @@ async fn route(
         let mut req = req.map(boxed);
         *req.uri_mut() = upstream_uri;
         *req.version_mut() = Version::HTTP_11;
+        let long_running = forward::is_long_running(&req);
         forward::strip_hop_by_hop(req.headers_mut());
         // The caller's token rode the stream header only if it is bound to this cluster; it never
         // travels in the request itself.
@@ -352,7 +373,8 @@ async fn route(
             .await
             .map_err(|e| HttpError::bad_gateway(format!("cluster \"{cluster}\": the agent did not answer: {e}")))?;
         debug!(%method, %path, status = resp.status().as_u16(), "response head from the agent");
-        Ok(resp)
+        let delivery = Delivery::of_forwarded(long_running, resp.status());
+        Ok((resp, delivery))
     }
     .instrument(span)
     .await

@@ -19,7 +19,7 @@ use crate::support::https;
 use crate::tunnel::version;
 
 /// A TLS connection to the relay that negotiated `h2`.
-async fn h2_tls(hawser: &Hawser) -> Result<TlsStream<TcpStream>> {
+pub async fn h2_tls(hawser: &Hawser) -> Result<TlsStream<TcpStream>> {
     let roots = hawser::tls::root_store(&hawser.relay_ca)?;
     let config = hawser::tls::client_config(roots, &[b"h2"])?;
     let authority = hawser.relay_url.strip_prefix("https://").context("relay URL")?;
@@ -33,7 +33,8 @@ async fn h2_tls(hawser: &Hawser) -> Result<TlsStream<TcpStream>> {
     Ok(tls)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// A runtime for one test's async part.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 

@@ -9,6 +9,7 @@ mod baseline;
 mod h2flood;
 mod routes;
 mod security;
+mod stall;
 mod support;
 mod trust;
 mod tunnel;

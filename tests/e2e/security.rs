@@ -53,6 +53,14 @@ pub const TESTS: &[(&str, Test)] = &[
         "h2_continuation_flood_is_cut",
         crate::h2flood::h2_continuation_flood_is_cut,
     ),
+    (
+        "h2_caller_that_reads_nothing_is_disconnected",
+        crate::stall::h2_caller_that_reads_nothing_is_disconnected,
+    ),
+    (
+        "h1_caller_that_reads_nothing_is_disconnected",
+        crate::stall::h1_caller_that_reads_nothing_is_disconnected,
+    ),
 ];
 
 /// The apiserver's own audience (its service-account issuer) in the test bed.

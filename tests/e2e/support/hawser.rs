@@ -487,6 +487,9 @@ fn spawn_relay(config: &Path, dir: &Path) -> Result<Supervised> {
 
 /// A service account that may impersonate, and a kubeconfig for it.
 fn agent_kubeconfig(tb: &Testbed, dir: &Path) -> Result<PathBuf> {
+    // Deployments started at once on a fresh test bed would race to create the role (AlreadyExists).
+    static SETUP: Mutex<()> = Mutex::new(());
+    let _setup = SETUP.lock().unwrap_or_else(|e| e.into_inner());
     let admin = tb.admin();
     admin.create_or_exists(&["create", "namespace", AGENT_NAMESPACE])?;
     let role = json!({
@@ -500,14 +503,7 @@ fn agent_kubeconfig(tb: &Testbed, dir: &Path) -> Result<PathBuf> {
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
         ],
     });
-    // Deployments start in parallel: a concurrent apply may create the role first, and a
-    // second apply then updates an identical role.
-    if let Err(first) = admin.ok_with_stdin(&["apply", "-f", "-"], role.to_string().as_bytes()) {
-        if !first.to_string().contains("AlreadyExists") {
-            return Err(first);
-        }
-        admin.ok_with_stdin(&["apply", "-f", "-"], role.to_string().as_bytes())?;
-    }
+    admin.ok_with_stdin(&["apply", "-f", "-"], role.to_string().as_bytes())?;
     admin.create_or_exists(&[
         "create",
         "clusterrolebinding",
