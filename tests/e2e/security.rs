@@ -241,8 +241,9 @@ fn passthrough_reviews_are_bounded_per_caller(tb: &Testbed, _: &Deployment) -> R
     ensure!(refused > 0, "no garbage token was reviewed and refused");
     // Two limits answer 429: the agent's reviews per caller, and the relay's failed
     // authentications per source, which the agent's refusals of cluster tokens now feed.
-    let (by_agent, by_relay): (Vec<&&(u16, String)>, Vec<&&(u16, String)>) = limited
+    let (by_agent, by_relay): (Vec<_>, Vec<_>) = limited
         .iter()
+        .copied()
         .partition(|(_, body)| body.contains("reviews_per_caller_per_minute"));
     ensure!(
         by_relay
