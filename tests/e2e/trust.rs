@@ -458,18 +458,31 @@ fn unproven_agent_connections_keep_relay_memory_flat(tb: &Testbed, _: &Deploymen
             let connection = hawser::tunnel::dial(&endpoint, addr, "localhost", Duration::from_secs(10)).await?;
             held.push((endpoint, connection));
         }
+        // Each starts a hello it never finishes (so the relay waits on its control stream), then
+        // pushes bytes on a second stream the relay never reads.
         let pushes = held.iter().map(|(_, connection)| {
             let connection = connection.clone();
             async move {
                 let mut accepted = 0;
-                let chunk = vec![0x5a; 64 * 1024];
-                if let Ok((mut send, _)) = connection.open_bi().await {
-                    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), send.write(&chunk)).await {
+                let wait = Duration::from_millis(500);
+                if let Ok(Ok((mut control, _))) = tokio::time::timeout(wait, connection.open_bi()).await {
+                    let mut partial = b"HWSR\x02".to_vec();
+                    partial.extend_from_slice(&(proto::MAX_HELLO as u16).to_be_bytes());
+                    partial.extend_from_slice(&[b'{'; 1000]);
+                    if let Ok(Ok(())) = tokio::time::timeout(wait, control.write_all(&partial)).await {
+                        accepted += partial.len();
+                    }
+                    std::mem::forget(control);
+                }
+                if let Ok(Ok((mut send, _))) = tokio::time::timeout(wait, connection.open_bi()).await {
+                    let chunk = vec![0x5a; 64 * 1024];
+                    while let Ok(Ok(n)) = tokio::time::timeout(wait, send.write(&chunk)).await {
                         accepted += n;
                         if accepted >= 4 * 1024 * 1024 {
                             break;
                         }
                     }
+                    std::mem::forget(send);
                 }
                 (connection, accepted)
             }
