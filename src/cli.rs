@@ -157,7 +157,7 @@ pub struct ProxyArgs {
     /// CA certificate that signs the relay's certificate (else the system's CAs).
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
-    /// Your own cluster token (passthrough mode), as FILE for every cluster or CLUSTER=FILE; repeatable.
+    /// Your own cluster token (passthrough mode), as CLUSTER=FILE (or FILE with a single --cluster); repeatable.
     /// Re-read every 10 s; sent beside the relay token, which never reaches the cluster.
     #[arg(long = "cluster-token-file", value_name = "[CLUSTER=]FILE")]
     pub cluster_token_files: Vec<String>,

@@ -49,7 +49,7 @@ pub struct ProxyOptions {
     pub token: crate::config::Secret,
     /// CA that signs the relay's certificate; the system roots if absent.
     pub relay_ca: Option<PathBuf>,
-    /// `FILE` (every cluster) or `CLUSTER=FILE`: the caller's own cluster tokens (passthrough).
+    /// `CLUSTER=FILE` (or `FILE` with one cluster): the caller's own cluster tokens (passthrough).
     pub cluster_tokens: Vec<String>,
 }
 
@@ -182,7 +182,8 @@ impl Proxy {
     }
 }
 
-/// The caller's cluster tokens: one for every cluster, or one per cluster.
+/// The caller's cluster tokens: one per cluster (`FILE` alone only when the proxy serves a single
+/// cluster: a cluster token sent to another cluster's agent could be replayed at its own).
 #[derive(Debug, Default)]
 struct ClusterTokens {
     every: Option<TokenFile>,
@@ -216,6 +217,13 @@ impl ClusterTokens {
                 None if tokens.every.is_some() => {
                     return Err(ClientError::Usage(
                         "--cluster-token-file without CLUSTER= may be given once".into(),
+                    ));
+                }
+                None if clusters.len() > 1 => {
+                    return Err(ClientError::Usage(
+                        "--cluster-token-file: with several --cluster, say whose token it is (CLUSTER=FILE); \
+                         a cluster token sent to every cluster's agent could be replayed at its own cluster"
+                            .into(),
                     ));
                 }
                 None => tokens.every = Some(file),
@@ -325,22 +333,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cluster_token_files_apply_to_every_or_one_cluster() {
+    fn cluster_token_files_are_sent_to_their_own_cluster_only() {
         let dir = tempfile::tempdir().unwrap();
-        let (all, dev) = (dir.path().join("all"), dir.path().join("dev"));
+        let (all, dev, prod) = (dir.path().join("all"), dir.path().join("dev"), dir.path().join("prod"));
         std::fs::write(&all, "t-all").unwrap();
         std::fs::write(&dev, "t-dev\n").unwrap();
+        std::fs::write(&prod, "t-prod").unwrap();
+        let one = vec!["dev".to_owned()];
+        let tokens = ClusterTokens::parse(&[all.display().to_string()], &one).unwrap();
+        assert_eq!(
+            tokens.for_cluster("dev").unwrap().get().unwrap(),
+            "t-all",
+            "one cluster: FILE is its"
+        );
         let clusters = vec!["dev".to_owned(), "prod".to_owned()];
-        let args = vec![all.display().to_string(), format!("dev={}", dev.display())];
+        let args = vec![format!("dev={}", dev.display()), format!("prod={}", prod.display())];
         let tokens = ClusterTokens::parse(&args, &clusters).unwrap();
         assert_eq!(tokens.for_cluster("dev").unwrap().get().unwrap(), "t-dev");
-        assert_eq!(tokens.for_cluster("prod").unwrap().get().unwrap(), "t-all");
+        assert_eq!(tokens.for_cluster("prod").unwrap().get().unwrap(), "t-prod");
+        let only_dev = ClusterTokens::parse(&args[..1], &clusters).unwrap();
+        assert!(only_dev.for_cluster("prod").is_none(), "prod gets no token of dev's");
         assert!(
             ClusterTokens::parse(&[], &clusters)
                 .unwrap()
                 .for_cluster("dev")
                 .is_none()
         );
+        // One token for every cluster: each cluster's agent would see every cluster's token.
+        let err = ClusterTokens::parse(&[all.display().to_string()], &clusters)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CLUSTER=FILE"), "{err}");
 
         let unknown = format!("qa={}", dev.display());
         let missing = dir.path().join("missing").display().to_string();
