@@ -174,7 +174,7 @@ impl std::str::FromStr for RateArg {
 /// How the system under test is set up (docs/benchmarks.md says more).
 const SYSTEM: &str = "hawser relay and agents as separate processes on 127.0.0.1, RUST_LOG=info, JSON logs; \
     relay: built-in issuer (ES256 tokens), [audit] output = none, [limits] max_streams_per_caller = 0 and \
-    auth_failures_per_minute = 0, [tunnel] defaults; agents: mode identity, [audit] output = none, JWKS from the relay; \
+    auth_failures_per_minute = 0, [tunnel] defaults; agents: mode identity, [audit] output = none, relay assertions (their key from the relay's JWKS); \
     backend: hawser-loadtest serve-backend (hyper, rustls/ring, HTTP/2 and HTTP/1.1); \
     callers: hyper HTTP/2 client over rustls/ring";
 
