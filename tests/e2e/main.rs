@@ -7,6 +7,7 @@
 
 mod baseline;
 mod h2flood;
+mod passthrough;
 mod routes;
 mod security;
 mod stall;

@@ -1,23 +1,22 @@
 //! The trust model (docs/security.md, issue #10): what an agent receives is good at no other
 //! cluster, a relay cannot mint an identity for an agent that trusts only its callers' issuer,
 //! tokens are revoked per cluster without touching other tunnels, and what the apiserver acts
-//! on is what the audit records. Agents of our own ("rogue" agents holding one cluster's agent
+//! on is what the audit records. Agents of our own (`support::rogue`, holding one cluster's agent
 //! token) run in this process and keep whatever the relay sends them.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hawser::config::TunnelConfig;
-use hawser::proto::{self, Accepts, Credential, Hello, StreamHeader, Welcome};
+use hawser::proto::{self, Accepts, Credential};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::routes::Deployment;
 use crate::support::hawser::{CLUSTER, Extra, Hawser, Trust, cluster_audience};
 use crate::support::process::wait_for;
+use crate::support::rogue::{Rogue, Seen, relay_addr};
 use crate::support::{Testbed, https};
 use crate::tunnel::{raw_kubectl, whoami};
 
@@ -58,111 +57,6 @@ pub const TESTS: &[(&str, Test)] = &[
 
 /// The other cluster every test deployment knows (agent token `elsewhere-token`).
 const ELSEWHERE: &str = "elsewhere";
-
-/// What one relay-opened stream brought a rogue agent.
-#[derive(Debug, Clone)]
-struct Seen {
-    header: StreamHeader,
-    /// The HTTP request head, as bytes.
-    request: String,
-}
-
-/// An agent of our own, registered with a cluster's agent token, answering `200 {}` to every
-/// stream and keeping what each brought.
-struct Rogue {
-    runtime: tokio::runtime::Runtime,
-    connection: quinn::Connection,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Rogue {
-    /// Registers as `instance` for `cluster` with `token`, saying it accepts `accepts`.
-    fn register(hawser: &Hawser, cluster: &str, token: &str, instance: &str, accepts: Accepts) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        let hello = Hello {
-            cluster: cluster.into(),
-            token: token.into(),
-            instance: instance.into(),
-            accepts,
-        };
-        let connection = runtime.block_on(dial_and_hello(hawser, &hello))?;
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        runtime.spawn(serve(connection.clone(), seen.clone()));
-        Ok(Self {
-            runtime,
-            connection,
-            seen,
-        })
-    }
-
-    /// What the streams so far brought.
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Rogue {
-    fn drop(&mut self) {
-        let _inside = self.runtime.enter();
-        self.connection.close(0u32.into(), b"rogue done");
-        let _ = self
-            .runtime
-            .block_on(tokio::time::timeout(Duration::from_secs(3), self.connection.closed()));
-    }
-}
-
-/// The relay's agent address (the same port as its front door, over UDP).
-fn relay_addr(hawser: &Hawser) -> Result<std::net::SocketAddr> {
-    let port = hawser.relay_url.rsplit(':').next().context("relay URL port")?;
-    Ok(format!("127.0.0.1:{port}").parse()?)
-}
-
-async fn dial_and_hello(hawser: &Hawser, hello: &Hello) -> Result<quinn::Connection> {
-    let addr = relay_addr(hawser)?;
-    let trust = hawser::tls::RelayTrust::load(Some(&hawser.relay_ca), &[])?;
-    let endpoint = hawser::tunnel::agent_endpoint(&trust, &TunnelConfig::default(), addr)?;
-    let connection = hawser::tunnel::dial(&endpoint, addr, "localhost", Duration::from_secs(10)).await?;
-    let mut control = hawser::tunnel::join(connection.open_bi().await?);
-    proto::write_frame(&mut control, hello).await?;
-    match tokio::time::timeout(Duration::from_secs(10), proto::read_frame::<_, Welcome>(&mut control)).await {
-        Ok(Ok(_)) => {
-            // The control stream stays open for the session's life.
-            std::mem::forget(control);
-            Ok(connection)
-        }
-        _ => bail!("not welcomed: {:?}", connection.close_reason()),
-    }
-}
-
-async fn serve(connection: quinn::Connection, seen: Arc<Mutex<Vec<Seen>>>) {
-    while let Ok(pair) = connection.accept_bi().await {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            let mut stream = hawser::tunnel::join(pair);
-            let Ok(header) = proto::read_frame::<_, StreamHeader>(&mut stream).await else {
-                return;
-            };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
-                if stream.read_exact(&mut byte).await.is_err() {
-                    return;
-                }
-                head.push(byte[0]);
-            }
-            seen.lock().unwrap().push(Seen {
-                header,
-                request: String::from_utf8_lossy(&head).into_owned(),
-            });
-            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
-            let _ = stream.write_all(answer).await;
-            let _ = stream.shutdown().await;
-        });
-    }
-}
 
 /// GET `path` on `cluster` through the relay with `token`: status and body.
 fn get(hawser: &Hawser, cluster: &str, path: &str, token: &str) -> Result<(u16, String)> {
@@ -243,14 +137,19 @@ fn an_agent_receives_nothing_good_at_another_cluster(tb: &Testbed, _: &Deploymen
     Ok(())
 }
 
-fn only_tokens_bound_to_the_cluster_reach_its_agent(tb: &Testbed, _: &Deployment) -> Result<()> {
-    let hawser = Hawser::start_with(
+/// A deployment of its own in which agents take callers' own tokens from an external issuer.
+fn caller_token_deployment(tb: &Testbed) -> Result<Hawser> {
+    Hawser::start_with(
         tb,
         &Extra {
             trust: Trust::CallerTokens,
             ..Extra::default()
         },
-    )?;
+    )
+}
+
+fn only_tokens_bound_to_the_cluster_reach_its_agent(tb: &Testbed, _: &Deployment) -> Result<()> {
+    let hawser = caller_token_deployment(tb)?;
     // The agent checks the caller's own token; kubectl works as usual.
     let kubectl = hawser.kubeconfig_route("hawser-admin", &[])?;
     ensure!(whoami(&kubectl, &[])?["username"] == "hawser-admin");
@@ -294,13 +193,7 @@ fn only_tokens_bound_to_the_cluster_reach_its_agent(tb: &Testbed, _: &Deployment
 }
 
 fn a_relay_cannot_mint_an_identity_where_agents_trust_only_their_issuer(tb: &Testbed, _: &Deployment) -> Result<()> {
-    let hawser = Hawser::start_with(
-        tb,
-        &Extra {
-            trust: Trust::CallerTokens,
-            ..Extra::default()
-        },
-    )?;
+    let hawser = caller_token_deployment(tb)?;
     // A compromised relay: the same TLS key and agent tokens, and an issuer of its own that
     // mints tokens for the cluster's audience (all a relay process could do with its keys).
     let testbed = cluster_audience(CLUSTER);

@@ -39,11 +39,7 @@ fn relay_full(
     hello_failures_per_minute: u32,
     unproven_per_source: usize,
 ) -> Relay {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
-    crate::tls::ensure_self_signed(&cert, &key, &["localhost".to_owned()]).unwrap();
-    let tls = crate::tls::server_config(&cert, &key, &[crate::proto::ALPN]).unwrap();
-    let endpoint = tunnel::relay_endpoint(([127, 0, 0, 1], 0).into(), tls, &TunnelConfig::default()).unwrap();
+    let (dir, cert, endpoint) = relay_endpoint();
     let addr = endpoint.local_addr().unwrap();
     let digest = crate::relay::token_digest_hex("token-c");
     let (stop, stopping) = watch::channel(false);
@@ -79,6 +75,16 @@ fn relay_full(
         sessions,
         dir,
     }
+}
+
+/// A relay's QUIC endpoint on 127.0.0.1 with a fresh self-signed certificate (in the directory).
+fn relay_endpoint() -> (tempfile::TempDir, std::path::PathBuf, quinn::Endpoint) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+    crate::tls::ensure_self_signed(&cert, &key, &["localhost".to_owned()]).unwrap();
+    let tls = crate::tls::server_config(&cert, &key, &[crate::proto::ALPN]).unwrap();
+    let endpoint = tunnel::relay_endpoint(([127, 0, 0, 1], 0).into(), tls, &TunnelConfig::default()).unwrap();
+    (dir, cert, endpoint)
 }
 
 /// The hello an agent of cluster `c` sends.
@@ -229,11 +235,7 @@ async fn a_quiet_relay_skips_the_retry_and_a_busy_one_validates_addresses_first(
 #[tokio::test]
 async fn an_unproven_connection_can_make_the_relay_hold_a_few_kib_at_most() {
     // A relay endpoint that accepts and then never reads: what can the peer push into it?
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
-    crate::tls::ensure_self_signed(&cert, &key, &["localhost".to_owned()]).unwrap();
-    let tls = crate::tls::server_config(&cert, &key, &[crate::proto::ALPN]).unwrap();
-    let endpoint = tunnel::relay_endpoint(([127, 0, 0, 1], 0).into(), tls, &TunnelConfig::default()).unwrap();
+    let (_dir, cert, endpoint) = relay_endpoint();
     let addr = endpoint.local_addr().unwrap();
     let held = tokio::spawn(async move {
         let connection = endpoint.accept().await.unwrap().await.unwrap();
