@@ -58,11 +58,20 @@ pub fn decode_path(path: &str) -> Result<String, PathError> {
 }
 
 /// The first value of query parameter `key`, decoded as Go's `url.ParseQuery` does (`+` is a
-/// space; a pair with a malformed escape is skipped, as the apiserver ignores it).
+/// space; a pair with a malformed escape is skipped, as the apiserver ignores it; bytes that are
+/// not UTF-8 are kept).
 pub fn query_param(uri: &Uri, key: &str) -> Option<String> {
+    // Go's `QueryUnescape` checks escapes but not UTF-8: keep bytes that are not UTF-8 (as
+    // replacement characters) rather than dropping the pair, so `watch=%FF` is a watch here too.
     let decode = |s: &str| {
         let s = s.replace('+', " ");
-        decode_path(&s).ok()
+        match decode_path(&s) {
+            Ok(decoded) => Some(decoded),
+            Err(PathError::NotUtf8) => {
+                Some(String::from_utf8_lossy(&percent_decode_str(&s).collect::<Vec<u8>>()).into_owned())
+            }
+            Err(PathError::BadEscape) => None,
+        }
     };
     uri.query()?
         .split('&')

@@ -33,7 +33,8 @@ pub fn init(format: LogFormat) {
 }
 
 /// The text field formatter: `name=value` pairs separated by spaces, the message bare, every
-/// value escaped so that no field can start a new line or reorder what a terminal shows.
+/// value escaped so that no field can start a new line or reorder what a terminal shows, and a
+/// value holding a space or `=` quoted, so that it cannot pose as further fields.
 pub fn escaping_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
     debug_fn(
         |writer: &mut Writer<'_>, field: &tracing::field::Field, value: &dyn fmt::Debug| {
@@ -41,6 +42,9 @@ pub fn escaping_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'
             let text = format!("{value:?}");
             if field.name() == "message" {
                 write!(writer, "{}", escape(&text))
+            } else if text.contains(|c: char| c.is_whitespace() || c == '=') {
+                let quoted = text.replace('\\', "\\\\").replace('"', "\\\"");
+                write!(writer, "{}=\"{}\"", field.name(), escape(&quoted))
             } else {
                 write!(writer, "{}={}", field.name(), escape(&text))
             }

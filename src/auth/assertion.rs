@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use dashmap::DashMap;
 use serde::Serialize;
 
 use super::builtin::unix_now;
@@ -39,8 +38,9 @@ use super::{Caller, IssuerConfig, IssuerError, SigningKey};
 
 /// Longest assertion lifetime an agent accepts.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
-/// Most (caller token, cluster) assertions kept for reuse.
-const CACHE_ENTRIES: usize = 65_536;
+/// Bytes of assertions kept for reuse (an assertion carries its caller's groups and extras, so
+/// the cache is bounded by size, not count).
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The audience that binds an assertion to `cluster` and to no other.
 pub fn cluster_audience(cluster: &str) -> String {
@@ -86,7 +86,8 @@ pub struct AssertionMinter {
     issuer: String,
     lifetime: Duration,
     /// By (SHA-256 of the caller's token, cluster): the assertion, when it was minted, its `exp`.
-    minted: DashMap<([u8; 32], String), Minted>,
+    /// moka bounds it by bytes and drops entries once half the lifetime has passed.
+    minted: moka::sync::Cache<([u8; 32], String), Minted>,
 }
 
 impl std::fmt::Debug for AssertionMinter {
@@ -101,11 +102,19 @@ impl std::fmt::Debug for AssertionMinter {
 impl AssertionMinter {
     /// A minter for `issuer` whose assertions live at most `lifetime` (capped at [`MAX_LIFETIME`]).
     pub fn new(key: SigningKey, issuer: String, lifetime: Duration) -> Self {
+        let lifetime = lifetime.min(MAX_LIFETIME);
+        let minted = moka::sync::Cache::builder()
+            .max_capacity(CACHE_BYTES)
+            .weigher(|(_, cluster): &([u8; 32], String), (assertion, _, _): &Minted| {
+                u32::try_from(assertion.len() + cluster.len() + 64).unwrap_or(u32::MAX)
+            })
+            .time_to_live(lifetime / 2)
+            .build();
         Self {
             key,
             issuer,
-            lifetime: lifetime.min(MAX_LIFETIME),
-            minted: DashMap::new(),
+            lifetime,
+            minted,
         }
     }
 
@@ -129,11 +138,11 @@ impl AssertionMinter {
         let now = unix_now();
         let key = (token_digest, cluster.to_owned());
         let half = self.lifetime.as_secs() / 2;
-        if let Some(entry) = self.minted.get(&key) {
-            let (assertion, minted, exp) = entry.value();
-            if now < minted + half && now + 5 < *exp {
-                return Ok(assertion.clone());
-            }
+        if let Some((assertion, minted, exp)) = self.minted.get(&key)
+            && now < minted + half
+            && now + 5 < exp
+        {
+            return Ok(assertion);
         }
         let exp = (now + self.lifetime.as_secs()).min(caller.expires_at);
         let identity = &caller.identity;
@@ -153,12 +162,7 @@ impl AssertionMinter {
                 jti: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()),
             })?
             .into();
-        if self.minted.len() >= CACHE_ENTRIES {
-            self.minted.retain(|_, (_, _, exp)| now < *exp);
-        }
-        if self.minted.len() < CACHE_ENTRIES {
-            self.minted.insert(key, (assertion.clone(), now, exp));
-        }
+        self.minted.insert(key, (assertion.clone(), now, exp));
         Ok(assertion)
     }
 }

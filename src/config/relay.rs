@@ -387,6 +387,13 @@ impl RelayConfig {
                         cluster.name
                     ));
                 }
+                if self.issuer.as_ref().is_some_and(|i| &i.audience == audience) {
+                    return Err(format!(
+                        "cluster {}: caller_audience {audience:?} is the built-in issuer's own audience, so every \
+                         token it issues would be bound to this cluster; give the cluster an audience of its own",
+                        cluster.name
+                    ));
+                }
                 if !self.caller_audiences().contains(&audience.as_str()) {
                     return Err(format!(
                         "cluster {}: no callers' issuer accepts caller_audience {audience:?}; add it to an issuer's audiences",

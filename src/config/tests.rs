@@ -228,15 +228,23 @@ fn every_cluster_has_one_trust_model_the_relay_can_serve() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("cluster a") && err.contains("[assertions]"), "{err}");
-    // A cluster whose agent takes callers' own tokens needs no assertions, but an issuer for its audience.
-    assert!(parse_relay(&format!("{no_assertions}{}", cluster("caller_audience = \"hawser\""))).is_ok());
+    // A cluster whose agent takes callers' own tokens needs no assertions, but an issuer for its
+    // audience, and not the built-in issuer's own (every token it issues would be bound there).
+    let err = parse_relay(&format!("{no_assertions}{}", cluster("caller_audience = \"hawser\"")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("built-in issuer's own audience"), "{err}");
+    let external =
+        "[[issuers]]\nissuer = \"https://idp\"\naudiences = [\"cluster-a\", \"cluster-b\"]\njwks_file = \"k\"\n";
+    let ext_relay = no_assertions.replace("[issuer]", &format!("{external}[issuer]"));
+    assert!(parse_relay(&format!("{ext_relay}{}", cluster("caller_audience = \"cluster-a\""))).is_ok());
     let err = parse_relay(&format!("{MINIMAL}{}", cluster("caller_audience = \"cluster-a\"")))
         .unwrap_err()
         .to_string();
     assert!(err.contains("no callers' issuer accepts"), "{err}");
     let two = format!(
-        "{MINIMAL}{}\n[[clusters]]\nname = \"b\"\nagent_token_sha256 = \"{}\"\ncaller_audience = \"hawser\"\n",
-        cluster("caller_audience = \"hawser\""),
+        "{ext_relay}{}\n[[clusters]]\nname = \"b\"\nagent_token_sha256 = \"{}\"\ncaller_audience = \"cluster-a\"\n",
+        cluster("caller_audience = \"cluster-a\""),
         "b".repeat(64)
     );
     assert!(

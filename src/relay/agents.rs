@@ -190,7 +190,9 @@ pub async fn serve(listener: Listener, stopping: watch::Receiver<bool>) {
                     Ok(Err(e)) => return info!(error = %e, "agent handshake failed"),
                     Err(_) => return info!("agent handshake timed out"),
                 };
-                let Some(unproven) = sessions.unproven.acquire(&remote.ip(), sessions.unproven_per_source) else {
+                // By the same key as failure budgets: an IPv6 /64 is one source.
+                let source = super::limits::bucket_key(remote.ip());
+                let Some(unproven) = sessions.unproven.acquire(&source, sessions.unproven_per_source) else {
                     debug!("too many unproven agent connections from this address; closed");
                     connection.close(
                         close_code::BUSY.into(),
@@ -225,22 +227,32 @@ async fn stopped(stopping: &mut watch::Receiver<bool>) {
 /// soon as the hello is judged.
 async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &Sessions, unproven: impl Send) {
     let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
-        let mut control = tunnel::join(connection.accept_bi().await.map_err(|e| e.to_string())?);
+        let mut control = tunnel::join(
+            connection
+                .accept_bi()
+                .await
+                .map_err(|e| NoHello::Unreadable(e.into()))?,
+        );
         let hello = proto::read_frame_limited::<_, Hello>(&mut control, proto::MAX_HELLO)
             .await
             .map_err(|e| match e {
-                proto::ProtoError::UnsupportedVersion(_) => e.to_string(),
-                other => format!("no readable hello: {other}"),
+                proto::ProtoError::UnsupportedVersion(_) => NoHello::OtherVersion(e),
+                other => NoHello::Unreadable(other.into()),
             })?;
-        Ok::<_, String>((control, hello))
+        Ok::<_, NoHello>((control, hello))
     })
     .await
-    .unwrap_or_else(|_| Err("no hello within the deadline".to_owned()));
+    .unwrap_or(Err(NoHello::Late));
     let (mut control, hello) = match hello {
         Ok(pair) => pair,
         Err(why) => {
+            // A handshake that never says a readable hello held a slot for nothing: charge it,
+            // unless it is an agent of another version (a rollout, not an attack).
+            if !matches!(why, NoHello::OtherVersion(_)) {
+                sessions.hello_failures.charge(remote.ip());
+            }
             info!(reason = %why, "agent connection closed before registering");
-            connection.close(close_code::BAD_HELLO.into(), why.as_bytes());
+            connection.close(close_code::BAD_HELLO.into(), why.to_string().as_bytes());
             return;
         }
     };
@@ -254,9 +266,24 @@ async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &S
     drop(unproven);
     // Proved: now the agent's responses may fill the tunnel's configured windows.
     connection.set_receive_window(sessions.proven_receive_window);
-    let (guard, beside) = sessions
-        .registry
-        .register(&hello.cluster, &hello.instance, connection.clone(), admitted);
+    let (guard, registered) =
+        sessions
+            .registry
+            .register(&hello.cluster, &hello.instance, connection.clone(), admitted.clone());
+    // A reload between the judgement and the registration replaced the table and swept the
+    // registry without this session in it: check again against the table now in force.
+    if !sessions.clusters.current().admits(
+        &hello.cluster,
+        &admitted.token_digest,
+        admitted.caller_audience.as_deref(),
+    ) {
+        connection.close(
+            close_code::REVOKED.into(),
+            b"agent token revoked or the cluster's trust model changed",
+        );
+        return;
+    }
+    let beside = registered.beside;
     let event = |event: &'static str, beside: &[String]| {
         sessions.audit.agent_event(&AgentEvent {
             event,
@@ -268,6 +295,14 @@ async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &S
         });
     };
     event("agent_registered", &beside);
+    if let Some(old) = registered.replaced.filter(|old| old.ip() != remote.ip()) {
+        // The same instance name from another address: a restarted pod, or someone holding the
+        // cluster's agent token taking its place. Either way it now gets that instance's share.
+        warn!(
+            cluster = %hello.cluster, agent = %hello.instance, session = guard.id(), previous = %old,
+            "an agent instance took over this instance name from another address"
+        );
+    }
     if !beside.is_empty() {
         warn!(
             cluster = %hello.cluster, agent = %hello.instance, session = guard.id(), ?beside,
@@ -285,6 +320,20 @@ async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &S
     let reason = connection.closed().await;
     event("agent_gone", &[]);
     info!(cluster = %hello.cluster, agent = %hello.instance, session = guard.id(), %reason, "agent gone");
+}
+
+/// Why a connection said no hello the relay could read.
+#[derive(Debug, thiserror::Error)]
+enum NoHello {
+    /// A frame of another wire version: its message names both versions.
+    #[error(transparent)]
+    OtherVersion(proto::ProtoError),
+    /// No control stream, or no frame that reads as a hello.
+    #[error("no readable hello: {0}")]
+    Unreadable(Box<dyn std::error::Error + Send + Sync>),
+    /// Nothing within [`HELLO_TIMEOUT`].
+    #[error("no hello within the deadline")]
+    Late,
 }
 
 /// Judges a hello: plain names, a token of the cluster it names, and the same trust model as

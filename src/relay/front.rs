@@ -27,7 +27,7 @@ use tracing::{Instrument, debug, info_span};
 use super::RelayState;
 use super::clusters::ClusterTable;
 use super::idle::Activity;
-use super::stall::{Delivery, Stalls};
+use super::stall::{Delivery, Exchange, Stalls};
 use crate::audit::Audit;
 use crate::auth::Caller;
 use crate::forward::{self, Body, boxed, full};
@@ -187,7 +187,14 @@ async fn handle(state: &RelayState, req: Request<Incoming>, peer: SocketAddr) ->
             HttpError::bad_request("the request path has a malformed percent-escape or is not UTF-8"),
         ),
         Ok((cluster, upstream)) => match state.auth_failures.attempt(peer.ip()) {
-            Some(attempt) => to_cluster(state, req, cluster, upstream, request_id, &audit, attempt).await,
+            Some(attempt) => {
+                let target = Target {
+                    cluster,
+                    upstream,
+                    request_id,
+                };
+                to_cluster(state, req, target, &audit, attempt, peer.ip()).await
+            }
             None => {
                 let after = state.auth_failures.retry_after();
                 Err(HttpError::too_many_requests(format!(
@@ -232,14 +239,20 @@ fn split_cluster_uri(uri: &Uri) -> Result<(String, Uri), HttpError> {
     Ok((cluster.to_owned(), upstream))
 }
 
+/// Where a request goes: its cluster, its path on the apiserver, and its id.
+struct Target {
+    cluster: String,
+    upstream: Uri,
+    request_id: String,
+}
+
 async fn to_cluster(
     state: &RelayState,
     req: Request<Incoming>,
-    cluster: String,
-    upstream_uri: Uri,
-    request_id: String,
+    target: Target,
     audit: &Audit,
     attempt: super::limits::Attempt<'_>,
+    peer: std::net::IpAddr,
 ) -> Result<(Response<Body>, Delivery), HttpError> {
     let authenticated = match crate::auth::bearer_token(req.headers()) {
         Ok(token) => state
@@ -250,7 +263,12 @@ async fn to_cluster(
         Err(e) => Err(e),
     };
     let (caller, token) = match authenticated {
-        Ok(authenticated) => authenticated,
+        Ok(authenticated) => {
+            // Given back at once: holding it across a slow exchange would let valid requests
+            // from one address look like failures to the next caller from there.
+            attempt.refund();
+            authenticated
+        }
         // An issuer that cannot be reached is not the caller's failure.
         Err(e @ crate::auth::AuthError::ProviderUnavailable(_)) => {
             attempt.refund();
@@ -266,17 +284,17 @@ async fn to_cluster(
         f.groups = caller.identity.groups.clone();
     });
     // The caller's credential can still fail further on: a token not bound to this cluster here,
-    // a cluster token or caller token the agent refuses (it says so in a header). Those keep the
-    // attempt's token; anything else gives it back.
-    let outcome = route(state, req, &cluster, upstream_uri, request_id, audit, &caller, &token).await;
+    // or a cluster token or caller token the agent refuses (a 401 it marks). Those are charged to
+    // the source after the fact.
+    let outcome = route(state, req, target, audit, &caller, &token).await;
     let caller_failed = match &outcome {
-        Ok((resp, _)) => resp.headers().contains_key(proto::AUTH_FAILED_HEADER),
+        Ok((resp, _)) => {
+            resp.status() == http::StatusCode::UNAUTHORIZED && resp.headers().contains_key(proto::AUTH_FAILED_HEADER)
+        }
         Err(e) => e.code == http::StatusCode::UNAUTHORIZED,
     };
     if caller_failed {
-        attempt.failed();
-    } else {
-        attempt.refund();
+        state.auth_failures.charge(peer);
     }
     outcome.map(|(mut resp, delivery)| {
         resp.headers_mut().remove(proto::AUTH_FAILED_HEADER);
@@ -285,17 +303,20 @@ async fn to_cluster(
 }
 
 /// Access rules, the cluster's credential, the caller's slot, then the exchange on a new stream.
-#[allow(clippy::too_many_arguments)]
 async fn route(
     state: &RelayState,
     req: Request<Incoming>,
-    cluster: &str,
-    upstream_uri: Uri,
-    request_id: String,
+    target: Target,
     audit: &Audit,
     caller: &Caller,
     token: &str,
 ) -> Result<(Response<Body>, Delivery), HttpError> {
+    let Target {
+        cluster,
+        upstream: upstream_uri,
+        request_id,
+    } = target;
+    let cluster = cluster.as_str();
     let identity = &caller.identity;
     if !state.access.allows(identity, cluster) {
         return Err(HttpError::forbidden(format!(
@@ -359,7 +380,7 @@ async fn route(
         let mut req = req.map(boxed);
         *req.uri_mut() = upstream_uri;
         *req.version_mut() = Version::HTTP_11;
-        let long_running = forward::is_long_running(&req);
+        let exchange = exchange_kind(&req);
         forward::strip_hop_by_hop(req.headers_mut());
         // The caller's token rode the stream header only if it is bound to this cluster; it never
         // travels in the request itself.
@@ -373,11 +394,34 @@ async fn route(
             .await
             .map_err(|e| HttpError::bad_gateway(format!("cluster \"{cluster}\": the agent did not answer: {e}")))?;
         debug!(%method, %path, status = resp.status().as_u16(), "response head from the agent");
-        let delivery = Delivery::of_forwarded(long_running, resp.status());
+        let has_length = resp.headers().contains_key(http::header::CONTENT_LENGTH);
+        let delivery = Delivery::of_forwarded(exchange, resp.status(), has_length);
         Ok((resp, delivery))
     }
     .instrument(span)
     .await
+}
+
+/// Whether the apiserver will stream the answer to `req`: a watch (as it resolves the request),
+/// a followed pod log, or an upgrade.
+fn exchange_kind<B>(req: &Request<B>) -> Exchange {
+    use crate::request_info::{query_param, request_info};
+    if forward::upgrade_protocol(req.headers()).is_some() {
+        return Exchange::Upgrade;
+    }
+    let Ok(info) = request_info(req.method(), req.uri()) else {
+        return Exchange::Plain;
+    };
+    let follows = || {
+        info.subresource.as_deref() == Some("log")
+            && query_param(req.uri(), "follow")
+                .is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false"))
+    };
+    if info.verb == "watch" || follows() {
+        Exchange::Stream
+    } else {
+        Exchange::Plain
+    }
 }
 
 /// What `cluster`'s agent gets as the caller's proof: the caller's own token if the cluster takes
@@ -407,6 +451,13 @@ fn credential_for(
             Ok(Credential::CallerToken(token.to_owned()))
         }
         None => {
+            // A token minted for a cluster that takes callers' own tokens is good there alone:
+            // otherwise what that cluster's agent receives would buy an assertion here.
+            if let Some(other) = table.bound_elsewhere(cluster, &caller.audiences) {
+                return Err(HttpError::unauthorized(format!(
+                    "this token is bound to cluster \"{other}\" (its audience), so it is not good at cluster \"{cluster}\""
+                )));
+            }
             let minter = state
                 .minter
                 .as_ref()

@@ -209,7 +209,7 @@ impl AuthFailures {
 
 /// The source a bucket belongs to: IPv4 as is (also when mapped into IPv6), IPv6 by its /64,
 /// since one host usually holds a whole /64 and could otherwise rotate addresses freely.
-fn bucket_key(source: IpAddr) -> IpAddr {
+pub(crate) fn bucket_key(source: IpAddr) -> IpAddr {
     match source {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

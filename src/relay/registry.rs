@@ -53,14 +53,15 @@ impl Registry {
     /// Registers a connection for `cluster`, replacing an older session of the
     /// same agent instance. The returned guard unregisters it when dropped; with it come the
     /// other instances that serve the cluster now (a new one beside them gets a share of the
-    /// cluster's requests, which the caller of this makes visible).
+    /// cluster's requests, which the caller of this makes visible) and the address of the
+    /// session it replaced, if any.
     pub fn register(
         self: &Arc<Self>,
         cluster: &str,
         instance: &str,
         connection: quinn::Connection,
         admitted: Admission,
-    ) -> (SessionGuard, Vec<String>) {
+    ) -> (SessionGuard, Registered) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let session = Session {
             id,
@@ -78,16 +79,23 @@ impl Registry {
             entry.push(session);
             (old, others)
         };
-        if let Some(old) = replaced {
+        let replaced = replaced.map(|old| {
             // The agent came back on a new connection: the old one is stale.
             old.connection.close(0u32.into(), b"replaced by a newer session");
-        }
+            old.connection.remote_address()
+        });
         let guard = SessionGuard {
             registry: self.clone(),
             cluster: cluster.to_owned(),
             id,
         };
-        (guard, others)
+        (
+            guard,
+            Registered {
+                beside: others,
+                replaced,
+            },
+        )
     }
 
     /// Closes (with `code` and `reason`) every session for which `keep(cluster, session)` is
@@ -131,6 +139,15 @@ impl Registry {
         }
         self.clusters.remove_if(cluster, |_, sessions| sessions.is_empty());
     }
+}
+
+/// What registering a session found.
+#[derive(Debug)]
+pub struct Registered {
+    /// The other instances serving the cluster.
+    pub beside: Vec<String>,
+    /// The address of the session of the same instance that this one replaced.
+    pub replaced: Option<std::net::SocketAddr>,
 }
 
 /// Unregisters its session when dropped, and only its own.

@@ -71,15 +71,31 @@ pub enum Delivery {
     Unbounded,
 }
 
+/// What kind of exchange a forwarded request is, as far as reading its answer at the caller's pace
+/// goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    /// A watch or a followed log, as the apiserver resolves the request: it streams the answer.
+    Stream,
+    /// An upgrade (exec, attach, port-forward): spliced bytes once the cluster switched protocols.
+    Upgrade,
+    /// Anything else, including a request that only looks long-running (`?follow=1` on a list).
+    Plain,
+}
+
 impl Delivery {
-    /// A response the cluster gave an authenticated, admitted caller: unbounded only for a
-    /// long-running request (watch, follow, upgrade) that the cluster accepted (2xx or 101).
-    pub fn of_forwarded(long_running: bool, status: StatusCode) -> Self {
-        if long_running && (status.is_success() || status == StatusCode::SWITCHING_PROTOCOLS) {
-            Self::Unbounded
-        } else {
-            Self::Bounded
-        }
+    /// A response the cluster gave an authenticated, admitted caller: unbounded only for what the
+    /// apiserver really streams — a watch or followed log it accepted (2xx) with no
+    /// `Content-Length`, or an upgrade it switched (101). Anything a caller can merely dress up as
+    /// long-running (a `follow` query on a list, a name `watch`, `Upgrade` headers on a plain GET)
+    /// stays bounded.
+    pub fn of_forwarded(exchange: Exchange, status: StatusCode, has_length: bool) -> Self {
+        let unbounded = match exchange {
+            Exchange::Stream => status.is_success() && !has_length,
+            Exchange::Upgrade => status == StatusCode::SWITCHING_PROTOCOLS,
+            Exchange::Plain => false,
+        };
+        if unbounded { Self::Unbounded } else { Self::Bounded }
     }
 }
 

@@ -79,6 +79,8 @@ fn any_watch_value_but_false_or_0_is_a_watch() {
         ("watch=0", "list"),
         ("watch=0&watch=1", "list"),
         ("x=watch", "list"),
+        ("watch=%FF", "watch"),
+        ("watch=%zz", "list"),
     ] {
         assert_eq!(info(Method::GET, &format!("/api/v1/pods?{query}")).0, verb, "{query}");
     }

@@ -64,9 +64,12 @@ fn text_lines_escape_every_value_the_message_and_span_fields() {
     assert_eq!(lines.len(), 2, "two events, two lines: {out}");
     assert!(!out.contains('\r') && !out.contains('\u{1b}') && !out.contains('\u{202e}'));
     for line in &lines {
-        assert!(line.contains("request.id=x\\n2026"), "span field escaped: {line}");
+        assert!(
+            line.contains("request.id=\"x\\n2026"),
+            "span field escaped and quoted: {line}"
+        );
     }
-    assert!(lines[0].contains("cluster=x\\n2026") && lines[0].contains("error=x\\n2026"));
+    assert!(lines[0].contains("cluster=\"x\\n2026") && lines[0].contains("error=\"x\\n2026"));
     assert!(lines[1].contains("message with x\\n2026"));
 }
 
@@ -86,4 +89,14 @@ fn escape_keeps_letters_and_escapes_controls() {
     assert_eq!(escape("jürgen").to_string(), "jürgen");
     assert_eq!(escape("a\nb\u{0}c\u{2028}").to_string(), "a\\nb\\u{0}c\\u{2028}");
     assert_eq!(escape("back\\slash \"q\"").to_string(), "back\\slash \"q\"");
+}
+
+#[test]
+fn a_value_with_spaces_or_equals_cannot_pose_as_more_fields() {
+    let out = capture(LogFormat::Text, || {
+        info!(agent = %"a cluster=prod session=1", plain = %"b", quoted = %"say \"hi\" \\ ok", "x");
+    });
+    assert!(out.contains(r#"agent="a cluster=prod session=1""#), "{out}");
+    assert!(out.contains("plain=b"), "{out}");
+    assert!(out.contains(r#"quoted="say \"hi\" \\ ok""#), "{out}");
 }

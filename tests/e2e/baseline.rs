@@ -226,7 +226,8 @@ fn attach_roundtrip(tb: &Testbed, kubectl: &Kubectl, protocol: &str) -> Result<(
     ensure!(out.status.success(), "attach failed ({}): {stderr}", out.status);
     ensure!(
         stdout.contains("got:hello"),
-        "the process's answer did not come back: {stdout:?}"
+        "the process's answer did not come back: {stdout:?}; kubectl said:\n{stderr}\nthe kubelet said:\n{}",
+        tb.kubelet_log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
     );
     ensure_protocol(&stderr, "/attach?", protocol)
 }

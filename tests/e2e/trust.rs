@@ -189,6 +189,27 @@ fn only_tokens_bound_to_the_cluster_reach_its_agent(tb: &Testbed, _: &Deployment
     ensure!(status == 401, "a harvested token replayed at testbed: {status} {body}");
     let testbed_kubectl = raw_kubectl(&hawser, "harvested", CLUSTER, harvested)?;
     ensure!(!testbed_kubectl.run(&["get", "--raw", "/version"])?.status.success());
+    drop(rogue);
+
+    // Mixed: elsewhere now takes relay assertions. A token bound to testbed (what testbed's
+    // agent receives) must not buy an assertion there.
+    hawser.stop_relay();
+    hawser.rewrite_relay_config(|text| {
+        text.replace(&format!("caller_audience = \"{elsewhere}\""), "").replacen(
+            "[[access]]",
+            "[assertions]\nissuer = \"https://relay.e2e.invalid/assertions\"\nsigning_key_file = \"assertion.key\"\ngenerate = true\n[[access]]",
+            1,
+        )
+    })?;
+    hawser.start_relay()?;
+    let for_testbed = hawser.issue_token("hawser-admin", &[])?;
+    let (status, body) = wait_for("the restarted relay", Duration::from_secs(30), || {
+        Ok(get(&hawser, ELSEWHERE, "/version", &for_testbed).ok())
+    })?;
+    ensure!(
+        status == 401 && body.contains("bound to cluster \\\"testbed\\\""),
+        "a token bound to testbed was taken at an assertion cluster: {status} {body}"
+    );
     Ok(())
 }
 
@@ -197,6 +218,25 @@ fn a_relay_cannot_mint_an_identity_where_agents_trust_only_their_issuer(tb: &Tes
     // A compromised relay: the same TLS key and agent tokens, and an issuer of its own that
     // mints tokens for the cluster's audience (all a relay process could do with its keys).
     let testbed = cluster_audience(CLUSTER);
+    let evil_key = hawser.dir().join("evil.key");
+    let hawser_cmd = |args: &[&str]| -> Result<String> {
+        let mut cmd = std::process::Command::new(crate::support::hawser::hawser_bin());
+        cmd.args(args).arg("--signing-key").arg(&evil_key);
+        let out = crate::support::process::run_with_deadline(cmd, None, Duration::from_secs(30))?;
+        ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    };
+    std::fs::write(hawser.dir().join("evil-jwks.json"), hawser_cmd(&["token", "jwks", "--generate"])?)?;
+    let minted = hawser_cmd(&[
+        "token",
+        "issue",
+        "--issuer",
+        "https://evil.e2e.invalid",
+        "--audience",
+        &testbed,
+        "--subject",
+        "hawser-admin",
+    ])?;
     hawser.stop_relay();
     let elsewhere_entry = format!(
         "[[clusters]]\nname = \"{ELSEWHERE}\"\nagent_token_sha256 = \"{}\"\ncaller_audience = \"{}\"\n",
@@ -207,21 +247,13 @@ fn a_relay_cannot_mint_an_identity_where_agents_trust_only_their_issuer(tb: &Tes
         let start = text.find("[[issuers]]").unwrap_or(0);
         let end = text[start..].find("[[access]]").map_or(text.len(), |i| start + i);
         format!(
-            "{}[issuer]\nissuer = \"https://evil.e2e.invalid\"\naudience = \"{testbed}\"\nsigning_key_file = \"evil.key\"\ngenerate = true\n{}",
+            "{}[[issuers]]\nissuer = \"https://evil.e2e.invalid\"\naudiences = [\"{testbed}\"]\njwks_file = \"evil-jwks.json\"\n{}",
             &text[..start],
             &text[end..]
         )
         .replace(&elsewhere_entry, "")
     })?;
     hawser.start_relay()?;
-    let minted = {
-        let mut cmd = std::process::Command::new(crate::support::hawser::hawser_bin());
-        cmd.args(["token", "issue", "--subject", "hawser-admin", "--config"])
-            .arg(hawser.relay_config());
-        let out = crate::support::process::run_with_deadline(cmd, None, Duration::from_secs(30))?;
-        ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout)?.trim().to_owned()
-    };
     // The relay takes its own token and forwards it; the agent refuses it (and is connected:
     // the answer is not 503).
     let (status, body) = wait_for(

@@ -226,21 +226,26 @@ fn the_registry_stays_near_the_bodies_live() {
 #[test]
 fn only_an_accepted_long_running_stream_is_unbounded() {
     use Delivery::{Bounded, Unbounded};
+    use Exchange::{Plain, Stream, Upgrade};
     let cases = [
-        (true, StatusCode::OK, Unbounded),
-        (true, StatusCode::SWITCHING_PROTOCOLS, Unbounded),
-        (true, StatusCode::UNAUTHORIZED, Bounded),
-        (true, StatusCode::FORBIDDEN, Bounded),
-        (true, StatusCode::TOO_MANY_REQUESTS, Bounded),
-        (true, StatusCode::INTERNAL_SERVER_ERROR, Bounded),
-        (false, StatusCode::OK, Bounded),
-        (false, StatusCode::SWITCHING_PROTOCOLS, Bounded),
+        (Stream, StatusCode::OK, false, Unbounded),
+        (Upgrade, StatusCode::SWITCHING_PROTOCOLS, false, Unbounded),
+        (Stream, StatusCode::UNAUTHORIZED, false, Bounded),
+        (Stream, StatusCode::FORBIDDEN, false, Bounded),
+        (Stream, StatusCode::TOO_MANY_REQUESTS, false, Bounded),
+        (Stream, StatusCode::INTERNAL_SERVER_ERROR, false, Bounded),
+        // A "watch" the apiserver answered with a finished body is not a stream.
+        (Stream, StatusCode::OK, true, Bounded),
+        // Upgrade headers on a request the apiserver answered as a plain one.
+        (Upgrade, StatusCode::OK, false, Bounded),
+        (Plain, StatusCode::OK, false, Bounded),
+        (Plain, StatusCode::SWITCHING_PROTOCOLS, false, Bounded),
     ];
-    for (long_running, status, expected) in cases {
+    for (exchange, status, has_length, expected) in cases {
         assert_eq!(
-            Delivery::of_forwarded(long_running, status),
+            Delivery::of_forwarded(exchange, status, has_length),
             expected,
-            "{long_running} {status}"
+            "{exchange:?} {status} {has_length}"
         );
     }
 }

@@ -303,11 +303,6 @@ output = "agent-audit.log"
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 
-    /// The relay's configuration file.
-    pub fn relay_config(&self) -> &Path {
-        &self.relay_config
-    }
-
     /// The agent's configuration file.
     pub fn agent_config(&self) -> &Path {
         &self.agent_config
