@@ -226,7 +226,10 @@ fn a_relay_cannot_mint_an_identity_where_agents_trust_only_their_issuer(tb: &Tes
         ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     };
-    std::fs::write(hawser.dir().join("evil-jwks.json"), hawser_cmd(&["token", "jwks", "--generate"])?)?;
+    std::fs::write(
+        hawser.dir().join("evil-jwks.json"),
+        hawser_cmd(&["token", "jwks", "--generate"])?,
+    )?;
     let minted = hawser_cmd(&[
         "token",
         "issue",

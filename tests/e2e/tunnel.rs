@@ -313,8 +313,8 @@ fn agent_reports_missing_impersonation_rights(tb: &Testbed, deployment: &Deploym
         agent.ensure_running()?;
         let log = agent.log_tail(40);
         let impersonation = log.contains(r#"missing="[\"impersonate users\", \"impersonate groups\"]""#);
-        let passthrough = log.contains("cannot review cluster tokens")
-            && log.contains(r#"missing="[\"create tokenreviews\"]""#);
+        let passthrough =
+            log.contains("cannot review cluster tokens") && log.contains(r#"missing="[\"create tokenreviews\"]""#);
         Ok((impersonation && passthrough).then_some(()))
     })
 }
