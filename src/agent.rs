@@ -208,7 +208,8 @@ async fn session(
     loop {
         match connection.accept_bi().await {
             Ok(pair) => {
-                tokio::spawn(serve::stream(tunnel::join(pair), state.clone(), relay.clone()).in_current_span());
+                let (send, recv) = pair;
+                tokio::spawn(serve::stream(send, recv, state.clone(), relay.clone()).in_current_span());
             }
             Err(reason) => return Ok(reason),
         }

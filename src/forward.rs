@@ -130,6 +130,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A message's `Content-Length`, if it has exactly one that reads as a number.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => value.to_str().ok()?.trim().parse().ok(),
+        _ => None,
+    }
+}
+
 /// Refuses CONNECT: the Kubernetes API never uses it, and a tunnel to an
 /// arbitrary authority is exactly what a relay must not offer.
 pub fn refuse_connect(method: &http::Method) -> Result<(), HttpError> {

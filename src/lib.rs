@@ -23,4 +23,6 @@ pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod token_file;
+pub mod transport;
 pub mod tunnel;
+pub mod wire;

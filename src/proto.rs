@@ -3,8 +3,8 @@
 //! - The agent opens the first bidirectional stream as its control stream and
 //!   sends a [`Hello`]; the relay answers with a [`Welcome`] or closes the
 //!   connection.
-//! - Every other stream is opened by the relay and carries one HTTP/1.1
-//!   exchange, preceded by a [`StreamHeader`] that holds the caller's
+//! - Every other stream is opened by the relay and carries one exchange in
+//!   the framing of [`crate::wire`], whose request head holds the caller's
 //!   [`Credential`] for this cluster (never the caller's own token unless that
 //!   token is bound to this cluster).
 //!
@@ -15,10 +15,13 @@
 //!
 //! # Versions
 //!
-//! [`VERSION`] 2 carries the credential in the stream header (1 forwarded the
-//! caller's token in the HTTP request). Relay and agent must speak the same
-//! version; a hello of another version is refused with a close reason that
-//! names both, so the agent's log says which side to upgrade.
+//! - 1 carried HTTP/1.1 on every stream and forwarded the caller's token in it.
+//! - 2 moved the credential into a JSON header frame before the HTTP/1.1 exchange.
+//! - [`VERSION`] 3 replaces HTTP/1.1 on the streams with Hawser's own framing ([`crate::wire`]).
+//!
+//! Relay and agent must speak the same version; a hello of another version
+//! is refused with a close reason that names both, so the agent's log says
+//! which side to upgrade (docs/architecture.md, "Wire versions").
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,9 +31,9 @@ pub const ALPN: &[u8] = b"hawser/1";
 /// Magic bytes that open every frame.
 const MAGIC: &[u8; 4] = b"HWSR";
 /// The wire version this build speaks.
-pub const VERSION: u8 = 2;
-/// Largest JSON payload a frame may carry (a stream header holds a token of up to 16 KiB).
-pub const MAX_FRAME: usize = 24 * 1024;
+pub const VERSION: u8 = 3;
+/// Largest JSON payload a control frame may carry.
+pub const MAX_FRAME: usize = 8 * 1024;
 /// Largest hello: read before the agent has proved anything, so kept small.
 pub const MAX_HELLO: usize = 2 * 1024;
 
@@ -113,16 +116,6 @@ pub struct Welcome {
     pub session: u64,
 }
 
-/// What a relay-opened stream carries before its HTTP exchange.
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct StreamHeader {
-    /// Request id, the same in the relay's and the agent's logs.
-    pub request_id: String,
-    /// Who the caller is, in the form this cluster's agent accepts.
-    pub credential: Credential,
-}
-
 /// The proof of a caller's identity that rides a stream: never valid at another cluster.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -191,44 +184,44 @@ mod tests {
 
     #[tokio::test]
     async fn round_trip() {
-        let header = StreamHeader {
-            request_id: "r-1".into(),
-            credential: Credential::Assertion("a.b.c".into()),
+        let welcome = Welcome {
+            relay: "relay-0".into(),
+            session: 7,
         };
         let mut buf = Vec::new();
-        write_frame(&mut buf, &header).await.unwrap();
-        let back: StreamHeader = read_frame(&mut buf.as_slice()).await.unwrap();
-        assert_eq!(back, header);
+        write_frame(&mut buf, &welcome).await.unwrap();
+        let back: Welcome = read_frame(&mut buf.as_slice()).await.unwrap();
+        assert_eq!(back, welcome);
     }
 
     #[tokio::test]
     async fn rejects_bad_magic_version_and_size() {
-        let mut bad = b"XXXX\x02\x00\x00".as_slice();
+        let mut bad = b"XXXX\x03\x00\x00".as_slice();
         assert!(matches!(
-            read_frame::<_, StreamHeader>(&mut bad).await,
+            read_frame::<_, Welcome>(&mut bad).await,
             Err(ProtoError::BadMagic)
         ));
         let mut v1 = b"HWSR\x01\x00\x00".as_slice();
-        let old = read_frame::<_, StreamHeader>(&mut v1).await.unwrap_err();
+        let old = read_frame::<_, Welcome>(&mut v1).await.unwrap_err();
         assert!(matches!(old, ProtoError::UnsupportedVersion(1)));
         assert_eq!(
             old.to_string(),
-            "the peer speaks wire version 1; this build speaks 2",
+            "the peer speaks wire version 1; this build speaks 3",
             "a mismatch names both versions"
         );
-        let mut huge = b"HWSR\x02\xff\xff".as_slice();
+        let mut huge = b"HWSR\x03\xff\xff".as_slice();
         assert!(matches!(
-            read_frame::<_, StreamHeader>(&mut huge).await,
+            read_frame::<_, Welcome>(&mut huge).await,
             Err(ProtoError::TooLarge(65535))
         ));
-        let mut short = b"HWSR\x02\x00\x10{}".as_slice();
+        let mut short = b"HWSR\x03\x00\x10{}".as_slice();
         assert!(matches!(
-            read_frame::<_, StreamHeader>(&mut short).await,
+            read_frame::<_, Welcome>(&mut short).await,
             Err(ProtoError::Io(_))
         ));
-        let mut unknown = b"HWSR\x02\x00\x0b{\"x\":\"y\"}\x00\x00".as_slice();
+        let mut unknown = b"HWSR\x03\x00\x0b{\"x\":\"y\"}\x00\x00".as_slice();
         assert!(matches!(
-            read_frame::<_, StreamHeader>(&mut unknown).await,
+            read_frame::<_, Welcome>(&mut unknown).await,
             Err(ProtoError::Malformed(_))
         ));
     }
@@ -261,10 +254,7 @@ mod tests {
             },
         };
         assert!(!format!("{hello:?}").contains("s3cret"));
-        let header = StreamHeader {
-            request_id: "r".into(),
-            credential: Credential::CallerToken("s3cret".into()),
-        };
-        assert!(!format!("{header:?}").contains("s3cret"));
+        assert!(!format!("{:?}", Credential::CallerToken("s3cret".into())).contains("s3cret"));
+        assert!(!format!("{:?}", Credential::Assertion("s3cret".into())).contains("s3cret"));
     }
 }

@@ -13,82 +13,173 @@
 //! credential, after a TokenReview (see `passthrough`); the caller's relay
 //! JWT is still validated here first and never leaves the agent.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HOST;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tracing::{Instrument, debug, info_span};
 
 use super::{AgentState, passthrough};
 use crate::audit::Audit;
-use crate::forward::{self, Body, boxed};
-use crate::proto::{self, Credential, StreamHeader};
+use crate::forward::{self, Body, boxed, empty};
+use crate::proto::{self, Credential};
 use crate::status::HttpError;
-use crate::tunnel::Stream;
+use crate::transport::{RecvHalf, SendHalf, write_chunk};
+use crate::wire::body::{PumpError, RecvBody, send_body};
+use crate::wire::splice::{Side, splice};
+use crate::wire::{self, RequestHead, ResponseHead, reset};
 
-/// How long the relay has to send a stream's header.
+/// How long the relay has to send a stream's head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one stream: its header, then one HTTP/1.1 exchange (and upgrade).
-pub async fn stream(mut stream: Stream, state: Arc<AgentState>, relay: Arc<str>) {
-    let header: StreamHeader = match tokio::time::timeout(HEADER_TIMEOUT, proto::read_frame(&mut stream)).await {
-        Ok(Ok(header)) => header,
-        Ok(Err(e)) => return debug!(error = %e, "bad stream header"),
-        Err(_) => return debug!("stream header timed out"),
-    };
-    if !plain_request_id(&header.request_id) {
-        return debug!("stream header with a malformed request id");
-    }
-    let span = info_span!("stream", request.id = %header.request_id);
-    let service = service_fn(move |req: Request<Incoming>| {
-        let state = state.clone();
-        let credential = header.credential.clone();
-        let audit = state
-            .audit
-            .begin(&header.request_id, req.method(), req.uri(), req.headers());
-        audit.set(|f| {
-            f.cluster = Some(state.cluster.clone());
-            f.relay = Some(relay.to_string());
-            f.agent = Some(state.instance.clone());
-        });
-        async move {
-            Ok::<_, Infallible>(handle(&state, req, &credential, &audit).await.unwrap_or_else(|e| {
-                audit.status(e.code.as_u16());
-                e.into_response()
-            }))
+/// Serves one stream: its request head (and body), the apiserver's answer, and an upgrade's bytes.
+pub async fn stream<S: SendHalf, R: RecvHalf>(mut send: S, mut recv: R, state: Arc<AgentState>, relay: Arc<str>) {
+    let read = tokio::time::timeout(HEADER_TIMEOUT, wire::read_head(&mut recv, wire::MAX_HEAD)).await;
+    let decoded = match read {
+        Ok(Ok((payload, first))) => RequestHead::decode(&payload).map(|head| (head, first)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            debug!("stream head timed out");
+            send.cut(reset::NO_HEAD);
+            return recv.stop_reading(reset::NO_HEAD);
         }
+    };
+    let (head, first) = match decoded {
+        Ok(pair) => pair,
+        Err(e) => {
+            debug!(error = %e, "bad stream head");
+            send.cut(reset::BAD_HEAD);
+            return recv.stop_reading(reset::BAD_HEAD);
+        }
+    };
+    let span = info_span!("stream", request.id = %head.request_id);
+    exchange(head, first, send, recv, &state, &relay).instrument(span).await;
+}
+
+async fn exchange<S: SendHalf, R: RecvHalf>(
+    head: RequestHead,
+    first: bytes::Bytes,
+    mut send: S,
+    recv: R,
+    state: &AgentState,
+    relay: &str,
+) {
+    let audit = state
+        .audit
+        .begin(&head.request_id, &head.method, &head.target, &head.headers);
+    audit.set(|f| {
+        f.cluster = Some(state.cluster.clone());
+        f.relay = Some(relay.to_owned());
+        f.agent = Some(state.instance.clone());
     });
-    // No keep_alive(false): it would add `Connection: close` to a 101. The
-    // relay sends one exchange per stream and finishes the stream after it.
-    let served = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades()
-        .instrument(span)
-        .await;
-    if let Err(e) = served {
-        debug!(error = %e, "stream ended with an error");
+    let upgrade = forward::upgrade_protocol(&head.headers).is_some();
+    // An upgrade request has no body: what follows its head is the upgraded bytes, read only
+    // once the apiserver has switched protocols.
+    let (body, recv) = if head.body && !upgrade {
+        let length = forward::content_length(&head.headers);
+        (audit.count(boxed(RecvBody::new(first, recv, length)), true), None)
+    } else {
+        (empty(), Some(recv))
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method;
+    *req.uri_mut() = head.target;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = head.headers;
+    match handle(state, req, &head.credential, &audit).await {
+        Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => match recv.filter(|_| upgrade) {
+            Some(recv) => switch(resp, send, recv, audit).await,
+            None => {
+                let e =
+                    HttpError::bad_gateway("the apiserver switched protocols for a request that asked for no upgrade");
+                audit.status(e.code.as_u16());
+                respond(e.into_response(), &mut send).await;
+            }
+        },
+        Ok(mut resp) => {
+            strip_agent_marks(resp.headers_mut());
+            respond(resp.map(|body| audit.count(boxed(body), false)), &mut send).await;
+        }
+        Err(e) => {
+            audit.status(e.code.as_u16());
+            respond(e.into_response(), &mut send).await;
+        }
     }
 }
 
-/// Whether a relay-chosen request id is a plain name (it reaches logs and audit lines).
-fn plain_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+/// Sends a response head and its body, then finishes the stream; a body that breaks off resets
+/// it, so the relay never takes a cut for a complete answer. A relay that stops reading (its
+/// caller went away) ends the exchange at once, even while the apiserver sends nothing.
+async fn respond<S: SendHalf>(resp: Response<Body>, send: &mut S) {
+    let (parts, body) = resp.into_parts();
+    let mut headers = parts.headers;
+    forward::strip_hop_by_hop(&mut headers);
+    let has_body = !hyper::body::Body::is_end_stream(&body);
+    let head = ResponseHead {
+        status: parts.status,
+        headers,
+        body: has_body,
+    };
+    let encoded = match head.encode(wire::MAX_HEAD) {
+        Ok(encoded) => encoded,
+        Err(e) => {
+            debug!(error = %e, "response head cannot be sent");
+            return send.cut(reset::SOURCE_FAILED);
+        }
+    };
+    if write_chunk(send, encoded).await.is_err() {
+        return;
+    }
+    if has_body {
+        match send_body(body, send).await {
+            Ok(_) => {}
+            Err(PumpError::Source(e)) => {
+                debug!(error = %e, "the apiserver's answer broke off");
+                return send.cut(reset::SOURCE_FAILED);
+            }
+            Err(PumpError::Sink(e)) => return debug!(error = %e, "the relay stopped reading the answer"),
+        }
+    }
+    send.end();
 }
 
+/// Answers `101` and splices the apiserver's upgraded connection onto the stream.
+async fn switch<S: SendHalf, R: RecvHalf>(mut resp: Response<Incoming>, mut send: S, recv: R, audit: Audit) {
+    let upgraded = hyper::upgrade::on(&mut resp);
+    let mut headers = std::mem::take(resp.headers_mut());
+    strip_agent_marks(&mut headers);
+    let head = ResponseHead {
+        status: StatusCode::SWITCHING_PROTOCOLS,
+        headers,
+        body: false,
+    };
+    let Ok(encoded) = head.encode(wire::MAX_HEAD) else {
+        return send.cut(reset::SOURCE_FAILED);
+    };
+    if write_chunk(&mut send, encoded).await.is_err() {
+        return;
+    }
+    match upgraded.await {
+        Ok(io) => splice(io, send, recv, Some(audit), Side::Upstream).await,
+        Err(e) => {
+            debug!(error = %e, "the apiserver's upgrade did not complete");
+            send.cut(reset::SOURCE_FAILED);
+        }
+    }
+}
+
+/// Authenticates the caller, sets the identity the apiserver sees, and sends the request there.
 async fn handle(
     state: &AgentState,
-    req: Request<Incoming>,
+    req: Request<Body>,
     credential: &Credential,
     audit: &Audit,
-) -> Result<Response<Body>, HttpError> {
+) -> Result<Response<Incoming>, HttpError> {
     forward::refuse_connect(req.method())?;
     crate::request_info::request_info(req.method(), req.uri()).map_err(|e| HttpError::bad_request(e.to_string()))?;
-    // Only the credential in the stream header counts; the request's own `Authorization` is the
+    // Only the credential in the request head counts; the request's own `Authorization` is the
     // caller's and is stripped below like every other identity header.
     let token = match (state.takes_assertions, credential) {
         (true, Credential::Assertion(token)) | (false, Credential::CallerToken(token)) => token,
@@ -110,7 +201,7 @@ async fn handle(
     });
     let cluster_token = passthrough::cluster_token(req.headers())?;
 
-    let mut req = req.map(boxed);
+    let mut req = req;
     let long_running = forward::is_long_running(&req);
     match cluster_token {
         Some(cluster_token) => {
@@ -152,10 +243,11 @@ async fn handle(
     req.headers_mut().remove(HOST);
     let client = state.apiserver.client(long_running);
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let mut resp = forward::exchange(req, Some(audit), |req| client.request(req))
+    let resp = client
+        .request(req)
         .await
         .map_err(|e| HttpError::bad_gateway(format!("the apiserver did not answer: {e}")))?;
-    strip_agent_marks(resp.headers_mut());
+    audit.status(resp.status().as_u16());
     tracing::debug!(%method, %path, long_running, status = resp.status().as_u16(), "response head from the apiserver");
     Ok(resp)
 }

@@ -12,7 +12,7 @@
 //! An assertion is minted once per caller token and cluster and reused while more than half its
 //! lifetime is left, so neither side pays a signature per request (an ES256 signature and its
 //! check cost hundreds of µs here, more than the rest of a small request); the request id rides
-//! the stream header beside it.
+//! the stream's request head beside it.
 //!
 //! # Threat model
 //!

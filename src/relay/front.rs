@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::header::{AUTHORIZATION, HOST, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -31,9 +31,12 @@ use super::stall::{Delivery, Exchange, Stalls};
 use crate::audit::Audit;
 use crate::auth::Caller;
 use crate::forward::{self, Body, boxed, full};
-use crate::proto::{self, Credential, StreamHeader};
+use crate::proto::{self, Credential};
 use crate::status::HttpError;
-use crate::tunnel;
+use crate::transport::{SendHalf, StreamError, write_chunk};
+use crate::wire::body::{PumpError, RecvBody, send_body};
+use crate::wire::splice::{Side, splice};
+use crate::wire::{self, HeadError, RequestHead, ResponseHead};
 
 /// Where the relay publishes the public half of its assertion key, for agents to trust.
 pub const ASSERTION_JWKS_PATH: &str = "/.well-known/hawser/assertion-jwks.json";
@@ -361,41 +364,109 @@ async fn route(
                     "cluster \"{cluster}\" is saturated: no stream free within {wait:?}"
                 ))
             })?;
-        let mut stream = tunnel::join(opened.map_err(|e| offline(&e))?);
-        proto::write_frame(&mut stream, &StreamHeader { request_id, credential })
-            .await
-            .map_err(|e| offline(&e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| offline(&e))?;
-        tokio::spawn(
-            async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    debug!(error = %e, "agent stream ended with an error");
-                }
-            }
-            .in_current_span(),
-        );
-
-        let mut req = req.map(boxed);
-        *req.uri_mut() = upstream_uri;
-        *req.version_mut() = Version::HTTP_11;
+        let (mut send, mut recv) = opened.map_err(|e| offline(&e))?;
+        let mut req = req;
+        // Judged on the path the apiserver will see.
+        *req.uri_mut() = upstream_uri.clone();
         let exchange = exchange_kind(&req);
-        forward::strip_hop_by_hop(req.headers_mut());
-        // The caller's token rode the stream header only if it is bound to this cluster; it never
-        // travels in the request itself.
-        req.headers_mut().remove(AUTHORIZATION);
-        req.headers_mut().insert(
-            HOST,
-            HeaderValue::from_str(cluster).map_err(|_| HttpError::bad_request("bad cluster"))?,
-        );
-        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-        let resp = forward::exchange(req, Some(audit), |req| sender.send_request(req))
-            .await
-            .map_err(|e| HttpError::bad_gateway(format!("cluster \"{cluster}\": the agent did not answer: {e}")))?;
-        debug!(%method, %path, status = resp.status().as_u16(), "response head from the agent");
-        let has_length = resp.headers().contains_key(http::header::CONTENT_LENGTH);
-        let delivery = Delivery::of_forwarded(exchange, resp.status(), has_length);
+        let caller_side = (exchange == Exchange::Upgrade).then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        forward::strip_hop_by_hop(&mut parts.headers);
+        // The caller's token rode the head's credential only if it is bound to this cluster; it
+        // never travels as a header. The agent's client sets Host from the apiserver's address.
+        parts.headers.remove(AUTHORIZATION);
+        parts.headers.remove(HOST);
+        // An upgrade request carries no body: after its head come the upgraded bytes.
+        let has_body = caller_side.is_none() && !hyper::body::Body::is_end_stream(&body);
+        let (method, path) = (parts.method.clone(), upstream_uri.path().to_owned());
+        let head = RequestHead {
+            request_id,
+            credential,
+            method: parts.method,
+            target: upstream_uri,
+            traceparent: String::new(),
+            headers: parts.headers,
+            body: has_body,
+        }
+        .encode(wire::MAX_HEAD)
+        .map_err(|e| HttpError::bad_request(format!("the request cannot be sent to the cluster: {e}")))?;
+        write_chunk(&mut send, head).await.map_err(|e| offline(&e))?;
+        let send = if has_body {
+            let body = audit.count(boxed(body), true);
+            tokio::spawn(
+                async move {
+                    match send_body(body, &mut send).await {
+                        Ok(_) => send.end(),
+                        Err(PumpError::Source(e)) => {
+                            debug!(error = %e, "the caller's request body broke off");
+                            send.cut(wire::reset::SOURCE_FAILED);
+                        }
+                        Err(PumpError::Sink(e)) => debug!(error = %e, "the agent stopped reading the request body"),
+                    }
+                }
+                .in_current_span(),
+            );
+            None
+        } else {
+            if caller_side.is_none() {
+                send.end();
+            }
+            Some(send)
+        };
+        let head = match wire::read_head(&mut recv, wire::MAX_HEAD).await {
+            Ok((payload, first)) => ResponseHead::decode(&payload).map(|head| (head, first)),
+            Err(e) => Err(e),
+        };
+        let (head, first) = head.map_err(|e| match e {
+            HeadError::Stream(StreamError::Reset(code)) if code == u64::from(wire::reset::SHUTDOWN) => {
+                HttpError::unavailable(format!("cluster \"{cluster}\": {}", wire::reset::describe(code)))
+            }
+            HeadError::Stream(StreamError::Reset(code)) => HttpError::bad_gateway(format!(
+                "cluster \"{cluster}\": the agent did not answer: {}",
+                wire::reset::describe(code)
+            )),
+            other => HttpError::bad_gateway(format!("cluster \"{cluster}\": the agent did not answer: {other}")),
+        })?;
+        audit.status(head.status.as_u16());
+        debug!(%method, %path, status = head.status.as_u16(), "response head from the agent");
+        let has_length = head.headers.contains_key(http::header::CONTENT_LENGTH);
+        let delivery = Delivery::of_forwarded(exchange, head.status, has_length);
+        if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            let (Some(caller_side), Some(send)) = (caller_side, send) else {
+                return Err(HttpError::bad_gateway(format!(
+                    "cluster \"{cluster}\": the agent switched protocols for a request that asked for no upgrade"
+                )));
+            };
+            let audit = audit.clone();
+            tokio::spawn(
+                async move {
+                    match caller_side.await {
+                        Ok(io) => splice(io, send, recv, Some(audit), Side::Caller).await,
+                        Err(e) => debug!(error = %e, "the caller's upgrade did not complete"),
+                    }
+                }
+                .in_current_span(),
+            );
+            let mut resp = Response::new(forward::empty());
+            *resp.status_mut() = head.status;
+            *resp.headers_mut() = head.headers;
+            return Ok((resp, delivery));
+        }
+        if let Some(mut send) = send {
+            // A refused upgrade: nothing follows its head.
+            send.end();
+        }
+        let mut headers = head.headers;
+        forward::strip_hop_by_hop(&mut headers);
+        let body = if head.body {
+            let length = forward::content_length(&headers);
+            audit.count(boxed(RecvBody::new(first, recv, length)), false)
+        } else {
+            forward::empty()
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = headers;
         Ok((resp, delivery))
     }
     .instrument(span)

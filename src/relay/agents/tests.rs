@@ -330,13 +330,16 @@ async fn an_agent_of_another_wire_version_is_told_both() {
     let relay = relay(MAX_HANDSHAKES);
     let connection = relay.dial(Duration::from_secs(10)).await.unwrap();
     let (mut send, _recv) = connection.open_bi().await.unwrap();
-    send.write_all(b"HWSR\x01\x00\x02{}").await.unwrap();
+    send.write_all(b"HWSR\x02\x00\x02{}").await.unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(10), connection.closed())
         .await
         .unwrap();
     let (code, reason) = refusal(Err(closed));
     assert_eq!(code, close_code::BAD_HELLO);
-    assert_eq!(reason, "the peer speaks wire version 1; this build speaks 2");
+    assert_eq!(
+        reason,
+        format!("the peer speaks wire version 2; this build speaks {}", proto::VERSION)
+    );
 }
 
 #[tokio::test]

@@ -7,17 +7,18 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hawser::config::TunnelConfig;
-use hawser::proto::{self, Accepts, Hello, StreamHeader, Welcome};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use hawser::proto::{self, Accepts, Hello, Welcome};
+use hawser::transport::{SendHalf, write_chunk};
+use hawser::wire::{self, RequestHead, ResponseHead};
 
 use super::hawser::Hawser;
 
 /// What one relay-opened stream brought a rogue agent.
 #[derive(Debug, Clone)]
 pub struct Seen {
-    /// The stream header.
-    pub header: StreamHeader,
-    /// The HTTP request head.
+    /// The request head.
+    pub header: RequestHead,
+    /// The request's headers, one `name: value` line each.
     pub request: String,
 }
 
@@ -92,28 +93,33 @@ async fn dial_and_hello(hawser: &Hawser, hello: &Hello) -> Result<quinn::Connect
 }
 
 async fn serve(connection: quinn::Connection, seen: Arc<Mutex<Vec<Seen>>>) {
-    while let Ok(pair) = connection.accept_bi().await {
+    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
         let seen = seen.clone();
         tokio::spawn(async move {
-            let mut stream = hawser::tunnel::join(pair);
-            let Ok(header) = proto::read_frame::<_, StreamHeader>(&mut stream).await else {
+            let Ok((payload, _)) = wire::read_head(&mut recv, wire::MAX_HEAD).await else {
                 return;
             };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
-                if stream.read_exact(&mut byte).await.is_err() {
-                    return;
-                }
-                head.push(byte[0]);
-            }
-            seen.lock().unwrap().push(Seen {
-                header,
-                request: String::from_utf8_lossy(&head).into_owned(),
-            });
-            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
-            let _ = stream.write_all(answer).await;
-            let _ = stream.shutdown().await;
+            let Ok(header) = RequestHead::decode(&payload) else {
+                return;
+            };
+            let request = header
+                .headers
+                .iter()
+                .map(|(name, value)| format!("{name}: {}\r\n", String::from_utf8_lossy(value.as_bytes())))
+                .collect();
+            seen.lock().unwrap().push(Seen { header, request });
+            let mut headers = http::HeaderMap::new();
+            headers.insert("content-type", "application/json".parse().unwrap());
+            headers.insert("content-length", "2".parse().unwrap());
+            let answer = ResponseHead {
+                status: http::StatusCode::OK,
+                headers,
+                body: true,
+            };
+            let _ = write_chunk(&mut send, answer.encode(wire::MAX_HEAD).unwrap()).await;
+            let _ = write_chunk(&mut send, bytes::Bytes::from_static(b"{}")).await;
+            send.end();
+            let _ = send.stopped().await;
         });
     }
 }
