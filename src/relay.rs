@@ -10,6 +10,7 @@ mod limits;
 mod registry;
 mod reload;
 mod stall;
+mod stream;
 
 use std::path::PathBuf;
 use std::sync::Arc;

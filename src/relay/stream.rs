@@ -1,0 +1,175 @@
+//! One exchange with an agent on a stream the relay opened: the request head and body out, the
+//! response head and body back, an upgrade spliced onto the caller's connection.
+
+use http::header::{AUTHORIZATION, HOST};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use tracing::{Instrument, debug};
+
+use super::stall::{Delivery, Exchange};
+use crate::audit::Audit;
+use crate::forward::{self, Body, boxed};
+use crate::proto::Credential;
+use crate::status::HttpError;
+use crate::transport::{SendHalf, StreamError, write_chunk};
+use crate::wire::body::{PumpError, RecvBody, send_body};
+use crate::wire::splice::{Side, splice};
+use crate::wire::{self, HeadError, RequestHead, ResponseHead};
+
+/// Where a request goes and what rides with it.
+pub struct Sent<'a> {
+    /// The cluster's name, for messages.
+    pub cluster: &'a str,
+    /// Path and query on the apiserver.
+    pub target: Uri,
+    /// The request id.
+    pub request_id: String,
+    /// The caller's proof, in the form the cluster's agent takes.
+    pub credential: Credential,
+}
+
+/// Sends `req` on the stream `(send, recv)` and returns the agent's answer for the caller, and
+/// whether the caller may take it at its own pace.
+pub async fn exchange(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    req: Request<Incoming>,
+    sent: Sent<'_>,
+    audit: &Audit,
+) -> Result<(Response<Body>, Delivery), HttpError> {
+    let Sent {
+        cluster,
+        target: upstream_uri,
+        request_id,
+        credential,
+    } = sent;
+    let mut req = req;
+    // Judged on the path the apiserver will see.
+    *req.uri_mut() = upstream_uri.clone();
+    let exchange = exchange_kind(&req);
+    let caller_side = (exchange == Exchange::Upgrade).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    forward::strip_hop_by_hop(&mut parts.headers);
+    // The caller's token rode the head's credential only if it is bound to this cluster; it
+    // never travels as a header. The agent's client sets Host from the apiserver's address.
+    parts.headers.remove(AUTHORIZATION);
+    parts.headers.remove(HOST);
+    // An upgrade request carries no body: after its head come the upgraded bytes.
+    let has_body = caller_side.is_none() && !hyper::body::Body::is_end_stream(&body);
+    let (method, path) = (parts.method.clone(), upstream_uri.path().to_owned());
+    let head = RequestHead {
+        request_id,
+        credential,
+        method: parts.method,
+        target: upstream_uri,
+        traceparent: String::new(),
+        headers: parts.headers,
+        body: has_body,
+    }
+    .encode(wire::MAX_HEAD)
+    .map_err(|e| HttpError::bad_request(format!("the request cannot be sent to the cluster: {e}")))?;
+    write_chunk(&mut send, head).await.map_err(|e| {
+        HttpError::unavailable(format!(
+            "cluster \"{cluster}\" is unreachable: agent stream failed: {e}"
+        ))
+    })?;
+    let send = if has_body {
+        let body = audit.count(boxed(body), true);
+        tokio::spawn(
+            async move {
+                match send_body(body, &mut send).await {
+                    Ok(_) => send.end(),
+                    Err(PumpError::Source(e)) => {
+                        debug!(error = %e, "the caller's request body broke off");
+                        send.cut(wire::reset::SOURCE_FAILED);
+                    }
+                    Err(PumpError::Sink(e)) => debug!(error = %e, "the agent stopped reading the request body"),
+                }
+            }
+            .in_current_span(),
+        );
+        None
+    } else {
+        if caller_side.is_none() {
+            send.end();
+        }
+        Some(send)
+    };
+    let head = match wire::read_head(&mut recv, wire::MAX_HEAD).await {
+        Ok((payload, first)) => ResponseHead::decode(&payload).map(|head| (head, first)),
+        Err(e) => Err(e),
+    };
+    let (head, first) = head.map_err(|e| match e {
+        HeadError::Stream(StreamError::Reset(code)) if code == u64::from(wire::reset::SHUTDOWN) => {
+            HttpError::unavailable(format!("cluster \"{cluster}\": {}", wire::reset::describe(code)))
+        }
+        HeadError::Stream(StreamError::Reset(code)) => HttpError::bad_gateway(format!(
+            "cluster \"{cluster}\": the agent did not answer: {}",
+            wire::reset::describe(code)
+        )),
+        other => HttpError::bad_gateway(format!("cluster \"{cluster}\": the agent did not answer: {other}")),
+    })?;
+    audit.status(head.status.as_u16());
+    debug!(%method, %path, status = head.status.as_u16(), "response head from the agent");
+    let has_length = head.headers.contains_key(http::header::CONTENT_LENGTH);
+    let delivery = Delivery::of_forwarded(exchange, head.status, has_length);
+    if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        let (Some(caller_side), Some(send)) = (caller_side, send) else {
+            return Err(HttpError::bad_gateway(format!(
+                "cluster \"{cluster}\": the agent switched protocols for a request that asked for no upgrade"
+            )));
+        };
+        let audit = audit.clone();
+        tokio::spawn(
+            async move {
+                match caller_side.await {
+                    Ok(io) => splice(io, send, recv, Some(audit), Side::Caller).await,
+                    Err(e) => debug!(error = %e, "the caller's upgrade did not complete"),
+                }
+            }
+            .in_current_span(),
+        );
+        let mut resp = Response::new(forward::empty());
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = head.headers;
+        return Ok((resp, delivery));
+    }
+    if let Some(mut send) = send {
+        // A refused upgrade: nothing follows its head.
+        send.end();
+    }
+    let mut headers = head.headers;
+    forward::strip_hop_by_hop(&mut headers);
+    let body = if head.body {
+        let length = forward::content_length(&headers);
+        audit.count(boxed(RecvBody::new(first, recv, length)), false)
+    } else {
+        forward::empty()
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = headers;
+    Ok((resp, delivery))
+}
+
+/// Whether the apiserver will stream the answer to `req`: a watch (as it resolves the request),
+/// a followed pod log, or an upgrade.
+fn exchange_kind<B>(req: &Request<B>) -> Exchange {
+    use crate::request_info::{query_param, request_info};
+    if forward::upgrade_protocol(req.headers()).is_some() {
+        return Exchange::Upgrade;
+    }
+    let Ok(info) = request_info(req.method(), req.uri()) else {
+        return Exchange::Plain;
+    };
+    let follows = || {
+        info.subresource.as_deref() == Some("log")
+            && query_param(req.uri(), "follow")
+                .is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false"))
+    };
+    if info.verb == "watch" || follows() {
+        Exchange::Stream
+    } else {
+        Exchange::Plain
+    }
+}
