@@ -212,10 +212,14 @@ pub fn https_client(tls: rustls::ClientConfig, allow_h2: bool) -> HttpsClient {
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only();
+    // Small requests and responses must not wait for Nagle's algorithm.
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
     let connector = if allow_h2 {
-        builder.enable_http1().enable_http2().build()
+        builder.enable_http1().enable_http2().wrap_connector(tcp)
     } else {
-        builder.enable_http1().build()
+        builder.enable_http1().wrap_connector(tcp)
     };
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))

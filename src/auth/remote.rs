@@ -285,7 +285,10 @@ fn build_client(config: &IssuerConfig, uri: &Uri) -> Result<HttpsClient, ConfigE
             .map_err(|e| error(format!("loading system CA certificates: {e}")))?
             .https_only()
     };
-    Ok(Client::builder(TokioExecutor::new()).build(builder.enable_http1().build()))
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
+    Ok(Client::builder(TokioExecutor::new()).build(builder.enable_http1().wrap_connector(tcp)))
 }
 
 /// An error with its sources, for messages that say why a connection failed.

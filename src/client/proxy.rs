@@ -168,6 +168,9 @@ impl Proxy {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 };
+                // Without it the first response on each new kubectl connection waits out Nagle
+                // and delayed ACK (about 40 ms).
+                let _ = tcp.set_nodelay(true);
                 let (acceptor, state) = (acceptor.clone(), state.clone());
                 tokio::spawn(
                     connection(tcp, acceptor, state)
