@@ -143,7 +143,8 @@ pub struct TunnelConfig {
     pub connection_receive_window: Option<u64>,
     /// Seconds between keep-alive packets when the tunnel is quiet.
     pub keep_alive_secs: u64,
-    /// Seconds without any packet after which the tunnel counts as dead.
+    /// A dead peer is noticed at most this many seconds after its last packet (and at least
+    /// `idle_timeout_secs - keep_alive_secs`).
     pub idle_timeout_secs: u64,
     /// Kernel buffer asked for the tunnel's UDP socket, each way, in bytes; 0 keeps the OS default.
     pub udp_buffer_bytes: usize,
@@ -175,8 +176,8 @@ impl TunnelConfig {
         if stream < 16 * 1024 || self.connection_receive_window.is_some_and(|c| c < stream) {
             return Err("tunnel windows: stream_receive_window >= 16384 and connection_receive_window >= it".into());
         }
-        if self.keep_alive_secs == 0 || self.idle_timeout_secs <= self.keep_alive_secs {
-            return Err("tunnel.idle_timeout_secs must exceed tunnel.keep_alive_secs (> 0)".into());
+        if self.keep_alive_secs == 0 || self.idle_timeout_secs <= 2 * self.keep_alive_secs {
+            return Err("tunnel.idle_timeout_secs must exceed twice tunnel.keep_alive_secs (> 0)".into());
         }
         Ok(())
     }

@@ -69,11 +69,22 @@ fn transport_config(config: &TunnelConfig, accept_bidi: u32) -> TransportConfig 
         .send_window(config.connection_receive_window.unwrap_or(u64::MAX))
         .keep_alive_interval(Some(Duration::from_secs(config.keep_alive_secs)))
         .max_idle_timeout(Some(
-            VarInt::from_u64(config.idle_timeout_secs * 1000)
+            VarInt::from_u64(quic_idle_timeout(config).as_millis() as u64)
                 .unwrap_or(VarInt::MAX)
                 .into(),
         ));
     t
+}
+
+/// QUIC's idle timeout for a configured `idle_timeout_secs`.
+///
+/// QUIC restarts its idle timer on the first ack-eliciting packet it sends after its last receipt,
+/// and towards a dead peer that is the next keep-alive, up to `keep_alive_secs` later. So a peer
+/// that died is noticed between this timeout and this timeout plus `keep_alive_secs` after its
+/// last packet: setting it to `idle_timeout_secs - keep_alive_secs` makes `idle_timeout_secs` the
+/// bound. Validation keeps it above the keep-alive interval, so a quiet live tunnel never expires.
+pub fn quic_idle_timeout(config: &TunnelConfig) -> Duration {
+    Duration::from_secs(config.idle_timeout_secs.saturating_sub(config.keep_alive_secs))
 }
 
 /// The relay's QUIC listener.

@@ -2,7 +2,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 
-use super::body::{PumpError, RecvBody, send_body};
+use super::body::{GATHER, PumpError, RecvBody, send_body};
 use super::*;
 use crate::proto::Credential;
 use crate::transport::memory::{self, MemSend};
@@ -202,7 +202,8 @@ async fn a_head_that_never_completes_is_an_error_not_a_wait() {
 #[tokio::test]
 async fn body_chunks_cross_without_a_copy() {
     let (mut send, recv) = memory::stream(8);
-    let chunks: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; 1000])).collect();
+    // Pieces of at least half a gathered frame go on as they came.
+    let chunks: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; GATHER / 2])).collect();
     let pointers: Vec<*const u8> = chunks.iter().map(|c| c.as_ptr()).collect();
     let body = crate::forward::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
         chunks
@@ -211,9 +212,10 @@ async fn body_chunks_cross_without_a_copy() {
     )));
     let sent = send_body(body, &mut send).await.unwrap();
     send.end();
-    assert_eq!(sent, 5000);
-    let mut received = RecvBody::new(Bytes::new(), recv, Some(5000));
-    assert_eq!(hyper::body::Body::size_hint(&received).exact(), Some(5000));
+    let total = 5 * GATHER as u64 / 2;
+    assert_eq!(sent, total);
+    let mut received = RecvBody::new(Bytes::new(), recv, Some(total));
+    assert_eq!(hyper::body::Body::size_hint(&received).exact(), Some(total));
     let mut seen = Vec::new();
     while let Some(frame) = received.frame().await {
         seen.push(frame.unwrap().into_data().unwrap().as_ptr());
@@ -259,4 +261,41 @@ async fn a_quiet_body_ends_when_the_reader_goes_away() {
         .expect("the sender noticed the reader left")
         .unwrap();
     assert!(matches!(ended, Err(PumpError::Sink(StreamError::Stopped(_)))));
+}
+
+#[tokio::test]
+async fn small_pieces_already_waiting_become_one_frame() {
+    let (mut send, recv) = memory::stream(64);
+    // Packet-sized pieces, all waiting: 50 × 1200 bytes, then a failure.
+    let pieces: Vec<Bytes> = (0..50u8).map(|i| Bytes::from(vec![i; 1200])).collect();
+    let expected: Vec<u8> = pieces.iter().flat_map(|p| p.to_vec()).collect();
+    send.send_chunks(&mut pieces.clone()).await.unwrap();
+    send.cut(reset::SOURCE_FAILED);
+    let mut body = RecvBody::new(Bytes::new(), recv, None);
+    let mut frames = Vec::new();
+    let failure = loop {
+        match body.frame().await {
+            Some(Ok(frame)) => frames.push(frame.into_data().unwrap()),
+            Some(Err(e)) => break e.to_string(),
+            None => panic!("a cut body must fail, after its bytes"),
+        }
+    };
+    assert_eq!(frames.len(), 1, "waiting pieces are gathered: {} frames", frames.len());
+    assert_eq!(frames.concat(), expected, "every byte, in order");
+    assert!(failure.contains("code 2"), "{failure}");
+
+    // A gathered frame stops at GATHER bytes; the rest of a piece comes next, whole.
+    let (mut send, recv) = memory::stream(64);
+    let mut pieces = vec![Bytes::from(vec![1u8; 1000]), Bytes::from(vec![2u8; GATHER])];
+    send.send_chunks(&mut pieces).await.unwrap();
+    send.end();
+    let frames: Vec<Bytes> = {
+        let mut body = RecvBody::new(Bytes::new(), recv, None);
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            frames.push(frame.unwrap().into_data().unwrap());
+        }
+        frames
+    };
+    assert_eq!(frames.iter().map(Bytes::len).collect::<Vec<_>>(), vec![GATHER, 1000]);
 }

@@ -346,11 +346,13 @@ fn agent_loss_ends_a_watch_promptly_and_recovers(tb: &Testbed, _: &Deployment) -
 }
 
 fn agent_crash_ends_a_watch_within_the_idle_timeout(tb: &Testbed, _: &Deployment) -> Result<()> {
-    // A crashed agent sends nothing: QUIC's idle timeout (3 s here) is what notices.
+    // A crashed agent sends nothing: the tunnel's idle timeout (7 s here, keep-alives every 3 s)
+    // is what notices, between 4 and 7 s after the agent's last packet. (Before the bound was
+    // made exact it was 7 to 10 s: QUIC restarts its timer on the first keep-alive it sends.)
     let hawser = Hawser::start_with(
         tb,
         &Extra {
-            tunnel: "[tunnel]\nkeep_alive_secs = 1\nidle_timeout_secs = 3\n",
+            tunnel: "[tunnel]\nkeep_alive_secs = 3\nidle_timeout_secs = 7\n",
             ..Extra::default()
         },
     )?;
@@ -364,13 +366,16 @@ fn agent_crash_ends_a_watch_within_the_idle_timeout(tb: &Testbed, _: &Deployment
     watch
         .wait_exit(Duration::from_secs(15))
         .context("kubectl kept watching a cluster whose agent crashed")?;
+    let noticed = started.elapsed();
     let (ok, stderr) = version(&kubectl)?;
     ensure!(!ok && stderr.contains("offline"), "after the crash: {stderr}");
+    // The bound is 7 s after the last packet, which came before the kill; kubectl's own exit and
+    // this test's polling add well under a second.
     ensure!(
-        started.elapsed() < Duration::from_secs(15),
-        "noticed only after {:?}",
-        started.elapsed()
+        noticed < Duration::from_millis(7600),
+        "noticed only after {noticed:?}: the documented bound is idle_timeout_secs (7 s)"
     );
+    eprintln!("agent crash noticed after {noticed:?} (bound 7 s)");
     Ok(())
 }
 
