@@ -145,7 +145,8 @@ pub struct ProxyArgs {
     /// A cluster to serve; repeat for several.
     #[arg(long = "cluster", required = true)]
     pub clusters: Vec<String>,
-    /// Local port on 127.0.0.1; 0 picks a free one.
+    /// Local port on 127.0.0.1 of the first cluster; each further cluster takes the next port.
+    /// 0 picks a free port for each.
     #[arg(long, default_value_t = 0)]
     pub port: u16,
     /// Kubeconfig to merge the contexts into (else KUBECONFIG, else ~/.kube/config).

@@ -141,9 +141,14 @@ async fn proxy_command(args: ProxyArgs) -> Result<()> {
     let path = options.kubeconfig.clone();
     let proxy = proxy::Proxy::bind(options).await?;
     // The contexts line is for people and scripts alike; flush it before serving.
+    let listening: Vec<String> = proxy
+        .addresses()?
+        .iter()
+        .map(|(cluster, addr)| format!("{addr} ({cluster})"))
+        .collect();
     println!(
         "hawser proxy listening on {}; wrote contexts {} to {}",
-        proxy.local_addr()?,
+        listening.join(", "),
         proxy.contexts.join(", "),
         path.display()
     );

@@ -10,7 +10,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, HeaderName, HeaderValue, UPGRADE};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -128,6 +128,46 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(UPGRADE, protocol);
     }
+}
+
+/// Why a request's target cannot be put under a base URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RebaseError {
+    /// Not a path (an authority, `*`).
+    #[error("the request target must be a path, not {0:?}")]
+    NotAPath(String),
+    /// A `.` or `..` segment (also percent-encoded), or an encoded `/`.
+    #[error("the request path has a '.' or '..' segment")]
+    DotSegment,
+    /// The joined URI does not parse.
+    #[error("bad URI: {0}")]
+    Invalid(String),
+}
+
+/// `base` (scheme, authority and path prefix) joined with `uri`'s path and query: never another
+/// host. A dot segment could climb out of the base's path prefix (a gateway routing
+/// `/k8s/clusters/NAME/`, or the relay's `/clusters/NAME/`) to another backend or cluster; no
+/// Kubernetes path has one, so it is refused.
+pub fn rebase(base: &Uri, uri: &Uri) -> Result<Uri, RebaseError> {
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    if !path_and_query.starts_with('/') {
+        return Err(RebaseError::NotAPath(path_and_query.to_owned()));
+    }
+    if uri.path().split('/').any(is_dot_segment) {
+        return Err(RebaseError::DotSegment);
+    }
+    let base_path = base.path().trim_end_matches('/');
+    Uri::builder()
+        .scheme(base.scheme_str().unwrap_or("https"))
+        .authority(base.authority().map_or("", |a| a.as_str()))
+        .path_and_query(format!("{base_path}{path_and_query}"))
+        .build()
+        .map_err(|e| RebaseError::Invalid(e.to_string()))
+}
+
+fn is_dot_segment(segment: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+    decoded == "." || decoded == ".." || decoded.contains('/')
 }
 
 /// A message's `Content-Length`, if it has exactly one that reads as a number.

@@ -70,29 +70,10 @@ impl Apiserver {
         })
     }
 
-    /// The apiserver URI for a request's path and query (never another host).
+    /// The apiserver URI for a request's path and query (never another host, never out of the
+    /// server URL's path prefix).
     pub fn uri_for(&self, uri: &Uri) -> Result<Uri, ApiserverError> {
-        let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        // Only a path is taken from the request: never an authority, never `*`.
-        if !path_and_query.starts_with('/') {
-            return Err(ApiserverError::Config(format!(
-                "the request target must be a path, not {path_and_query:?}"
-            )));
-        }
-        // A dot segment could climb out of an apiserver URL's path prefix (a gateway
-        // routing /k8s/clusters/NAME/) to another backend; no Kubernetes path has one.
-        if uri.path().split('/').any(is_dot_segment) {
-            return Err(ApiserverError::Config(
-                "the request path has a '.' or '..' segment".into(),
-            ));
-        }
-        let base_path = self.base.path().trim_end_matches('/');
-        Uri::builder()
-            .scheme("https")
-            .authority(self.base.authority().map_or("", |a| a.as_str()))
-            .path_and_query(format!("{base_path}{path_and_query}"))
-            .build()
-            .map_err(|e| ApiserverError::Config(e.to_string()))
+        crate::forward::rebase(&self.base, uri).map_err(|e| ApiserverError::Config(e.to_string()))
     }
 
     /// The client for a request: dedicated connections for upgrades and long-running requests.
@@ -196,11 +177,6 @@ impl Apiserver {
 }
 
 /// Whether a path segment is `.` or `..`, also when its dots or an inner slash are percent-encoded.
-fn is_dot_segment(segment: &str) -> bool {
-    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
-    decoded == "." || decoded == ".." || decoded.contains('/')
-}
-
 fn in_cluster() -> Result<(String, rustls::RootCertStore, TokenSource), ApiserverError> {
     let host = std::env::var("KUBERNETES_SERVICE_HOST")
         .map_err(|_| ApiserverError::Config("not in a pod (KUBERNETES_SERVICE_HOST unset) and no kubeconfig".into()))?;

@@ -1,7 +1,9 @@
 //! `hawser proxy`: the equivalent of `az connectedk8s proxy`.
 //!
-//! A local HTTPS endpoint on 127.0.0.1 forwards to the relay with the
-//! caller's token. Threat model: other local users can reach a loopback
+//! A local HTTPS endpoint on 127.0.0.1 per cluster forwards to the relay with
+//! the caller's token. Each cluster has a port of its own and is served at
+//! the root, as an apiserver is: clients that drop or mangle a server URL's
+//! path (kubectl before 1.34 for `get --raw`, kubernetes #131165) work too. Threat model: other local users can reach a loopback
 //! port, so the endpoint accepts only requests that carry this run's secret
 //! (written into the caller's kubeconfig, mode 0600) and answers 401 to
 //! anything else, before anything is forwarded. The caller's relay token is
@@ -41,7 +43,7 @@ pub struct ProxyOptions {
     pub relay: Uri,
     /// Clusters to expose.
     pub clusters: Vec<String>,
-    /// Local port (0 picks a free one).
+    /// Local port of the first cluster, the next ones on the ports after it (0: free ports).
     pub port: u16,
     /// The kubeconfig to merge contexts into.
     pub kubeconfig: PathBuf,
@@ -55,7 +57,6 @@ pub struct ProxyOptions {
 
 struct ProxyState {
     relay: Uri,
-    clusters: Vec<String>,
     secret: String,
     token: crate::config::Secret,
     cluster_tokens: ClusterTokens,
@@ -65,7 +66,8 @@ struct ProxyState {
 
 /// A bound proxy whose contexts are written, not yet serving.
 pub struct Proxy {
-    listener: TcpListener,
+    /// One listener per cluster, in the order of `--cluster`.
+    listeners: Vec<(Arc<str>, TcpListener)>,
     acceptor: TlsAcceptor,
     state: Arc<ProxyState>,
     /// The contexts written to the kubeconfig.
@@ -90,10 +92,18 @@ impl Proxy {
             )));
         }
         let cluster_tokens = ClusterTokens::parse(&options.cluster_tokens, &options.clusters)?;
-        let listener = TcpListener::bind(("127.0.0.1", options.port))
-            .await
-            .map_err(|e| ClientError::Usage(format!("cannot listen on 127.0.0.1:{}: {e}", options.port)))?;
-        let addr = listener.local_addr().map_err(|e| ClientError::Usage(e.to_string()))?;
+        let mut listeners = Vec::with_capacity(options.clusters.len());
+        for (i, cluster) in options.clusters.iter().enumerate() {
+            let port = match options.port {
+                0 => 0,
+                first => u16::try_from(usize::from(first) + i)
+                    .map_err(|_| ClientError::Usage(format!("--port {first}: no port left for cluster {cluster}")))?,
+            };
+            let listener = TcpListener::bind(("127.0.0.1", port))
+                .await
+                .map_err(|e| ClientError::Usage(format!("cannot listen on 127.0.0.1:{port} for {cluster}: {e}")))?;
+            listeners.push((Arc::<str>::from(cluster.as_str()), listener));
+        }
 
         // A fresh serving certificate and secret for every run.
         let key = rcgen::KeyPair::generate().map_err(crate::tls::TlsError::from)?;
@@ -114,16 +124,16 @@ impl Proxy {
         rand::rng().fill_bytes(&mut secret);
         let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
 
-        let entries: Vec<Entry> = options
-            .clusters
-            .iter()
-            .map(|cluster| Entry {
+        let mut entries = Vec::with_capacity(listeners.len());
+        for (cluster, listener) in &listeners {
+            let addr = listener.local_addr().map_err(|e| ClientError::Usage(e.to_string()))?;
+            entries.push(Entry {
                 name: format!("hawser-{cluster}"),
-                server: format!("https://{addr}/clusters/{cluster}"),
+                server: format!("https://{addr}"),
                 ca_pem: Some(cert.pem().into_bytes()),
                 user: User::Token(secret.clone()),
-            })
-            .collect();
+            });
+        }
         super::kubeconfig::merge_into_file(&options.kubeconfig, &entries)?;
 
         let roots = match &options.relay_ca {
@@ -133,7 +143,6 @@ impl Proxy {
         let client_tls = crate::tls::client_config(roots, &[])?;
         let state = Arc::new(ProxyState {
             relay: options.relay,
-            clusters: options.clusters,
             secret,
             token: options.token,
             cluster_tokens,
@@ -141,47 +150,68 @@ impl Proxy {
             dedicated: https_client(client_tls, false),
         });
         Ok(Self {
-            listener,
+            listeners,
             acceptor: TlsAcceptor::from(Arc::new(server_tls)),
             state,
             contexts: entries.into_iter().map(|e| e.name).collect(),
         })
     }
 
-    /// The local address.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+    /// Each cluster and the local address that serves it.
+    pub fn addresses(&self) -> std::io::Result<Vec<(String, SocketAddr)>> {
+        self.listeners
+            .iter()
+            .map(|(cluster, listener)| Ok((cluster.to_string(), listener.local_addr()?)))
+            .collect()
     }
 
     /// Serves until SIGINT or SIGTERM.
     pub async fn run(self) {
         let Self {
-            listener,
+            listeners,
             acceptor,
             state,
             ..
         } = self;
-        let serve = async move {
-            loop {
-                let Ok((tcp, peer)) = listener.accept().await else {
-                    // Out of file descriptors, typically: back off instead of spinning.
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                };
-                // Without it the first response on each new kubectl connection waits out Nagle
-                // and delayed ACK (about 40 ms).
-                let _ = tcp.set_nodelay(true);
-                let (acceptor, state) = (acceptor.clone(), state.clone());
-                tokio::spawn(
-                    connection(tcp, acceptor, state)
-                        .instrument(info_span!("local_connection", net.peer.address = %peer)),
-                );
-            }
-        };
-        tokio::select! {
-            _ = serve => {}
-            _ = crate::shutdown::signal() => {}
+        // Owned here: the accept loops end when this does.
+        let mut loops = tokio::task::JoinSet::new();
+        for (cluster, listener) in listeners {
+            loops.spawn(accept(listener, cluster, acceptor.clone(), state.clone()));
         }
+        crate::shutdown::signal().await;
+        loops.shutdown().await;
+    }
+}
+
+/// Accepts local connections for `cluster` until the task is aborted.
+async fn accept(listener: TcpListener, cluster: Arc<str>, acceptor: TlsAcceptor, state: Arc<ProxyState>) {
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            // Out of file descriptors, typically: back off instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        // Without it the first response on each new kubectl connection waits out Nagle
+        // and delayed ACK (about 40 ms).
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, state, cluster) = (acceptor.clone(), state.clone(), cluster.clone());
+        tokio::spawn(
+            connection(tcp, acceptor, state, cluster.clone())
+                .instrument(info_span!("local_connection", net.peer.address = %peer, cluster = %cluster)),
+        );
+    }
+}
+
+impl ProxyState {
+    /// The relay's URL for `cluster`: `https://RELAY[/prefix]/clusters/NAME`.
+    fn cluster_base(&self, cluster: &str) -> Result<Uri, HttpError> {
+        let base = self.relay.path().trim_end_matches('/');
+        Uri::builder()
+            .scheme("https")
+            .authority(self.relay.authority().map_or("", |a| a.as_str()))
+            .path_and_query(format!("{base}/clusters/{cluster}"))
+            .build()
+            .map_err(|e| HttpError::internal(format!("the relay URL for {cluster}: {e}")))
     }
 }
 
@@ -252,13 +282,19 @@ fn system_roots() -> rustls::RootCertStore {
     roots
 }
 
-async fn connection(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, state: Arc<ProxyState>) {
+async fn connection(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, state: Arc<ProxyState>, cluster: Arc<str>) {
     let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await else {
         return;
     };
     let service = service_fn(move |req| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, req).await.unwrap_or_else(HttpError::into_response)) }
+        let (state, cluster) = (state.clone(), cluster.clone());
+        async move {
+            Ok::<_, Infallible>(
+                handle(&state, &cluster, req)
+                    .await
+                    .unwrap_or_else(HttpError::into_response),
+            )
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -270,7 +306,7 @@ async fn connection(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, state: Ar
     }
 }
 
-async fn handle(state: &ProxyState, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+async fn handle(state: &ProxyState, cluster: &str, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
     let presented = req
         .headers()
         .get(AUTHORIZATION)
@@ -282,26 +318,9 @@ async fn handle(state: &ProxyState, req: Request<Incoming>) -> Result<Response<B
             "this local endpoint needs the secret from its kubeconfig context",
         ));
     }
-    let path = req.uri().path();
-    let cluster = path
-        .strip_prefix("/clusters/")
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_default()
-        .to_owned();
-    if !state.clusters.contains(&cluster) {
-        return Err(HttpError::not_found(format!(
-            "this proxy serves /clusters/{{{}}}/...",
-            state.clusters.join(",")
-        )));
-    }
-    let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let base = state.relay.path().trim_end_matches('/');
-    let upstream = Uri::builder()
-        .scheme("https")
-        .authority(state.relay.authority().map_or("", |a| a.as_str()))
-        .path_and_query(format!("{base}{path_and_query}"))
-        .build()
-        .map_err(|e| HttpError::bad_request(e.to_string()))?;
+    // This port serves one cluster at its root: every path is the apiserver's.
+    let upstream =
+        forward::rebase(&state.cluster_base(cluster)?, req.uri()).map_err(|e| HttpError::bad_request(e.to_string()))?;
 
     let mut req = req.map(boxed);
     *req.uri_mut() = upstream;
@@ -314,7 +333,7 @@ async fn handle(state: &ProxyState, req: Request<Incoming>) -> Result<Response<B
     req.headers_mut().insert(AUTHORIZATION, bearer);
     // Ours alone: a header the caller sent is never forwarded as a cluster token.
     req.headers_mut().remove(CLUSTER_AUTHORIZATION);
-    if let Some(file) = state.cluster_tokens.for_cluster(&cluster) {
+    if let Some(file) = state.cluster_tokens.for_cluster(cluster) {
         let token = file.get().map_err(|e| HttpError::internal(e.to_string()))?;
         let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| HttpError::internal("the cluster token is not a valid header value"))?;

@@ -197,3 +197,36 @@ async fn upgraded_bytes_are_counted_as_read_so_an_error_keeps_them() {
 }
 
 mod smuggling;
+
+#[test]
+fn rebase_keeps_the_base_and_refuses_climbing_out_of_it() {
+    let base: Uri = "https://relay.example:8443/prefix/clusters/dev".parse().unwrap();
+    let joined = rebase(&base, &"/api/v1/pods?watch=1&labelSelector=a%3Db".parse().unwrap()).unwrap();
+    assert_eq!(
+        joined,
+        "https://relay.example:8443/prefix/clusters/dev/api/v1/pods?watch=1&labelSelector=a%3Db"
+    );
+    let root: Uri = "https://apiserver:6443/".parse().unwrap();
+    assert_eq!(
+        rebase(&root, &"/version".parse().unwrap()).unwrap(),
+        "https://apiserver:6443/version"
+    );
+    // Never another host, never out of the prefix (another cluster, another backend).
+    for climbing in ["/../prod/api", "/api/./v1", "/%2e%2e/prod", "/%2E./prod", "/api%2Fv1"] {
+        assert_eq!(
+            rebase(&base, &climbing.parse().unwrap()),
+            Err(RebaseError::DotSegment),
+            "{climbing}"
+        );
+    }
+    let elsewhere: Uri = "https://elsewhere.example/api".parse().unwrap();
+    assert_eq!(
+        rebase(&base, &elsewhere).unwrap(),
+        "https://relay.example:8443/prefix/clusters/dev/api",
+        "only the path and query are taken"
+    );
+    assert!(matches!(
+        rebase(&base, &"*".parse().unwrap()),
+        Err(RebaseError::NotAPath(_))
+    ));
+}

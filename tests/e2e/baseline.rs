@@ -21,6 +21,7 @@ pub type Test = fn(&Testbed, &dyn Route) -> Result<()>;
 /// Every baseline test, by name.
 pub const TESTS: &[(&str, Test)] = &[
     ("version_reports_pinned_release", version_reports_pinned_release),
+    ("get_raw_reaches_the_apiserver", get_raw_reaches_the_apiserver),
     ("apply_get_delete", apply_get_delete),
     ("watch_sees_change", watch_sees_change),
     ("logs_follow", logs_follow),
@@ -54,6 +55,23 @@ fn version_reports_pinned_release(tb: &Testbed, route: &dyn Route) -> Result<()>
         "kubectl version {} is not {pinned}",
         version["clientVersion"]
     );
+    Ok(())
+}
+
+/// `kubectl get --raw` builds its URL from the server's host alone in kubectl before 1.34
+/// (kubernetes #131165), so a route must serve the cluster at its server URL's root or keep the
+/// path some other way; the project's kubectl keeps it, `hawser proxy` serves at the root.
+fn get_raw_reaches_the_apiserver(tb: &Testbed, route: &dyn Route) -> Result<()> {
+    let (kubectl, _) = route.admin(tb)?;
+    let version: Value = serde_json::from_str(&kubectl.ok(&["get", "--raw", "/version"])?)?;
+    let pinned = crate::support::binaries::pinned_kubernetes_version()?;
+    ensure!(
+        version["gitVersion"] == pinned.as_str(),
+        "get --raw /version answered {version}"
+    );
+    let pods: Value =
+        serde_json::from_str(&kubectl.ok(&["get", "--raw", "/api/v1/namespaces/default/pods?limit=1"])?)?;
+    ensure!(pods["kind"] == "PodList", "get --raw of a list answered {pods}");
     Ok(())
 }
 
