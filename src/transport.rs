@@ -64,3 +64,110 @@ pub async fn next_chunk<R: RecvHalf>(recv: &mut R) -> Result<Option<Bytes>, Stre
 pub async fn write_chunk<S: SendHalf>(send: &mut S, chunk: Bytes) -> Result<(), StreamError> {
     send.send_chunks(&mut [chunk]).await
 }
+
+/// A tunnel the relay opens streams on: a QUIC connection, or one in memory (tests).
+#[derive(Clone, Debug)]
+pub enum Tunnel {
+    /// An agent's QUIC connection.
+    Quic(quinn::Connection),
+    /// An in-memory tunnel.
+    Memory(memory::Tunnel),
+}
+
+/// The sending half of a stream of any [`Tunnel`].
+pub enum AnySend {
+    /// QUIC.
+    Quic(quinn::SendStream),
+    /// In memory.
+    Memory(memory::MemSend),
+}
+
+/// The receiving half of a stream of any [`Tunnel`].
+pub enum AnyRecv {
+    /// QUIC.
+    Quic(quinn::RecvStream),
+    /// In memory.
+    Memory(memory::MemRecv),
+}
+
+impl Tunnel {
+    /// Opens a stream; waits while the agent's stream limit is reached.
+    pub async fn open(&self) -> Result<(AnySend, AnyRecv), StreamError> {
+        match self {
+            Self::Quic(connection) => {
+                let (send, recv) = connection
+                    .open_bi()
+                    .await
+                    .map_err(|e| StreamError::Closed(e.to_string()))?;
+                Ok((AnySend::Quic(send), AnyRecv::Quic(recv)))
+            }
+            Self::Memory(tunnel) => {
+                let (send, recv) = tunnel.open().await?;
+                Ok((AnySend::Memory(send), AnyRecv::Memory(recv)))
+            }
+        }
+    }
+
+    /// Closes the tunnel with an application code and reason.
+    pub fn close(&self, code: u32, reason: &[u8]) {
+        match self {
+            Self::Quic(connection) => connection.close(code.into(), reason),
+            Self::Memory(tunnel) => tunnel.close(code, reason),
+        }
+    }
+
+    /// The agent's address.
+    pub fn remote_address(&self) -> std::net::SocketAddr {
+        match self {
+            Self::Quic(connection) => connection.remote_address(),
+            Self::Memory(tunnel) => tunnel.remote_address(),
+        }
+    }
+}
+
+impl SendHalf for AnySend {
+    async fn send_chunks<'a>(&'a mut self, chunks: &'a mut [Bytes]) -> Result<(), StreamError> {
+        match self {
+            Self::Quic(send) => send.send_chunks(chunks).await,
+            Self::Memory(send) => send.send_chunks(chunks).await,
+        }
+    }
+
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        use futures_util::future::Either;
+        match self {
+            Self::Quic(send) => Either::Left(SendHalf::stopped(send)),
+            Self::Memory(send) => Either::Right(SendHalf::stopped(send)),
+        }
+    }
+
+    fn end(&mut self) {
+        match self {
+            Self::Quic(send) => send.end(),
+            Self::Memory(send) => send.end(),
+        }
+    }
+
+    fn cut(&mut self, code: u32) {
+        match self {
+            Self::Quic(send) => send.cut(code),
+            Self::Memory(send) => send.cut(code),
+        }
+    }
+}
+
+impl RecvHalf for AnyRecv {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
+        match self {
+            Self::Quic(recv) => recv.poll_chunk(cx),
+            Self::Memory(recv) => recv.poll_chunk(cx),
+        }
+    }
+
+    fn stop_reading(&mut self, code: u32) {
+        match self {
+            Self::Quic(recv) => recv.stop_reading(code),
+            Self::Memory(recv) => recv.stop_reading(code),
+        }
+    }
+}

@@ -266,10 +266,12 @@ async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &S
     drop(unproven);
     // Proved: now the agent's responses may fill the tunnel's configured windows.
     connection.set_receive_window(sessions.proven_receive_window);
-    let (guard, registered) =
-        sessions
-            .registry
-            .register(&hello.cluster, &hello.instance, connection.clone(), admitted.clone());
+    let (guard, registered) = sessions.registry.register(
+        &hello.cluster,
+        &hello.instance,
+        crate::transport::Tunnel::Quic(connection.clone()),
+        admitted.clone(),
+    );
     // A reload between the judgement and the registration replaced the table and swept the
     // registry without this session in it: check again against the table now in force.
     if !sessions.clusters.current().admits(

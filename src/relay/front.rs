@@ -354,7 +354,7 @@ async fn route(
         };
         // Waits only while the agent's stream limit is reached; bounded so callers get an answer.
         let wait = Duration::from_secs(state.limits.open_stream_timeout_secs);
-        let opened = tokio::time::timeout(wait, session.connection.open_bi())
+        let opened = tokio::time::timeout(wait, session.connection.open())
             .await
             .map_err(|_| {
                 HttpError::unavailable(format!(

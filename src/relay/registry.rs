@@ -20,8 +20,8 @@ pub struct Session {
     pub id: u64,
     /// The agent instance that owns it.
     pub instance: String,
-    /// The QUIC connection to open streams on.
-    pub connection: quinn::Connection,
+    /// The tunnel to open streams on.
+    pub connection: crate::transport::Tunnel,
     /// What the session was admitted with: its token's digest and the cluster's caller audience
     /// then, so a reload that revokes the token or changes the trust model closes it.
     pub admitted: Admission,
@@ -59,7 +59,7 @@ impl Registry {
         self: &Arc<Self>,
         cluster: &str,
         instance: &str,
-        connection: quinn::Connection,
+        connection: crate::transport::Tunnel,
         admitted: Admission,
     ) -> (SessionGuard, Registered) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
@@ -81,7 +81,7 @@ impl Registry {
         };
         let replaced = replaced.map(|old| {
             // The agent came back on a new connection: the old one is stale.
-            old.connection.close(0u32.into(), b"replaced by a newer session");
+            old.connection.close(0, b"replaced by a newer session");
             old.connection.remote_address()
         });
         let guard = SessionGuard {
@@ -116,7 +116,7 @@ impl Registry {
         doomed
             .into_iter()
             .map(|(cluster, session)| {
-                session.connection.close(code.into(), reason);
+                session.connection.close(code, reason);
                 (cluster, session.instance, session.id)
             })
             .collect()

@@ -3,7 +3,6 @@
 
 use http::header::{AUTHORIZATION, HOST};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use tracing::{Instrument, debug};
 
 use super::stall::{Delivery, Exchange};
@@ -11,7 +10,7 @@ use crate::audit::Audit;
 use crate::forward::{self, Body, boxed};
 use crate::proto::Credential;
 use crate::status::HttpError;
-use crate::transport::{SendHalf, StreamError, write_chunk};
+use crate::transport::{RecvHalf, SendHalf, StreamError, write_chunk};
 use crate::wire::body::{PumpError, RecvBody, send_body};
 use crate::wire::splice::{Side, splice};
 use crate::wire::{self, HeadError, RequestHead, ResponseHead};
@@ -30,13 +29,19 @@ pub struct Sent<'a> {
 
 /// Sends `req` on the stream `(send, recv)` and returns the agent's answer for the caller, and
 /// whether the caller may take it at its own pace.
-pub async fn exchange(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    req: Request<Incoming>,
+pub async fn exchange<S, R, B>(
+    mut send: S,
+    mut recv: R,
+    req: Request<B>,
     sent: Sent<'_>,
     audit: &Audit,
-) -> Result<(Response<Body>, Delivery), HttpError> {
+) -> Result<(Response<Body>, Delivery), HttpError>
+where
+    S: SendHalf,
+    R: RecvHalf,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<crate::forward::BoxError>,
+{
     let Sent {
         cluster,
         target: upstream_uri,
@@ -173,3 +178,6 @@ fn exchange_kind<B>(req: &Request<B>) -> Exchange {
         Exchange::Plain
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -110,3 +110,121 @@ impl RecvHalf for MemRecv {
         self.rx.close();
     }
 }
+
+/// Streams a relay-side [`Tunnel`] may have waiting for the agent side to accept.
+const ACCEPT_QUEUE: usize = 64;
+/// Chunks in flight per direction of an in-memory stream.
+const STREAM_CHUNKS: usize = 16;
+
+/// The relay's side of an in-memory tunnel: opens streams the [`Acceptor`] takes.
+#[derive(Clone)]
+pub struct Tunnel {
+    streams: mpsc::Sender<(MemSend, MemRecv)>,
+    closed: Arc<tokio::sync::watch::Sender<Option<(u32, String)>>>,
+    remote: std::net::SocketAddr,
+}
+
+/// The agent's side of an in-memory tunnel.
+pub struct Acceptor {
+    streams: mpsc::Receiver<(MemSend, MemRecv)>,
+    closed: tokio::sync::watch::Receiver<Option<(u32, String)>>,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("memory::Tunnel").field("remote", &self.remote).finish()
+    }
+}
+
+/// An in-memory tunnel whose agent side seems to come from `remote`.
+pub fn tunnel(remote: std::net::SocketAddr) -> (Tunnel, Acceptor) {
+    let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    let (closed_tx, closed_rx) = tokio::sync::watch::channel(None);
+    (
+        Tunnel {
+            streams: tx,
+            closed: Arc::new(closed_tx),
+            remote,
+        },
+        Acceptor {
+            streams: rx,
+            closed: closed_rx,
+        },
+    )
+}
+
+impl Tunnel {
+    /// Opens a stream; fails once the tunnel is closed or its acceptor is gone.
+    pub async fn open(&self) -> Result<(MemSend, MemRecv), StreamError> {
+        if let Some((code, reason)) = self.closed.borrow().clone() {
+            return Err(StreamError::Closed(format!("closed with code {code}: {reason}")));
+        }
+        let (ours, theirs) = bidi(STREAM_CHUNKS);
+        self.streams
+            .send(theirs)
+            .await
+            .map_err(|_| StreamError::Closed("the agent side is gone".into()))?;
+        Ok(ours)
+    }
+
+    /// Closes the tunnel: no new stream opens, and the acceptor sees the end (streams already
+    /// open go on, unlike QUIC's, which a close cuts).
+    pub fn close(&self, code: u32, reason: &[u8]) {
+        self.closed
+            .send_replace(Some((code, String::from_utf8_lossy(reason).into_owned())));
+    }
+
+    /// Where the agent side seems to be.
+    pub fn remote_address(&self) -> std::net::SocketAddr {
+        self.remote
+    }
+}
+
+impl Acceptor {
+    /// The next stream the relay side opened, or the close code and reason once it closed.
+    pub async fn accept(&mut self) -> Result<(MemSend, MemRecv), (u32, String)> {
+        loop {
+            if let Some(closed) = self.closed.borrow_and_update().clone() {
+                return Err(closed);
+            }
+            tokio::select! {
+                stream = self.streams.recv() => {
+                    return stream.ok_or((0, "the relay side is gone".to_owned()));
+                }
+                changed = self.closed.changed() => {
+                    if changed.is_err() {
+                        return Err((0, "the relay side is gone".to_owned()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{next_chunk, write_chunk};
+
+    #[tokio::test]
+    async fn a_tunnel_opens_streams_until_it_is_closed() {
+        let (tunnel, mut acceptor) = tunnel(([127, 0, 0, 1], 9).into());
+        let (mut send, _recv) = tunnel.open().await.unwrap();
+        write_chunk(&mut send, Bytes::from_static(b"hi")).await.unwrap();
+        let (_their_send, mut their_recv) = acceptor.accept().await.unwrap();
+        assert_eq!(next_chunk(&mut their_recv).await.unwrap().unwrap(), "hi");
+        tunnel.close(5, b"revoked");
+        assert_eq!(acceptor.accept().await.err(), Some((5, "revoked".to_owned())));
+        assert!(matches!(tunnel.open().await, Err(StreamError::Closed(_))));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_reader_shows_its_code_to_the_sender() {
+        let (mut send, mut recv) = stream(1);
+        recv.stop_reading(7);
+        assert_eq!(
+            write_chunk(&mut send, Bytes::from_static(b"x")).await,
+            Err(StreamError::Stopped(7))
+        );
+    }
+}

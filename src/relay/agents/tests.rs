@@ -278,7 +278,10 @@ async fn a_proven_agent_gets_the_configured_windows() {
     let agent = relay.register().await;
     let session = relay.sessions.registry.pick("c").expect("registered");
     // The relay opens a stream (as for a request) and never reads the answer.
-    let (mut to_agent, _from_agent) = session.connection.open_bi().await.unwrap();
+    let crate::transport::Tunnel::Quic(connection) = &session.connection else {
+        panic!("a QUIC session");
+    };
+    let (mut to_agent, _from_agent) = connection.open_bi().await.unwrap();
     to_agent.write_all(b"x").await.unwrap();
     let (mut send, _recv) = agent.accept_bi().await.unwrap();
     let chunk = vec![b'x'; 64 * 1024];
@@ -387,8 +390,8 @@ fn hostile_session_logs(format: crate::cli::LogFormat) -> String {
             let agent = relay.register().await;
             agent.close(0u32.into(), forged.as_bytes());
             let session = relay.sessions.registry.pick("c");
-            if let Some(session) = session {
-                session.connection.closed().await;
+            if let Some(crate::transport::Tunnel::Quic(connection)) = session.map(|s| s.connection) {
+                connection.closed().await;
             }
             // The relay logs the departure after the close reaches it.
             for _ in 0..100 {
