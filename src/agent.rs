@@ -71,6 +71,8 @@ pub(crate) struct AgentState {
     audit: Arc<crate::audit::AuditLog>,
     cluster: String,
     instance: String,
+    /// Owner of the per-stream tasks; shutdown waits for them within a deadline.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -127,6 +129,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         audit: crate::audit::AuditLog::open(&config.audit, "agent", &config.instance)?,
         cluster: config.cluster.clone(),
         instance: config.instance.clone(),
+        tasks: tokio_util::task::TaskTracker::new(),
     });
 
     let server_name = match &config.relay.server_name {
@@ -169,6 +172,17 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         endpoint.close(0u32.into(), b"agent shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
     }
+    // The close failed every stream; their tasks end as soon as they notice.
+    state.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(3), state.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            streams = state.tasks.len(),
+            "stream tasks still running at the shutdown deadline"
+        );
+    }
     state.audit.flush();
     Ok(())
 }
@@ -209,7 +223,9 @@ async fn session(
         match connection.accept_bi().await {
             Ok(pair) => {
                 let (send, recv) = pair;
-                tokio::spawn(serve::stream(send, recv, state.clone(), relay.clone()).in_current_span());
+                state
+                    .tasks
+                    .spawn(serve::stream(send, recv, state.clone(), relay.clone()).in_current_span());
             }
             Err(reason) => return Ok(reason),
         }

@@ -78,6 +78,9 @@ pub(crate) struct RelayState {
     limits: crate::config::LimitsConfig,
     caller_streams: Arc<limits::CallerStreams>,
     auth_failures: limits::AuthFailures,
+    /// Owner of the tasks an exchange leaves behind (request body pumps, spliced upgrades); the
+    /// relay's shutdown waits for them within the drain deadline.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// A relay bound to its ports, not yet serving.
@@ -165,6 +168,7 @@ impl Relay {
             caller_streams: Arc::default(),
             auth_failures: limits::AuthFailures::new(config.limits.auth_failures_per_minute),
             limits: config.limits.clone(),
+            tasks: tokio_util::task::TaskTracker::new(),
         });
         Ok(Self {
             listener,
@@ -232,8 +236,14 @@ impl Relay {
         // current exchange, HTTP/2 ones get GOAWAY. Watches never finish by
         // themselves, hence the deadline.
         info!(connections = graceful.count(), "relay draining caller connections");
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-            info!("drain deadline reached; closing the rest");
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            graceful.shutdown().await;
+            // Upgraded streams (exec, port-forward) live outside their connections.
+            state.tasks.close();
+            state.tasks.wait().await;
+        });
+        if drained.await.is_err() {
+            info!(upgraded = state.tasks.len(), "drain deadline reached; closing the rest");
         }
         info!("relay shutting down");
         audit.flush();

@@ -367,6 +367,7 @@ async fn route(
             target: upstream_uri,
             request_id,
             credential,
+            tasks: &state.tasks,
         };
         super::stream::exchange(send, recv, req, sent, audit).await
     }

@@ -25,6 +25,8 @@ pub struct Sent<'a> {
     pub request_id: String,
     /// The caller's proof, in the form the cluster's agent takes.
     pub credential: Credential,
+    /// Owner of the tasks the exchange leaves behind.
+    pub tasks: &'a tokio_util::task::TaskTracker,
 }
 
 /// Sends `req` on the stream `(send, recv)` and returns the agent's answer for the caller, and
@@ -47,6 +49,7 @@ where
         target: upstream_uri,
         request_id,
         credential,
+        tasks,
     } = sent;
     let mut req = req;
     // Judged on the path the apiserver will see.
@@ -80,7 +83,7 @@ where
     })?;
     let send = if has_body {
         let body = audit.count(boxed(body), true);
-        tokio::spawn(
+        tasks.spawn(
             async move {
                 match send_body(body, &mut send).await {
                     Ok(_) => send.end(),
@@ -125,7 +128,7 @@ where
             )));
         };
         let audit = audit.clone();
-        tokio::spawn(
+        tasks.spawn(
             async move {
                 match caller_side.await {
                     Ok(io) => splice(io, send, recv, Some(audit), Side::Caller).await,

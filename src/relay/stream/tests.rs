@@ -23,8 +23,12 @@ fn sent(target: &str) -> Sent<'static> {
         target: target.parse().unwrap(),
         request_id: "relay-test-1".into(),
         credential: Credential::Assertion("a.b.c".into()),
+        tasks: &TASKS,
     }
 }
+
+static TASKS: std::sync::LazyLock<tokio_util::task::TaskTracker> =
+    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
 
 /// The agent's half of a stream: what the relay sent, and the halves to answer on.
 struct AgentSide {
