@@ -208,7 +208,12 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// upgraded connections are spliced in a task of their own. With `audit`,
 /// bytes each way and the status are recorded, and the record stays open
 /// until the response body or the upgraded stream is done.
-pub async fn exchange<F, Fut, E>(mut req: Request<Body>, audit: Option<&Audit>, send: F) -> Result<Response<Body>, E>
+pub async fn exchange<F, Fut, E>(
+    mut req: Request<Body>,
+    audit: Option<&Audit>,
+    tasks: &tokio_util::task::TaskTracker,
+    send: F,
+) -> Result<Response<Body>, E>
 where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Result<Response<Incoming>, E>>,
@@ -226,7 +231,7 @@ where
     match caller_side {
         Some(caller_side) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(splice(caller_side, upstream_side, audit.cloned()).in_current_span());
+            tasks.spawn(splice(caller_side, upstream_side, audit.cloned()).in_current_span());
             Ok(resp.map(|_| empty()))
         }
         _ => {

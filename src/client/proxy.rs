@@ -62,6 +62,8 @@ struct ProxyState {
     cluster_tokens: ClusterTokens,
     shared: HttpsClient,
     dedicated: HttpsClient,
+    /// Owner of the local connections and their spliced upgrades; SIGINT drains them briefly.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// A bound proxy whose contexts are written, not yet serving.
@@ -148,6 +150,7 @@ impl Proxy {
             cluster_tokens,
             shared: https_client(client_tls.clone(), true),
             dedicated: https_client(client_tls, false),
+            tasks: tokio_util::task::TaskTracker::new(),
         });
         Ok(Self {
             listeners,
@@ -180,6 +183,9 @@ impl Proxy {
         }
         crate::shutdown::signal().await;
         loops.shutdown().await;
+        // Requests in flight get a moment to finish; watches and exec sessions would not end.
+        state.tasks.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), state.tasks.wait()).await;
     }
 }
 
@@ -194,9 +200,9 @@ async fn accept(listener: TcpListener, cluster: Arc<str>, acceptor: TlsAcceptor,
         // Without it the first response on each new kubectl connection waits out Nagle
         // and delayed ACK (about 40 ms).
         let _ = tcp.set_nodelay(true);
-        let (acceptor, state, cluster) = (acceptor.clone(), state.clone(), cluster.clone());
-        tokio::spawn(
-            connection(tcp, acceptor, state, cluster.clone())
+        let (acceptor, cluster) = (acceptor.clone(), cluster.clone());
+        state.tasks.spawn(
+            connection(tcp, acceptor, state.clone(), cluster.clone())
                 .instrument(info_span!("local_connection", net.peer.address = %peer, cluster = %cluster)),
         );
     }
@@ -345,7 +351,7 @@ async fn handle(state: &ProxyState, cluster: &str, req: Request<Incoming>) -> Re
     } else {
         &state.shared
     };
-    forward::exchange(req, None, |req| client.request(req))
+    forward::exchange(req, None, &state.tasks, |req| client.request(req))
         .await
         .map_err(|e| HttpError::bad_gateway(format!("the relay did not answer: {e}")))
 }

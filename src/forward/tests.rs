@@ -108,7 +108,11 @@ async fn through_exchange(
         .await
         .unwrap();
     tokio::spawn(conn.with_upgrades());
-    exchange(req, None, |req| sender.send_request(req)).await.unwrap()
+    exchange(req, None, &tokio_util::task::TaskTracker::new(), |req| {
+        sender.send_request(req)
+    })
+    .await
+    .unwrap()
 }
 
 fn upgrade_request() -> Request<Body> {

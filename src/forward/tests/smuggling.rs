@@ -41,7 +41,10 @@ fn front(status: StatusCode, seen: Arc<Seen>) -> DuplexStream {
                     .await
                     .unwrap();
                 tokio::spawn(conn.with_upgrades());
-                exchange(req.map(boxed), None, |req| sender.send_request(req)).await
+                exchange(req.map(boxed), None, &tokio_util::task::TaskTracker::new(), |req| {
+                    sender.send_request(req)
+                })
+                .await
             }
         });
         let _ = hyper::server::conn::http1::Builder::new()
