@@ -56,7 +56,6 @@ pub struct ProxyOptions {
 }
 
 struct ProxyState {
-    relay: Uri,
     secret: String,
     token: crate::config::Secret,
     cluster_tokens: ClusterTokens,
@@ -69,7 +68,7 @@ struct ProxyState {
 /// A bound proxy whose contexts are written, not yet serving.
 pub struct Proxy {
     /// One listener per cluster, in the order of `--cluster`.
-    listeners: Vec<(Arc<str>, TcpListener)>,
+    listeners: Vec<(Arc<Served>, TcpListener)>,
     acceptor: TlsAcceptor,
     state: Arc<ProxyState>,
     /// The contexts written to the kubeconfig.
@@ -104,7 +103,11 @@ impl Proxy {
             let listener = TcpListener::bind(("127.0.0.1", port))
                 .await
                 .map_err(|e| ClientError::Usage(format!("cannot listen on 127.0.0.1:{port} for {cluster}: {e}")))?;
-            listeners.push((Arc::<str>::from(cluster.as_str()), listener));
+            let served = Served {
+                cluster: cluster.clone(),
+                base: cluster_base(&options.relay, cluster)?,
+            };
+            listeners.push((Arc::new(served), listener));
         }
 
         // A fresh serving certificate and secret for every run.
@@ -127,7 +130,8 @@ impl Proxy {
         let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
 
         let mut entries = Vec::with_capacity(listeners.len());
-        for (cluster, listener) in &listeners {
+        for (served, listener) in &listeners {
+            let cluster = &served.cluster;
             let addr = listener.local_addr().map_err(|e| ClientError::Usage(e.to_string()))?;
             entries.push(Entry {
                 name: format!("hawser-{cluster}"),
@@ -144,7 +148,6 @@ impl Proxy {
         };
         let client_tls = crate::tls::client_config(roots, &[])?;
         let state = Arc::new(ProxyState {
-            relay: options.relay,
             secret,
             token: options.token,
             cluster_tokens,
@@ -164,7 +167,7 @@ impl Proxy {
     pub fn addresses(&self) -> std::io::Result<Vec<(String, SocketAddr)>> {
         self.listeners
             .iter()
-            .map(|(cluster, listener)| Ok((cluster.to_string(), listener.local_addr()?)))
+            .map(|(served, listener)| Ok((served.cluster.clone(), listener.local_addr()?)))
             .collect()
     }
 
@@ -178,8 +181,8 @@ impl Proxy {
         } = self;
         // Owned here: the accept loops end when this does.
         let mut loops = tokio::task::JoinSet::new();
-        for (cluster, listener) in listeners {
-            loops.spawn(accept(listener, cluster, acceptor.clone(), state.clone()));
+        for (served, listener) in listeners {
+            loops.spawn(accept(listener, served, acceptor.clone(), state.clone()));
         }
         crate::shutdown::signal().await;
         loops.shutdown().await;
@@ -189,8 +192,8 @@ impl Proxy {
     }
 }
 
-/// Accepts local connections for `cluster` until the task is aborted.
-async fn accept(listener: TcpListener, cluster: Arc<str>, acceptor: TlsAcceptor, state: Arc<ProxyState>) {
+/// Accepts local connections for one cluster until the task is aborted.
+async fn accept(listener: TcpListener, served: Arc<Served>, acceptor: TlsAcceptor, state: Arc<ProxyState>) {
     loop {
         let Ok((tcp, peer)) = listener.accept().await else {
             // Out of file descriptors, typically: back off instead of spinning.
@@ -200,25 +203,27 @@ async fn accept(listener: TcpListener, cluster: Arc<str>, acceptor: TlsAcceptor,
         // Without it the first response on each new kubectl connection waits out Nagle
         // and delayed ACK (about 40 ms).
         let _ = tcp.set_nodelay(true);
-        let (acceptor, cluster) = (acceptor.clone(), cluster.clone());
-        state.tasks.spawn(
-            connection(tcp, acceptor, state.clone(), cluster.clone())
-                .instrument(info_span!("local_connection", net.peer.address = %peer, cluster = %cluster)),
-        );
+        let span = info_span!("local_connection", net.peer.address = %peer, cluster = %served.cluster);
+        let connection = connection(tcp, acceptor.clone(), state.clone(), served.clone());
+        state.tasks.spawn(connection.instrument(span));
     }
 }
 
-impl ProxyState {
-    /// The relay's URL for `cluster`: `https://RELAY[/prefix]/clusters/NAME`.
-    fn cluster_base(&self, cluster: &str) -> Result<Uri, HttpError> {
-        let base = self.relay.path().trim_end_matches('/');
-        Uri::builder()
-            .scheme("https")
-            .authority(self.relay.authority().map_or("", |a| a.as_str()))
-            .path_and_query(format!("{base}/clusters/{cluster}"))
-            .build()
-            .map_err(|e| HttpError::internal(format!("the relay URL for {cluster}: {e}")))
-    }
+/// One cluster a local port serves.
+struct Served {
+    cluster: String,
+    /// The relay's URL for it: `https://RELAY[/prefix]/clusters/NAME`, built once.
+    base: Uri,
+}
+
+fn cluster_base(relay: &Uri, cluster: &str) -> Result<Uri, ClientError> {
+    let prefix = relay.path().trim_end_matches('/');
+    Uri::builder()
+        .scheme("https")
+        .authority(relay.authority().map_or("", |a| a.as_str()))
+        .path_and_query(format!("{prefix}/clusters/{cluster}"))
+        .build()
+        .map_err(|e| ClientError::Usage(format!("the relay URL for {cluster}: {e}")))
 }
 
 /// The caller's cluster tokens: one per cluster (`FILE` alone only when the proxy serves a single
@@ -288,15 +293,15 @@ fn system_roots() -> rustls::RootCertStore {
     roots
 }
 
-async fn connection(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, state: Arc<ProxyState>, cluster: Arc<str>) {
+async fn connection(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, state: Arc<ProxyState>, served: Arc<Served>) {
     let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await else {
         return;
     };
     let service = service_fn(move |req| {
-        let (state, cluster) = (state.clone(), cluster.clone());
+        let (state, served) = (state.clone(), served.clone());
         async move {
             Ok::<_, Infallible>(
-                handle(&state, &cluster, req)
+                handle(&state, &served, req)
                     .await
                     .unwrap_or_else(HttpError::into_response),
             )
@@ -312,7 +317,7 @@ async fn connection(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, state: Ar
     }
 }
 
-async fn handle(state: &ProxyState, cluster: &str, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+async fn handle(state: &ProxyState, served: &Served, req: Request<Incoming>) -> Result<Response<Body>, HttpError> {
     let presented = req
         .headers()
         .get(AUTHORIZATION)
@@ -325,8 +330,7 @@ async fn handle(state: &ProxyState, cluster: &str, req: Request<Incoming>) -> Re
         ));
     }
     // This port serves one cluster at its root: every path is the apiserver's.
-    let upstream =
-        forward::rebase(&state.cluster_base(cluster)?, req.uri()).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let upstream = forward::rebase(&served.base, req.uri()).map_err(|e| HttpError::bad_request(e.to_string()))?;
 
     let mut req = req.map(boxed);
     *req.uri_mut() = upstream;
@@ -339,7 +343,7 @@ async fn handle(state: &ProxyState, cluster: &str, req: Request<Incoming>) -> Re
     req.headers_mut().insert(AUTHORIZATION, bearer);
     // Ours alone: a header the caller sent is never forwarded as a cluster token.
     req.headers_mut().remove(CLUSTER_AUTHORIZATION);
-    if let Some(file) = state.cluster_tokens.for_cluster(cluster) {
+    if let Some(file) = state.cluster_tokens.for_cluster(&served.cluster) {
         let token = file.get().map_err(|e| HttpError::internal(e.to_string()))?;
         let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| HttpError::internal("the cluster token is not a valid header value"))?;

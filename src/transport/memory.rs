@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{RecvHalf, SendHalf, StreamError};
 
-/// No stop code yet.
+/// No stop (or reset) code yet.
 const NOT_STOPPED: u64 = u64::MAX;
 
 enum Msg {
@@ -23,24 +23,32 @@ enum Msg {
 pub struct MemSend {
     tx: Option<mpsc::Sender<Msg>>,
     stop_code: Arc<AtomicU64>,
+    reset_code: Arc<AtomicU64>,
 }
 
 /// The receiving half of an in-memory stream.
 pub struct MemRecv {
     rx: mpsc::Receiver<Msg>,
     stop_code: Arc<AtomicU64>,
+    reset_code: Arc<AtomicU64>,
 }
 
 /// One direction of a stream, holding at most `capacity` chunks in flight.
 pub fn stream(capacity: usize) -> (MemSend, MemRecv) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let stop_code = Arc::new(AtomicU64::new(NOT_STOPPED));
+    let reset_code = Arc::new(AtomicU64::new(NOT_STOPPED));
     (
         MemSend {
             tx: Some(tx),
             stop_code: stop_code.clone(),
+            reset_code: reset_code.clone(),
         },
-        MemRecv { rx, stop_code },
+        MemRecv {
+            rx,
+            stop_code,
+            reset_code,
+        },
     )
 }
 
@@ -89,8 +97,9 @@ impl SendHalf for MemSend {
 
     fn cut(&mut self, code: u32) {
         if let Some(tx) = self.tx.take() {
-            // Past what is queued, as quinn discards unsent data on a reset; a full queue still
-            // ends the stream (the receiver sees the close after the queued chunks).
+            // Recorded before the channel closes, so a receiver that finds it closed (the reset
+            // did not fit a full queue) still reads a reset, never a clean finish.
+            self.reset_code.store(u64::from(code), Ordering::Release);
             let _ = tx.try_send(Msg::Reset(code));
         }
     }
@@ -101,7 +110,10 @@ impl RecvHalf for MemRecv {
         self.rx.poll_recv(cx).map(|msg| match msg {
             Some(Msg::Chunk(chunk)) => Ok(Some(chunk)),
             Some(Msg::Reset(code)) => Err(StreamError::Reset(u64::from(code))),
-            None => Ok(None),
+            None => match self.reset_code.load(Ordering::Acquire) {
+                NOT_STOPPED => Ok(None),
+                code => Err(StreamError::Reset(code)),
+            },
         })
     }
 
@@ -216,6 +228,15 @@ mod tests {
         tunnel.close(5, b"revoked");
         assert_eq!(acceptor.accept().await.err(), Some((5, "revoked".to_owned())));
         assert!(matches!(tunnel.open().await, Err(StreamError::Closed(_))));
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_a_full_queue_is_still_a_reset() {
+        let (mut send, mut recv) = stream(1);
+        write_chunk(&mut send, Bytes::from_static(b"x")).await.unwrap();
+        send.cut(2);
+        assert_eq!(next_chunk(&mut recv).await.unwrap().unwrap(), "x");
+        assert_eq!(next_chunk(&mut recv).await, Err(StreamError::Reset(2)));
     }
 
     #[tokio::test]

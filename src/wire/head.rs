@@ -222,9 +222,10 @@ fn flags(flags: u8) -> Result<bool, HeadError> {
     }
 }
 
-/// A request id or other name that reaches logs: 1 to 128 of `[A-Za-z0-9._-]`.
+/// A request id or other name that reaches logs: 1 to 512 of `[A-Za-z0-9._-]` (the relay's ids are
+/// its instance name, of up to 253, a random part and a counter).
 fn plain(bytes: &[u8], what: &'static str) -> Result<String, HeadError> {
-    let ok = (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b));
+    let ok = (1..=512).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b));
     if !ok {
         return Err(HeadError::Bad(what));
     }

@@ -97,6 +97,10 @@ fn every_field_is_checked() {
             other => panic!("{what}: {other:?}"),
         }
     }
+    // The relay's ids carry its instance name (up to 253 characters) with a random part and a counter.
+    let long_id = bad(&|h| h.request_id = format!("{}-{:016x}-{}", "r".repeat(253), u64::MAX, u64::MAX));
+    let encoded = long_id.encode(MAX_HEAD).unwrap();
+    assert_eq!(RequestHead::decode(payload(&encoded)).unwrap(), long_id);
     // A target with a scheme and authority, where only a path and query may stand.
     let relative = RequestHead {
         target: "/abcdefghijklmnop".parse().unwrap(),
@@ -127,16 +131,12 @@ fn every_field_is_checked() {
     ));
     // A header count larger than the payload could hold allocates nothing and fails.
     let mut count = good.clone();
-    let headers_at = count.len() - payload(&request().encode(MAX_HEAD).unwrap())[..].len() + {
-        let h = request();
-        let encoded = RequestHead {
-            headers: HeaderMap::new(),
-            ..h
-        }
-        .encode(MAX_HEAD)
-        .unwrap();
-        encoded.len() - 4 - 2
+    // The header count is the last field before the headers.
+    let without_headers = RequestHead {
+        headers: HeaderMap::new(),
+        ..request()
     };
+    let headers_at = without_headers.encode(MAX_HEAD).unwrap().len() - 4 - 2;
     count[headers_at..headers_at + 2].copy_from_slice(&4096u16.to_be_bytes());
     assert!(matches!(RequestHead::decode(&count), Err(HeadError::Truncated)));
     count[headers_at..headers_at + 2].copy_from_slice(&4097u16.to_be_bytes());
