@@ -5,18 +5,17 @@
 mod apiserver;
 /// Reconnect backoff; public so the load driver runs the same algorithm.
 pub mod backoff;
+mod link;
 mod passthrough;
 mod serve;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::Authenticator;
-use crate::config::{AgentConfig, Secret};
-use crate::proto::{self, Hello, Welcome};
+use crate::config::{AgentConfig, Secret, Transport};
 use crate::{shutdown, tls, tunnel};
 
 /// Why the agent could not start.
@@ -45,6 +44,9 @@ pub enum AgentError {
     /// The audit log.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// The HTTP proxy for the TCP transport.
+    #[error("relay proxy: {0}")]
+    Proxy(String),
 }
 
 /// Why one tunnel attempt ended.
@@ -58,6 +60,19 @@ enum SessionError {
     Dial(#[from] tunnel::DialError),
     #[error("handshake with the relay: {0}")]
     Hello(String),
+    #[error("tcp transport: {0}")]
+    Tcp(String),
+}
+
+impl SessionError {
+    /// Whether QUIC got no handshake at all (UDP blocked, most likely), so TCP may do better.
+    fn quic_unreachable(&self) -> bool {
+        matches!(self, Self::Dial(tunnel::DialError::Timeout(_)) | Self::Endpoint(_))
+            || matches!(
+                self,
+                Self::Dial(tunnel::DialError::Handshake(quinn::ConnectionError::TimedOut))
+            )
+    }
 }
 
 /// What every stream handler shares.
@@ -71,8 +86,10 @@ pub(crate) struct AgentState {
     audit: Arc<crate::audit::AuditLog>,
     cluster: String,
     instance: String,
-    /// Owner of the per-stream tasks; shutdown waits for them within a deadline.
+    /// Owner of the per-stream tasks and TCP tunnels; shutdown waits for them within a deadline.
     tasks: tokio_util::task::TaskTracker,
+    /// Cancelled at shutdown: TCP tunnels drop their connections.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -119,7 +136,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             Err(e) => warn!(error = %e, "could not check the agent's passthrough rights"),
         }
     }
-    let trust = tls::RelayTrust::load(config.relay.ca_file.as_deref(), &config.relay.pinned_key_sha256)?;
+    let dialer = link::Dialer::new(&config, &token)?;
     let state = Arc::new(AgentState {
         auth,
         takes_assertions: config.assertions.is_some(),
@@ -130,27 +147,17 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         cluster: config.cluster.clone(),
         instance: config.instance.clone(),
         tasks: tokio_util::task::TaskTracker::new(),
+        stop: tokio_util::sync::CancellationToken::new(),
     });
 
-    let server_name = match &config.relay.server_name {
-        Some(name) => name.clone(),
-        None => host_of(&config.relay.address).to_owned(),
-    };
-    let hello = Hello {
-        cluster: config.cluster.clone(),
-        token: token.expose().to_owned(),
-        instance: config.instance.clone(),
-        accepts: config.accepts(),
-    };
     let mut backoff = backoff::Backoff::new(config.reconnect.clone());
-    // The live endpoint, so shutdown can close the tunnel instead of leaving
-    // the relay to notice by idle timeout.
-    let current: std::sync::Mutex<Option<quinn::Endpoint>> = std::sync::Mutex::new(None);
     let dial = async {
+        // Whether `auto` found QUIC unreachable: it then dials TCP first and probes QUIC.
+        let mut quic_blocked = false;
         loop {
             let started = Instant::now();
             let span = info_span!("tunnel", relay = %config.relay.address, cluster = %config.cluster);
-            let ended = session(&config, &trust, &server_name, &hello, &state, &current)
+            let ended = session(&config, &dialer, &state, &mut quic_blocked)
                 .instrument(span)
                 .await;
             let uptime = started.elapsed();
@@ -166,7 +173,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         _ = dial => {}
         _ = shutdown::signal() => info!("agent shutting down"),
     }
-    let endpoint = current.lock().unwrap_or_else(|e| e.into_inner()).take();
+    // TCP tunnels end at once (their connections drop); the relay fails their streams.
+    state.stop.cancel();
+    let endpoint = dialer.current.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(endpoint) = endpoint {
         // The relay fails this tunnel's streams at once and callers get an error.
         endpoint.close(0u32.into(), b"agent shutting down");
@@ -187,54 +196,103 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// One tunnel: connect, say hello, serve streams until the connection ends.
+/// One tunnel: connect by the configured transport, say hello, serve streams until it ends.
 async fn session(
     config: &AgentConfig,
-    trust: &tls::RelayTrust,
-    server_name: &str,
-    hello: &Hello,
+    dialer: &link::Dialer,
     state: &Arc<AgentState>,
-    current: &std::sync::Mutex<Option<quinn::Endpoint>>,
-) -> Result<quinn::ConnectionError, SessionError> {
-    let addr: SocketAddr = tokio::net::lookup_host(&config.relay.address)
-        .await
-        .map_err(|e| SessionError::Resolve(config.relay.address.clone(), e.to_string()))?
-        .next()
-        .ok_or_else(|| SessionError::Resolve(config.relay.address.clone(), "no address".into()))?;
-    // A fresh endpoint per attempt: a restarted relay sees a new source port.
-    let endpoint = tunnel::agent_endpoint(trust, &config.tunnel, addr).map_err(SessionError::Endpoint)?;
-    *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint.clone());
-    let connection = tunnel::dial(&endpoint, addr, server_name, tunnel::HANDSHAKE_TIMEOUT).await?;
-    let welcome = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut control = tunnel::join(connection.open_bi().await.map_err(|e| e.to_string())?);
-        proto::write_frame(&mut control, hello)
-            .await
-            .map_err(|e| e.to_string())?;
-        let welcome: Welcome = proto::read_frame(&mut control).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((control, welcome))
-    })
-    .await
-    .map_err(|_| SessionError::Hello("no answer within 10s".into()))?
-    .map_err(|e| SessionError::Hello(connection.close_reason().map_or(e, |r| r.to_string())))?;
-    let (_control, welcome) = welcome;
-    info!(relay = %welcome.relay, session = welcome.session, "tunnel up");
-    let relay: Arc<str> = welcome.relay.into();
-    loop {
-        match connection.accept_bi().await {
-            Ok(pair) => {
-                let (send, recv) = pair;
-                state
-                    .tasks
-                    .spawn(serve::stream(send, recv, state.clone(), relay.clone()).in_current_span());
+    quic_blocked: &mut bool,
+) -> Result<String, SessionError> {
+    let relay = &config.relay;
+    let (link, welcome) = match relay.transport {
+        Transport::Quic => dialer.quic(tunnel::HANDSHAKE_TIMEOUT).await?,
+        Transport::Tcp => dialer.tcp().await?,
+        Transport::Auto if *quic_blocked => dialer.tcp().await?,
+        Transport::Auto => match dialer.quic(Duration::from_secs(relay.quic_fallback_secs)).await {
+            Ok(up) => up,
+            Err(e) if e.quic_unreachable() => {
+                warn!(
+                    error = %e,
+                    probe_every_secs = relay.quic_probe_secs,
+                    "no QUIC handshake with the relay; using TCP, and trying QUIC again later"
+                );
+                *quic_blocked = true;
+                dialer.tcp().await?
             }
-            Err(reason) => return Ok(reason),
+            Err(e) => return Err(e),
+        },
+    };
+    let relay_name: Arc<str> = welcome.relay.into();
+    match link {
+        link::Link::Quic(connection, _control) => {
+            *quic_blocked = false;
+            info!(relay = %relay_name, session = welcome.session, transport = "quic", "tunnel up");
+            Ok(serve_quic(connection, state, relay_name).await)
+        }
+        link::Link::Tcp(side) => {
+            info!(relay = %relay_name, session = welcome.session, transport = "tcp", "tunnel up");
+            let retire = tokio_util::sync::CancellationToken::new();
+            let serving = {
+                let (state, relay_name) = (state.clone(), relay_name.clone());
+                let (stop, retire) = (state.stop.clone(), retire.clone());
+                let tasks = state.tasks.clone();
+                tasks.spawn(
+                    async move {
+                        side.serve(
+                            move |send, recv| {
+                                state.tasks.spawn(
+                                    serve::stream(send, recv, state.clone(), relay_name.clone()).in_current_span(),
+                                );
+                            },
+                            retire,
+                            stop,
+                        )
+                        .await
+                    }
+                    .in_current_span(),
+                )
+            };
+            if relay.transport != Transport::Auto {
+                return Ok(serving.await.unwrap_or_else(|e| e.to_string()));
+            }
+            let mut serving = std::pin::pin!(serving);
+            let probe = async {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(relay.quic_probe_secs)).await;
+                    match dialer.quic(Duration::from_secs(relay.quic_fallback_secs)).await {
+                        Ok(up) => return up,
+                        Err(e) => debug!(error = %e, "QUIC still unreachable"),
+                    }
+                }
+            };
+            let (link, welcome) = tokio::select! {
+                ended = &mut serving => return Ok(ended.unwrap_or_else(|e| e.to_string())),
+                up = probe => up,
+            };
+            // The relay now routes to the QUIC session (same instance); the TCP tunnel takes no
+            // new streams and ends once those it carries are done.
+            retire.cancel();
+            *quic_blocked = false;
+            let relay_name: Arc<str> = welcome.relay.into();
+            info!(relay = %relay_name, session = welcome.session, transport = "quic", "QUIC reachable again: tunnel moved to QUIC");
+            match link {
+                link::Link::Quic(connection, _control) => Ok(serve_quic(connection, state, relay_name).await),
+                link::Link::Tcp(_) => Ok("unexpected tcp link".into()),
+            }
         }
     }
 }
 
-fn host_of(address: &str) -> &str {
-    match address.rsplit_once(':') {
-        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
-        None => address,
+/// Serves a QUIC tunnel's streams until the connection ends, and says why it ended.
+async fn serve_quic(connection: quinn::Connection, state: &Arc<AgentState>, relay: Arc<str>) -> String {
+    loop {
+        match connection.accept_bi().await {
+            Ok((send, recv)) => {
+                state
+                    .tasks
+                    .spawn(serve::stream(send, recv, state.clone(), relay.clone()).in_current_span());
+            }
+            Err(reason) => return reason.to_string(),
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 pub use agent::{
     AccessMode, AgentAssertions, AgentConfig, ApiserverConfig, PassthroughConfig, ReconnectConfig, RelayEndpoint,
+    Transport,
 };
 pub use relay::{
     AssertionsConfig, BuiltinIssuerConfig, ClusterConfig, DEMO_AGENT_TOKEN_SHA256, Digests, LimitsConfig, RelayConfig,

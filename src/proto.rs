@@ -135,8 +135,35 @@ impl std::fmt::Debug for Credential {
     }
 }
 
-/// Writes one frame.
+/// Why the relay closes a tunnel over TCP: its answer to a hello it refuses, and the last frame
+/// on the control stream (QUIC says the same in its connection close).
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Closing {
+    /// One of the relay's close codes.
+    pub code: u32,
+    /// Why, for the agent's log.
+    pub reason: String,
+}
+
+/// The relay's answer to a hello over TCP.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Answer {
+    /// Registered.
+    Welcome(Welcome),
+    /// Refused.
+    Closing(Closing),
+}
+
+/// Writes one frame holding `msg`.
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<(), ProtoError> {
+    w.write_all(&frame_bytes(msg)?).await?;
+    Ok(())
+}
+
+/// One frame holding `msg`, as bytes.
+pub fn frame_bytes<T: Serialize>(msg: &T) -> Result<bytes::Bytes, ProtoError> {
     let payload = serde_json::to_vec(msg)?;
     let len = u16::try_from(payload.len())
         .ok()
@@ -147,8 +174,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T
     buf.push(VERSION);
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(&payload);
-    w.write_all(&buf).await?;
-    Ok(())
+    Ok(buf.into())
 }
 
 /// Reads one frame of at most [`MAX_FRAME`] bytes.

@@ -3,6 +3,7 @@
 
 mod agents;
 mod clusters;
+mod door;
 mod front;
 mod idle;
 mod keys;
@@ -17,7 +18,6 @@ use std::sync::Arc;
 
 pub use clusters::token_digest_hex;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tracing::info;
 
 use crate::auth::assertion::AssertionMinter;
@@ -86,7 +86,8 @@ pub(crate) struct RelayState {
 /// A relay bound to its ports, not yet serving.
 pub struct Relay {
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    /// Callers' TLS, and agents' over TCP.
+    tls: (Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>),
     endpoint: quinn::Endpoint,
     state: Arc<RelayState>,
     sessions: Arc<agents::Sessions>,
@@ -139,6 +140,7 @@ impl Relay {
                 source,
             })?);
         let agent_tls = tls::server_config(&config.tls.cert_file, &config.tls.key_file, &[ALPN])?;
+        let agent_tcp_tls = Arc::new(agent_tls.clone());
         let endpoint = tunnel::relay_endpoint(agent_addr, agent_tls, &config.tunnel)?;
 
         let clusters = Arc::new(clusters::Clusters::new(clusters::ClusterTable::new(&config.clusters)));
@@ -155,6 +157,7 @@ impl Relay {
             unproven_per_source: config.limits.agent_unproven_per_source,
             audit: audit.clone(),
             refusal_log: agents::RefusalLog::default(),
+            tunnel: config.tunnel.clone(),
         });
         let state = Arc::new(RelayState {
             instance: config.instance.clone(),
@@ -172,7 +175,7 @@ impl Relay {
         });
         Ok(Self {
             listener,
-            acceptor: TlsAcceptor::from(Arc::new(front_tls)),
+            tls: (Arc::new(front_tls), agent_tcp_tls),
             endpoint,
             state,
             sessions,
@@ -202,7 +205,7 @@ impl Relay {
     pub async fn run(self) {
         let Self {
             listener,
-            acceptor,
+            tls: (callers, agents_tls),
             endpoint,
             state,
             sessions,
@@ -215,10 +218,20 @@ impl Relay {
         );
         let (stop_agents, stopping) = tokio::sync::watch::channel(false);
         let listener_stats = Arc::new(agents::ListenerStats::default());
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(agents::MAX_HANDSHAKES));
+        let door = Arc::new(door::Door {
+            callers,
+            agents: agents_tls,
+            sessions: sessions.clone(),
+            handshakes: handshakes.clone(),
+            stopping: stopping.clone(),
+            tasks: tokio_util::task::TaskTracker::new(),
+        });
+        let tcp_tunnels = door.tasks.clone();
         let agents = tokio::spawn(agents::serve(
             agents::Listener {
                 endpoint: endpoint.clone(),
-                handshakes: Arc::new(tokio::sync::Semaphore::new(agents::MAX_HANDSHAKES)),
+                handshakes,
                 retry_below_free: agents::MAX_HANDSHAKES - agents::RETRY_ABOVE,
                 stats: listener_stats.clone(),
                 sessions,
@@ -228,7 +241,7 @@ impl Relay {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let audit = state.audit.clone();
         tokio::select! {
-            _ = front::serve(listener, acceptor, state.clone(), &graceful) => {}
+            _ = front::serve(listener, door, state.clone(), &graceful) => {}
             _ = reload::on_hangup(config_path, &state) => {}
             _ = shutdown::signal() => {}
         }
@@ -250,7 +263,11 @@ impl Relay {
         // Close every tunnel but keep the port answering nothing rather than refusing: an agent
         // that redials now retransmits until the next relay listens, instead of backing off.
         let _ = stop_agents.send(true);
-        if tokio::time::timeout(CLOSE_TIMEOUT, endpoint.wait_idle()).await.is_err() {
+        tcp_tunnels.close();
+        let closed = async {
+            tokio::join!(endpoint.wait_idle(), tcp_tunnels.wait());
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
             // Only now, as the process ends: a closed endpoint refuses new attempts.
             info!("agent tunnels still closing at the deadline; closing the rest");
             endpoint.close(agents::close_code::SHUTDOWN.into(), b"relay shutting down");

@@ -2,13 +2,14 @@
 //! `Bytes` chunks with their own flow control, end with a finish, and can be cut with a code.
 //!
 //! The framing (`wire`) is written against these traits, not against quinn, so the same code runs
-//! over QUIC ([`quic`]) and in memory ([`memory`], for tests of the request path in milliseconds).
+//! over QUIC ([`quic`]), HTTP/2 over TLS over TCP ([`h2`]) and in memory ([`memory`], for tests of the request path in milliseconds).
 
 use std::future::Future;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
+pub mod h2;
 pub mod memory;
 pub mod quic;
 
@@ -65,11 +66,13 @@ pub async fn write_chunk<S: SendHalf>(send: &mut S, chunk: Bytes) -> Result<(), 
     send.send_chunks(&mut [chunk]).await
 }
 
-/// A tunnel the relay opens streams on: a QUIC connection, or one in memory (tests).
+/// A tunnel the relay opens streams on: QUIC, HTTP/2 over TCP, or one in memory (tests).
 #[derive(Clone, Debug)]
 pub enum Tunnel {
     /// An agent's QUIC connection.
     Quic(quinn::Connection),
+    /// An agent's HTTP/2 connection over TLS over TCP.
+    H2(h2::H2Tunnel),
     /// An in-memory tunnel.
     Memory(memory::Tunnel),
 }
@@ -78,6 +81,8 @@ pub enum Tunnel {
 pub enum AnySend {
     /// QUIC.
     Quic(quinn::SendStream),
+    /// HTTP/2.
+    H2(h2::H2Send),
     /// In memory.
     Memory(memory::MemSend),
 }
@@ -86,6 +91,8 @@ pub enum AnySend {
 pub enum AnyRecv {
     /// QUIC.
     Quic(quinn::RecvStream),
+    /// HTTP/2.
+    H2(h2::H2Recv),
     /// In memory.
     Memory(memory::MemRecv),
 }
@@ -101,6 +108,10 @@ impl Tunnel {
                     .map_err(|e| StreamError::Closed(e.to_string()))?;
                 Ok((AnySend::Quic(send), AnyRecv::Quic(recv)))
             }
+            Self::H2(tunnel) => {
+                let (send, recv) = tunnel.open().await?;
+                Ok((AnySend::H2(send), AnyRecv::H2(recv)))
+            }
             Self::Memory(tunnel) => {
                 let (send, recv) = tunnel.open().await?;
                 Ok((AnySend::Memory(send), AnyRecv::Memory(recv)))
@@ -112,6 +123,7 @@ impl Tunnel {
     pub fn close(&self, code: u32, reason: &[u8]) {
         match self {
             Self::Quic(connection) => connection.close(code.into(), reason),
+            Self::H2(tunnel) => tunnel.close(code, reason),
             Self::Memory(tunnel) => tunnel.close(code, reason),
         }
     }
@@ -120,6 +132,7 @@ impl Tunnel {
     pub fn remote_address(&self) -> std::net::SocketAddr {
         match self {
             Self::Quic(connection) => connection.remote_address(),
+            Self::H2(tunnel) => tunnel.remote_address(),
             Self::Memory(tunnel) => tunnel.remote_address(),
         }
     }
@@ -129,6 +142,7 @@ impl SendHalf for AnySend {
     async fn send_chunks<'a>(&'a mut self, chunks: &'a mut [Bytes]) -> Result<(), StreamError> {
         match self {
             Self::Quic(send) => send.send_chunks(chunks).await,
+            Self::H2(send) => send.send_chunks(chunks).await,
             Self::Memory(send) => send.send_chunks(chunks).await,
         }
     }
@@ -137,13 +151,15 @@ impl SendHalf for AnySend {
         use futures_util::future::Either;
         match self {
             Self::Quic(send) => Either::Left(SendHalf::stopped(send)),
-            Self::Memory(send) => Either::Right(SendHalf::stopped(send)),
+            Self::H2(send) => Either::Right(Either::Left(send.stopped())),
+            Self::Memory(send) => Either::Right(Either::Right(SendHalf::stopped(send))),
         }
     }
 
     fn end(&mut self) {
         match self {
             Self::Quic(send) => send.end(),
+            Self::H2(send) => send.end(),
             Self::Memory(send) => send.end(),
         }
     }
@@ -151,6 +167,7 @@ impl SendHalf for AnySend {
     fn cut(&mut self, code: u32) {
         match self {
             Self::Quic(send) => send.cut(code),
+            Self::H2(send) => send.cut(code),
             Self::Memory(send) => send.cut(code),
         }
     }
@@ -160,6 +177,7 @@ impl RecvHalf for AnyRecv {
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
         match self {
             Self::Quic(recv) => recv.poll_chunk(cx),
+            Self::H2(recv) => recv.poll_chunk(cx),
             Self::Memory(recv) => recv.poll_chunk(cx),
         }
     }
@@ -167,6 +185,7 @@ impl RecvHalf for AnyRecv {
     fn stop_reading(&mut self, code: u32) {
         match self {
             Self::Quic(recv) => recv.stop_reading(code),
+            Self::H2(recv) => recv.stop_reading(code),
             Self::Memory(recv) => recv.stop_reading(code),
         }
     }

@@ -160,12 +160,28 @@ fn default_instance() -> String {
         .unwrap_or_else(|| format!("agent-{}", std::process::id()))
 }
 
-/// The relay's QUIC endpoint.
+/// Where the relay is, how to reach it and how to trust it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayEndpoint {
     /// `host:port` of the relay's QUIC listener.
     pub address: String,
+    /// QUIC, TLS over TCP, or QUIC with a fall-back to TCP (the default).
+    #[serde(default)]
+    pub transport: Transport,
+    /// `host:port` of the relay's TCP port (its callers' port); defaults to `address`.
+    pub tcp_address: Option<String>,
+    /// HTTP proxy for the TCP transport (`http://host:port`), reached with CONNECT; unset, the
+    /// `HTTPS_PROXY`/`https_proxy`/`ALL_PROXY` and `NO_PROXY` environment variables decide.
+    pub proxy: Option<String>,
+    /// File holding `user:password` for the proxy (basic authentication).
+    pub proxy_auth_file: Option<PathBuf>,
+    /// How long `auto` waits for a QUIC handshake before it uses TCP, in seconds.
+    #[serde(default = "default_quic_fallback_secs")]
+    pub quic_fallback_secs: u64,
+    /// How often `auto`, while on TCP, tries QUIC again, in seconds.
+    #[serde(default = "default_quic_probe_secs")]
+    pub quic_probe_secs: u64,
     /// Name sent to the relay (SNI) and, with `ca_file`, verified in its
     /// certificate; defaults to the host of `address`.
     pub server_name: Option<String>,
@@ -176,6 +192,28 @@ pub struct RelayEndpoint {
     /// too, both must hold. At least one of the two; there is no insecure mode.
     #[serde(default)]
     pub pinned_key_sha256: Vec<Pin>,
+}
+
+/// How the agent's tunnel travels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC; TCP when no QUIC handshake completes within `quic_fallback_secs`, and QUIC again
+    /// once a probe succeeds.
+    #[default]
+    Auto,
+    /// QUIC only (UDP).
+    Quic,
+    /// HTTP/2 over TLS over TCP only, through `proxy` if one applies.
+    Tcp,
+}
+
+fn default_quic_fallback_secs() -> u64 {
+    3
+}
+
+fn default_quic_probe_secs() -> u64 {
+    300
 }
 
 /// How the agent reaches kube-apiserver.
@@ -211,8 +249,11 @@ impl Default for ReconnectConfig {
 impl Validate for AgentConfig {
     fn resolve_paths(&mut self, base: &Path) {
         self.audit.resolve(base);
-        if let Some(ca_file) = &mut self.relay.ca_file {
-            resolve(base, ca_file);
+        for path in [&mut self.relay.ca_file, &mut self.relay.proxy_auth_file]
+            .into_iter()
+            .flatten()
+        {
+            resolve(base, path);
         }
         resolve(base, &mut self.token_file);
         if let Some(kubeconfig) = &mut self.apiserver.kubeconfig {
@@ -236,6 +277,21 @@ impl Validate for AgentConfig {
         self.audit.validate()?;
         if self.relay.ca_file.is_none() && self.relay.pinned_key_sha256.is_empty() {
             return Err("relay: set ca_file, pinned_key_sha256 or both; there is no insecure mode".into());
+        }
+        let relay = &self.relay;
+        if relay.quic_fallback_secs == 0 || relay.quic_probe_secs < 10 {
+            return Err("relay: quic_fallback_secs must be at least 1 and quic_probe_secs at least 10".into());
+        }
+        if let Some(proxy) = &relay.proxy {
+            let uri: http::Uri = proxy.parse().map_err(|e| format!("relay.proxy {proxy:?}: {e}"))?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(format!(
+                    "relay.proxy {proxy:?}: use http://host:port (CONNECT is sent to it)"
+                ));
+            }
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err("relay.proxy: put the proxy's credentials in proxy_auth_file, not in the URL".into());
+            }
         }
         if !valid_cluster_name(&self.cluster) {
             return Err(format!("cluster name {:?}: use 1-63 of a-z, 0-9 and '-'", self.cluster));

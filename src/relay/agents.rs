@@ -35,7 +35,8 @@ use super::clusters::Clusters;
 use super::limits::{AuthFailures, InFlight};
 use super::registry::{Admission, Registry};
 use crate::audit::{AgentEvent, AuditLog};
-use crate::proto::{self, Accepts, Hello, Welcome};
+use crate::proto::{self, Accepts, Closing, Hello, Welcome};
+use crate::transport::Tunnel;
 use crate::tunnel;
 
 /// How long an agent has for its QUIC handshake, and then again for its hello.
@@ -125,6 +126,8 @@ pub struct Sessions {
     pub audit: Arc<AuditLog>,
     /// Bounds how often refused hellos are logged.
     pub refusal_log: RefusalLog,
+    /// Windows and liveness of tunnels over TCP (QUIC's are in its endpoint).
+    pub tunnel: crate::config::TunnelConfig,
 }
 
 /// Accepts agent connections until the endpoint closes; once `stopping` turns true (or its
@@ -233,12 +236,7 @@ async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &S
                 .await
                 .map_err(|e| NoHello::Unreadable(e.into()))?,
         );
-        let hello = proto::read_frame_limited::<_, Hello>(&mut control, proto::MAX_HELLO)
-            .await
-            .map_err(|e| match e {
-                proto::ProtoError::UnsupportedVersion(_) => NoHello::OtherVersion(e),
-                other => NoHello::Unreadable(other.into()),
-            })?;
+        let hello = read_hello(&mut control).await?;
         Ok::<_, NoHello>((control, hello))
     })
     .await
@@ -246,13 +244,8 @@ async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &S
     let (mut control, hello) = match hello {
         Ok(pair) => pair,
         Err(why) => {
-            // A handshake that never says a readable hello held a slot for nothing: charge it,
-            // unless it is an agent of another version (a rollout, not an attack).
-            if !matches!(why, NoHello::OtherVersion(_)) {
-                sessions.hello_failures.charge(remote.ip());
-            }
-            info!(reason = %why, "agent connection closed before registering");
-            connection.close(close_code::BAD_HELLO.into(), why.to_string().as_bytes());
+            let (code, why) = no_hello(why, remote, sessions);
+            connection.close(code.into(), why.as_bytes());
             return;
         }
     };
@@ -266,12 +259,139 @@ async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &S
     drop(unproven);
     // Proved: now the agent's responses may fill the tunnel's configured windows.
     connection.set_receive_window(sessions.proven_receive_window);
-    let (guard, registered) = sessions.registry.register(
-        &hello.cluster,
-        &hello.instance,
-        crate::transport::Tunnel::Quic(connection.clone()),
-        admitted.clone(),
-    );
+    let id = sessions.registry.new_id();
+    let tunnel = crate::transport::Tunnel::Quic(connection.clone());
+    let Some(held) = hold(hello, admitted, id, remote, tunnel, sessions) else {
+        return;
+    };
+    if proto::write_frame(&mut control, &held.welcome()).await.is_err() {
+        return;
+    }
+    info!(cluster = %held.hello.cluster, agent = %held.hello.instance, session = id, "agent registered");
+    let reason = connection.closed().await;
+    held.gone(&reason);
+}
+
+/// An agent that dialed the caller port over TCP (ALPN `hawser/1`), past its TLS handshake: the
+/// same hello, judgement, budgets and registry as on QUIC, then HTTP/2 with the relay as the
+/// client ([`crate::transport::h2`]). A refusal is a [`Closing`] frame in place of the welcome.
+/// `permit` (a handshake permit) is held until the hello is judged.
+pub async fn tcp_session<T>(
+    mut io: T,
+    remote: SocketAddr,
+    sessions: Arc<Sessions>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    mut stopping: watch::Receiver<bool>,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let refuse = |code: u32, reason: String| Closing { code, reason };
+    let source = super::limits::bucket_key(remote.ip());
+    let judged = match sessions.unproven.acquire(&source, sessions.unproven_per_source) {
+        None => Err(refuse(
+            close_code::BUSY,
+            "too many unproven connections from this address".into(),
+        )),
+        Some(unproven) => {
+            let hello = tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut io))
+                .await
+                .unwrap_or(Err(NoHello::Late));
+            let judged = match hello {
+                Ok(hello) => judge(&hello, remote.ip(), &sessions)
+                    .map(|admitted| (hello, admitted))
+                    .map_err(|(code, why)| refuse(code, why)),
+                Err(why) => {
+                    let (code, why) = no_hello(why, remote, &sessions);
+                    Err(refuse(code, why))
+                }
+            };
+            drop((unproven, permit));
+            judged
+        }
+    };
+    let (hello, admitted) = match judged {
+        Ok(pair) => pair,
+        Err(closing) => {
+            let answer = proto::Answer::Closing(closing);
+            let _ = tokio::time::timeout(HELLO_TIMEOUT, async {
+                let _ = proto::write_frame(&mut io, &answer).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+            })
+            .await;
+            return;
+        }
+    };
+    let id = sessions.registry.new_id();
+    let welcome = proto::Answer::Welcome(Welcome {
+        relay: sessions.relay.clone(),
+        session: id,
+    });
+    if proto::write_frame(&mut io, &welcome).await.is_err() {
+        return;
+    }
+    let (tunnel, run) = match crate::transport::h2::relay_side(io, remote, &sessions.tunnel).await {
+        Ok(pair) => pair,
+        Err(e) => return info!(error = %e, "agent tunnel failed to start"),
+    };
+    let mut run = std::pin::pin!(run);
+    let Some(held) = hold(hello, admitted, id, remote, Tunnel::H2(tunnel.clone()), &sessions) else {
+        let _ = run.await;
+        return;
+    };
+    info!(cluster = %held.hello.cluster, agent = %held.hello.instance, session = id, transport = "tcp", "agent registered");
+    let reason = tokio::select! {
+        reason = &mut run => reason,
+        () = stopped(&mut stopping) => {
+            tunnel.close(close_code::SHUTDOWN, b"relay shutting down");
+            run.await
+        }
+    };
+    held.gone(&reason);
+}
+
+/// Reads a hello frame.
+async fn read_hello<R: tokio::io::AsyncRead + Unpin>(control: &mut R) -> Result<Hello, NoHello> {
+    proto::read_frame_limited::<_, Hello>(control, proto::MAX_HELLO)
+        .await
+        .map_err(|e| match e {
+            proto::ProtoError::UnsupportedVersion(_) => NoHello::OtherVersion(e),
+            other => NoHello::Unreadable(other.into()),
+        })
+}
+
+/// The close code and reason for a connection that said no readable hello. A handshake that
+/// never says one held a slot for nothing: it is charged, unless it is an agent of another
+/// version (a rollout, not an attack).
+fn no_hello(why: NoHello, remote: SocketAddr, sessions: &Sessions) -> (u32, String) {
+    if !matches!(why, NoHello::OtherVersion(_)) {
+        sessions.hello_failures.charge(remote.ip());
+    }
+    info!(reason = %why, "agent connection closed before registering");
+    (close_code::BAD_HELLO, why.to_string())
+}
+
+/// A registered session: held until its tunnel ends.
+struct Held<'a> {
+    hello: Hello,
+    guard: super::registry::SessionGuard,
+    remote: SocketAddr,
+    sessions: &'a Sessions,
+}
+
+/// Registers an admitted agent's tunnel as session `id`, and puts its arrival on record. `None`
+/// (the tunnel closed with [`close_code::REVOKED`]) when a reload revoked it meanwhile.
+fn hold(
+    hello: Hello,
+    admitted: Admission,
+    id: u64,
+    remote: SocketAddr,
+    tunnel: Tunnel,
+    sessions: &Sessions,
+) -> Option<Held<'_>> {
+    let (guard, registered) =
+        sessions
+            .registry
+            .register(id, &hello.cluster, &hello.instance, tunnel.clone(), admitted.clone());
     // A reload between the judgement and the registration replaced the table and swept the
     // registry without this session in it: check again against the table now in force.
     if !sessions.clusters.current().admits(
@@ -279,49 +399,63 @@ async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &S
         &admitted.token_digest,
         admitted.caller_audience.as_deref(),
     ) {
-        connection.close(
-            close_code::REVOKED.into(),
+        tunnel.close(
+            close_code::REVOKED,
             b"agent token revoked or the cluster's trust model changed",
         );
-        return;
+        return None;
     }
-    let beside = registered.beside;
-    let event = |event: &'static str, beside: &[String]| {
-        sessions.audit.agent_event(&AgentEvent {
-            event,
-            cluster: &hello.cluster,
-            agent: &hello.instance,
-            session: guard.id(),
-            peer: remote.to_string(),
-            beside,
-        });
+    let held = Held {
+        hello,
+        guard,
+        remote,
+        sessions,
     };
-    event("agent_registered", &beside);
+    let beside = registered.beside;
+    held.event("agent_registered", &beside);
+    let hello = &held.hello;
     if let Some(old) = registered.replaced.filter(|old| old.ip() != remote.ip()) {
         // The same instance name from another address: a restarted pod, or someone holding the
         // cluster's agent token taking its place. Either way it now gets that instance's share.
         warn!(
-            cluster = %hello.cluster, agent = %hello.instance, session = guard.id(), previous = %old,
+            cluster = %hello.cluster, agent = %hello.instance, session = id, previous = %old,
             "an agent instance took over this instance name from another address"
         );
     }
     if !beside.is_empty() {
         warn!(
-            cluster = %hello.cluster, agent = %hello.instance, session = guard.id(), ?beside,
+            cluster = %hello.cluster, agent = %hello.instance, session = id, ?beside,
             "another agent instance joined this cluster: it gets a share of the cluster's requests"
         );
     }
-    let welcome = Welcome {
-        relay: sessions.relay.clone(),
-        session: guard.id(),
-    };
-    if proto::write_frame(&mut control, &welcome).await.is_err() {
-        return;
+    Some(held)
+}
+
+impl Held<'_> {
+    fn welcome(&self) -> Welcome {
+        Welcome {
+            relay: self.sessions.relay.clone(),
+            session: self.guard.id(),
+        }
     }
-    info!(cluster = %hello.cluster, agent = %hello.instance, session = guard.id(), "agent registered");
-    let reason = connection.closed().await;
-    event("agent_gone", &[]);
-    info!(cluster = %hello.cluster, agent = %hello.instance, session = guard.id(), %reason, "agent gone");
+
+    fn event(&self, event: &'static str, beside: &[String]) {
+        self.sessions.audit.agent_event(&AgentEvent {
+            event,
+            cluster: &self.hello.cluster,
+            agent: &self.hello.instance,
+            session: self.guard.id(),
+            peer: self.remote.to_string(),
+            beside,
+        });
+    }
+
+    /// Puts the end of the session on record; the guard then unregisters it.
+    fn gone(self, reason: &dyn std::fmt::Display) {
+        self.event("agent_gone", &[]);
+        let hello = &self.hello;
+        info!(cluster = %hello.cluster, agent = %hello.instance, session = self.guard.id(), %reason, "agent gone");
+    }
 }
 
 /// Why a connection said no hello the relay could read.

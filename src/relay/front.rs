@@ -1,4 +1,5 @@
-//! The relay's front door: HTTPS (HTTP/1.1 and HTTP/2) for callers.
+//! The relay's front door: HTTPS (HTTP/1.1 and HTTP/2) for callers (agents that dial this port
+//! over TCP are told apart at the TLS door, `door`).
 //!
 //! `https://RELAY/clusters/NAME/...` is cluster NAME's API. The caller's
 //! token is checked here before anything reaches an agent (401), then the
@@ -21,11 +22,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span};
 
 use super::RelayState;
 use super::clusters::ClusterTable;
+use super::door::Door;
 use super::idle::Activity;
 use super::stall::{Delivery, Stalls};
 use super::stream::Sent;
@@ -38,14 +39,12 @@ use crate::status::HttpError;
 /// Where the relay publishes the public half of its assertion key, for agents to trust.
 pub const ASSERTION_JWKS_PATH: &str = "/.well-known/hawser/assertion-jwks.json";
 
-/// How long a caller has for its TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 pings find callers that went away without closing (a laptop lid).
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Accepts caller connections until the listener fails.
 /// Every connection is watched by `graceful`, so shutdown can drain them.
-pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<RelayState>, graceful: &GracefulShutdown) {
+pub async fn serve(listener: TcpListener, door: Arc<Door>, state: Arc<RelayState>, graceful: &GracefulShutdown) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -63,9 +62,9 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<Rela
                 .with_time(Duration::from_secs(60))
                 .with_interval(Duration::from_secs(15)),
         );
-        let (acceptor, state, watcher) = (acceptor.clone(), state.clone(), graceful.watcher());
+        let (door, state, watcher) = (door.clone(), state.clone(), graceful.watcher());
         tokio::spawn(
-            connection(tcp, peer, acceptor, state, watcher)
+            connection(tcp, peer, door, state, watcher)
                 .instrument(info_span!("caller_connection", net.peer.address = %peer)),
         );
     }
@@ -74,16 +73,15 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<Rela
 async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
+    door: Arc<Door>,
     state: Arc<RelayState>,
     watcher: Watcher,
 ) {
     // Under TLS, so the stall watch sees what the kernel takes, not what rustls buffers.
     let stalls = Stalls::new();
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stalls.socket(tcp))).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return debug!(error = %e, "tls handshake failed"),
-        Err(_) => return debug!("tls handshake timed out"),
+    // An agent over TCP goes its own way here, and this connection's drain watcher with it.
+    let Some(tls) = door.enter(stalls.socket(tcp), peer).await else {
+        return;
     };
     let limits = state.limits.clone();
     let activity = Activity::new();

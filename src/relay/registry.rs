@@ -50,19 +50,24 @@ impl Registry {
         Arc::new(Self::default())
     }
 
-    /// Registers a connection for `cluster`, replacing an older session of the
+    /// A session id never given before in this relay.
+    pub fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers a connection for `cluster` as session `id` (from [`Self::new_id`]), replacing an older session of the
     /// same agent instance. The returned guard unregisters it when dropped; with it come the
     /// other instances that serve the cluster now (a new one beside them gets a share of the
     /// cluster's requests, which the caller of this makes visible) and the address of the
     /// session it replaced, if any.
     pub fn register(
         self: &Arc<Self>,
+        id: u64,
         cluster: &str,
         instance: &str,
         connection: crate::transport::Tunnel,
         admitted: Admission,
     ) -> (SessionGuard, Registered) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let session = Session {
             id,
             instance: instance.to_owned(),

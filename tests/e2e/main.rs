@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use libtest_mimic::{Arguments, Trial};
 
-use routes::{Deployment, Direct, Route, ViaKubeconfig, ViaProxy};
+use routes::{Deployment, Direct, Route, Tunnel, ViaKubeconfig, ViaProxy};
 use support::Testbed;
 
 /// The shared control plane, started by whichever test needs it first.
@@ -51,10 +51,14 @@ fn main() -> ExitCode {
     let args = Arguments::from_args();
     let fixture = Arc::new(Fixture::default());
     let deployment = Arc::new(Deployment::default());
+    let over_tcp = Arc::new(Deployment::over(Tunnel::Tcp));
+    let via_proxy = Arc::new(Deployment::over(Tunnel::TcpViaProxy));
     let routes: Vec<Arc<dyn Route>> = vec![
         Arc::new(Direct),
-        Arc::new(ViaKubeconfig(deployment.clone())),
+        Arc::new(ViaKubeconfig(deployment.clone(), "kubeconfig")),
         Arc::new(ViaProxy::new(deployment.clone())),
+        Arc::new(ViaKubeconfig(over_tcp.clone(), "tcp")),
+        Arc::new(ViaKubeconfig(via_proxy.clone(), "tcp-via-proxy")),
     ];
 
     let mut trials = Vec::new();
@@ -95,6 +99,8 @@ fn main() -> ExitCode {
     let conclusion = libtest_mimic::run(&args, trials);
     drop(routes);
     deployment.shutdown();
+    over_tcp.shutdown();
+    via_proxy.shutdown();
     fixture.shutdown();
     if conclusion.has_failed() {
         ExitCode::from(101)

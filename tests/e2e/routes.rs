@@ -4,10 +4,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
-use crate::support::hawser::Hawser;
+use crate::support::hawser::{Extra, Hawser};
 use crate::support::process::Background;
+use crate::support::proxy::HttpsProxy;
 use crate::support::{Kubectl, Testbed};
 
 /// One way for kubectl to reach the cluster.
@@ -44,28 +45,102 @@ impl Route for Direct {
     }
 }
 
-/// The Hawser deployment the tunnel routes share, started on first use.
+/// How a deployment's agent reaches its relay.
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Tunnel {
+    /// QUIC (the agent's default, `auto`, finds it).
+    #[default]
+    Quic,
+    /// `transport = "tcp"`: HTTP/2 over TLS over TCP to the relay's caller port.
+    Tcp,
+    /// `transport = "auto"` with the relay's QUIC port unreachable (a UDP port that swallows
+    /// every datagram) and `HTTPS_PROXY` set: it falls back to TCP through a real proxy.
+    TcpViaProxy,
+}
+
+/// A Hawser deployment that routes share, started on first use.
 #[derive(Default)]
 pub struct Deployment {
+    tunnel: Tunnel,
     hawser: Mutex<Option<Result<Arc<Hawser>, String>>>,
+    /// What the deployment needs alive beside it (the proxy, the black hole).
+    aids: Mutex<Vec<Box<dyn Send>>>,
 }
 
 impl Deployment {
+    /// A deployment whose agent reaches its relay over `tunnel`.
+    pub fn over(tunnel: Tunnel) -> Self {
+        Self {
+            tunnel,
+            ..Self::default()
+        }
+    }
+
     /// The running relay and agent, started on first call.
     pub fn get(&self, tb: &Testbed) -> Result<Arc<Hawser>> {
         let mut slot = self.hawser.lock().unwrap_or_else(|e| e.into_inner());
         slot.get_or_insert_with(|| {
-            Hawser::start(tb)
+            self.start(tb)
                 .map(Arc::new)
-                .map_err(|e| format!("starting hawser: {e:#}"))
+                .map_err(|e| format!("starting hawser ({:?}): {e:#}", self.tunnel))
         })
         .clone()
         .map_err(anyhow::Error::msg)
     }
 
-    /// Stops relay and agent.
+    fn start(&self, tb: &Testbed) -> Result<Hawser> {
+        match self.tunnel {
+            Tunnel::Quic => Hawser::start(tb),
+            Tunnel::Tcp => {
+                let hawser = Hawser::start_with(
+                    tb,
+                    &Extra {
+                        agent_relay: "address = \"127.0.0.1:{port}\"\ntransport = \"tcp\"",
+                        ..Extra::default()
+                    },
+                )?;
+                hawser.expect_agent_log("transport=\"tcp\"")?;
+                Ok(hawser)
+            }
+            Tunnel::TcpViaProxy => {
+                let dir = tempfile::tempdir()?;
+                let proxy = HttpsProxy::start(dir.path())?;
+                // Bound and never read: QUIC handshakes to it go unanswered, as where UDP is blocked.
+                let black_hole = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                let agent_relay = format!(
+                    "address = \"{quic}\"\ntcp_address = \"127.0.0.1:{{port}}\"\ntransport = \"auto\"\n\
+                     quic_fallback_secs = 1\nproxy_auth_file = \"{auth}\"",
+                    quic = black_hole.local_addr()?,
+                    auth = proxy.auth_file.display(),
+                );
+                let env = [("HTTPS_PROXY", proxy.url.as_str())];
+                let hawser = Hawser::start_with(
+                    tb,
+                    &Extra {
+                        agent_relay: &agent_relay,
+                        agent_env: &env,
+                        ..Extra::default()
+                    },
+                )?;
+                hawser.expect_agent_log("no QUIC handshake with the relay; using TCP")?;
+                let relay_port = hawser.relay_port();
+                if proxy.tunnels_to(relay_port)? == 0 {
+                    bail!("the agent is up, but the proxy opened no tunnel to the relay's port {relay_port}");
+                }
+                self.aids.lock().unwrap().extend([
+                    Box::new(proxy) as Box<dyn Send>,
+                    Box::new(black_hole),
+                    Box::new(dir),
+                ]);
+                Ok(hawser)
+            }
+        }
+    }
+
+    /// Stops relay and agent, and what they needed.
     pub fn shutdown(&self) {
         drop(self.hawser.lock().unwrap_or_else(|e| e.into_inner()).take());
+        self.aids.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -76,12 +151,13 @@ fn restricted_caller(tb: &Testbed, namespace: &str) -> Result<String> {
     Ok(user)
 }
 
-/// kubectl → relay → agent → apiserver, with a `hawser kubeconfig` whose user runs `hawser token`.
-pub struct ViaKubeconfig(pub Arc<Deployment>);
+/// kubectl → relay → agent → apiserver, with a `hawser kubeconfig` whose user runs `hawser token`;
+/// the name says over which tunnel.
+pub struct ViaKubeconfig(pub Arc<Deployment>, pub &'static str);
 
 impl Route for ViaKubeconfig {
     fn name(&self) -> &'static str {
-        "kubeconfig"
+        self.1
     }
 
     fn admin(&self, tb: &Testbed) -> Result<(Kubectl, String)> {

@@ -12,6 +12,7 @@ pub mod https;
 pub mod kubectl;
 pub mod net;
 pub mod process;
+pub mod proxy;
 pub mod rogue;
 
 pub use cluster::{PodSpec, Testbed};

@@ -58,6 +58,7 @@ fn relay_full(
         unproven_per_source,
         audit: crate::audit::AuditLog::open(&audit_config, "relay", "relay-test").unwrap(),
         refusal_log: RefusalLog::default(),
+        tunnel: TunnelConfig::default(),
     });
     let listener = Listener {
         endpoint,

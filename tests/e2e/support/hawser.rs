@@ -42,6 +42,11 @@ pub struct Extra<'a> {
     pub agent: &'a str,
     /// How the agent learns who the caller is.
     pub trust: Trust,
+    /// The agent's `[relay]` keys besides its trust (`{port}` is the relay's port); empty: QUIC
+    /// on the relay's port, with the default transport.
+    pub agent_relay: &'a str,
+    /// Environment variables of the agent process.
+    pub agent_env: &'a [(&'a str, &'a str)],
 }
 
 /// The trust model of a deployment (docs/security.md).
@@ -77,6 +82,7 @@ pub struct Hawser {
     /// Numbers the files tests write, so parallel tests never share one.
     files: std::sync::atomic::AtomicUsize,
     trust: Trust,
+    agent_env: Vec<(String, String)>,
 }
 
 impl Hawser {
@@ -93,6 +99,8 @@ impl Hawser {
             relay: relay_extra,
             agent: agent_top,
             trust,
+            agent_relay,
+            agent_env,
         } = *extra;
         let dir = tempfile::Builder::new()
             .prefix("hawser-system-")
@@ -156,7 +164,7 @@ cluster = "{CLUSTER}"
 token_file = "agent-token"
 {agent_top}
 [relay]
-address = "127.0.0.1:{port}"
+{relay_where}
 server_name = "localhost"
 ca_file = "relay.crt"
 [apiserver]
@@ -171,6 +179,11 @@ output = "agent-audit.log"
 "#,
                 kubeconfig = agent_kubeconfig.display(),
                 callers = agent_callers(trust, &relay_url, CLUSTER),
+                relay_where = if agent_relay.is_empty() {
+                    format!("address = \"127.0.0.1:{port}\"")
+                } else {
+                    agent_relay.replace("{port}", &port.to_string())
+                },
             ),
         )?;
         let hawser = Self {
@@ -183,6 +196,7 @@ output = "agent-audit.log"
             agent_config,
             files: Default::default(),
             trust,
+            agent_env: agent_env.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())).collect(),
         };
         hawser.start_agent()?;
 
@@ -206,7 +220,7 @@ output = "agent-audit.log"
     /// (Re)starts the agent process.
     pub fn start_agent(&self) -> Result<()> {
         let bins = binaries()?;
-        let agent = Supervised::spawn(
+        let agent = Supervised::spawn_with_env(
             &bins.reaper,
             "hawser agent",
             &hawser_bin(),
@@ -216,10 +230,29 @@ output = "agent-audit.log"
                 self.agent_config.display().to_string(),
             ],
             &self.dir.path().join("agent.log"),
-            false,
+            &self.agent_env,
         )?;
         *self.agent.lock().unwrap() = Some(agent);
         Ok(())
+    }
+
+    /// Fails unless the agent's log has a line containing `text` (it logs as it starts).
+    pub fn expect_agent_log(&self, text: &str) -> Result<()> {
+        let log = self.dir.path().join("agent.log");
+        let found = fs::read_to_string(&log)?.lines().any(|l| l.contains(text));
+        if !found {
+            bail!("the agent's log ({}) has no line with {text:?}", log.display());
+        }
+        Ok(())
+    }
+
+    /// The port of the relay's front door.
+    pub fn relay_port(&self) -> u16 {
+        self.relay_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Starts an agent process with `config`, logging to NAME.log.

@@ -98,8 +98,33 @@ impl Supervised {
         log: &Path,
         pipe_stdout: bool,
     ) -> Result<Self> {
+        Self::spawn_full(reaper, name, program, args, log, pipe_stdout, &[])
+    }
+
+    /// Like [`Supervised::spawn`] (output to the log), with extra environment variables.
+    pub fn spawn_with_env(
+        reaper: &Path,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        env: &[(String, String)],
+    ) -> Result<Self> {
+        Self::spawn_full(reaper, name, program, args, log, false, env)
+    }
+
+    fn spawn_full(
+        reaper: &Path,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        pipe_stdout: bool,
+        env: &[(String, String)],
+    ) -> Result<Self> {
         let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(reaper);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--")
             .arg(program)
             .args(args)

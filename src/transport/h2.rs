@@ -1,0 +1,466 @@
+//! HTTP/2 over TLS over TCP as a tunnel, for networks that let only TCP out (often through an
+//! HTTPS proxy).
+//!
+//! The agent dials the relay's caller port with ALPN `hawser/1`, says its hello and reads the
+//! answer as raw frames ([`crate::proto`]); then the connection speaks HTTP/2 with the relay as the
+//! client, as cloudflared's http2 mode does. The relay opens one HTTP/2 stream per exchange (a
+//! `POST` the agent answers at once with an empty `200`) and the exchange's framing
+//! ([`crate::wire`]) rides its DATA frames both ways, chunk for chunk. HTTP/2 gives each stream its
+//! own flow-control window, so a reader that stalls holds up only its own stream.
+//!
+//! The relay's first stream is the control stream. It carries a [`Closing`] frame when the relay
+//! closes the tunnel, since only an HTTP/2 server can put a reason into GOAWAY. Both sides ping
+//! every `keep_alive_secs` and give up on a peer that has not answered within `idle_timeout_secs`
+//! of its last answer. HTTP/2 reserves the low reset codes, so the framing's codes
+//! ([`crate::wire::reset`]) travel as [`CODE_BASE`] plus the code.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use h2::Reason;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{RecvHalf, SendHalf, StreamError};
+use crate::config::TunnelConfig;
+use crate::proto::{self, Closing};
+
+/// What a framing reset code is offset by on HTTP/2.
+pub const CODE_BASE: u32 = 0x100;
+
+/// The path of the control stream and of exchange streams.
+const CONTROL_PATH: &str = "/hawser/control";
+const STREAM_PATH: &str = "/hawser/stream";
+
+/// How long a closing relay waits for the agent to hang up after telling it why.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// HTTP/2's largest window.
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+/// Frames bigger than the 16 KiB default cost fewer headers and wake-ups per byte.
+const MAX_FRAME: u32 = 64 * 1024;
+
+/// Bytes one stream may queue for the connection to write before it waits.
+const SEND_BUFFER: usize = 1024 * 1024;
+
+/// HEADERS here are a fixed request line and `:status`; nothing needs more.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+fn windows(config: &TunnelConfig) -> (u32, u32) {
+    let connection = config
+        .connection_receive_window
+        .map_or(MAX_WINDOW, |w| u32::try_from(w).unwrap_or(MAX_WINDOW).min(MAX_WINDOW));
+    (config.stream_receive_window.min(MAX_WINDOW), connection)
+}
+
+fn send_error(e: h2::Error) -> StreamError {
+    match code_of(&e) {
+        Some(code) => StreamError::Stopped(code),
+        None => StreamError::Closed(e.to_string()),
+    }
+}
+
+fn recv_error(e: h2::Error) -> StreamError {
+    match code_of(&e) {
+        Some(code) => StreamError::Reset(code),
+        None => StreamError::Closed(e.to_string()),
+    }
+}
+
+/// The framing code of a reset the peer sent: its own codes, or a cancel (a dropped stream, as a
+/// dropped quinn stream stops with code 0).
+fn code_of(e: &h2::Error) -> Option<u64> {
+    if !(e.is_reset() && e.is_remote()) {
+        return None;
+    }
+    let reason = u32::from(e.reason()?);
+    match reason.checked_sub(CODE_BASE) {
+        Some(code) => Some(u64::from(code)),
+        None if reason == u32::from(Reason::CANCEL) || reason == u32::from(Reason::NO_ERROR) => Some(0),
+        None => None,
+    }
+}
+
+/// The sending half of an HTTP/2 stream. Shared with its receiving half, which resets the stream
+/// to stop reading (HTTP/2 has no STOP_SENDING).
+pub struct H2Send {
+    stream: Arc<Mutex<h2::SendStream<Bytes>>>,
+}
+
+/// The receiving half of an HTTP/2 stream.
+pub struct H2Recv {
+    /// The relay's stream until the agent's `200` arrives.
+    response: Option<h2::client::ResponseFuture>,
+    body: Option<h2::RecvStream>,
+    stream: Arc<Mutex<h2::SendStream<Bytes>>>,
+}
+
+fn lock(stream: &Mutex<h2::SendStream<Bytes>>) -> MutexGuard<'_, h2::SendStream<Bytes>> {
+    stream.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn pair(
+    send: h2::SendStream<Bytes>,
+    response: Option<h2::client::ResponseFuture>,
+    body: Option<h2::RecvStream>,
+) -> (H2Send, H2Recv) {
+    let stream = Arc::new(Mutex::new(send));
+    (H2Send { stream: stream.clone() }, H2Recv { response, body, stream })
+}
+
+impl SendHalf for H2Send {
+    async fn send_chunks<'a>(&'a mut self, chunks: &'a mut [Bytes]) -> Result<(), StreamError> {
+        for chunk in chunks.iter_mut() {
+            let mut chunk = std::mem::take(chunk);
+            while !chunk.is_empty() {
+                lock(&self.stream).reserve_capacity(chunk.len());
+                let granted = std::future::poll_fn(|cx| lock(&self.stream).poll_capacity(cx)).await;
+                let granted = match granted {
+                    Some(Ok(n)) => n.min(chunk.len()),
+                    Some(Err(e)) => return Err(send_error(e)),
+                    None => return Err(self.gone()),
+                };
+                if granted > 0 {
+                    lock(&self.stream)
+                        .send_data(chunk.split_to(granted), false)
+                        .map_err(send_error)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        // HTTP/2 keeps one waker per stream for the sending side, shared with `poll_capacity`:
+        // the framing polls this and sends from the same task, so neither wake-up is lost.
+        let stream = self.stream.clone();
+        async move {
+            let _ = std::future::poll_fn(|cx| lock(&stream).poll_reset(cx)).await;
+        }
+    }
+
+    fn end(&mut self) {
+        let _ = lock(&self.stream).send_data(Bytes::new(), true);
+    }
+
+    fn cut(&mut self, code: u32) {
+        lock(&self.stream).send_reset(Reason::from(CODE_BASE.saturating_add(code)));
+    }
+}
+
+impl H2Send {
+    /// Why a stream that takes no more data stopped: its reset, if the peer sent one.
+    fn gone(&self) -> StreamError {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match lock(&self.stream).poll_reset(&mut cx) {
+            Poll::Ready(Ok(reason)) => StreamError::Stopped(u64::from(u32::from(reason).saturating_sub(CODE_BASE))),
+            Poll::Ready(Err(e)) => send_error(e),
+            Poll::Pending => StreamError::Closed("the stream was finished".into()),
+        }
+    }
+}
+
+impl RecvHalf for H2Recv {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
+        if let Some(response) = self.response.as_mut() {
+            let response = std::task::ready!(std::pin::Pin::new(response).poll(cx));
+            self.response = None;
+            match response {
+                Ok(resp) if resp.status() == http::StatusCode::OK => self.body = Some(resp.into_body()),
+                Ok(resp) => {
+                    return Poll::Ready(Err(StreamError::Closed(format!(
+                        "the agent answered the stream with {}",
+                        resp.status()
+                    ))));
+                }
+                Err(e) => return Poll::Ready(Err(recv_error(e))),
+            }
+        }
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(Ok(None));
+        };
+        loop {
+            return match std::task::ready!(body.poll_data(cx)) {
+                // An empty frame (an end of stream on its own) is no chunk.
+                Some(Ok(data)) if data.is_empty() => continue,
+                Some(Ok(data)) => {
+                    // The window opens as chunks are taken, not as they arrive: a reader that
+                    // stops taking stops its sender, and no other stream.
+                    let _ = body.flow_control().release_capacity(data.len());
+                    Poll::Ready(Ok(Some(data)))
+                }
+                Some(Err(e)) => Poll::Ready(Err(recv_error(e))),
+                None => {
+                    self.body = None;
+                    Poll::Ready(Ok(None))
+                }
+            };
+        }
+    }
+
+    fn stop_reading(&mut self, code: u32) {
+        self.body = None;
+        self.response = None;
+        lock(&self.stream).send_reset(Reason::from(CODE_BASE.saturating_add(code)));
+    }
+}
+
+fn stream_request(path: &'static str) -> http::Request<()> {
+    let mut req = http::Request::new(());
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = http::Uri::from_static(match path {
+        CONTROL_PATH => "https://hawser/hawser/control",
+        _ => "https://hawser/hawser/stream",
+    });
+    req
+}
+
+/// The relay's side of an HTTP/2 tunnel: opens streams, and closes the tunnel with a reason.
+#[derive(Clone)]
+pub struct H2Tunnel {
+    inner: Arc<TunnelInner>,
+}
+
+struct TunnelInner {
+    requests: h2::client::SendRequest<Bytes>,
+    close: watch::Sender<Option<Closing>>,
+    remote: SocketAddr,
+}
+
+impl std::fmt::Debug for H2Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Tunnel").field("remote", &self.inner.remote).finish()
+    }
+}
+
+impl H2Tunnel {
+    /// Opens a stream; waits while the agent's stream limit is reached.
+    pub async fn open(&self) -> Result<(H2Send, H2Recv), StreamError> {
+        let closed = |e: h2::Error| StreamError::Closed(e.to_string());
+        let mut requests = self.inner.requests.clone().ready().await.map_err(closed)?;
+        let (response, send) = requests
+            .send_request(stream_request(STREAM_PATH), false)
+            .map_err(closed)?;
+        Ok(pair(send, Some(response), None))
+    }
+
+    /// Tells the agent why and closes the tunnel.
+    pub fn close(&self, code: u32, reason: &[u8]) {
+        self.inner.close.send_if_modified(|closing| {
+            let first = closing.is_none();
+            if first {
+                *closing = Some(Closing {
+                    code,
+                    reason: String::from_utf8_lossy(reason).into_owned(),
+                });
+            }
+            first
+        });
+    }
+
+    /// The agent's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.inner.remote
+    }
+}
+
+/// Starts the relay's side of an HTTP/2 tunnel over `io` (after the welcome was written): the
+/// tunnel to register, and the future that runs the connection and resolves with why it ended.
+pub async fn relay_side<T>(
+    io: T,
+    remote: SocketAddr,
+    config: &TunnelConfig,
+) -> Result<(H2Tunnel, impl Future<Output = String> + Send + use<T>), StreamError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (stream_window, connection_window) = windows(config);
+    let (requests, mut connection) = h2::client::Builder::new()
+        .enable_push(false)
+        .initial_window_size(stream_window)
+        .initial_connection_window_size(connection_window)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buffer_size(SEND_BUFFER)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|e| StreamError::Closed(e.to_string()))?;
+    let ping = connection.ping_pong();
+    let (close, mut closing) = watch::channel(None);
+    let tunnel = H2Tunnel {
+        inner: Arc::new(TunnelInner {
+            requests: requests.clone(),
+            close,
+            remote,
+        }),
+    };
+    let (keep_alive, idle) = liveness(config);
+    let run = async move {
+        let control = requests
+            .ready()
+            .await
+            .and_then(|mut r| r.send_request(stream_request(CONTROL_PATH), false));
+        let (_response, mut control) = match control {
+            Ok(pair) => pair,
+            Err(e) => return format!("no control stream: {e}"),
+        };
+        let told = tokio::select! {
+            ended = &mut connection => return ended.map_or_else(|e| e.to_string(), |()| "the agent hung up".into()),
+            () = dead_peer(ping, keep_alive, idle) => return "the agent stopped answering pings".into(),
+            told = closing.wait_for(Option::is_some) => match told {
+                Ok(told) => told.clone(),
+                Err(_) => None,
+            },
+        };
+        let Some(told) = told else {
+            return "closed".into();
+        };
+        if let Ok(frame) = proto::frame_bytes(&told) {
+            let _ = control.send_data(frame, true);
+        }
+        // The agent hangs up once it has read why; give the frame that long to leave.
+        let _ = tokio::time::timeout(CLOSE_LINGER, &mut connection).await;
+        format!("closed ({}): {}", told.code, told.reason)
+    };
+    Ok((tunnel, run))
+}
+
+/// Keep-alive interval and how long an unanswered ping is waited for.
+fn liveness(config: &TunnelConfig) -> (Duration, Duration) {
+    let keep_alive = Duration::from_secs(config.keep_alive_secs.max(1));
+    let idle = Duration::from_secs(config.idle_timeout_secs.saturating_sub(config.keep_alive_secs).max(1));
+    (keep_alive, idle)
+}
+
+/// Resolves once a ping went unanswered: a ping `keep_alive` after the last answer, given `wait`
+/// to come back, finds a dead peer within `keep_alive + wait` (the idle timeout) of its last pong.
+async fn dead_peer(ping: Option<h2::PingPong>, keep_alive: Duration, wait: Duration) {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(keep_alive).await;
+        match tokio::time::timeout(wait, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+    }
+}
+
+/// The agent's side of an HTTP/2 tunnel, once the welcome was read.
+pub struct AgentSide<T> {
+    connection: h2::server::Connection<T, Bytes>,
+    config: TunnelConfig,
+}
+
+/// Starts the agent's side over `io`.
+pub async fn agent_side<T>(io: T, config: &TunnelConfig) -> Result<AgentSide<T>, StreamError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let (stream_window, connection_window) = windows(config);
+    let connection = h2::server::Builder::new()
+        .initial_window_size(stream_window)
+        .initial_connection_window_size(connection_window)
+        .max_concurrent_streams(config.max_streams_per_tunnel)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buffer_size(SEND_BUFFER)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|e| StreamError::Closed(e.to_string()))?;
+    Ok(AgentSide {
+        connection,
+        config: config.clone(),
+    })
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AgentSide<T> {
+    /// Hands each exchange stream to `serve` until the tunnel ends, and says why it ended. Once
+    /// `retire` is cancelled the relay may open no more streams (GOAWAY) and the tunnel ends when
+    /// those it carries are done; once `stop` is, it ends at once.
+    pub async fn serve(
+        mut self,
+        mut serve: impl FnMut(H2Send, H2Recv),
+        retire: CancellationToken,
+        stop: CancellationToken,
+    ) -> String {
+        let ping = self.connection.ping_pong();
+        let (keep_alive, idle) = liveness(&self.config);
+        let dead = dead_peer(ping, keep_alive, idle);
+        let mut dead = std::pin::pin!(dead);
+        let mut control: Option<(h2::RecvStream, h2::SendStream<Bytes>)> = None;
+        let mut told = BytesMut::new();
+        let mut retiring = false;
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.connection.accept() => accepted,
+                () = &mut dead => return "the relay stopped answering pings".into(),
+                () = stop.cancelled() => return "the agent is shutting down".into(),
+                () = retire.cancelled(), if !retiring => {
+                    retiring = true;
+                    self.connection.graceful_shutdown();
+                    // The control stream never ends by itself; the streams in flight do.
+                    if let Some((_, mut send)) = control.take() {
+                        send.send_reset(Reason::CANCEL);
+                    }
+                    continue;
+                }
+                why = read_control(&mut control, &mut told), if control.is_some() => return why,
+            };
+            let (req, mut respond) = match accepted {
+                Some(Ok(pair)) => pair,
+                Some(Err(e)) => return e.to_string(),
+                None if retiring => return "retired: its streams are done".into(),
+                None => return "the relay hung up".into(),
+            };
+            let is_control = req.uri().path() == CONTROL_PATH;
+            let Ok(send) = respond.send_response(http::Response::new(()), false) else {
+                continue;
+            };
+            if is_control && control.is_none() && !retiring {
+                control = Some((req.into_body(), send));
+                continue;
+            }
+            let (send, mut recv) = pair(send, None, Some(req.into_body()));
+            if is_control {
+                recv.stop_reading(crate::wire::reset::BAD_HEAD);
+                continue;
+            }
+            serve(send, recv);
+        }
+    }
+}
+
+/// Reads the control stream until the relay says why it closes (or the stream ends).
+async fn read_control(control: &mut Option<(h2::RecvStream, h2::SendStream<Bytes>)>, told: &mut BytesMut) -> String {
+    let Some((stream, _)) = control.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match stream.data().await {
+            Some(Ok(data)) => {
+                let _ = stream.flow_control().release_capacity(data.len());
+                if told.len() + data.len() > proto::MAX_FRAME + 16 {
+                    return "the relay's control stream overflowed".into();
+                }
+                told.extend_from_slice(&data);
+            }
+            Some(Err(e)) => return format!("control stream: {e}"),
+            None => break,
+        }
+    }
+    *control = None;
+    match proto::read_frame::<_, Closing>(&mut told.as_ref()).await {
+        Ok(closing) => format!("the relay closed the tunnel ({}): {}", closing.code, closing.reason),
+        Err(e) => format!("the relay ended the control stream: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
