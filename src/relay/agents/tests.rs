@@ -10,6 +10,8 @@ use crate::relay::clusters::ClusterTable;
 use crate::tls::RelayTrust;
 use crate::tunnel::DialError;
 
+mod tcp;
+
 /// A relay agent listener on 127.0.0.1 that knows cluster `c` (token `token-c`, relay
 /// assertions from `https://relay/assertions`), and the trust an agent needs for it.
 struct Relay {
