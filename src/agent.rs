@@ -238,16 +238,19 @@ async fn session(
                 let tasks = state.tasks.clone();
                 tasks.spawn(
                     async move {
-                        side.serve(
-                            move |send, recv| {
-                                state.tasks.spawn(
-                                    serve::stream(send, recv, state.clone(), relay_name.clone()).in_current_span(),
-                                );
-                            },
-                            retire,
-                            stop,
-                        )
-                        .await
+                        let why = side
+                            .serve(
+                                move |send, recv| {
+                                    state.tasks.spawn(
+                                        serve::stream(send, recv, state.clone(), relay_name.clone()).in_current_span(),
+                                    );
+                                },
+                                retire,
+                                stop,
+                            )
+                            .await;
+                        info!(reason = %why, "tcp tunnel ended");
+                        why
                     }
                     .in_current_span(),
                 )

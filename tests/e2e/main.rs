@@ -12,6 +12,7 @@ mod routes;
 mod security;
 mod stall;
 mod support;
+mod transports;
 mod trust;
 mod tunnel;
 
@@ -75,6 +76,14 @@ fn main() -> ExitCode {
     for &(name, test) in tunnel::TESTS {
         let (fixture, deployment) = (fixture.clone(), deployment.clone());
         trials.push(Trial::test(format!("tunnel::{name}"), move || {
+            let testbed = fixture.get()?;
+            test(&testbed, &deployment).map_err(|e| format!("{e:#}").into())
+        }));
+    }
+
+    for &(name, test) in transports::TESTS {
+        let (fixture, deployment) = (fixture.clone(), deployment.clone());
+        trials.push(Trial::test(format!("transport::{name}"), move || {
             let testbed = fixture.get()?;
             test(&testbed, &deployment).map_err(|e| format!("{e:#}").into())
         }));

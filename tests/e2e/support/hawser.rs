@@ -238,12 +238,19 @@ output = "agent-audit.log"
 
     /// Fails unless the agent's log has a line containing `text` (it logs as it starts).
     pub fn expect_agent_log(&self, text: &str) -> Result<()> {
-        let log = self.dir.path().join("agent.log");
-        let found = fs::read_to_string(&log)?.lines().any(|l| l.contains(text));
-        if !found {
-            bail!("the agent's log ({}) has no line with {text:?}", log.display());
+        if !self.agent_logged(text)? {
+            bail!(
+                "the agent's log ({}) has no line with {text:?}",
+                self.dir.path().join("agent.log").display()
+            );
         }
         Ok(())
+    }
+
+    /// Whether the agent's log has a line containing `text`.
+    pub fn agent_logged(&self, text: &str) -> Result<bool> {
+        let log = fs::read_to_string(self.dir.path().join("agent.log"))?;
+        Ok(log.lines().any(|l| l.contains(text)))
     }
 
     /// The port of the relay's front door.
@@ -288,6 +295,18 @@ output = "agent-audit.log"
             .status()?;
         anyhow::ensure!(status.success(), "no agent process to kill");
         self.stop_agent();
+        Ok(())
+    }
+
+    /// Freezes (`true`, SIGSTOP) or thaws (SIGCONT) the agent process: alive to the kernel, whose
+    /// TCP stack still acknowledges, but answering nothing.
+    pub fn freeze_agent(&self, frozen: bool) -> Result<()> {
+        let config = self.agent_config.display().to_string();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("pkill")
+            .args([signal, "-f", &format!("hawser agent --config {config}$")])
+            .status()?;
+        anyhow::ensure!(status.success(), "no agent process to signal");
         Ok(())
     }
 

@@ -63,3 +63,68 @@ pub fn firehose_server() -> Result<(u16, Arc<AtomicU64>)> {
     });
     Ok((port, written))
 }
+
+/// A UDP forwarder on 127.0.0.1 that drops every datagram until it is opened to a target: a
+/// network where UDP is blocked, and then is not. Each client address gets its own upstream
+/// socket, so the target tells clients apart by source port as it would without the gate. It
+/// lives as long as the test process.
+pub struct UdpGate {
+    /// Where clients send.
+    pub addr: std::net::SocketAddr,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    target: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+}
+
+impl UdpGate {
+    /// A closed gate.
+    pub fn new() -> Result<Self> {
+        use std::collections::HashMap;
+        use std::net::UdpSocket;
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0")?);
+        let addr = front.local_addr()?;
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let target = Arc::new(std::sync::Mutex::new(None));
+        let (gate, listen, to) = (open.clone(), front.clone(), target.clone());
+        thread::spawn(move || {
+            let mut upstreams: HashMap<std::net::SocketAddr, Arc<UdpSocket>> = HashMap::new();
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, client)) = listen.recv_from(&mut buf) {
+                let target = *to.lock().unwrap();
+                let (true, Some(target)) = (gate.load(Ordering::SeqCst), target) else {
+                    continue;
+                };
+                let upstream = match upstreams.get(&client) {
+                    Some(upstream) => upstream.clone(),
+                    None => {
+                        let Ok(socket) = UdpSocket::bind("127.0.0.1:0") else {
+                            continue;
+                        };
+                        if socket.connect(target).is_err() {
+                            continue;
+                        }
+                        let socket = Arc::new(socket);
+                        let (back, front, gate) = (socket.clone(), listen.clone(), gate.clone());
+                        thread::spawn(move || {
+                            let mut buf = vec![0u8; 65536];
+                            while let Ok(n) = back.recv(&mut buf) {
+                                if gate.load(Ordering::SeqCst) {
+                                    let _ = front.send_to(&buf[..n], client);
+                                }
+                            }
+                        });
+                        upstreams.insert(client, socket.clone());
+                        socket
+                    }
+                };
+                let _ = upstream.send(&buf[..n]);
+            }
+        });
+        Ok(Self { addr, open, target })
+    }
+
+    /// Lets datagrams through to `target` from now on.
+    pub fn open_to(&self, target: std::net::SocketAddr) {
+        *self.target.lock().unwrap() = Some(target);
+        self.open.store(true, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,152 @@
+//! The agent's transports beyond the baseline routes: `auto` falling back to TCP and coming back
+//! to QUIC without cutting what is in flight, a hung agent noticed over TCP, and a relay restart
+//! on TCP.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+
+use crate::routes::Deployment;
+use crate::support::Testbed;
+use crate::support::hawser::{Extra, Hawser};
+use crate::support::net::UdpGate;
+use crate::support::process::wait_for;
+
+/// A transport test.
+pub type Test = fn(&Testbed, &Deployment) -> Result<()>;
+
+/// Every transport test, by name.
+pub const TESTS: &[(&str, Test)] = &[
+    (
+        "auto_falls_back_to_tcp_and_returns_to_quic_without_cutting_a_watch",
+        auto_falls_back_to_tcp_and_returns_to_quic_without_cutting_a_watch,
+    ),
+    (
+        "a_hung_tcp_agent_is_noticed_within_the_idle_timeout",
+        a_hung_tcp_agent_is_noticed_within_the_idle_timeout,
+    ),
+    (
+        "relay_restart_a_tcp_agent_reconnects",
+        relay_restart_a_tcp_agent_reconnects,
+    ),
+];
+
+/// A deployment whose agent uses the TCP transport only.
+const TCP_ONLY: &str = "address = \"127.0.0.1:{port}\"\ntransport = \"tcp\"";
+
+fn version_ok(hawser: &Hawser) -> Result<bool> {
+    let kubectl = hawser.kubeconfig_route("hawser-admin", &[])?;
+    Ok(kubectl.run(&["get", "--raw=/version"])?.status.success())
+}
+
+fn auto_falls_back_to_tcp_and_returns_to_quic_without_cutting_a_watch(tb: &Testbed, _: &Deployment) -> Result<()> {
+    // UDP to the relay is blocked until the gate opens.
+    let gate = UdpGate::new()?;
+    let agent_relay = format!(
+        "address = \"{quic}\"\ntcp_address = \"127.0.0.1:{{port}}\"\ntransport = \"auto\"\n\
+         quic_fallback_secs = 1\nquic_probe_secs = 10",
+        quic = gate.addr
+    );
+    let hawser = Hawser::start_with(
+        tb,
+        &Extra {
+            agent_relay: &agent_relay,
+            ..Extra::default()
+        },
+    )?;
+    hawser.expect_agent_log("no QUIC handshake with the relay; using TCP")?;
+    let kubectl = hawser.kubeconfig_route("hawser-admin", &[])?;
+    let ns = tb.namespace("auto-transport")?;
+    tb.set_value(&ns, "watched", "one")?;
+    let mut watch = kubectl.watch_values(&ns, "watched")?;
+    watch.wait_for_line("the initial value, over TCP", Duration::from_secs(30), |l| l == "one")?;
+
+    gate.open_to(([127, 0, 0, 1], hawser.relay_port()).into());
+    wait_for(
+        "the agent's QUIC probe (every 10 s) to move the tunnel to QUIC",
+        Duration::from_secs(40),
+        || {
+            Ok(hawser
+                .agent_logged("QUIC reachable again: tunnel moved to QUIC")?
+                .then_some(()))
+        },
+    )?;
+    ensure!(
+        !hawser.agent_logged("tcp tunnel ended")?,
+        "the TCP tunnel ended while a watch was still on it"
+    );
+    tb.set_value(&ns, "watched", "two")?;
+    watch.wait_for_line(
+        "the change, on the watch begun over TCP",
+        Duration::from_secs(30),
+        |l| l == "two",
+    )?;
+    ensure!(version_ok(&hawser)?, "a new request failed after the move to QUIC");
+    // The retired TCP tunnel ends with the last stream it carries.
+    watch.interrupt()?;
+    wait_for(
+        "the retired TCP tunnel to end once its watch ended",
+        Duration::from_secs(30),
+        || Ok(hawser.agent_logged("retired: its streams are done")?.then_some(())),
+    )?;
+    ensure!(version_ok(&hawser)?, "requests failed after the TCP tunnel ended");
+    Ok(())
+}
+
+fn a_hung_tcp_agent_is_noticed_within_the_idle_timeout(tb: &Testbed, _: &Deployment) -> Result<()> {
+    // A stopped process's kernel still acknowledges TCP, so only the pings (every 3 s, 4 s to
+    // answer) can tell: within 7 s of the last answer.
+    let hawser = Hawser::start_with(
+        tb,
+        &Extra {
+            tunnel: "[tunnel]\nkeep_alive_secs = 3\nidle_timeout_secs = 7\n",
+            agent_relay: TCP_ONLY,
+            ..Extra::default()
+        },
+    )?;
+    let kubectl = hawser.kubeconfig_route("hawser-admin", &[])?;
+    let ns = tb.namespace("tcp-hung")?;
+    tb.set_value(&ns, "watched", "one")?;
+    let mut watch = kubectl.watch_values(&ns, "watched")?;
+    watch.wait_for_line("the initial value", Duration::from_secs(30), |l| l == "one")?;
+    hawser.freeze_agent(true)?;
+    let started = Instant::now();
+    let ended = watch.wait_exit(Duration::from_secs(15));
+    let noticed = started.elapsed();
+    hawser.freeze_agent(false)?;
+    ended.context("kubectl kept watching a cluster whose agent hung")?;
+    ensure!(
+        noticed < Duration::from_millis(7600),
+        "noticed only after {noticed:?}: the documented bound is idle_timeout_secs (7 s)"
+    );
+    eprintln!("hung TCP agent noticed after {noticed:?} (bound 7 s)");
+    wait_for("the thawed agent to be back", Duration::from_secs(30), || {
+        Ok(version_ok(&hawser)?.then_some(()))
+    })
+}
+
+fn relay_restart_a_tcp_agent_reconnects(tb: &Testbed, _: &Deployment) -> Result<()> {
+    let hawser = Hawser::start_with(
+        tb,
+        &Extra {
+            agent_relay: TCP_ONLY,
+            ..Extra::default()
+        },
+    )?;
+    hawser.stop_relay();
+    wait_for(
+        "the agent to hear why its tunnel closed",
+        Duration::from_secs(15),
+        || {
+            Ok(hawser
+                .agent_logged("the relay closed the tunnel (3): relay shutting down")?
+                .then_some(()))
+        },
+    )?;
+    hawser.start_relay()?;
+    wait_for(
+        "the agent to reconnect over TCP to the restarted relay",
+        Duration::from_secs(30),
+        || Ok(version_ok(&hawser)?.then_some(())),
+    )
+}
