@@ -152,14 +152,11 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
 
     let mut backoff = backoff::Backoff::new(config.reconnect.clone());
     let dial = async {
-        // Whether `auto` found QUIC unreachable: it then dials TCP first and probes QUIC.
-        let mut quic_blocked = false;
+        let mut auto = Auto::default();
         loop {
             let started = Instant::now();
             let span = info_span!("tunnel", relay = %config.relay.address, cluster = %config.cluster);
-            let ended = session(&config, &dialer, &state, &mut quic_blocked)
-                .instrument(span)
-                .await;
+            let ended = session(&config, &dialer, &state, &mut auto).instrument(span).await;
             let uptime = started.elapsed();
             let wait = backoff.next_wait(uptime, &mut rand::rng());
             match ended {
@@ -196,27 +193,51 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// What `auto` has learnt of QUIC on this network.
+#[derive(Default)]
+struct Auto {
+    /// QUIC found unreachable: dial TCP, and probe QUIC from there.
+    blocked: bool,
+    /// A QUIC tunnel came up at least once.
+    worked: bool,
+    /// QUIC dials in a row that got no handshake.
+    timeouts: u32,
+}
+
 /// One tunnel: connect by the configured transport, say hello, serve streams until it ends.
 async fn session(
     config: &AgentConfig,
     dialer: &link::Dialer,
     state: &Arc<AgentState>,
-    quic_blocked: &mut bool,
+    auto: &mut Auto,
 ) -> Result<String, SessionError> {
     let relay = &config.relay;
     let (link, welcome) = match relay.transport {
         Transport::Quic => dialer.quic(tunnel::HANDSHAKE_TIMEOUT).await?,
         Transport::Tcp => dialer.tcp().await?,
-        Transport::Auto if *quic_blocked => dialer.tcp().await?,
+        Transport::Auto if auto.blocked => match dialer.tcp().await {
+            Ok(up) => up,
+            Err(e) => {
+                // TCP fails too: the next attempt tries QUIC again rather than TCP for ever.
+                auto.blocked = false;
+                return Err(e);
+            }
+        },
         Transport::Auto => match dialer.quic(Duration::from_secs(relay.quic_fallback_secs)).await {
             Ok(up) => up,
+            // Where QUIC once worked, one silent dial is more likely a relay restarting (it leaves
+            // attempts unanswered meanwhile) than UDP blocked: only a second one in a row falls back.
+            Err(e) if e.quic_unreachable() && auto.worked && auto.timeouts == 0 => {
+                auto.timeouts += 1;
+                return Err(e);
+            }
             Err(e) if e.quic_unreachable() => {
                 warn!(
                     error = %e,
                     probe_every_secs = relay.quic_probe_secs,
                     "no QUIC handshake with the relay; using TCP, and trying QUIC again later"
                 );
-                *quic_blocked = true;
+                auto.blocked = true;
                 dialer.tcp().await?
             }
             Err(e) => return Err(e),
@@ -225,7 +246,10 @@ async fn session(
     let relay_name: Arc<str> = welcome.relay.into();
     match link {
         link::Link::Quic(connection, _control) => {
-            *quic_blocked = false;
+            *auto = Auto {
+                worked: true,
+                ..Auto::default()
+            };
             info!(relay = %relay_name, session = welcome.session, transport = "quic", "tunnel up");
             Ok(serve_quic(connection, state, relay_name).await)
         }
@@ -275,7 +299,10 @@ async fn session(
             // The relay now routes to the QUIC session (same instance); the TCP tunnel takes no
             // new streams and ends once those it carries are done.
             retire.cancel();
-            *quic_blocked = false;
+            *auto = Auto {
+                worked: true,
+                ..Auto::default()
+            };
             let relay_name: Arc<str> = welcome.relay.into();
             info!(relay = %relay_name, session = welcome.session, transport = "quic", "QUIC reachable again: tunnel moved to QUIC");
             match link {

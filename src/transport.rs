@@ -32,7 +32,10 @@ pub trait RecvHalf: Send + Sync + Unpin + 'static {
     /// The next chunk as the transport holds it (no copy), or `None` once the peer finished.
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>>;
 
-    /// Tells the peer to stop sending; dropping the half does the same with code 0.
+    /// Tells the peer to stop sending; dropping the half does the same with code 0. (On HTTP/2,
+    /// which has no STOP_SENDING, both are a reset of the whole stream, and a dropped half tells
+    /// the peer only once its sending half is dropped too; the framing stops reading only when
+    /// the exchange is over either way.)
     fn stop_reading(&mut self, code: u32);
 }
 
@@ -52,7 +55,8 @@ pub trait SendHalf: Send + Sync + Unpin + 'static {
     /// Ends the stream after what was written (the peer reads `None`).
     fn end(&mut self);
 
-    /// Cuts the stream with `code`: the peer's next read fails with [`StreamError::Reset`].
+    /// Cuts the stream with `code`: the peer's next read fails with [`StreamError::Reset`]. (On
+    /// HTTP/2 the other direction ends with it.)
     fn cut(&mut self, code: u32);
 }
 

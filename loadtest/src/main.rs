@@ -100,6 +100,9 @@ struct Cli {
     /// this plus their size at 10 MB/s [default: 30; smoke: 10].
     #[arg(long)]
     request_timeout: Option<f64>,
+    /// How the agents reach the relay: `quic`, or `tcp` (HTTP/2 over TLS over TCP) [default: quic].
+    #[arg(long)]
+    transport: Option<Transport>,
     /// Write every figure, the settings, versions and machine facts to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -142,6 +145,26 @@ pub enum Scenario {
     Watch,
     /// Relay restart under many tunnels: time until all are back.
     Storm,
+}
+
+/// How the agents reach the relay (the agent's `relay.transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC.
+    Quic,
+    /// HTTP/2 over TLS over TCP, to the relay's caller port.
+    Tcp,
+}
+
+impl Transport {
+    /// The agent's `relay.transport` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quic => "quic",
+            Self::Tcp => "tcp",
+        }
+    }
 }
 
 /// `--rate`: a number per second, or half of Hawser's `small` figure.
@@ -189,6 +212,8 @@ pub struct Settings {
     pub clusters: usize,
     /// Agents per loaded cluster.
     pub agents_per_cluster: usize,
+    /// How agents reach the relay.
+    pub transport: Transport,
     /// `small` callers.
     pub callers: usize,
     /// HTTP/2 connections per target.
@@ -254,6 +279,7 @@ impl Settings {
             mode: if smoke { "smoke" } else { "full" },
             clusters: cli.clusters.unwrap_or(1),
             agents_per_cluster: cli.agents_per_cluster.unwrap_or(1),
+            transport: cli.transport.unwrap_or(Transport::Quic),
             callers: cli.callers.unwrap_or(if smoke { 8 } else { 32 }),
             connections: cli.connections.unwrap_or(2),
             duration_s: pick(cli.duration, 10.0, 1.0),
@@ -407,6 +433,7 @@ async fn run(cli: &Cli) -> Result<u64> {
         },
         swarm_clusters: settings.scale.swarm_clusters(&settings),
         keep: cli.keep,
+        transport: settings.transport.as_str(),
     };
     let mut sys = system::System::start(&options).await?;
     let measured = measure(&settings, &mut sys, &mut report).await;

@@ -42,6 +42,8 @@ pub struct Options {
     pub swarm_clusters: usize,
     /// Keep the temporary directory.
     pub keep: bool,
+    /// The agents' `relay.transport`.
+    pub transport: &'static str,
 }
 
 /// A child process, killed when dropped.
@@ -141,6 +143,8 @@ pub struct System {
     pub token: String,
     /// Clusters for idle agents.
     pub idle_clusters: Vec<String>,
+    /// The agents' `relay.transport`.
+    pub transport: &'static str,
 }
 
 impl System {
@@ -283,6 +287,7 @@ auth_failures_per_minute = 0
             clusters,
             token,
             idle_clusters,
+            transport: options.transport,
         };
         for cluster in system.clusters.clone() {
             for i in 0..options.agents_per_cluster {
@@ -376,6 +381,8 @@ mode = "identity"
 
 [relay]
 address = "{udp}"
+tcp_address = "{front}"
+transport = "{transport}"
 server_name = "localhost"
 ca_file = "relay.crt"
 
@@ -396,6 +403,7 @@ output = "none"
 "#,
                 udp = self.relay_udp,
                 front = self.relay_front,
+                transport = self.transport,
             ),
         )?;
         let log = fs::File::create(self.dir.join(format!("{instance}.log")))?;

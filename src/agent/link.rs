@@ -65,7 +65,7 @@ impl Dialer {
         let tcp_address = relay.tcp_address.clone().unwrap_or_else(|| relay.address.clone());
         let proxy = proxy_for(&tcp_address, relay.proxy.as_deref(), relay.proxy_auth_file.as_deref())?;
         if let Some(proxy) = &proxy {
-            tracing::info!(proxy = %proxy.uri, "the tcp transport goes through an http proxy");
+            tracing::info!(proxy = %shown(&proxy.uri), "the tcp transport goes through an http proxy");
         }
         Ok(Self {
             quic_address: relay.address.clone(),
@@ -111,9 +111,15 @@ impl Dialer {
     pub(crate) async fn tcp(&self) -> Result<(Link, Welcome), SessionError> {
         let tcp = match &self.proxy {
             Some(proxy) => self.through(proxy).await?,
-            None => TcpStream::connect(resolve(&self.tcp_address).await?)
-                .await
-                .map_err(|e| SessionError::Tcp(format!("connecting to {}: {e}", self.tcp_address)))?,
+            None => {
+                let addr = resolve(&self.tcp_address).await?;
+                tokio::time::timeout(tunnel::HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| {
+                        SessionError::Tcp(format!("connecting to {}: no answer within 10s", self.tcp_address))
+                    })?
+                    .map_err(|e| SessionError::Tcp(format!("connecting to {}: {e}", self.tcp_address)))?
+            }
         };
         let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
@@ -139,8 +145,9 @@ impl Dialer {
                 )));
             }
         };
-        let side = agent_side(io, &self.tunnel)
+        let side = tokio::time::timeout(HELLO_TIMEOUT, agent_side(io, &self.tunnel))
             .await
+            .map_err(|_| SessionError::Tcp("no HTTP/2 preface from the relay within 10s".into()))?
             .map_err(|e| SessionError::Tcp(e.to_string()))?;
         Ok((Link::Tcp(Box::new(side)), welcome))
     }
@@ -159,9 +166,9 @@ impl Dialer {
             .map_err(|e| SessionError::Tcp(format!("relay tcp address {:?}: {e}", self.tcp_address)))?;
         let io = tokio::time::timeout(tunnel::HANDSHAKE_TIMEOUT, connector.call(target))
             .await
-            .map_err(|_| SessionError::Tcp(format!("proxy {}: no tunnel within 10s", proxy.uri)))?
-            .map_err(|e| SessionError::Tcp(format!("proxy {}: {e}", proxy.uri)))?;
-        debug!(proxy = %proxy.uri, "tunnel through the proxy open");
+            .map_err(|_| SessionError::Tcp(format!("proxy {}: no tunnel within 10s", shown(&proxy.uri))))?
+            .map_err(|e| SessionError::Tcp(format!("proxy {}: {e}", shown(&proxy.uri))))?;
+        debug!(proxy = %shown(&proxy.uri), "tunnel through the proxy open");
         Ok(io.into_inner())
     }
 }
@@ -183,6 +190,13 @@ fn proxy_for(
     let Some(intercept) = matcher.intercept(&target) else {
         return Ok(None);
     };
+    // The environment may name an https:// or socks proxy; only CONNECT to an http:// one is spoken.
+    if intercept.uri().scheme_str() != Some("http") {
+        return Err(super::AgentError::Proxy(format!(
+            "{}: only http:// proxies are supported (the agent sends CONNECT; TLS to the relay runs inside)",
+            shown(intercept.uri())
+        )));
+    }
     let auth = match auth_file {
         Some(path) => {
             let secret = std::fs::read_to_string(path)
@@ -207,6 +221,16 @@ fn proxy_for(
         uri: intercept.uri().clone(),
         auth,
     }))
+}
+
+/// A proxy's scheme, host and port, never credentials an environment variable may carry.
+fn shown(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    match (uri.host(), uri.port_u16()) {
+        (Some(host), Some(port)) => format!("{scheme}://{host}:{port}"),
+        (Some(host), None) => format!("{scheme}://{host}"),
+        _ => format!("{scheme}://?"),
+    }
 }
 
 async fn resolve(address: &str) -> Result<SocketAddr, SessionError> {

@@ -275,40 +275,30 @@ async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &S
 /// An agent that dialed the caller port over TCP (ALPN `hawser/1`), past its TLS handshake: the
 /// same hello, judgement, budgets and registry as on QUIC, then HTTP/2 with the relay as the
 /// client ([`crate::transport::h2`]). A refusal is a [`Closing`] frame in place of the welcome.
-/// `permit` (a handshake permit) is held until the hello is judged.
+/// `unproven` (a handshake permit and the source's unproven slot, taken at the door) is held
+/// until the hello is judged.
 pub async fn tcp_session<T>(
     mut io: T,
     remote: SocketAddr,
     sessions: Arc<Sessions>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    unproven: impl Send,
     mut stopping: watch::Receiver<bool>,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let refuse = |code: u32, reason: String| Closing { code, reason };
-    let source = super::limits::bucket_key(remote.ip());
-    let judged = match sessions.unproven.acquire(&source, sessions.unproven_per_source) {
-        None => Err(refuse(
-            close_code::BUSY,
-            "too many unproven connections from this address".into(),
-        )),
-        Some(unproven) => {
-            let hello = tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut io))
-                .await
-                .unwrap_or(Err(NoHello::Late));
-            let judged = match hello {
-                Ok(hello) => judge(&hello, remote.ip(), &sessions)
-                    .map(|admitted| (hello, admitted))
-                    .map_err(|(code, why)| refuse(code, why)),
-                Err(why) => {
-                    let (code, why) = no_hello(why, remote, &sessions);
-                    Err(refuse(code, why))
-                }
-            };
-            drop((unproven, permit));
-            judged
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut io))
+        .await
+        .unwrap_or(Err(NoHello::Late));
+    let judged = match hello {
+        Ok(hello) => judge(&hello, remote.ip(), &sessions)
+            .map(|admitted| (hello, admitted))
+            .map_err(|(code, reason)| Closing { code, reason }),
+        Err(why) => {
+            let (code, reason) = no_hello(why, remote, &sessions);
+            Err(Closing { code, reason })
         }
     };
+    drop(unproven);
     let (hello, admitted) = match judged {
         Ok(pair) => pair,
         Err(closing) => {
@@ -334,16 +324,26 @@ pub async fn tcp_session<T>(
         Err(e) => return info!(error = %e, "agent tunnel failed to start"),
     };
     let mut run = std::pin::pin!(run);
-    let Some(held) = hold(hello, admitted, id, remote, Tunnel::H2(tunnel.clone()), &sessions) else {
+    let Some(mut held) = hold(hello, admitted, id, remote, Tunnel::H2(tunnel.clone()), &sessions) else {
         let _ = run.await;
         return;
     };
     info!(cluster = %held.hello.cluster, agent = %held.hello.instance, session = id, transport = "tcp", "agent registered");
-    let reason = tokio::select! {
-        reason = &mut run => reason,
-        () = stopped(&mut stopping) => {
-            tunnel.close(close_code::SHUTDOWN, b"relay shutting down");
-            run.await
+    let mut retired = false;
+    let reason = loop {
+        tokio::select! {
+            reason = &mut run => break reason,
+            () = stopped(&mut stopping) => {
+                tunnel.close(close_code::SHUTDOWN, b"relay shutting down");
+                break run.await;
+            }
+            // The agent moved to another tunnel: route nothing more here; what is in flight ends
+            // by itself, and so then does the connection.
+            () = tunnel.retired(), if !retired => {
+                retired = true;
+                held.guard = None;
+                info!(session = id, "the agent retires this tcp tunnel");
+            }
         }
     };
     held.gone(&reason);
@@ -373,7 +373,9 @@ fn no_hello(why: NoHello, remote: SocketAddr, sessions: &Sessions) -> (u32, Stri
 /// A registered session: held until its tunnel ends.
 struct Held<'a> {
     hello: Hello,
-    guard: super::registry::SessionGuard,
+    /// Unregisters the session when dropped (a retiring tunnel drops it early).
+    guard: Option<super::registry::SessionGuard>,
+    id: u64,
     remote: SocketAddr,
     sessions: &'a Sessions,
 }
@@ -407,7 +409,8 @@ fn hold(
     }
     let held = Held {
         hello,
-        guard,
+        guard: Some(guard),
+        id,
         remote,
         sessions,
     };
@@ -435,7 +438,7 @@ impl Held<'_> {
     fn welcome(&self) -> Welcome {
         Welcome {
             relay: self.sessions.relay.clone(),
-            session: self.guard.id(),
+            session: self.id,
         }
     }
 
@@ -444,7 +447,7 @@ impl Held<'_> {
             event,
             cluster: &self.hello.cluster,
             agent: &self.hello.instance,
-            session: self.guard.id(),
+            session: self.id,
             peer: self.remote.to_string(),
             beside,
         });
@@ -454,7 +457,7 @@ impl Held<'_> {
     fn gone(self, reason: &dyn std::fmt::Display) {
         self.event("agent_gone", &[]);
         let hello = &self.hello;
-        info!(cluster = %hello.cluster, agent = %hello.instance, session = self.guard.id(), %reason, "agent gone");
+        info!(cluster = %hello.cluster, agent = %hello.instance, session = self.id, %reason, "agent gone");
     }
 }
 

@@ -82,16 +82,29 @@ impl Door {
         let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
             return debug!("handshake limit reached; agent over tcp closed");
         };
+        // TCP proved the address: its share of unproven connections is taken before the TLS
+        // work, so one host cannot hold every handshake permit.
+        let source = super::limits::bucket_key(peer.ip());
+        let per_source = self.sessions.unproven_per_source;
+        let Some(slot) = self.sessions.unproven.acquire(&source, per_source) else {
+            return debug!("too many unproven agent connections from this address; closed before tls");
+        };
         let (tls, sessions, stopping) = (self.agents.clone(), self.sessions.clone(), self.stopping.clone());
         self.tasks.spawn(
             async move {
                 let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, start.into_stream(tls)).await;
                 let io = match handshake {
                     Ok(Ok(io)) => io,
-                    Ok(Err(e)) => return debug!(error = %e, "agent tls handshake failed"),
-                    Err(_) => return debug!("agent tls handshake timed out"),
+                    failed => {
+                        // A handshake that never completes held a permit for nothing.
+                        sessions.hello_failures.charge(peer.ip());
+                        return match failed {
+                            Ok(Err(e)) => debug!(error = %e, "agent tls handshake failed"),
+                            _ => debug!("agent tls handshake timed out"),
+                        };
+                    }
                 };
-                agents::tcp_session(io, peer, sessions, permit, stopping).await;
+                agents::tcp_session(io, peer, sessions, (permit, slot), stopping).await;
             }
             .instrument(info_span!("agent_connection", net.peer.address = %peer, transport = "tcp")),
         );

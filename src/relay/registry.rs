@@ -85,8 +85,12 @@ impl Registry {
             (old, others)
         };
         let replaced = replaced.map(|old| {
-            // The agent came back on a new connection: the old one is stale.
-            old.connection.close(0, b"replaced by a newer session");
+            // The agent came back on a new connection: the old one is stale. A TCP tunnel is left
+            // to drain instead: its agent retires it once this session is welcomed (`auto` moving
+            // back to QUIC) and it ends with its last exchange, or its pings fail if the agent is gone.
+            if !matches!(old.connection, crate::transport::Tunnel::H2(_)) {
+                old.connection.close(0, b"replaced by a newer session");
+            }
             old.connection.remote_address()
         });
         let guard = SessionGuard {
@@ -160,13 +164,6 @@ pub struct SessionGuard {
     registry: Arc<Registry>,
     cluster: String,
     id: u64,
-}
-
-impl SessionGuard {
-    /// The session id.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
 }
 
 impl Drop for SessionGuard {

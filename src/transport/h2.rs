@@ -48,6 +48,9 @@ const MAX_FRAME: u32 = 64 * 1024;
 /// Bytes one stream may queue for the connection to write before it waits.
 const SEND_BUFFER: usize = 1024 * 1024;
 
+/// Reset streams remembered, so that frames still in flight for them are recognised.
+const RESET_STREAMS: usize = 1024;
+
 /// HEADERS here are a fixed request line and `:status`; nothing needs more.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 
@@ -227,8 +230,12 @@ pub struct H2Tunnel {
 }
 
 struct TunnelInner {
-    requests: h2::client::SendRequest<Bytes>,
+    /// One handle for every open, so that each waits for the one before it to be opened: at
+    /// the agent's stream limit an open waits (and times out) instead of queueing without bound.
+    requests: tokio::sync::Mutex<h2::client::SendRequest<Bytes>>,
     close: watch::Sender<Option<Closing>>,
+    /// Turns true once the agent said it retires this tunnel (it moved to another).
+    retiring: watch::Sender<bool>,
     remote: SocketAddr,
 }
 
@@ -241,10 +248,21 @@ impl std::fmt::Debug for H2Tunnel {
 impl H2Tunnel {
     /// Opens a stream; waits while the agent's stream limit is reached.
     pub async fn open(&self) -> Result<(H2Send, H2Recv), StreamError> {
+        if *self.inner.retiring.borrow() {
+            return Err(StreamError::Closed("the agent retired this tunnel".into()));
+        }
         let closed = |e: h2::Error| StreamError::Closed(e.to_string());
-        let mut requests = self.inner.requests.clone().ready().await.map_err(closed)?;
+        let mut requests = self.inner.requests.lock().await;
+        std::future::poll_fn(|cx| requests.poll_ready(cx))
+            .await
+            .map_err(closed)?;
         let (response, send) = requests
             .send_request(stream_request(STREAM_PATH), false)
+            .map_err(closed)?;
+        // Beyond the limit h2 queues the stream: wait until it is really open, so the caller's
+        // open deadline applies here (dropping the halves then withdraws it).
+        std::future::poll_fn(|cx| requests.poll_ready(cx))
+            .await
             .map_err(closed)?;
         Ok(pair(send, Some(response), None))
     }
@@ -261,6 +279,15 @@ impl H2Tunnel {
             }
             first
         });
+    }
+
+    /// Resolves once the agent said it retires this tunnel: it takes no new streams, and ends
+    /// when those it carries are done.
+    pub async fn retired(&self) {
+        let mut retiring = self.inner.retiring.subscribe();
+        if retiring.wait_for(|r| *r).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// The agent's address.
@@ -280,6 +307,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (stream_window, connection_window) = windows(config);
+    let failed = |e: h2::Error| StreamError::Closed(e.to_string());
     let (requests, mut connection) = h2::client::Builder::new()
         .enable_push(false)
         .initial_window_size(stream_window)
@@ -287,35 +315,53 @@ where
         .max_frame_size(MAX_FRAME)
         .max_send_buffer_size(SEND_BUFFER)
         .max_header_list_size(MAX_HEADER_LIST)
+        .max_concurrent_reset_streams(RESET_STREAMS)
+        // The agent is authenticated; cancelled exchanges (a caller leaving a watch) are routine
+        // and must never add up to a GOAWAY for the whole tunnel (hyperium/h2#856).
+        .max_local_error_reset_streams(None)
         .handshake::<_, Bytes>(io)
         .await
-        .map_err(|e| StreamError::Closed(e.to_string()))?;
+        .map_err(failed)?;
     let ping = connection.ping_pong();
+    // The control stream first, on the handle every open uses after it.
+    let mut requests = requests.ready().await.map_err(failed)?;
+    let (control_response, mut control) = requests
+        .send_request(stream_request(CONTROL_PATH), false)
+        .map_err(failed)?;
     let (close, mut closing) = watch::channel(None);
+    let (retiring, _) = watch::channel(false);
     let tunnel = H2Tunnel {
         inner: Arc::new(TunnelInner {
-            requests: requests.clone(),
+            requests: tokio::sync::Mutex::new(requests),
             close,
+            retiring,
             remote,
         }),
     };
     let (keep_alive, idle) = liveness(config);
+    let inner = tunnel.inner.clone();
     let run = async move {
-        let control = requests
-            .ready()
-            .await
-            .and_then(|mut r| r.send_request(stream_request(CONTROL_PATH), false));
-        let (_response, mut control) = match control {
-            Ok(pair) => pair,
-            Err(e) => return format!("no control stream: {e}"),
-        };
-        let told = tokio::select! {
-            ended = &mut connection => return ended.map_or_else(|e| e.to_string(), |()| "the agent hung up".into()),
-            () = dead_peer(ping, keep_alive, idle) => return "the agent stopped answering pings".into(),
-            told = closing.wait_for(Option::is_some) => match told {
-                Ok(told) => told.clone(),
-                Err(_) => None,
-            },
+        let dead = dead_peer(ping, keep_alive, idle);
+        let mut dead = std::pin::pin!(dead);
+        let agent_retires = agent_retires(control_response);
+        let mut agent_retires = std::pin::pin!(agent_retires);
+        let mut retired = false;
+        let told = loop {
+            tokio::select! {
+                ended = &mut connection => {
+                    return ended.map_or_else(|e| e.to_string(), |()| "the agent hung up".into());
+                }
+                () = &mut dead => return "the agent stopped answering pings".into(),
+                // The sender lives in `inner`, which this holds: an error cannot happen.
+                told = closing.wait_for(Option::is_some) => break told.map(|t| t.clone()).unwrap_or(None),
+                () = &mut agent_retires, if !retired => {
+                    retired = true;
+                    inner.retiring.send_replace(true);
+                    // Ending our side closes the control stream, so the agent's graceful
+                    // shutdown can finish once the exchanges in flight are done.
+                    let _ = control.send_data(Bytes::new(), true);
+                }
+            }
         };
         let Some(told) = told else {
             return "closed".into();
@@ -328,6 +374,23 @@ where
         format!("closed ({}): {}", told.code, told.reason)
     };
     Ok((tunnel, run))
+}
+
+/// Resolves when the agent ends its side of the control stream: it retires the tunnel.
+async fn agent_retires(response: h2::client::ResponseFuture) {
+    let Ok(response) = response.await else {
+        return std::future::pending().await;
+    };
+    let mut body = response.into_body();
+    loop {
+        match body.data().await {
+            Some(Ok(data)) => {
+                let _ = body.flow_control().release_capacity(data.len());
+            }
+            Some(Err(_)) => return std::future::pending().await,
+            None => return,
+        }
+    }
 }
 
 /// Keep-alive interval and how long an unanswered ping is waited for.
@@ -371,6 +434,8 @@ where
         .max_frame_size(MAX_FRAME)
         .max_send_buffer_size(SEND_BUFFER)
         .max_header_list_size(MAX_HEADER_LIST)
+        .max_concurrent_reset_streams(RESET_STREAMS)
+        .max_local_error_reset_streams(None)
         .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| StreamError::Closed(e.to_string()))?;
@@ -405,9 +470,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AgentSide<T> {
                 () = retire.cancelled(), if !retiring => {
                     retiring = true;
                     self.connection.graceful_shutdown();
-                    // The control stream never ends by itself; the streams in flight do.
+                    // Ending our side of the control stream tells the relay to route no more
+                    // here; it ends its side in turn, and the streams in flight end by themselves.
                     if let Some((_, mut send)) = control.take() {
-                        send.send_reset(Reason::CANCEL);
+                        let _ = send.send_data(Bytes::new(), true);
                     }
                     continue;
                 }

@@ -71,6 +71,12 @@ fn auto_falls_back_to_tcp_and_returns_to_quic_without_cutting_a_watch(tb: &Testb
                 .then_some(()))
         },
     )?;
+    // Over a window of some seconds (a relay that closed the replaced tunnel did so within one):
+    // the watch begun over TCP must still be running.
+    ensure!(
+        watch.wait_exit(Duration::from_secs(3)).is_err(),
+        "the watch begun over TCP ended when the tunnel moved to QUIC"
+    );
     ensure!(
         !hawser.agent_logged("tcp tunnel ended")?,
         "the TCP tunnel ended while a watch was still on it"

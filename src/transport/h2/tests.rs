@@ -17,6 +17,7 @@ type Pipe = tokio::io::DuplexStream;
 struct Tunnel {
     relay: H2Tunnel,
     streams: mpsc::Receiver<(H2Send, H2Recv)>,
+    retire: CancellationToken,
     agent: tokio::task::JoinHandle<String>,
     relay_ended: tokio::task::JoinHandle<String>,
 }
@@ -25,13 +26,15 @@ async fn tunnel(config: TunnelConfig) -> Tunnel {
     let (relay_io, agent_io) = tokio::io::duplex(256 * 1024);
     let agent_config = config.clone();
     let (tx, streams) = mpsc::channel(16);
+    let retire = CancellationToken::new();
+    let retiring = retire.clone();
     let agent = tokio::spawn(async move {
         let side: AgentSide<Pipe> = agent_side(agent_io, &agent_config).await.unwrap();
         side.serve(
             move |send, recv| {
                 tx.try_send((send, recv)).unwrap();
             },
-            CancellationToken::new(),
+            retiring,
             CancellationToken::new(),
         )
         .await
@@ -42,6 +45,7 @@ async fn tunnel(config: TunnelConfig) -> Tunnel {
     Tunnel {
         relay,
         streams,
+        retire,
         agent,
         relay_ended,
     }
@@ -185,4 +189,79 @@ async fn a_peer_that_stops_answering_is_given_up_within_the_idle_timeout() {
         waited <= Duration::from_secs(7) && waited >= Duration::from_secs(5),
         "noticed after {waited:?}"
     );
+}
+
+#[tokio::test]
+async fn an_open_waits_at_the_agents_stream_limit() {
+    // The control stream takes one of the three.
+    let config = TunnelConfig {
+        max_streams_per_tunnel: 3,
+        ..TunnelConfig::default()
+    };
+    let mut t = tunnel(config).await;
+    let (mut first, _first_recv) = t.relay.open().await.unwrap();
+    write_chunk(&mut first, Bytes::from_static(b"1")).await.unwrap();
+    // A round trip: the agent's settings (its limit) have reached the relay.
+    let (first_agent_send, first_agent_recv) = t.streams.recv().await.unwrap();
+    let (mut second, _second_recv) = t.relay.open().await.unwrap();
+    write_chunk(&mut second, Bytes::from_static(b"2")).await.unwrap();
+    let _second_agent = t.streams.recv().await.unwrap();
+    let relay = t.relay.clone();
+    let mut third = tokio::spawn(async move { relay.open().await.map(|_| ()) });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut third)
+            .await
+            .is_err(),
+        "a third open waits while two streams are open"
+    );
+    // The first exchange ends both ways: its slot frees.
+    first.end();
+    drop((first_agent_send, first_agent_recv));
+    drop(first);
+    drop(_first_recv);
+    tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the open goes through once a stream ends")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_retired_tunnel_takes_no_new_streams_and_ends_with_its_last_one() {
+    let mut t = tunnel(TunnelConfig::default()).await;
+    let (mut send, mut recv) = t.relay.open().await.unwrap();
+    write_chunk(&mut send, Bytes::from_static(b"watch")).await.unwrap();
+    let (mut agent_send, mut agent_recv) = t.streams.recv().await.unwrap();
+    assert_eq!(
+        next_chunk(&mut agent_recv).await.unwrap().as_deref(),
+        Some(&b"watch"[..])
+    );
+    t.retire.cancel();
+    tokio::time::timeout(Duration::from_secs(5), t.relay.retired())
+        .await
+        .expect("the relay hears that the agent retires the tunnel");
+    assert!(t.relay.open().await.is_err(), "no new stream on a retired tunnel");
+    // The exchange in flight goes on.
+    write_chunk(&mut agent_send, Bytes::from_static(b"event"))
+        .await
+        .unwrap();
+    assert_eq!(next_chunk(&mut recv).await.unwrap().as_deref(), Some(&b"event"[..]));
+    assert!(
+        !t.agent.is_finished(),
+        "the tunnel lives while an exchange is in flight"
+    );
+    agent_send.end();
+    send.end();
+    assert_eq!(next_chunk(&mut recv).await, Ok(None));
+    assert_eq!(next_chunk(&mut agent_recv).await, Ok(None));
+    drop((send, recv, agent_send, agent_recv));
+    let said = tokio::time::timeout(Duration::from_secs(5), t.agent)
+        .await
+        .expect("the retired tunnel ends with its last exchange")
+        .unwrap();
+    assert_eq!(said, "retired: its streams are done");
+    tokio::time::timeout(Duration::from_secs(5), t.relay_ended)
+        .await
+        .expect("the relay's side ends too")
+        .unwrap();
 }

@@ -71,17 +71,6 @@ async fn over_tcp_a_refused_hello_gets_its_code_and_is_charged_to_its_source() {
 }
 
 #[tokio::test]
-async fn over_tcp_one_source_holds_at_most_its_share_of_unproven_connections() {
-    let relay = relay_full(Arc::new(Semaphore::new(8)), 0, 30, 1);
-    // Says nothing: holds the source's one unproven slot until its hello deadline.
-    let (_silent, _) = relay.tcp(None).await;
-    tokio::task::yield_now().await;
-    let (_io, answer) = relay.tcp(Some(&hello("agent-2"))).await;
-    let (code, why) = closing(answer);
-    assert_eq!(code, close_code::BUSY, "{why}");
-}
-
-#[tokio::test]
 async fn over_tcp_a_welcomed_agent_is_routed_to_and_hears_why_it_is_closed() {
     let relay = relay(8);
     let (io, answer) = relay.tcp(Some(&hello("agent-1"))).await;
@@ -173,4 +162,17 @@ async fn the_door_tells_agents_from_callers_by_alpn_and_turns_away_spent_sources
     proto::write_frame(&mut io, &hello("agent-1")).await.unwrap();
     let answer = proto::read_frame::<_, Answer>(&mut io).await.unwrap();
     assert!(matches!(answer, Answer::Welcome(_)), "{answer:?}");
+}
+
+#[tokio::test]
+async fn one_source_holds_at_most_its_share_of_unproven_tcp_connections_before_any_tls() {
+    let relay = relay_full(Arc::new(Semaphore::new(8)), 0, 30, 1);
+    let door = door(&relay);
+    // Past TLS and silent: holds the source's one unproven slot until its hello deadline.
+    let (_, silent) = knock(&relay, &door, crate::proto::ALPN, "192.0.2.4:1000").await;
+    let _silent = silent.expect("the first gets its handshake");
+    let (_, second) = knock(&relay, &door, crate::proto::ALPN, "192.0.2.4:1001").await;
+    assert!(second.is_err(), "the same address gets no TLS handshake for a second");
+    let (_, other) = knock(&relay, &door, crate::proto::ALPN, "192.0.2.5:1000").await;
+    assert!(other.is_ok(), "another address is not held up");
 }
