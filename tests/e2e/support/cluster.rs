@@ -54,6 +54,21 @@ pub struct PodSpec {
 impl Testbed {
     /// Builds the binaries if needed and starts etcd, kube-apiserver and the test kubelet.
     pub fn start() -> Result<Self> {
+        // Ports are picked free, then bound by etcd and kube-apiserver a moment later; an
+        // outgoing connection may take one meanwhile (they come from the same ephemeral range).
+        let mut attempt = 1;
+        loop {
+            match Self::start_once() {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
+                    eprintln!("test bed: a picked port was taken before it was bound; starting again");
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    fn start_once() -> Result<Self> {
         let bins = binaries()?;
         let dir = tempfile::Builder::new().prefix("hawser-testbed-").tempdir()?;
         let pki = Pki::generate(&dir.path().join("pki"))?;
@@ -281,13 +296,24 @@ impl Testbed {
 }
 
 fn wait_ready(admin: &Kubectl, etcd: &mut Supervised, apiserver: &mut Supervised) -> Result<()> {
-    wait_for("kube-apiserver /readyz", START_DEADLINE, || {
-        etcd.ensure_running()?;
-        apiserver.ensure_running()?;
+    let tail = |etcd: &Supervised, apiserver: &Supervised| {
+        format!(
+            "etcd log ends:\n{}\nkube-apiserver log ends:\n{}",
+            etcd.log_tail(10),
+            apiserver.log_tail(30)
+        )
+    };
+    let ready = wait_for("kube-apiserver /readyz", START_DEADLINE, || {
+        // A process that exited will not become ready: stop waiting at once.
+        if let Err(e) = etcd.ensure_running().and_then(|()| apiserver.ensure_running()) {
+            return Ok(Some(Err(e)));
+        }
         let out = admin.run(&["get", "--raw=/readyz"])?;
-        Ok(out.status.success().then_some(()))
-    })
-    .map_err(|e| e.context(format!("kube-apiserver log ends:\n{}", apiserver.log_tail(30))))
+        Ok(out.status.success().then_some(Ok(())))
+    });
+    ready
+        .and_then(|exited| exited)
+        .map_err(|e| e.context(tail(etcd, apiserver)))
 }
 
 fn start_kubelet(bins: &Binaries, kubeconfig: &Path, root: &Path, log: &Path) -> Result<Supervised> {
