@@ -283,14 +283,15 @@ impl Validate for AgentConfig {
             return Err("relay: quic_fallback_secs must be at least 1 and quic_probe_secs at least 10".into());
         }
         if let Some(proxy) = &relay.proxy {
+            // Checked first, so no message below can repeat a password.
+            if proxy.contains('@') {
+                return Err("relay.proxy: put the proxy's credentials in proxy_auth_file, not in the URL".into());
+            }
             let uri: http::Uri = proxy.parse().map_err(|e| format!("relay.proxy {proxy:?}: {e}"))?;
             if uri.scheme_str() != Some("http") || uri.host().is_none() {
                 return Err(format!(
                     "relay.proxy {proxy:?}: use http://host:port (CONNECT is sent to it)"
                 ));
-            }
-            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-                return Err("relay.proxy: put the proxy's credentials in proxy_auth_file, not in the URL".into());
             }
         }
         if !valid_cluster_name(&self.cluster) {

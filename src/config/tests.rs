@@ -310,3 +310,33 @@ fn an_agent_trusts_assertions_or_issuers_never_both_nor_neither() {
     );
     assert!(parse(base.to_owned()).unwrap_err().to_string().contains("[assertions]"));
 }
+
+#[test]
+fn the_agents_transport_and_proxy_are_checked_at_start() {
+    let ok =
+        parse_agent("ca_file = \"relay.crt\"\ntransport = \"tcp\"\nproxy = \"http://proxy.example:3128\"").unwrap();
+    assert_eq!(ok.relay.transport, crate::config::Transport::Tcp);
+    assert_eq!(
+        parse_agent("ca_file = \"relay.crt\"").unwrap().relay.transport,
+        crate::config::Transport::Auto,
+        "auto is the default"
+    );
+    for (relay, why) in [
+        ("transport = \"udp\"", "unknown variant"),
+        ("proxy = \"https://proxy.example:3128\"", "use http://host:port"),
+        ("proxy = \"socks5://proxy.example:1080\"", "use http://host:port"),
+        ("proxy = \"http://user:secret@proxy.example:3128\"", "proxy_auth_file"),
+        ("proxy = \"https://user:secret@proxy.example:3128\"", "proxy_auth_file"),
+        ("quic_fallback_secs = 0", "quic_fallback_secs"),
+        ("quic_probe_secs = 5", "quic_probe_secs"),
+    ] {
+        let err = parse_agent(&format!("ca_file = \"relay.crt\"\n{relay}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(why), "{relay}: {err}");
+        assert!(
+            !err.contains("secret"),
+            "a proxy password never reaches an error: {err}"
+        );
+    }
+}
