@@ -29,6 +29,10 @@ pub const TESTS: &[(&str, Test)] = &[
         "relay_restart_a_tcp_agent_reconnects",
         relay_restart_a_tcp_agent_reconnects,
     ),
+    (
+        "stalled_readers_on_tcp_slow_only_their_own_streams",
+        stalled_readers_on_tcp_slow_only_their_own_streams,
+    ),
 ];
 
 /// A deployment whose agent uses the TCP transport only.
@@ -155,4 +159,19 @@ fn relay_restart_a_tcp_agent_reconnects(tb: &Testbed, _: &Deployment) -> Result<
         Duration::from_secs(30),
         || Ok(version_ok(&hawser)?.then_some(())),
     )
+}
+
+/// The stalled-reader tests of the QUIC tunnel, on a TCP tunnel: a port-forward nobody reads, then
+/// forty log followers nobody reads, and the same tunnel still serves a watch and plain requests.
+fn stalled_readers_on_tcp_slow_only_their_own_streams(tb: &Testbed, _: &Deployment) -> Result<()> {
+    let hawser = Hawser::start_with(
+        tb,
+        &Extra {
+            agent_relay: TCP_ONLY,
+            ..Extra::default()
+        },
+    )?;
+    hawser.expect_agent_log("transport=\"tcp\"")?;
+    crate::tunnel::stalled_port_forward_beside_others(tb, &hawser)?;
+    crate::tunnel::many_stalled_streams_on(tb, &hawser)
 }

@@ -394,7 +394,12 @@ fn relay_restart_agents_reconnect(tb: &Testbed, _: &Deployment) -> Result<()> {
 }
 
 fn stalled_port_forward_does_not_slow_others(tb: &Testbed, deployment: &Deployment) -> Result<()> {
-    let hawser = deployment.get(tb)?;
+    stalled_port_forward_beside_others(tb, &*deployment.get(tb)?)
+}
+
+/// A port-forward whose local reader never reads, and a watch and plain requests beside it on
+/// `hawser`'s tunnel (any transport).
+pub fn stalled_port_forward_beside_others(tb: &Testbed, hawser: &Hawser) -> Result<()> {
     let kubectl = hawser.kubeconfig_route("hawser-admin", &[])?;
     let ns = tb.namespace("stall")?;
     tb.running_pod(&ns, "firehose", &PodSpec::default())?;
@@ -435,9 +440,13 @@ fn stalled_port_forward_does_not_slow_others(tb: &Testbed, deployment: &Deployme
 /// they hold far more than any fixed connection window, and the tunnel must
 /// still serve everyone else (a slow stream only slows itself).
 fn many_stalled_streams_do_not_freeze_the_tunnel(tb: &Testbed, _: &Deployment) -> Result<()> {
-    const STALLED: usize = 40;
     // Its own deployment: forty stalled streams are not to burden other tests' tunnel.
-    let hawser = Hawser::start(tb)?;
+    many_stalled_streams_on(tb, &Hawser::start(tb)?)
+}
+
+/// Forty stalled log followers on `hawser`'s tunnel (any transport), and everyone else served.
+pub fn many_stalled_streams_on(tb: &Testbed, hawser: &Hawser) -> Result<()> {
+    const STALLED: usize = 40;
     let ns = tb.namespace("stalled-many")?;
     tb.running_pod(&ns, "big", &PodSpec::default())?;
     let line = format!("{}\n", "x".repeat(1023));
