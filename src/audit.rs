@@ -30,7 +30,7 @@ use http::{HeaderMap, Method, Uri};
 use hyper::body::Frame;
 use serde::{Deserialize, Serialize};
 
-use crate::forward::{Body, BoxError};
+use crate::body::{Body, BoxError};
 use crate::request_info::request_info;
 
 /// Where audit lines go: `"stdout"` (the default), `"none"`, or a file path.
@@ -172,7 +172,7 @@ impl AuditLog {
     /// would refuse leaves them empty.
     pub fn begin(self: &Arc<Self>, request_id: &str, method: &Method, uri: &Uri, headers: &HeaderMap) -> Audit {
         let info = request_info(method, uri).unwrap_or_default();
-        let upgrade = crate::forward::upgrade_protocol(headers).map(|v| upgrade_kind(v.as_bytes()).to_owned());
+        let upgrade = crate::headers::upgrade_protocol(headers).map(|v| upgrade_kind(v.as_bytes()).to_owned());
         Audit(Arc::new(Entry {
             log: self.clone(),
             started: Instant::now(),

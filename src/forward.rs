@@ -8,176 +8,16 @@
 
 use std::future::Future;
 
-use bytes::Bytes;
-use http::header::{CONNECTION, HeaderName, HeaderValue, UPGRADE};
-use http::{HeaderMap, Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::{Instrument, debug};
 
 use crate::audit::Audit;
+use crate::body::{Body, boxed, empty};
+use crate::headers::{strip_hop_by_hop, upgrade_protocol};
 use crate::status::HttpError;
-
-/// Boxed error of a body in flight.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type every hop uses.
-pub type Body = BoxBody<Bytes, BoxError>;
-
-/// Boxes any body whose data is `Bytes`.
-pub fn boxed<B>(body: B) -> Body
-where
-    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
-    B::Error: Into<BoxError>,
-{
-    body.map_err(Into::into).boxed()
-}
-
-/// An empty body.
-pub fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
-}
-
-/// A body of fixed bytes.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
-}
-
-/// Wraps `body` so that `thing` lives until the body is done, fails or is dropped.
-pub fn hold_until_done<B, T>(body: B, thing: T) -> Body
-where
-    B: hyper::body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
-    B::Error: Into<BoxError>,
-    T: Send + Sync + Unpin + 'static,
-{
-    Held {
-        inner: body,
-        thing: Some(thing),
-    }
-    .boxed()
-}
-
-struct Held<B, T> {
-    inner: B,
-    thing: Option<T>,
-}
-
-impl<B, T> hyper::body::Body for Held<B, T>
-where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-    T: Unpin,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
-            self.thing = None;
-        }
-        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Headers that belong to one hop and must not be forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
-
-/// Removes hop-by-hop headers (and those named in `Connection`), keeping an
-/// upgrade request an upgrade request: `Connection: Upgrade` and the single
-/// `Upgrade` header survive when the caller asked for one.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let upgrade = upgrade_protocol(headers);
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(UPGRADE);
-    if let Some(protocol) = upgrade {
-        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert(UPGRADE, protocol);
-    }
-}
-
-/// Why a request's target cannot be put under a base URL.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RebaseError {
-    /// Not a path (an authority, `*`).
-    #[error("the request target must be a path, not {0:?}")]
-    NotAPath(String),
-    /// A `.` or `..` segment (also percent-encoded), or an encoded `/`.
-    #[error("the request path has a '.' or '..' segment")]
-    DotSegment,
-    /// The joined URI does not parse.
-    #[error("bad URI: {0}")]
-    Invalid(String),
-}
-
-/// `base` (scheme, authority and path prefix) joined with `uri`'s path and query: never another
-/// host. A dot segment could climb out of the base's path prefix (a gateway routing
-/// `/k8s/clusters/NAME/`, or the relay's `/clusters/NAME/`) to another backend or cluster; no
-/// Kubernetes path has one, so it is refused.
-pub fn rebase(base: &Uri, uri: &Uri) -> Result<Uri, RebaseError> {
-    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    if !path_and_query.starts_with('/') {
-        return Err(RebaseError::NotAPath(path_and_query.to_owned()));
-    }
-    if uri.path().split('/').any(is_dot_segment) {
-        return Err(RebaseError::DotSegment);
-    }
-    let base_path = base.path().trim_end_matches('/');
-    Uri::builder()
-        .scheme(base.scheme_str().unwrap_or("https"))
-        .authority(base.authority().map_or("", |a| a.as_str()))
-        .path_and_query(format!("{base_path}{path_and_query}"))
-        .build()
-        .map_err(|e| RebaseError::Invalid(e.to_string()))
-}
-
-fn is_dot_segment(segment: &str) -> bool {
-    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
-    decoded == "." || decoded == ".." || decoded.contains('/')
-}
-
-/// A message's `Content-Length`, if it has exactly one that reads as a number.
-pub fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    match (values.next(), values.next()) {
-        (Some(value), None) => value.to_str().ok()?.trim().parse().ok(),
-        _ => None,
-    }
-}
 
 /// Refuses CONNECT: the Kubernetes API never uses it, and a tunnel to an
 /// arbitrary authority is exactly what a relay must not offer.
@@ -186,21 +26,6 @@ pub fn refuse_connect(method: &http::Method) -> Result<(), HttpError> {
         return Err(HttpError::method_not_allowed("CONNECT is not forwarded"));
     }
     Ok(())
-}
-
-/// The `Upgrade` value if the headers ask for exactly one protocol upgrade.
-pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let connection_upgrade = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    let mut protocols = headers.get_all(UPGRADE).iter();
-    match (connection_upgrade, protocols.next(), protocols.next()) {
-        (true, Some(protocol), None) => Some(protocol.clone()),
-        _ => None,
-    }
 }
 
 /// Sends `req` with `send` and returns the answer for the caller. If the

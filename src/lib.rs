@@ -9,11 +9,14 @@
 pub mod agent;
 pub mod audit;
 pub mod auth;
+pub mod body;
 pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod duration;
 pub mod forward;
+pub mod headers;
 pub mod impersonation;
 pub mod proto;
 pub mod relay;

@@ -5,7 +5,7 @@
 use http::{Response, StatusCode, header};
 use serde_json::json;
 
-use crate::forward::{Body, full};
+use crate::body::{Body, full};
 
 /// A failure to answer as a Kubernetes `Status`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

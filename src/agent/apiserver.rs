@@ -73,7 +73,7 @@ impl Apiserver {
     /// The apiserver URI for a request's path and query (never another host, never out of the
     /// server URL's path prefix).
     pub fn uri_for(&self, uri: &Uri) -> Result<Uri, ApiserverError> {
-        crate::forward::rebase(&self.base, uri).map_err(|e| ApiserverError::Config(e.to_string()))
+        crate::headers::rebase(&self.base, uri).map_err(|e| ApiserverError::Config(e.to_string()))
     }
 
     /// The client for a request: dedicated connections for upgrades and long-running requests.
@@ -150,7 +150,7 @@ impl Apiserver {
         let req = http::Request::post(uri)
             .header(http::header::AUTHORIZATION, bearer)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(crate::forward::full(body.to_string()))
+            .body(crate::body::full(body.to_string()))
             .map_err(|e| e.to_string())?;
         let exchange = async {
             let resp = self.shared.request(req).await.map_err(|e| e.to_string())?;

@@ -23,7 +23,9 @@ use tracing::{Instrument, debug, info_span};
 
 use super::{AgentState, passthrough};
 use crate::audit::Audit;
-use crate::forward::{self, Body, boxed, empty};
+use crate::body::{Body, boxed, empty};
+use crate::forward;
+use crate::headers;
 use crate::proto::{self, Credential};
 use crate::status::HttpError;
 use crate::transport::{RecvHalf, SendHalf, write_chunk};
@@ -74,11 +76,11 @@ async fn exchange<S: SendHalf, R: RecvHalf>(
         f.relay = Some(relay.to_owned());
         f.agent = Some(state.instance.clone());
     });
-    let upgrade = forward::upgrade_protocol(&head.headers).is_some();
+    let upgrade = headers::upgrade_protocol(&head.headers).is_some();
     // An upgrade request has no body: what follows its head is the upgraded bytes, read only
     // once the apiserver has switched protocols.
     let (body, recv) = if head.body && !upgrade {
-        let length = forward::content_length(&head.headers);
+        let length = headers::content_length(&head.headers);
         (audit.count(boxed(RecvBody::new(first, recv, length)), true), None)
     } else {
         (empty(), Some(recv))
@@ -115,7 +117,7 @@ async fn exchange<S: SendHalf, R: RecvHalf>(
 async fn respond<S: SendHalf>(resp: Response<Body>, send: &mut S) {
     let (parts, body) = resp.into_parts();
     let mut headers = parts.headers;
-    forward::strip_hop_by_hop(&mut headers);
+    headers::strip_hop_by_hop(&mut headers);
     let has_body = !hyper::body::Body::is_end_stream(&body);
     let head = ResponseHead {
         status: parts.status,

@@ -45,7 +45,7 @@ async fn one_line_when_the_last_handle_drops_with_bytes_and_no_secrets() {
         f.cluster = Some("prod".into());
         f.agent = Some("agent-a".into());
     });
-    let body = audit.count(crate::forward::full("hello world"), false);
+    let body = audit.count(crate::body::full("hello world"), false);
     audit.status(200);
     drop(audit);
     log.flush();

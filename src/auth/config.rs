@@ -228,7 +228,7 @@ impl IssuerConfig {
 
     /// `max_token_lifetime` in seconds.
     pub(crate) fn max_lifetime_secs(&self) -> Result<u64, ConfigError> {
-        crate::config::parse_duration(&self.max_token_lifetime)
+        crate::duration::parse_duration(&self.max_token_lifetime)
             .map(|d| d.as_secs())
             .map_err(|_| ConfigError::InvalidField {
                 issuer: self.issuer.clone(),

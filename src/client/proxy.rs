@@ -31,7 +31,9 @@ use tracing::{Instrument, debug, info_span};
 
 use super::ClientError;
 use super::kubeconfig::{Entry, User};
-use crate::forward::{self, Body, HttpsClient, boxed, https_client};
+use crate::body::{Body, boxed};
+use crate::forward::{self, HttpsClient, https_client};
+use crate::headers;
 use crate::impersonation::CLUSTER_AUTHORIZATION;
 use crate::status::HttpError;
 use crate::token_file::TokenFile;
@@ -330,12 +332,12 @@ async fn handle(state: &ProxyState, served: &Served, req: Request<Incoming>) -> 
         ));
     }
     // This port serves one cluster at its root: every path is the apiserver's.
-    let upstream = forward::rebase(&served.base, req.uri()).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let upstream = headers::rebase(&served.base, req.uri()).map_err(|e| HttpError::bad_request(e.to_string()))?;
 
     let mut req = req.map(boxed);
     *req.uri_mut() = upstream;
     *req.version_mut() = http::Version::HTTP_11;
-    forward::strip_hop_by_hop(req.headers_mut());
+    headers::strip_hop_by_hop(req.headers_mut());
     req.headers_mut().remove(HOST);
     let mut bearer = HeaderValue::from_str(&format!("Bearer {}", state.token.expose()))
         .map_err(|_| HttpError::internal("the caller's token is not a valid header value"))?;

@@ -2,6 +2,9 @@ use http::HeaderMap;
 use http::header::{CONNECTION, UPGRADE};
 
 use super::*;
+use crate::headers::{RebaseError, rebase, strip_hop_by_hop, upgrade_protocol};
+use http::Uri;
+use http::header::{HeaderName, HeaderValue};
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut map = HeaderMap::new();

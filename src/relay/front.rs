@@ -32,7 +32,8 @@ use super::stall::{Delivery, Stalls};
 use super::stream::Sent;
 use crate::audit::Audit;
 use crate::auth::Caller;
-use crate::forward::{self, Body, full};
+use crate::body::{self, Body, full};
+use crate::forward;
 use crate::proto::{self, Credential};
 use crate::status::HttpError;
 
@@ -92,7 +93,7 @@ async fn connection(
             async move {
                 let (resp, delivery) = handle(&state, req, peer).await;
                 let watched = |body| stalls.watch(body, delivery, version);
-                Ok::<_, Infallible>(resp.map(|body| forward::hold_until_done(watched(body), busy)))
+                Ok::<_, Infallible>(resp.map(|body| body::hold_until_done(watched(body), busy)))
             }
         })
     };

@@ -7,7 +7,8 @@ use tracing::{Instrument, debug};
 
 use super::stall::{Delivery, Exchange};
 use crate::audit::Audit;
-use crate::forward::{self, Body, boxed};
+use crate::body::{self, Body, boxed};
+use crate::headers;
 use crate::proto::Credential;
 use crate::status::HttpError;
 use crate::transport::{RecvHalf, SendHalf, StreamError, write_chunk};
@@ -42,7 +43,7 @@ where
     S: SendHalf,
     R: RecvHalf,
     B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
-    B::Error: Into<crate::forward::BoxError>,
+    B::Error: Into<crate::body::BoxError>,
 {
     let Sent {
         cluster,
@@ -57,7 +58,7 @@ where
     let exchange = exchange_kind(&req);
     let caller_side = (exchange == Exchange::Upgrade).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    forward::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers);
     // The caller's token rode the head's credential only if it is bound to this cluster; it
     // never travels as a header. The agent's client sets Host from the apiserver's address.
     parts.headers.remove(AUTHORIZATION);
@@ -137,7 +138,7 @@ where
             }
             .in_current_span(),
         );
-        let mut resp = Response::new(forward::empty());
+        let mut resp = Response::new(body::empty());
         *resp.status_mut() = head.status;
         *resp.headers_mut() = head.headers;
         return Ok((resp, delivery));
@@ -147,12 +148,12 @@ where
         send.end();
     }
     let mut headers = head.headers;
-    forward::strip_hop_by_hop(&mut headers);
+    headers::strip_hop_by_hop(&mut headers);
     let body = if head.body {
-        let length = forward::content_length(&headers);
+        let length = headers::content_length(&headers);
         audit.count(boxed(RecvBody::new(first, recv, length)), false)
     } else {
-        forward::empty()
+        body::empty()
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
@@ -164,7 +165,7 @@ where
 /// a followed pod log, or an upgrade.
 fn exchange_kind<B>(req: &Request<B>) -> Exchange {
     use crate::request_info::{query_param, request_info};
-    if forward::upgrade_protocol(req.headers()).is_some() {
+    if headers::upgrade_protocol(req.headers()).is_some() {
         return Exchange::Upgrade;
     }
     let Ok(info) = request_info(req.method(), req.uri()) else {

@@ -493,11 +493,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AgentSide<T> {
                 control = Some((req.into_body(), send));
                 continue;
             }
-            let (send, mut recv) = pair(send, None, Some(req.into_body()));
             if is_control {
-                recv.stop_reading(crate::wire::reset::BAD_HEAD);
+                // A second control stream is a broken relay: refuse that stream alone.
+                let mut send = send;
+                send.send_reset(Reason::PROTOCOL_ERROR);
                 continue;
             }
+            let (send, recv) = pair(send, None, Some(req.into_body()));
             serve(send, recv);
         }
     }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 
-use crate::forward::{Body, BoxError};
+use crate::body::{Body, BoxError};
 use crate::transport::{RecvHalf, SendHalf, StreamError};
 
 /// Most chunks handed to the stream in one write, when the body has several ready.

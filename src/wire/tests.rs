@@ -205,7 +205,7 @@ async fn body_chunks_cross_without_a_copy() {
     // Pieces of at least half a gathered frame go on as they came.
     let chunks: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; GATHER / 2])).collect();
     let pointers: Vec<*const u8> = chunks.iter().map(|c| c.as_ptr()).collect();
-    let body = crate::forward::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+    let body = crate::body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
         chunks
             .into_iter()
             .map(|c| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(c))),
@@ -240,7 +240,7 @@ async fn a_cut_body_is_an_error_not_an_end() {
 async fn a_reader_that_goes_away_stops_the_sender() {
     let (mut send, recv) = memory::stream(1);
     drop(recv);
-    let body = crate::forward::full("data");
+    let body = crate::body::full("data");
     assert!(matches!(
         send_body(body, &mut send).await,
         Err(PumpError::Sink(StreamError::Stopped(0)))
@@ -251,7 +251,7 @@ async fn a_reader_that_goes_away_stops_the_sender() {
 async fn a_quiet_body_ends_when_the_reader_goes_away() {
     let (mut send, recv) = memory::stream(1);
     // A watch with nothing to say: its body never yields.
-    let quiet = crate::forward::boxed(http_body_util::StreamBody::new(futures_util::stream::pending::<
+    let quiet = crate::body::boxed(http_body_util::StreamBody::new(futures_util::stream::pending::<
         Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
     >()));
     let pump = tokio::spawn(async move { send_body(quiet, &mut send).await });

@@ -10,6 +10,8 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::super::*;
+use crate::body::full;
+use bytes::Bytes;
 
 /// What the upstream saw.
 #[derive(Default)]
