@@ -227,7 +227,8 @@ impl Relay {
             stopping: stopping.clone(),
             tasks: tokio_util::task::TaskTracker::new(),
         });
-        let tcp_tunnels = door.tasks.clone();
+        // One owner for every agent tunnel's task, QUIC or TCP.
+        let agent_tunnels = door.tasks.clone();
         let agents = tokio::spawn(agents::serve(
             agents::Listener {
                 endpoint: endpoint.clone(),
@@ -235,6 +236,7 @@ impl Relay {
                 retry_below_free: agents::MAX_HANDSHAKES - agents::RETRY_ABOVE,
                 stats: listener_stats.clone(),
                 sessions,
+                tasks: agent_tunnels.clone(),
             },
             stopping,
         ));
@@ -263,9 +265,9 @@ impl Relay {
         // Close every tunnel but keep the port answering nothing rather than refusing: an agent
         // that redials now retransmits until the next relay listens, instead of backing off.
         let _ = stop_agents.send(true);
-        tcp_tunnels.close();
+        agent_tunnels.close();
         let closed = async {
-            tokio::join!(endpoint.wait_idle(), tcp_tunnels.wait());
+            tokio::join!(endpoint.wait_idle(), agent_tunnels.wait());
         };
         if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
             // Only now, as the process ends: a closed endpoint refuses new attempts.

@@ -102,6 +102,9 @@ pub struct Listener {
     pub stats: Arc<ListenerStats>,
     /// What sessions need.
     pub sessions: Arc<Sessions>,
+    /// Owner of the per-connection tasks (shared with the TCP door); the relay's shutdown waits
+    /// for them within its close deadline.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// What judging a hello and keeping a session need.
@@ -152,6 +155,7 @@ pub async fn serve(listener: Listener, stopping: watch::Receiver<bool>) {
         retry_below_free,
         stats,
         sessions,
+        tasks,
     } = listener;
     while let Some(incoming) = endpoint.accept().await {
         if is_stopping(&stopping) {
@@ -184,7 +188,7 @@ pub async fn serve(listener: Listener, stopping: watch::Receiver<bool>) {
         let remote = incoming.remote_address();
         let sessions = sessions.clone();
         let mut stopping = stopping.clone();
-        tokio::spawn(
+        tasks.spawn(
             async move {
                 // Not cut short by a stop: a handshake in progress finishes (it is bounded), so
                 // its agent hears the shutdown code rather than a bare close.

@@ -68,6 +68,7 @@ fn relay_full(
         retry_below_free,
         stats: stats.clone(),
         sessions: sessions.clone(),
+        tasks: tokio_util::task::TaskTracker::new(),
     };
     tokio::spawn(serve(listener, stopping));
     Relay {
