@@ -50,9 +50,10 @@ fn version_reports_pinned_release(tb: &Testbed, route: &dyn Route) -> Result<()>
         "server version {} is not {pinned}",
         version["serverVersion"]
     );
+    let client = route.kubectl_version()?;
     ensure!(
-        version["clientVersion"]["gitVersion"] == pinned.as_str(),
-        "kubectl version {} is not {pinned}",
+        version["clientVersion"]["gitVersion"] == client.as_str(),
+        "kubectl version {} is not {client}",
         version["clientVersion"]
     );
     Ok(())
@@ -282,14 +283,19 @@ fn cp_roundtrip(tb: &Testbed, route: &dyn Route) -> Result<()> {
     Ok(())
 }
 
+/// Whether a line of kubectl's `-v=7` log is the request line of a `verb` request whose URL
+/// contains `url_part`. kubectl 1.37 logs `"Request" verb="GET" url="…"`, kubectl 1.32
+/// `round_trippers.go:NNN] GET https://…`.
+fn logged_request(line: &str, verb: &str, url_part: &str) -> bool {
+    line.contains(url_part) && (line.contains(&format!("verb=\"{verb}\"")) || line.contains(&format!("] {verb} http")))
+}
+
 /// Reads kubectl's `-v=7` log to tell which protocol carried the stream:
 /// a WebSocket upgrade (GET with a subprotocol) or SPDY (POST). A failed
 /// WebSocket attempt followed by the SPDY fallback counts as a failure.
 fn ensure_protocol(kubectl_log: &str, subresource: &str, protocol: &str) -> Result<()> {
     let websocket = kubectl_log.contains("Sec-Websocket-Protocol:");
-    let spdy = kubectl_log
-        .lines()
-        .any(|l| l.contains(r#"verb="POST""#) && l.contains(subresource));
+    let spdy = kubectl_log.lines().any(|l| logged_request(l, "POST", subresource));
     let used = match (websocket, spdy) {
         (true, false) => "websocket",
         (false, true) => "spdy",
@@ -355,10 +361,17 @@ fn list_2000_configmaps(tb: &Testbed, route: &dyn Route) -> Result<()> {
     let names = kubectl.ok(&["get", "configmaps", "-n", &ns, "-o", "name"])?;
     let listed = names.lines().filter(|l| l.starts_with("configmap/cm-")).count();
     ensure!(listed == COUNT, "kubectl get listed {listed} of {COUNT} configmaps");
-    // One unpaged LIST.
-    let raw: Value =
-        serde_json::from_str(&kubectl.ok(&["get", "--raw", &format!("/api/v1/namespaces/{ns}/configmaps")])?)?;
-    let items = raw["items"].as_array().map_or(0, |i| i.len());
+    // One unpaged LIST. `--chunk-size=0`, not `get --raw`: kubectl before 1.34 sends `get --raw`
+    // to the server URL's root (kubernetes #131165), which misses a relay's /clusters/NAME.
+    let (json, log) = kubectl.ok_with_log(&["get", "configmaps", "-n", &ns, "--chunk-size=0", "-o", "json", "-v=7"])?;
+    let list: Value = serde_json::from_str(&json)?;
+    let items = list["items"].as_array().map_or(0, |i| i.len());
+    let path = format!("/api/v1/namespaces/{ns}/configmaps");
+    let lists: Vec<&str> = log.lines().filter(|l| logged_request(l, "GET", &path)).collect();
+    ensure!(
+        lists.len() == 1 && !lists[0].contains("limit="),
+        "expected one unpaged LIST, kubectl logged: {lists:#?}"
+    );
     ensure!(items == COUNT, "one LIST returned {items} of {COUNT} configmaps");
     Ok(())
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use libtest_mimic::{Arguments, Trial};
 
-use routes::{Deployment, Direct, Route, Tunnel, ViaKubeconfig, ViaProxy};
+use routes::{Deployment, Direct, GET_RAW_NEEDS_SERVER_PATH, Route, Tunnel, ViaKubeconfig, ViaProxy, WithKubectl132};
 use support::Testbed;
 
 /// The shared control plane, started by whichever test needs it first.
@@ -54,17 +54,39 @@ fn main() -> ExitCode {
     let deployment = Arc::new(Deployment::default());
     let over_tcp = Arc::new(Deployment::over(Tunnel::Tcp));
     let via_proxy = Arc::new(Deployment::over(Tunnel::TcpViaProxy));
+    let direct: Arc<dyn Route> = Arc::new(Direct);
+    let kubeconfig: Arc<dyn Route> = Arc::new(ViaKubeconfig(deployment.clone(), "kubeconfig"));
+    let proxy: Arc<dyn Route> = Arc::new(ViaProxy::new(deployment.clone()));
+    let tcp: Arc<dyn Route> = Arc::new(ViaKubeconfig(over_tcp.clone(), "tcp"));
+    let tcp_via_proxy: Arc<dyn Route> = Arc::new(ViaKubeconfig(via_proxy.clone(), "tcp-via-proxy"));
     let routes: Vec<Arc<dyn Route>> = vec![
-        Arc::new(Direct),
-        Arc::new(ViaKubeconfig(deployment.clone(), "kubeconfig")),
-        Arc::new(ViaProxy::new(deployment.clone())),
-        Arc::new(ViaKubeconfig(over_tcp.clone(), "tcp")),
-        Arc::new(ViaKubeconfig(via_proxy.clone(), "tcp-via-proxy")),
+        direct.clone(),
+        kubeconfig.clone(),
+        proxy.clone(),
+        tcp.clone(),
+        tcp_via_proxy.clone(),
+        // The same routes with an older kubectl (issue #11), on the same deployments.
+        Arc::new(WithKubectl132::new(direct, "direct-kubectl-1.32", &[])),
+        Arc::new(WithKubectl132::new(proxy, "proxy-kubectl-1.32", &[])),
+        Arc::new(WithKubectl132::new(
+            kubeconfig,
+            "kubeconfig-kubectl-1.32",
+            GET_RAW_NEEDS_SERVER_PATH,
+        )),
+        Arc::new(WithKubectl132::new(tcp, "tcp-kubectl-1.32", GET_RAW_NEEDS_SERVER_PATH)),
+        Arc::new(WithKubectl132::new(
+            tcp_via_proxy,
+            "tcp-via-proxy-kubectl-1.32",
+            GET_RAW_NEEDS_SERVER_PATH,
+        )),
     ];
 
     let mut trials = Vec::new();
     for route in &routes {
         for &(name, test) in baseline::TESTS {
+            if route.excluded().contains(&name) {
+                continue;
+            }
             let (fixture, route) = (fixture.clone(), route.clone());
             trials.push(Trial::test(format!("{}::{name}", route.name()), move || {
                 let testbed = fixture.get()?;

@@ -1,11 +1,12 @@
 //! Routes: how the suite's kubectl reaches the apiserver. The baseline suite
-//! runs unchanged over every route; a route only decides which kubeconfig
-//! (and so which path and identity) kubectl uses.
+//! runs unchanged over every route; a route only decides which kubectl binary
+//! and which kubeconfig (and so which path and identity) kubectl uses.
 
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, bail};
 
+use crate::support::binaries::{binaries, kubectl_1_32_version, pinned_kubernetes_version};
 use crate::support::hawser::{Extra, Hawser};
 use crate::support::process::Background;
 use crate::support::proxy::HttpsProxy;
@@ -20,6 +21,59 @@ pub trait Route: Send + Sync {
     /// kubectl as an identity that may edit `namespace` and nothing else,
     /// and the username the apiserver sees for it.
     fn restricted(&self, tb: &Testbed, namespace: &str) -> Result<(Kubectl, String)>;
+    /// The release this route's kubectl reports (`kubectl version --client`).
+    fn kubectl_version(&self) -> Result<String> {
+        pinned_kubernetes_version()
+    }
+    /// Baseline tests that cannot hold on this route, by name; they are not registered for it
+    /// (docs/testing.md gives each one's reason).
+    fn excluded(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// The inner route with kubectl 1.32 (`tests/testbed/kubectl-1.32`) in place of the test bed's:
+/// same path, same identities, same deployment.
+pub struct WithKubectl132 {
+    inner: Arc<dyn Route>,
+    name: &'static str,
+    excluded: &'static [&'static str],
+}
+
+impl WithKubectl132 {
+    /// `inner` with kubectl 1.32, named `name`, without the baseline tests in `excluded`.
+    pub fn new(inner: Arc<dyn Route>, name: &'static str, excluded: &'static [&'static str]) -> Self {
+        Self { inner, name, excluded }
+    }
+}
+
+/// Baseline tests that use `kubectl get --raw`: kubectl before 1.34 builds that URL from the
+/// server URL's scheme and host alone (kubernetes #131165), so through a server URL with a path
+/// (the relay's `https://relay/clusters/NAME`) the request misses the cluster.
+pub const GET_RAW_NEEDS_SERVER_PATH: &[&str] = &["get_raw_reaches_the_apiserver"];
+
+impl Route for WithKubectl132 {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn admin(&self, tb: &Testbed) -> Result<(Kubectl, String)> {
+        let (kubectl, user) = self.inner.admin(tb)?;
+        Ok((kubectl.with_bin(&binaries()?.kubectl_1_32), user))
+    }
+
+    fn restricted(&self, tb: &Testbed, namespace: &str) -> Result<(Kubectl, String)> {
+        let (kubectl, user) = self.inner.restricted(tb, namespace)?;
+        Ok((kubectl.with_bin(&binaries()?.kubectl_1_32), user))
+    }
+
+    fn kubectl_version(&self) -> Result<String> {
+        kubectl_1_32_version()
+    }
+
+    fn excluded(&self) -> &'static [&'static str] {
+        self.excluded
+    }
 }
 
 /// Straight to kube-apiserver: the baseline every other route must match.

@@ -17,6 +17,9 @@ pub struct Binaries {
     pub kube_apiserver: PathBuf,
     /// kubectl of the pinned release.
     pub kubectl: PathBuf,
+    /// kubectl 1.32 (`tests/testbed/kubectl-1.32`), for the routes that run the suite with an
+    /// older kubectl; `kubectl_1_32_version()` says which release.
+    pub kubectl_1_32: PathBuf,
     /// etcd server of the version that release requires.
     pub etcd: PathBuf,
     /// The test kubelet (exec, attach, logs, port-forward as local processes).
@@ -57,6 +60,7 @@ fn build() -> Result<Binaries> {
     let binaries = Binaries {
         kube_apiserver: bin.join("kube-apiserver"),
         kubectl: bin.join("kubectl"),
+        kubectl_1_32: bin.join("kubectl-1.32"),
         etcd: bin.join("etcd"),
         testkubelet: bin.join("testkubelet"),
         reaper: bin.join("reaper"),
@@ -67,6 +71,7 @@ fn build() -> Result<Binaries> {
     let all_built = [
         &binaries.kube_apiserver,
         &binaries.kubectl,
+        &binaries.kubectl_1_32,
         &binaries.etcd,
         &binaries.testkubelet,
         &binaries.reaper,
@@ -108,7 +113,8 @@ fn go_version() -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// A hash of everything the build reads: scripts, module files, Go sources, Go version.
+/// A hash of everything the build reads: scripts, module files, Go sources, Go version
+/// (of every module under tests/testbed, the kubectl-1.32 one included).
 fn stamp(source: &Path, go_version: &str) -> Result<String> {
     let mut files = Vec::new();
     collect_inputs(source, &mut files)?;
@@ -146,4 +152,17 @@ pub fn pinned_kubernetes_version() -> Result<String> {
         .and_then(|rest| rest.split_whitespace().next())
         .map(str::to_owned)
         .context("tests/testbed/go.mod does not require k8s.io/kubernetes")
+}
+
+/// The release kubectl 1.32 is built from: `k8s.io/kubectl` v0.32.P in
+/// tests/testbed/kubectl-1.32/go.mod is the staging module of Kubernetes v1.32.P.
+pub fn kubectl_1_32_version() -> Result<String> {
+    let go_mod = fs::read_to_string(testbed_source().join("kubectl-1.32/go.mod"))?;
+    go_mod
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("k8s.io/kubectl "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.strip_prefix("v0."))
+        .map(|v| format!("v1.{v}"))
+        .context("tests/testbed/kubectl-1.32/go.mod does not require k8s.io/kubectl v0.N.P")
 }

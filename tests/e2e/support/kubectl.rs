@@ -1,4 +1,4 @@
-//! Running the test bed's kubectl with a given kubeconfig.
+//! Running one of the test bed's kubectl binaries with a given kubeconfig.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,14 @@ impl Kubectl {
             bin: bin.to_owned(),
             kubeconfig: kubeconfig.to_owned(),
             env: Vec::new(),
+        }
+    }
+
+    /// The same kubeconfig (and environment) with another kubectl binary.
+    pub fn with_bin(&self, bin: &Path) -> Self {
+        Self {
+            bin: bin.to_owned(),
+            ..self.clone()
         }
     }
 
@@ -74,6 +82,13 @@ impl Kubectl {
     /// Runs kubectl and requires success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> Result<String> {
         check(args, self.run(args)?)
+    }
+
+    /// Runs kubectl and requires success; returns stdout and stderr (its log, with `-v=N`).
+    pub fn ok_with_log(&self, args: &[&str]) -> Result<(String, String)> {
+        let out = self.run(args)?;
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        Ok((check(args, out)?, log))
     }
 
     /// Runs kubectl with `stdin` and requires success; returns stdout.
