@@ -8,6 +8,7 @@ mod front;
 mod idle;
 mod keys;
 mod limits;
+mod refusal;
 mod registry;
 mod reload;
 mod stall;

@@ -28,14 +28,13 @@ use super::RelayState;
 use super::clusters::ClusterTable;
 use super::door::Door;
 use super::idle::Activity;
+use super::refusal::Refusal;
 use super::stall::{Delivery, Stalls};
 use super::stream::Sent;
 use crate::audit::Audit;
 use crate::auth::Caller;
 use crate::body::{self, Body, full};
-use crate::forward;
 use crate::proto::{self, Credential};
-use crate::status::HttpError;
 
 /// Where the relay publishes the public half of its assertion key, for agents to trust.
 pub const ASSERTION_JWKS_PATH: &str = "/.well-known/hawser/assertion-jwks.json";
@@ -143,29 +142,28 @@ async fn connection(
 /// forwarded long-running stream can be unbounded, so nothing the relay answers itself is.
 async fn handle(state: &RelayState, req: Request<Incoming>, peer: SocketAddr) -> (Response<Body>, Delivery) {
     let bounded = |resp| (resp, Delivery::Bounded);
-    if let Err(e) = forward::refuse_connect(req.method()) {
-        return bounded(e.into_response());
+    let refused = |e: Refusal| (e.status().into_response(), Delivery::Bounded);
+    if req.method() == http::Method::CONNECT {
+        return refused(Refusal::Connect);
     }
     let path = req.uri().path();
     if path == "/.well-known/jwks.json" {
         return bounded(match &state.issuer {
             Some(issuer) => json_response(issuer.jwks().to_string()),
-            None => HttpError::not_found("this relay has no built-in issuer").into_response(),
+            None => return refused(Refusal::NoIssuer),
         });
     }
     if path == ASSERTION_JWKS_PATH {
         return bounded(match &state.minter {
             Some(minter) => json_response(minter.jwks().to_string()),
-            None => HttpError::not_found("this relay has no [assertions]").into_response(),
+            None => return refused(Refusal::NoAssertions),
         });
     }
     if path == "/healthz" {
         return bounded(Response::new(full("ok")));
     }
     if !path.starts_with("/clusters/") {
-        return bounded(
-            HttpError::not_found(format!("the relay serves /clusters/NAME/..., not {path}")).into_response(),
-        );
+        return refused(Refusal::NotAClusterPath(path.to_owned()));
     }
     let request_id = next_request_id(&state.instance);
     let (audit, routed) = match split_cluster_uri(req.uri()) {
@@ -182,9 +180,9 @@ async fn handle(state: &RelayState, req: Request<Incoming>, peer: SocketAddr) ->
     audit.set(|f| f.relay = Some(state.instance.clone()));
     let result = match routed {
         // A path the apiserver would not decode is refused before anything else looks at it.
-        Ok((_, upstream)) if crate::request_info::request_info(req.method(), &upstream).is_err() => Err(
-            HttpError::bad_request("the request path has a malformed percent-escape or is not UTF-8"),
-        ),
+        Ok((_, upstream)) if crate::request_info::request_info(req.method(), &upstream).is_err() => {
+            Err(Refusal::Undecodable)
+        }
         Ok((cluster, upstream)) => match state.auth_failures.attempt(peer.ip()) {
             Some(attempt) => {
                 let target = Target {
@@ -194,18 +192,12 @@ async fn handle(state: &RelayState, req: Request<Incoming>, peer: SocketAddr) ->
                 };
                 to_cluster(state, req, target, &audit, attempt, peer.ip()).await
             }
-            None => {
-                let after = state.auth_failures.retry_after();
-                Err(HttpError::too_many_requests(format!(
-                    "too many failed authentications from this address; retry in {}s",
-                    after.as_secs()
-                ))
-                .retry_after(after))
-            }
+            None => Err(Refusal::SourceThrottled(state.auth_failures.retry_after())),
         },
         Err(e) => Err(e),
     };
     result.unwrap_or_else(|e| {
+        let e = e.status();
         audit.status(e.code.as_u16());
         bounded(e.into_response())
     })
@@ -219,22 +211,20 @@ fn json_response(body: String) -> Response<Body> {
 }
 
 /// Splits `/clusters/NAME/rest?query` into `NAME` and `/rest?query`.
-fn split_cluster_uri(uri: &Uri) -> Result<(String, Uri), HttpError> {
+fn split_cluster_uri(uri: &Uri) -> Result<(String, Uri), Refusal> {
     let rest = uri.path().strip_prefix("/clusters/").unwrap_or_default();
     let (cluster, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     if !crate::config::valid_cluster_name(cluster) {
-        return Err(HttpError::not_found(format!("no cluster named {cluster:?}")));
+        return Err(Refusal::UnknownCluster(cluster.to_owned()));
     }
     let path_and_query = match uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.to_owned(),
     };
-    let upstream: Uri = path_and_query
-        .parse()
-        .map_err(|_| HttpError::bad_request("malformed request path"))?;
+    let upstream: Uri = path_and_query.parse().map_err(|_| Refusal::MalformedPath)?;
     Ok((cluster.to_owned(), upstream))
 }
 
@@ -252,7 +242,7 @@ async fn to_cluster(
     audit: &Audit,
     attempt: super::limits::Attempt<'_>,
     peer: std::net::IpAddr,
-) -> Result<(Response<Body>, Delivery), HttpError> {
+) -> Result<(Response<Body>, Delivery), Refusal> {
     let authenticated = match crate::auth::bearer_token(req.headers()) {
         Ok(token) => state
             .auth
@@ -290,7 +280,7 @@ async fn to_cluster(
         Ok((resp, _)) => {
             resp.status() == http::StatusCode::UNAUTHORIZED && resp.headers().contains_key(proto::AUTH_FAILED_HEADER)
         }
-        Err(e) => e.code == http::StatusCode::UNAUTHORIZED,
+        Err(e) => e.is_unauthenticated(),
     };
     if caller_failed {
         state.auth_failures.charge(peer);
@@ -309,7 +299,7 @@ async fn route(
     audit: &Audit,
     caller: &Caller,
     token: &str,
-) -> Result<(Response<Body>, Delivery), HttpError> {
+) -> Result<(Response<Body>, Delivery), Refusal> {
     let Target {
         cluster,
         upstream: upstream_uri,
@@ -318,49 +308,44 @@ async fn route(
     let cluster = cluster.as_str();
     let identity = &caller.identity;
     if !state.access.allows(identity, cluster) {
-        return Err(HttpError::forbidden(format!(
-            "clusters \"{cluster}\" is forbidden: User \"{}\" may not reach cluster \"{cluster}\" through this relay",
-            identity.user
-        )));
+        return Err(Refusal::Forbidden {
+            cluster: cluster.to_owned(),
+            user: identity.user.clone(),
+        });
     }
     let table = state.clusters.current();
     if !table.knows(cluster) {
-        return Err(HttpError::not_found(format!("no cluster named \"{cluster}\"")));
+        return Err(Refusal::UnknownCluster(cluster.to_owned()));
     }
     let credential = credential_for(state, &table, cluster, caller, token)?;
     let session = state
         .registry
         .pick(cluster)
-        .ok_or_else(|| HttpError::unavailable(format!("cluster \"{cluster}\" is offline: no agent is connected")))?;
+        .ok_or_else(|| Refusal::Offline(cluster.to_owned()))?;
     let lease = state
         .caller_streams
         .acquire(&identity.user, state.limits.max_streams_per_caller)
-        .ok_or_else(|| {
-            HttpError::too_many_requests(format!(
-                "User \"{}\" has {} requests in flight, the most this relay allows one caller",
-                identity.user, state.limits.max_streams_per_caller
-            ))
+        .ok_or_else(|| Refusal::CallerBusy {
+            user: identity.user.clone(),
+            limit: state.limits.max_streams_per_caller,
         })?;
     audit.hold(lease);
     audit.set(|f| f.agent = Some(session.instance.clone()));
     let span =
         info_span!("stream", request.id = %request_id, cluster = %cluster, user = %identity.user, session = session.id);
     async move {
-        let offline = |e: &dyn std::fmt::Display| {
-            HttpError::unavailable(format!(
-                "cluster \"{cluster}\" is unreachable: agent stream failed: {e}"
-            ))
-        };
         // Waits only while the agent's stream limit is reached; bounded so callers get an answer.
         let wait = Duration::from_secs(state.limits.open_stream_timeout_secs);
         let opened = tokio::time::timeout(wait, session.connection.open())
             .await
-            .map_err(|_| {
-                HttpError::unavailable(format!(
-                    "cluster \"{cluster}\" is saturated: no stream free within {wait:?}"
-                ))
+            .map_err(|_| Refusal::Saturated {
+                cluster: cluster.to_owned(),
+                wait,
             })?;
-        let (send, recv) = opened.map_err(|e| offline(&e))?;
+        let (send, recv) = opened.map_err(|error| Refusal::Unreachable {
+            cluster: cluster.to_owned(),
+            error,
+        })?;
         let sent = Sent {
             cluster,
             target: upstream_uri,
@@ -383,20 +368,21 @@ fn credential_for(
     cluster: &str,
     caller: &Caller,
     token: &str,
-) -> Result<Credential, HttpError> {
+) -> Result<Credential, Refusal> {
     match table.caller_audience(cluster) {
         Some(audience) => {
             if !caller.audiences.iter().any(|a| a == audience) {
-                return Err(HttpError::unauthorized(format!(
-                    "this token is not for cluster \"{cluster}\": its agent takes callers' own tokens, and they must \
-                     carry the audience \"{audience}\""
-                )));
+                return Err(Refusal::NotForCluster {
+                    cluster: cluster.to_owned(),
+                    audience: audience.to_owned(),
+                });
             }
             if let Some(other) = table.bound_elsewhere(cluster, &caller.audiences) {
-                return Err(HttpError::unauthorized(format!(
-                    "this token is also good for cluster \"{other}\", so it is not sent to cluster \"{cluster}\": \
-                     use a token whose only cluster audience is \"{audience}\""
-                )));
+                return Err(Refusal::AlsoGoodElsewhere {
+                    cluster: cluster.to_owned(),
+                    other: other.to_owned(),
+                    audience: audience.to_owned(),
+                });
             }
             Ok(Credential::CallerToken(token.to_owned()))
         }
@@ -404,17 +390,18 @@ fn credential_for(
             // A token minted for a cluster that takes callers' own tokens is good there alone:
             // otherwise what that cluster's agent receives would buy an assertion here.
             if let Some(other) = table.bound_elsewhere(cluster, &caller.audiences) {
-                return Err(HttpError::unauthorized(format!(
-                    "this token is bound to cluster \"{other}\" (its audience), so it is not good at cluster \"{cluster}\""
-                )));
+                return Err(Refusal::BoundElsewhere {
+                    cluster: cluster.to_owned(),
+                    other: other.to_owned(),
+                });
             }
             let minter = state
                 .minter
                 .as_ref()
-                .ok_or_else(|| HttpError::internal("this relay has no [assertions] to vouch for callers"))?;
+                .ok_or_else(|| Refusal::CannotVouch("this relay has no [assertions] to vouch for callers".into()))?;
             let assertion = minter
                 .assertion(caller, crate::auth::token_digest(token), cluster)
-                .map_err(|e| HttpError::internal(format!("cannot vouch for the caller: {e}")))?;
+                .map_err(|e| Refusal::CannotVouch(format!("cannot vouch for the caller: {e}")))?;
             Ok(Credential::Assertion(assertion.to_string()))
         }
     }

@@ -5,12 +5,12 @@ use http::header::{AUTHORIZATION, HOST};
 use http::{Request, Response, Uri};
 use tracing::{Instrument, debug};
 
+use super::refusal::Refusal;
 use super::stall::{Delivery, Exchange};
 use crate::audit::Audit;
 use crate::body::{self, Body, boxed};
 use crate::headers;
 use crate::proto::Credential;
-use crate::status::HttpError;
 use crate::transport::{RecvHalf, SendHalf, StreamError, write_chunk};
 use crate::wire::body::{PumpError, RecvBody, send_body};
 use crate::wire::splice::{Side, splice};
@@ -38,7 +38,7 @@ pub async fn exchange<S, R, B>(
     req: Request<B>,
     sent: Sent<'_>,
     audit: &Audit,
-) -> Result<(Response<Body>, Delivery), HttpError>
+) -> Result<(Response<Body>, Delivery), Refusal>
 where
     S: SendHalf,
     R: RecvHalf,
@@ -76,12 +76,13 @@ where
         body: has_body,
     }
     .encode(wire::MAX_HEAD)
-    .map_err(|e| HttpError::bad_request(format!("the request cannot be sent to the cluster: {e}")))?;
-    write_chunk(&mut send, head).await.map_err(|e| {
-        HttpError::unavailable(format!(
-            "cluster \"{cluster}\" is unreachable: agent stream failed: {e}"
-        ))
-    })?;
+    .map_err(Refusal::Unsendable)?;
+    write_chunk(&mut send, head)
+        .await
+        .map_err(|error| Refusal::Unreachable {
+            cluster: cluster.to_owned(),
+            error,
+        })?;
     let send = if has_body {
         let body = audit.count(boxed(body), true);
         tasks.spawn(
@@ -110,13 +111,19 @@ where
     };
     let (head, first) = head.map_err(|e| match e {
         HeadError::Stream(StreamError::Reset(code)) if code == u64::from(wire::reset::SHUTDOWN) => {
-            HttpError::unavailable(format!("cluster \"{cluster}\": {}", wire::reset::describe(code)))
+            Refusal::AgentShutdown {
+                cluster: cluster.to_owned(),
+                code,
+            }
         }
-        HeadError::Stream(StreamError::Reset(code)) => HttpError::bad_gateway(format!(
-            "cluster \"{cluster}\": the agent did not answer: {}",
-            wire::reset::describe(code)
-        )),
-        other => HttpError::bad_gateway(format!("cluster \"{cluster}\": the agent did not answer: {other}")),
+        HeadError::Stream(StreamError::Reset(code)) => Refusal::NoAnswer {
+            cluster: cluster.to_owned(),
+            why: wire::reset::describe(code).to_string(),
+        },
+        other => Refusal::NoAnswer {
+            cluster: cluster.to_owned(),
+            why: other.to_string(),
+        },
     })?;
     audit.status(head.status.as_u16());
     debug!(%method, %path, status = head.status.as_u16(), "response head from the agent");
@@ -124,9 +131,7 @@ where
     let delivery = Delivery::of_forwarded(exchange, head.status, has_length);
     if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
         let (Some(caller_side), Some(send)) = (caller_side, send) else {
-            return Err(HttpError::bad_gateway(format!(
-                "cluster \"{cluster}\": the agent switched protocols for a request that asked for no upgrade"
-            )));
+            return Err(Refusal::UnaskedUpgrade(cluster.to_owned()));
         };
         let audit = audit.clone();
         tasks.spawn(

@@ -134,7 +134,7 @@ async fn a_reset_before_the_answer_is_a_status_naming_the_cause() {
         });
         let got = exchange(send, recv, request(Method::GET, b"", &[]), sent("/version"), &audit()).await;
         agent.await.unwrap();
-        let e = got.err().map(|e| (e.code, e.message)).unwrap();
+        let e = got.err().map(|e| e.status()).map(|e| (e.code, e.message)).unwrap();
         assert_eq!(e.0, status, "reset code {code}: {}", e.1);
         assert!(e.1.contains(wire::reset::describe(u64::from(code))), "{}", e.1);
         assert!(e.1.contains("cluster \"dev\""), "{}", e.1);
@@ -179,7 +179,7 @@ async fn a_switch_nobody_asked_for_is_refused() {
         &audit(),
     )
     .await;
-    let e = got.err().unwrap();
+    let e = got.err().unwrap().status();
     assert_eq!(e.code, StatusCode::BAD_GATEWAY);
     assert!(e.message.contains("asked for no upgrade"), "{}", e.message);
 }

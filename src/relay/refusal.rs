@@ -1,0 +1,247 @@
+//! Every way the relay turns a request down or fails it, as one typed error, and the one function
+//! that decides each one's HTTP status and Kubernetes reason ([`Refusal::status`]): call sites
+//! say what happened, never which code it is.
+
+use std::time::Duration;
+
+use crate::auth::AuthError;
+use crate::status::HttpError;
+use crate::transport::StreamError;
+use crate::wire;
+
+/// Why the relay answers a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// CONNECT: the Kubernetes API never uses it.
+    #[error("CONNECT is not forwarded")]
+    Connect,
+    /// `/.well-known/jwks.json` on a relay without a built-in issuer.
+    #[error("this relay has no built-in issuer")]
+    NoIssuer,
+    /// The assertion JWKS on a relay without `[assertions]`.
+    #[error("this relay has no [assertions]")]
+    NoAssertions,
+    /// A path outside `/clusters/NAME/`.
+    #[error("the relay serves /clusters/NAME/..., not {0}")]
+    NotAClusterPath(String),
+    /// A path the apiserver would not decode.
+    #[error("the request path has a malformed percent-escape or is not UTF-8")]
+    Undecodable,
+    /// A path that is no URI once the cluster prefix is taken off.
+    #[error("malformed request path")]
+    MalformedPath,
+    /// No such cluster (or no plain name).
+    #[error("no cluster named {0:?}")]
+    UnknownCluster(String),
+    /// The caller's address failed to authenticate too often.
+    #[error("too many failed authentications from this address; retry in {}s", .0.as_secs())]
+    SourceThrottled(Duration),
+    /// The caller's token.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The access rules do not let the caller reach the cluster.
+    #[error(
+        "clusters \"{cluster}\" is forbidden: User \"{user}\" may not reach cluster \"{cluster}\" through this relay"
+    )]
+    Forbidden {
+        /// The cluster.
+        cluster: String,
+        /// The caller.
+        user: String,
+    },
+    /// A token without the audience of a cluster that takes callers' own tokens.
+    #[error(
+        "this token is not for cluster \"{cluster}\": its agent takes callers' own tokens, and they must carry the \
+         audience \"{audience}\""
+    )]
+    NotForCluster {
+        /// The cluster.
+        cluster: String,
+        /// Its caller audience.
+        audience: String,
+    },
+    /// A caller token also good at another cluster: never sent on.
+    #[error(
+        "this token is also good for cluster \"{other}\", so it is not sent to cluster \"{cluster}\": use a token \
+         whose only cluster audience is \"{audience}\""
+    )]
+    AlsoGoodElsewhere {
+        /// The cluster asked for.
+        cluster: String,
+        /// Another cluster the token is good at.
+        other: String,
+        /// The asked cluster's audience.
+        audience: String,
+    },
+    /// A token bound to another cluster, used at one the relay vouches for.
+    #[error("this token is bound to cluster \"{other}\" (its audience), so it is not good at cluster \"{cluster}\"")]
+    BoundElsewhere {
+        /// The cluster asked for.
+        cluster: String,
+        /// The cluster the token is bound to.
+        other: String,
+    },
+    /// No assertion key, or minting failed.
+    #[error("{0}")]
+    CannotVouch(String),
+    /// No agent connected.
+    #[error("cluster \"{0}\" is offline: no agent is connected")]
+    Offline(String),
+    /// The caller's own limit on requests in flight.
+    #[error("User \"{user}\" has {limit} requests in flight, the most this relay allows one caller")]
+    CallerBusy {
+        /// The caller.
+        user: String,
+        /// `limits.max_streams_per_caller`.
+        limit: usize,
+    },
+    /// The tunnel's stream limit held for `open_stream_timeout_secs`.
+    #[error("cluster \"{cluster}\" is saturated: no stream free within {wait:?}")]
+    Saturated {
+        /// The cluster.
+        cluster: String,
+        /// How long the relay waited.
+        wait: Duration,
+    },
+    /// No stream could be opened, or the head not sent.
+    #[error("cluster \"{cluster}\" is unreachable: agent stream failed: {error}")]
+    Unreachable {
+        /// The cluster.
+        cluster: String,
+        /// What the stream said.
+        error: StreamError,
+    },
+    /// The request does not fit the framing's bounds.
+    #[error("the request cannot be sent to the cluster: {0}")]
+    Unsendable(wire::HeadError),
+    /// The agent cut the stream because it is shutting down.
+    #[error("cluster \"{cluster}\": {}", wire::reset::describe(*.code))]
+    AgentShutdown {
+        /// The cluster.
+        cluster: String,
+        /// The reset code.
+        code: u64,
+    },
+    /// The agent gave no response head.
+    #[error("cluster \"{cluster}\": the agent did not answer: {why}")]
+    NoAnswer {
+        /// The cluster.
+        cluster: String,
+        /// What happened instead.
+        why: String,
+    },
+    /// A `101` for a request that asked for no upgrade.
+    #[error("cluster \"{0}\": the agent switched protocols for a request that asked for no upgrade")]
+    UnaskedUpgrade(String),
+}
+
+impl Refusal {
+    /// The one place that decides each refusal's status code and reason.
+    pub fn status(self) -> HttpError {
+        let message = self.to_string();
+        match self {
+            Self::Connect => HttpError::method_not_allowed(message),
+            Self::Undecodable | Self::MalformedPath | Self::Unsendable(_) => HttpError::bad_request(message),
+            Self::Auth(e) => e.into(),
+            Self::NotForCluster { .. } | Self::AlsoGoodElsewhere { .. } | Self::BoundElsewhere { .. } => {
+                HttpError::unauthorized(message)
+            }
+            Self::Forbidden { .. } => HttpError::forbidden(message),
+            Self::NoIssuer | Self::NoAssertions | Self::NotAClusterPath(_) | Self::UnknownCluster(_) => {
+                HttpError::not_found(message)
+            }
+            Self::SourceThrottled(after) => HttpError::too_many_requests(message).retry_after(after),
+            Self::CallerBusy { .. } => HttpError::too_many_requests(message),
+            Self::CannotVouch(_) => HttpError::internal(message),
+            Self::NoAnswer { .. } | Self::UnaskedUpgrade(_) => HttpError::bad_gateway(message),
+            Self::Offline(_) | Self::Saturated { .. } | Self::Unreachable { .. } | Self::AgentShutdown { .. } => {
+                HttpError::unavailable(message)
+            }
+        }
+    }
+
+    /// Whether this is the caller failing to authenticate (charged to its address).
+    pub fn is_unauthenticated(&self) -> bool {
+        match self {
+            Self::Auth(e) => !matches!(e, AuthError::ProviderUnavailable(_)),
+            Self::NotForCluster { .. } | Self::AlsoGoodElsewhere { .. } | Self::BoundElsewhere { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    use super::*;
+
+    #[test]
+    fn each_refusal_has_its_status_and_only_credential_failures_are_charged() {
+        let c = || "prod".to_owned();
+        let cases = [
+            (Refusal::Connect, StatusCode::METHOD_NOT_ALLOWED, false),
+            (Refusal::MalformedPath, StatusCode::BAD_REQUEST, false),
+            (Refusal::UnknownCluster(c()), StatusCode::NOT_FOUND, false),
+            (
+                Refusal::Auth(AuthError::ProviderUnavailable("down".into())),
+                StatusCode::SERVICE_UNAVAILABLE,
+                false,
+            ),
+            (Refusal::Auth(AuthError::Missing), StatusCode::UNAUTHORIZED, true),
+            (
+                Refusal::BoundElsewhere {
+                    cluster: c(),
+                    other: "dev".into(),
+                },
+                StatusCode::UNAUTHORIZED,
+                true,
+            ),
+            (
+                Refusal::Forbidden {
+                    cluster: c(),
+                    user: "u".into(),
+                },
+                StatusCode::FORBIDDEN,
+                false,
+            ),
+            (
+                Refusal::SourceThrottled(Duration::from_secs(7)),
+                StatusCode::TOO_MANY_REQUESTS,
+                false,
+            ),
+            (Refusal::Offline(c()), StatusCode::SERVICE_UNAVAILABLE, false),
+            (
+                Refusal::AgentShutdown { cluster: c(), code: 3 },
+                StatusCode::SERVICE_UNAVAILABLE,
+                false,
+            ),
+            (
+                Refusal::NoAnswer {
+                    cluster: c(),
+                    why: "reset".into(),
+                },
+                StatusCode::BAD_GATEWAY,
+                false,
+            ),
+            (
+                Refusal::CannotVouch("no key".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                false,
+            ),
+        ];
+        for (refusal, code, charged) in cases {
+            let text = refusal.to_string();
+            assert_eq!(refusal.is_unauthenticated(), charged, "{text}");
+            let status = refusal.status();
+            assert_eq!(status.code, code, "{text}");
+            // Token errors say what they are about ("Unauthorized: ...", "cannot check the token: ...").
+            assert!(
+                status.message.ends_with(&text),
+                "the Status says what the error says: {text}"
+            );
+        }
+        let throttled = Refusal::SourceThrottled(Duration::from_secs(7)).status();
+        assert_eq!(throttled.retry_after_secs, Some(7));
+    }
+}
