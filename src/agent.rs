@@ -5,6 +5,7 @@
 mod apiserver;
 /// Reconnect backoff; public so the load driver runs the same algorithm.
 pub mod backoff;
+mod failure;
 mod link;
 mod passthrough;
 mod serve;

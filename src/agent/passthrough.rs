@@ -50,9 +50,9 @@ use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
 use super::apiserver::Apiserver;
+use super::failure::Failure;
 use crate::config::PassthroughConfig;
 use crate::impersonation::CLUSTER_AUTHORIZATION;
-use crate::status::{AuthFailure, HttpError};
 
 /// Most reviews kept; past it the cache evicts.
 const CACHE_ENTRIES: u64 = 4096;
@@ -70,12 +70,12 @@ pub struct Reviewed {
 }
 
 /// A review's answer worth remembering: accepted, or refused (401).
-type Answer = Result<Reviewed, HttpError>;
+type Answer = Result<Reviewed, Failure>;
 
 /// Why a review has no answer worth remembering (429 or 503); every caller
 /// waiting on that review gets it, nobody later does.
 #[derive(Debug)]
-struct Unanswered(HttpError);
+struct Unanswered(Failure);
 
 /// Reviews left per caller (relay username).
 type CallerLimiter<C> = RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
@@ -116,15 +116,13 @@ pub struct TokenReviewer<C: Clock = DefaultClock> {
 
 /// The cluster token a request carries, if any: `Bearer <token>` in exactly one
 /// `Hawser-Cluster-Authorization` header.
-pub fn cluster_token(headers: &HeaderMap) -> Result<Option<String>, HttpError> {
+pub fn cluster_token(headers: &HeaderMap) -> Result<Option<String>, Failure> {
     let mut values = headers.get_all(CLUSTER_AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(HttpError::bad_request(
-            "more than one Hawser-Cluster-Authorization header",
-        ));
+        return Err(Failure::SeveralClusterTokens);
     }
     let token = value
         .to_str()
@@ -132,7 +130,7 @@ pub fn cluster_token(headers: &HeaderMap) -> Result<Option<String>, HttpError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| HttpError::unauthorized("Hawser-Cluster-Authorization must be \"Bearer <token>\""))?;
+        .ok_or(Failure::MalformedClusterToken)?;
     Ok(Some(token.to_owned()))
 }
 
@@ -168,7 +166,7 @@ impl<C: Clock> TokenReviewer<C> {
     /// The token's identity if the apiserver accepts it; 401 if it does not,
     /// 429 if `caller` is over its review rate, 503 if the apiserver cannot
     /// say (never a pass on doubt).
-    pub async fn review(&self, api: &impl ReviewApi, caller: &str, token: &str) -> Result<Reviewed, HttpError> {
+    pub async fn review(&self, api: &impl ReviewApi, caller: &str, token: &str) -> Result<Reviewed, Failure> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.cache
             .try_get_with(key, self.load(api, caller, token))
@@ -191,10 +189,10 @@ impl<C: Clock> TokenReviewer<C> {
         let (status, answer) = api
             .token_review(&review)
             .await
-            .map_err(|e| Unanswered(HttpError::unavailable(format!("cannot check the cluster token: {e}"))))?;
+            .map_err(|e| Unanswered(Failure::ReviewUnavailable(e)))?;
         if !status.is_success() {
-            return Err(Unanswered(HttpError::unavailable(format!(
-                "cannot check the cluster token: TokenReview answered {status}: {}",
+            return Err(Unanswered(Failure::ReviewUnavailable(format!(
+                "TokenReview answered {status}: {}",
                 answer["message"].as_str().unwrap_or_default()
             ))));
         }
@@ -214,26 +212,23 @@ impl<C: Clock> TokenReviewer<C> {
         }
         limiter.check_key(&caller.to_owned()).map_err(|not_until| {
             let wait = not_until.wait_time_from(limiter.clock().now());
-            Unanswered(
-                HttpError::too_many_requests(format!(
-                    "too many cluster-token reviews for {caller}: at most {} per minute \
-                     (passthrough.reviews_per_caller_per_minute)",
-                    self.per_minute
-                ))
-                .retry_after(wait),
-            )
+            Unanswered(Failure::ReviewsExhausted {
+                caller: caller.to_owned(),
+                per_minute: self.per_minute,
+                wait,
+            })
         })
     }
 
     /// Reads a TokenReview status: authenticated, with a user, and (when
     /// audiences were asked for) at least one of them granted.
-    fn judge(&self, status: &serde_json::Value) -> Result<Reviewed, HttpError> {
+    fn judge(&self, status: &serde_json::Value) -> Result<Reviewed, Failure> {
         if status["authenticated"] != true {
             let why = status["error"]
                 .as_str()
                 .filter(|e| !e.is_empty())
                 .unwrap_or("not authenticated");
-            return Err(refused(format!("the cluster token was rejected: {why}")));
+            return Err(refused(why));
         }
         if !self.audiences.is_empty() {
             let granted = status["audiences"].as_array().into_iter().flatten();
@@ -241,14 +236,12 @@ impl<C: Clock> TokenReviewer<C> {
                 .filter_map(|a| a.as_str())
                 .any(|a| self.audiences.iter().any(|w| w == a))
             {
-                return Err(refused(
-                    "the cluster token was rejected: none of its audiences is accepted here",
-                ));
+                return Err(refused("none of its audiences is accepted here"));
             }
         }
         let user = status["user"]["username"].as_str().unwrap_or_default();
         if user.is_empty() {
-            return Err(refused("the cluster token was rejected: no username"));
+            return Err(refused("no username"));
         }
         let groups = status["user"]["groups"]
             .as_array()
@@ -263,9 +256,9 @@ impl<C: Clock> TokenReviewer<C> {
     }
 }
 
-/// 401 for a cluster token TokenReview refused: the caller's failed authentication.
-fn refused(message: impl Into<String>) -> HttpError {
-    HttpError::unauthorized(message).auth_failed(AuthFailure::ClusterToken)
+/// A cluster token TokenReview refused: the caller's failed authentication.
+fn refused(why: impl Into<String>) -> Failure {
+    Failure::ClusterTokenRefused(why.into())
 }
 
 #[cfg(test)]

@@ -21,13 +21,13 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tracing::{Instrument, debug, info_span};
 
+use super::failure::Failure;
 use super::{AgentState, passthrough};
 use crate::audit::Audit;
 use crate::body::{Body, boxed, empty};
 use crate::forward;
 use crate::headers;
 use crate::proto::{self, Credential};
-use crate::status::HttpError;
 use crate::transport::{RecvHalf, SendHalf, write_chunk};
 use crate::wire::body::{PumpError, RecvBody, send_body};
 use crate::wire::splice::{Side, splice};
@@ -94,8 +94,7 @@ async fn exchange<S: SendHalf, R: RecvHalf>(
         Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => match recv.filter(|_| upgrade) {
             Some(recv) => switch(resp, send, recv, audit).await,
             None => {
-                let e =
-                    HttpError::bad_gateway("the apiserver switched protocols for a request that asked for no upgrade");
+                let e = Failure::UnaskedUpgrade.status();
                 audit.status(e.code.as_u16());
                 respond(e.into_response(), &mut send).await;
             }
@@ -105,6 +104,7 @@ async fn exchange<S: SendHalf, R: RecvHalf>(
             respond(resp.map(|body| audit.count(boxed(body), false)), &mut send).await;
         }
         Err(e) => {
+            let e = e.status();
             audit.status(e.code.as_u16());
             respond(e.into_response(), &mut send).await;
         }
@@ -178,25 +178,27 @@ async fn handle(
     req: Request<Body>,
     credential: &Credential,
     audit: &Audit,
-) -> Result<Response<Incoming>, HttpError> {
-    forward::refuse_connect(req.method())?;
-    crate::request_info::request_info(req.method(), req.uri()).map_err(|e| HttpError::bad_request(e.to_string()))?;
+) -> Result<Response<Incoming>, Failure> {
+    if req.method() == http::Method::CONNECT {
+        return Err(Failure::Connect);
+    }
+    crate::request_info::request_info(req.method(), req.uri()).map_err(|e| Failure::Undecodable(e.to_string()))?;
     // Only the credential in the request head counts; the request's own `Authorization` is the
     // caller's and is stripped below like every other identity header.
     let token = match (state.takes_assertions, credential) {
         (true, Credential::Assertion(token)) | (false, Credential::CallerToken(token)) => token,
-        (true, _) => return Err(HttpError::unauthorized("this agent takes relay assertions only")),
-        (false, _) => return Err(HttpError::unauthorized("this agent takes callers' own tokens only")),
+        (takes_assertions, _) => return Err(Failure::OtherCredential { takes_assertions }),
     };
-    let identity = match state.auth.authenticate(token).await {
-        Ok(identity) => identity,
-        // A caller's own token refused here is the caller's failure; a relay assertion refused
-        // here is not (the caller's token passed at the relay), so only the former is marked.
-        Err(e) if !state.takes_assertions && e.status() == http::StatusCode::UNAUTHORIZED => {
-            return Err(HttpError::from(e).auth_failed(crate::status::AuthFailure::CallerToken));
-        }
-        Err(e) => return Err(e.into()),
-    };
+    // A caller's own token refused here is the caller's failure; a relay assertion refused here
+    // is not (the caller's token passed at the relay): `Failure::status` marks only the former.
+    let identity = state
+        .auth
+        .authenticate(token)
+        .await
+        .map_err(|error| Failure::Unauthenticated {
+            error,
+            caller_token: !state.takes_assertions,
+        })?;
     audit.set(|f| {
         f.caller = Some(identity.user.clone());
         f.groups = identity.groups.clone();
@@ -208,10 +210,7 @@ async fn handle(
     match cluster_token {
         Some(cluster_token) => {
             if !state.mode.allows_passthrough() {
-                return Err(HttpError::forbidden(
-                    "this cluster does not accept cluster tokens (Hawser-Cluster-Authorization); \
-                     its agent runs in identity mode",
-                ));
+                return Err(Failure::PassthroughOff);
             }
             let reviewed = state
                 .reviewer
@@ -220,27 +219,24 @@ async fn handle(
             audit.set(|f| f.cluster_user = Some(reviewed.user.clone()));
             debug!(caller = %identity.user, cluster_user = %reviewed.user, "passthrough");
             crate::impersonation::apply_passthrough(req.headers_mut(), &cluster_token)
-                .map_err(|e| HttpError::unauthorized(format!("cannot forward the cluster token: {e}")))?;
+                .map_err(|e| Failure::UnforwardableClusterToken(e.to_string()))?;
         }
         None => {
             if !state.mode.allows_identity() {
-                return Err(HttpError::forbidden(
-                    "this cluster accepts only callers' own cluster tokens: \
-                     run `hawser proxy --cluster-token-file FILE`",
-                ));
+                return Err(Failure::IdentityOff);
             }
             let agent_token = state
                 .apiserver
                 .token()
-                .map_err(|e| HttpError::internal(format!("the agent has no credential for the apiserver: {e}")))?;
+                .map_err(|e| Failure::NoAgentCredential(e.to_string()))?;
             crate::impersonation::apply(req.headers_mut(), &identity, &agent_token)
-                .map_err(|e| HttpError::internal(format!("cannot express the caller's identity: {e}")))?;
+                .map_err(|e| Failure::Inexpressible(e.to_string()))?;
         }
     }
     *req.uri_mut() = state
         .apiserver
         .uri_for(req.uri())
-        .map_err(|e| HttpError::bad_request(format!("bad request path: {e}")))?;
+        .map_err(|e| Failure::BadPath(e.to_string()))?;
     // The client sets Host from the apiserver URI.
     req.headers_mut().remove(HOST);
     let client = state.apiserver.client(long_running);
@@ -248,7 +244,7 @@ async fn handle(
     let resp = client
         .request(req)
         .await
-        .map_err(|e| HttpError::bad_gateway(format!("the apiserver did not answer: {e}")))?;
+        .map_err(|e| Failure::ApiserverSilent(e.to_string()))?;
     audit.status(resp.status().as_u16());
     tracing::debug!(%method, %path, long_running, status = resp.status().as_u16(), "response head from the apiserver");
     Ok(resp)

@@ -4,6 +4,7 @@ use futures_util::future::join_all;
 use governor::clock::FakeRelativeClock;
 
 use super::*;
+use crate::status::AuthFailure;
 
 /// A fake apiserver: counts TokenReviews and answers each after `delay`
 /// (paused time: it elapses once every caller is waiting).
@@ -104,7 +105,7 @@ async fn concurrent_reviews_of_one_token_make_one_tokenreview() {
     assert!(
         answers
             .iter()
-            .all(|a| a.as_ref().unwrap_err().code == StatusCode::UNAUTHORIZED)
+            .all(|a| a.as_ref().unwrap_err().status().code == StatusCode::UNAUTHORIZED)
     );
 
     // Then both answers come from the cache.
@@ -121,8 +122,8 @@ async fn cannot_say_is_shared_by_waiters_and_never_remembered() {
     assert_eq!(api.reviews(), 1);
     for a in answers {
         let e = a.unwrap_err();
-        assert_eq!(e.code, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(e.auth_failed, None, "a 503 is not the caller's failure");
+        assert_eq!(e.status().code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.status().auth_failed, None, "a 503 is not the caller's failure");
     }
     r.review(&api, "alice", "good").await.unwrap_err();
     assert_eq!(api.reviews(), 2, "a 503 is never reused");
@@ -151,24 +152,29 @@ async fn reviews_per_caller_are_limited_with_429() {
     assert_eq!(api.reviews(), 3);
     let limited = r.review(&api, "alice", "bad-3").await.unwrap_err();
     assert_eq!(api.reviews(), 3, "over the limit: no TokenReview");
-    assert_eq!(limited.code, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.status().code, StatusCode::TOO_MANY_REQUESTS);
     assert!(
-        limited.message.contains("at most 3 per minute") && limited.message.contains("reviews_per_caller_per_minute"),
+        limited.status().message.contains("at most 3 per minute")
+            && limited.status().message.contains("reviews_per_caller_per_minute"),
         "{}",
-        limited.message
+        limited.status().message
     );
     // One token per 20 s refills the bucket.
-    assert_eq!(limited.retry_after_secs, Some(20));
-    assert_eq!(limited.auth_failed, None, "a 429 is not a failed authentication");
+    assert_eq!(limited.status().retry_after_secs, Some(20));
+    assert_eq!(
+        limited.status().auth_failed,
+        None,
+        "a 429 is not a failed authentication"
+    );
 
     // Cache hits are free, refusals included; another caller has its own bucket.
     assert_eq!(r.review(&api, "alice", "good").await.unwrap().user, "sa-good");
     assert_eq!(
-        r.review(&api, "alice", "bad-1").await.unwrap_err().code,
+        r.review(&api, "alice", "bad-1").await.unwrap_err().status().code,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        r.review(&api, "bob", "bad-3").await.unwrap_err().code,
+        r.review(&api, "bob", "bad-3").await.unwrap_err().status().code,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(api.reviews(), 4);
@@ -178,17 +184,17 @@ async fn reviews_per_caller_are_limited_with_429() {
     assert!(
         answers
             .iter()
-            .all(|a| a.as_ref().unwrap_err().code == StatusCode::UNAUTHORIZED)
+            .all(|a| a.as_ref().unwrap_err().status().code == StatusCode::UNAUTHORIZED)
     );
     assert_eq!(api.reviews(), 5);
     for token in ["bad-5", "bad-6"] {
         assert_eq!(
-            r.review(&api, "carol", token).await.unwrap_err().code,
+            r.review(&api, "carol", token).await.unwrap_err().status().code,
             StatusCode::UNAUTHORIZED
         );
     }
     assert_eq!(
-        r.review(&api, "carol", "bad-7").await.unwrap_err().code,
+        r.review(&api, "carol", "bad-7").await.unwrap_err().status().code,
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(api.reviews(), 7);
@@ -196,11 +202,11 @@ async fn reviews_per_caller_are_limited_with_429() {
     // The bucket refills with time: one review per 20 s.
     clock.advance(Duration::from_secs(20));
     assert_eq!(
-        r.review(&api, "alice", "bad-8").await.unwrap_err().code,
+        r.review(&api, "alice", "bad-8").await.unwrap_err().status().code,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        r.review(&api, "alice", "bad-9").await.unwrap_err().code,
+        r.review(&api, "alice", "bad-9").await.unwrap_err().status().code,
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(api.reviews(), 8);
@@ -212,7 +218,7 @@ async fn zero_reviews_per_minute_means_no_limit() {
     let api = FakeApi::accepting(&[]);
     for i in 0..200 {
         let e = r.review(&api, "alice", &format!("bad-{i}")).await.unwrap_err();
-        assert_eq!(e.code, StatusCode::UNAUTHORIZED);
+        assert_eq!(e.status().code, StatusCode::UNAUTHORIZED);
     }
     assert_eq!(api.reviews(), 200);
 }
@@ -242,15 +248,19 @@ async fn a_refused_cluster_token_marks_the_response_as_a_failed_authentication()
         ..FakeApi::accepting(&[])
     };
     let refused = r.review(&api, "alice", "bad").await.unwrap_err();
-    assert_eq!(refused.code, StatusCode::UNAUTHORIZED);
-    let resp = refused.clone().into_response();
+    assert_eq!(refused.status().code, StatusCode::UNAUTHORIZED);
+    let resp = refused.status().into_response();
     assert_eq!(resp.headers()[crate::proto::AUTH_FAILED_HEADER], "cluster-token");
     // Remembered refusals carry it too: each repeat is another failure.
-    assert_eq!(r.review(&api, "alice", "bad").await.unwrap_err(), refused);
+    assert_eq!(
+        r.review(&api, "alice", "bad").await.unwrap_err().status(),
+        refused.status()
+    );
     let limited = r.review(&api, "alice", "other").await.unwrap_err();
-    assert_eq!(limited.code, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.status().code, StatusCode::TOO_MANY_REQUESTS);
     assert!(
         !limited
+            .status()
             .into_response()
             .headers()
             .contains_key(crate::proto::AUTH_FAILED_HEADER)
@@ -259,16 +269,17 @@ async fn a_refused_cluster_token_marks_the_response_as_a_failed_authentication()
         .review(&FakeApi::failing(StatusCode::FORBIDDEN), "alice", "bad")
         .await
         .unwrap_err();
-    assert_eq!(unavailable.code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(unavailable.status().code, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         !unavailable
+            .status()
             .into_response()
             .headers()
             .contains_key(crate::proto::AUTH_FAILED_HEADER)
     );
     // A malformed header is the caller's own 401, but it cost no review.
     let malformed = cluster_token(&headers(&["Basic abc"])).unwrap_err();
-    assert_eq!(malformed.auth_failed, None);
+    assert_eq!(malformed.status().auth_failed, None);
 }
 
 #[test]
@@ -292,12 +303,17 @@ fn cluster_token_is_one_bearer_header() {
     assert_eq!(
         cluster_token(&headers(&["Bearer a", "Bearer b"]))
             .unwrap_err()
+            .status()
             .code
             .as_u16(),
         400
     );
     for bad in ["abc", "Basic abc", "Bearer ", "Bearer a b"] {
-        assert_eq!(cluster_token(&headers(&[bad])).unwrap_err().code.as_u16(), 401, "{bad}");
+        assert_eq!(
+            cluster_token(&headers(&[bad])).unwrap_err().status().code.as_u16(),
+            401,
+            "{bad}"
+        );
     }
 }
 
@@ -308,14 +324,14 @@ fn judge_requires_authenticated_user_and_audience() {
         "user": {"username": "system:serviceaccount:ns:sa", "groups": ["system:serviceaccounts"]}});
     assert_eq!(r.judge(&ok).unwrap().user, "system:serviceaccount:ns:sa");
     let denied = serde_json::json!({"authenticated": false, "error": "token expired"});
-    assert!(r.judge(&denied).unwrap_err().message.contains("token expired"));
+    assert!(r.judge(&denied).unwrap_err().status().message.contains("token expired"));
     let wrong_aud = serde_json::json!({"authenticated": true, "audiences": ["other"], "user": {"username": "u"}});
-    assert_eq!(r.judge(&wrong_aud).unwrap_err().code.as_u16(), 401);
+    assert_eq!(r.judge(&wrong_aud).unwrap_err().status().code.as_u16(), 401);
     let no_user = serde_json::json!({"authenticated": true, "audiences": ["hawser"], "user": {}});
-    assert_eq!(r.judge(&no_user).unwrap_err().code.as_u16(), 401);
+    assert_eq!(r.judge(&no_user).unwrap_err().status().code.as_u16(), 401);
     for refusal in [denied, wrong_aud, no_user] {
         assert_eq!(
-            r.judge(&refusal).unwrap_err().auth_failed,
+            r.judge(&refusal).unwrap_err().status().auth_failed,
             Some(AuthFailure::ClusterToken)
         );
     }
