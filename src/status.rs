@@ -1,6 +1,8 @@
 //! Errors as kubectl understands them: every refusal or failure that ends an
 //! exchange becomes a Kubernetes `Status` object with the matching HTTP code.
-//! This is the one place where typed errors are mapped to status codes.
+//! This renders; which code a failure gets is decided once per side, by
+//! `relay::refusal::Refusal::status` and `agent::failure::Failure::status`
+//! (and for tokens, by the conversion from `AuthError` below).
 
 use http::{Response, StatusCode, header};
 use serde_json::json;
