@@ -9,7 +9,9 @@
 //! own flow-control window, so a reader that stalls holds up only its own stream.
 //!
 //! The relay's first stream is the control stream. It carries a [`Closing`] frame when the relay
-//! closes the tunnel, since only an HTTP/2 server can put a reason into GOAWAY. Both sides ping
+//! closes the tunnel, since only an HTTP/2 server can put a reason into GOAWAY; the agent ends its
+//! side of it to retire the tunnel (it moved to another: the relay routes nothing more here, and
+//! the tunnel ends with the last exchange it carries). Both sides ping
 //! every `keep_alive_secs` and give up on a peer that has not answered within `idle_timeout_secs`
 //! of its last answer. HTTP/2 reserves the low reset codes, so the framing's codes
 //! ([`crate::wire::reset`]) travel as [`CODE_BASE`] plus the code.
