@@ -145,6 +145,7 @@ pub fn swarm(sys: &System, s: &ScaleSettings) -> Result<Swarm> {
     let token = std::fs::read_to_string(sys.dir.join("agent.token"))?;
     Swarm::new(
         sys.relay_udp,
+        (sys.transport == "tcp").then_some(sys.relay_front),
         &sys.relay_ca,
         token.trim().to_owned(),
         s.swarm_per_socket,

@@ -22,6 +22,9 @@
 //!   connection starts, about 1.5 MB per connection at 16,384, which at
 //!   10,000 tunnels would need some 15 GB in this process. This changes only
 //!   what the agent side allocates; the relay's side of each connection is the same.
+//! - over TCP (`--transport tcp`) each swarm agent dials the relay's caller port with its own TCP
+//!   connection and TLS, says its hello and serves HTTP/2 with `hawser::transport::h2`, as the
+//!   product's agent does; no endpoint is shared then.
 //! - the backoff is the product's own (`hawser::agent::backoff::Backoff`), with its
 //!   defaults ([`ReconnectConfig::default`]).
 
@@ -115,6 +118,9 @@ impl CountersSnapshot {
 /// What every swarm agent shares.
 struct Shared {
     relay: SocketAddr,
+    /// Over TCP instead: the relay's caller port and the agent's TLS (ALPN `hawser/1`).
+    tcp: Option<(SocketAddr, Arc<rustls::ClientConfig>)>,
+    tunnel: TunnelConfig,
     token: String,
     reconnect: ReconnectConfig,
     counters: Arc<Counters>,
@@ -135,20 +141,34 @@ pub struct Swarm {
 impl Swarm {
     /// A swarm of no agents yet, for the relay's QUIC address, trusting `ca`,
     /// proving clusters with `token`; `per_endpoint` agents share a UDP socket.
-    pub fn new(relay: SocketAddr, ca: &Path, token: String, per_endpoint: usize, agent_streams: u32) -> Result<Self> {
+    pub fn new(
+        relay: SocketAddr,
+        tcp: Option<SocketAddr>,
+        ca: &Path,
+        token: String,
+        per_endpoint: usize,
+        agent_streams: u32,
+    ) -> Result<Self> {
         let trust = hawser::tls::RelayTrust::load(Some(ca), &[]).context("loading the relay's CA")?;
+        let tcp = match tcp {
+            Some(addr) => Some((addr, Arc::new(trust.client_config(&[proto::ALPN])?))),
+            None => None,
+        };
+        let tunnel = TunnelConfig {
+            max_streams_per_tunnel: agent_streams.max(1),
+            ..TunnelConfig::default()
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 relay,
+                tcp,
+                tunnel: tunnel.clone(),
                 token,
                 reconnect: ReconnectConfig::default(),
                 counters: Arc::default(),
                 keep_backoff_on_refusal: Default::default(),
             }),
-            tunnel: TunnelConfig {
-                max_streams_per_tunnel: agent_streams.max(1),
-                ..TunnelConfig::default()
-            },
+            tunnel,
             trust,
             endpoints: Vec::new(),
             per_endpoint: per_endpoint.max(1),
@@ -181,7 +201,7 @@ impl Swarm {
         while self.agents.len() < n {
             let i = self.agents.len();
             let e = i / self.per_endpoint;
-            if e == self.endpoints.len() {
+            if self.shared.tcp.is_none() && e == self.endpoints.len() {
                 let endpoint = hawser::tunnel::agent_endpoint(&self.trust, &self.tunnel, self.shared.relay)
                     .context("creating a QUIC endpoint")?;
                 self.endpoints.push(endpoint);
@@ -194,7 +214,8 @@ impl Swarm {
                     issuer: crate::system::ASSERTION_ISSUER.to_owned(),
                 },
             };
-            let task = tokio::spawn(agent(self.endpoints[e].clone(), hello, self.shared.clone()));
+            let endpoint = self.endpoints.get(e).cloned();
+            let task = tokio::spawn(agent(endpoint, hello, self.shared.clone()));
             self.agents.push(task);
         }
         Ok(())
@@ -220,7 +241,7 @@ impl Drop for Swarm {
 }
 
 /// One swarm agent: the loop of `hawser::agent::run`, without serving.
-async fn agent(endpoint: quinn::Endpoint, hello: Hello, shared: Arc<Shared>) {
+async fn agent(endpoint: Option<quinn::Endpoint>, hello: Hello, shared: Arc<Shared>) {
     let mut backoff = Backoff::new(shared.reconnect.clone());
     // The ceiling the last wait was drawn from: the experiment's refusals draw from it again.
     let mut last_ceiling = backoff.ceiling();
@@ -228,8 +249,20 @@ async fn agent(endpoint: quinn::Endpoint, hello: Hello, shared: Arc<Shared>) {
     loop {
         let started = Instant::now();
         counters.attempts.fetch_add(1, Ordering::Relaxed);
-        match session(&endpoint, shared.relay, &hello).await {
-            Ok((connection, _control)) => {
+        let attempt = match (&shared.tcp, &endpoint) {
+            (Some((addr, tls)), _) => tcp_session(*addr, tls, &hello, &shared.tunnel).await.map(Up::Tcp),
+            (None, Some(endpoint)) => session(endpoint, shared.relay, &hello).await.map(Up::Quic),
+            (None, None) => Err("no endpoint".to_owned()),
+        };
+        match attempt {
+            Ok(Up::Tcp(side)) => {
+                counters.welcomed.fetch_add(1, Ordering::Relaxed);
+                counters.up.fetch_add(1, Ordering::Relaxed);
+                let never = tokio_util::sync::CancellationToken::new;
+                side.serve(|_send, _recv| {}, never(), never()).await;
+                counters.up.fetch_sub(1, Ordering::Relaxed);
+            }
+            Ok(Up::Quic((connection, _control))) => {
                 counters.welcomed.fetch_add(1, Ordering::Relaxed);
                 counters.up.fetch_add(1, Ordering::Relaxed);
                 // Streams the relay opens would be requests; a swarm cluster gets none.
@@ -252,6 +285,50 @@ async fn agent(endpoint: quinn::Endpoint, hello: Hello, shared: Arc<Shared>) {
         let wait = backoff.next_wait(started.elapsed(), &mut rand::rng());
         tokio::time::sleep(wait).await;
     }
+}
+
+/// A tunnel that was welcomed.
+enum Up {
+    Quic((quinn::Connection, hawser::tunnel::Stream)),
+    Tcp(Box<hawser::transport::h2::AgentSide<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
+}
+
+/// Over TCP: connect, TLS, hello, welcome, HTTP/2: as `hawser::agent`'s TCP dial does.
+async fn tcp_session(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    hello: &Hello,
+    tunnel: &TunnelConfig,
+) -> Result<Box<hawser::transport::h2::AgentSide<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>, String> {
+    let within = |what: &'static str| move |_| format!("{what}: no answer within 10s");
+    let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(within("connect"))?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let mut io = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp),
+    )
+    .await
+    .map_err(within("tls"))?
+    .map_err(|e| format!("tls: {e}"))?;
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        proto::write_frame(&mut io, hello).await?;
+        proto::read_frame::<_, proto::Answer>(&mut io).await
+    })
+    .await
+    .map_err(within("hello"))?
+    .map_err(|e| format!("hello: {e}"))?;
+    if let proto::Answer::Closing(closing) = answer {
+        return Err(format!("hello: refused ({}): {}", closing.code, closing.reason));
+    }
+    let side = tokio::time::timeout(Duration::from_secs(10), hawser::transport::h2::agent_side(io, tunnel))
+        .await
+        .map_err(within("http/2"))?
+        .map_err(|e| format!("http/2: {e}"))?;
+    Ok(Box::new(side))
 }
 
 /// Connect, hello, welcome: as `hawser::agent`'s session does, with its 10 s handshake and hello deadlines.
