@@ -21,11 +21,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use h2::Reason;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use super::{RecvHalf, SendHalf, StreamError};
 use crate::config::TunnelConfig;
@@ -55,6 +54,23 @@ const RESET_STREAMS: usize = 1024;
 
 /// HEADERS here are a fixed request line and `:status`; nothing needs more.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// The settings both ends' builders share (h2's client and server builders have no common trait).
+macro_rules! tunnel_settings {
+    ($builder:expr, $config:expr) => {{
+        let (stream_window, connection_window) = windows($config);
+        let _ = $builder
+            .initial_window_size(stream_window)
+            .initial_connection_window_size(connection_window)
+            .max_frame_size(MAX_FRAME)
+            .max_send_buffer_size(SEND_BUFFER)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .max_concurrent_reset_streams(RESET_STREAMS)
+            // Both ends are authenticated; cancelled exchanges (a caller leaving a watch) are
+            // routine and must never add up to a GOAWAY for the whole tunnel (hyperium/h2#856).
+            .max_local_error_reset_streams(None);
+    }};
+}
 
 fn windows(config: &TunnelConfig) -> (u32, u32) {
     let connection = config
@@ -159,7 +175,8 @@ impl SendHalf for H2Send {
 }
 
 impl H2Send {
-    /// Why a stream that takes no more data stopped: its reset, if the peer sent one.
+    /// Why a stream that takes no more data stopped: its reset, if the peer sent one. (Polled with
+    /// a waker that wakes nothing: the stream is over, nobody waits on it after this.)
     fn gone(&self) -> StreamError {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match lock(&self.stream).poll_reset(&mut cx) {
@@ -308,22 +325,10 @@ pub async fn relay_side<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (stream_window, connection_window) = windows(config);
     let failed = |e: h2::Error| StreamError::Closed(e.to_string());
-    let (requests, mut connection) = h2::client::Builder::new()
-        .enable_push(false)
-        .initial_window_size(stream_window)
-        .initial_connection_window_size(connection_window)
-        .max_frame_size(MAX_FRAME)
-        .max_send_buffer_size(SEND_BUFFER)
-        .max_header_list_size(MAX_HEADER_LIST)
-        .max_concurrent_reset_streams(RESET_STREAMS)
-        // The agent is authenticated; cancelled exchanges (a caller leaving a watch) are routine
-        // and must never add up to a GOAWAY for the whole tunnel (hyperium/h2#856).
-        .max_local_error_reset_streams(None)
-        .handshake::<_, Bytes>(io)
-        .await
-        .map_err(failed)?;
+    let mut builder = h2::client::Builder::new();
+    tunnel_settings!(builder.enable_push(false), config);
+    let (requests, mut connection) = builder.handshake::<_, Bytes>(io).await.map_err(failed)?;
     let ping = connection.ping_pong();
     // The control stream first, on the handle every open uses after it.
     let mut requests = requests.ready().await.map_err(failed)?;
@@ -417,120 +422,8 @@ async fn dead_peer(ping: Option<h2::PingPong>, keep_alive: Duration, wait: Durat
     }
 }
 
-/// The agent's side of an HTTP/2 tunnel, once the welcome was read.
-pub struct AgentSide<T> {
-    connection: h2::server::Connection<T, Bytes>,
-    config: TunnelConfig,
-}
-
-/// Starts the agent's side over `io`.
-pub async fn agent_side<T>(io: T, config: &TunnelConfig) -> Result<AgentSide<T>, StreamError>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    let (stream_window, connection_window) = windows(config);
-    let connection = h2::server::Builder::new()
-        .initial_window_size(stream_window)
-        .initial_connection_window_size(connection_window)
-        .max_concurrent_streams(config.max_streams_per_tunnel)
-        .max_frame_size(MAX_FRAME)
-        .max_send_buffer_size(SEND_BUFFER)
-        .max_header_list_size(MAX_HEADER_LIST)
-        .max_concurrent_reset_streams(RESET_STREAMS)
-        .max_local_error_reset_streams(None)
-        .handshake::<_, Bytes>(io)
-        .await
-        .map_err(|e| StreamError::Closed(e.to_string()))?;
-    Ok(AgentSide {
-        connection,
-        config: config.clone(),
-    })
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin> AgentSide<T> {
-    /// Hands each exchange stream to `serve` until the tunnel ends, and says why it ended. Once
-    /// `retire` is cancelled the relay may open no more streams (GOAWAY) and the tunnel ends when
-    /// those it carries are done; once `stop` is, it ends at once.
-    pub async fn serve(
-        mut self,
-        mut serve: impl FnMut(H2Send, H2Recv),
-        retire: CancellationToken,
-        stop: CancellationToken,
-    ) -> String {
-        let ping = self.connection.ping_pong();
-        let (keep_alive, idle) = liveness(&self.config);
-        let dead = dead_peer(ping, keep_alive, idle);
-        let mut dead = std::pin::pin!(dead);
-        let mut control: Option<(h2::RecvStream, h2::SendStream<Bytes>)> = None;
-        let mut told = BytesMut::new();
-        let mut retiring = false;
-        loop {
-            let accepted = tokio::select! {
-                accepted = self.connection.accept() => accepted,
-                () = &mut dead => return "the relay stopped answering pings".into(),
-                () = stop.cancelled() => return "the agent is shutting down".into(),
-                () = retire.cancelled(), if !retiring => {
-                    retiring = true;
-                    self.connection.graceful_shutdown();
-                    // Ending our side of the control stream tells the relay to route no more
-                    // here; it ends its side in turn, and the streams in flight end by themselves.
-                    if let Some((_, mut send)) = control.take() {
-                        let _ = send.send_data(Bytes::new(), true);
-                    }
-                    continue;
-                }
-                why = read_control(&mut control, &mut told), if control.is_some() => return why,
-            };
-            let (req, mut respond) = match accepted {
-                Some(Ok(pair)) => pair,
-                Some(Err(e)) => return e.to_string(),
-                None if retiring => return "retired: its streams are done".into(),
-                None => return "the relay hung up".into(),
-            };
-            let is_control = req.uri().path() == CONTROL_PATH;
-            let Ok(send) = respond.send_response(http::Response::new(()), false) else {
-                continue;
-            };
-            if is_control && control.is_none() && !retiring {
-                control = Some((req.into_body(), send));
-                continue;
-            }
-            if is_control {
-                // A second control stream is a broken relay: refuse that stream alone.
-                let mut send = send;
-                send.send_reset(Reason::PROTOCOL_ERROR);
-                continue;
-            }
-            let (send, recv) = pair(send, None, Some(req.into_body()));
-            serve(send, recv);
-        }
-    }
-}
-
-/// Reads the control stream until the relay says why it closes (or the stream ends).
-async fn read_control(control: &mut Option<(h2::RecvStream, h2::SendStream<Bytes>)>, told: &mut BytesMut) -> String {
-    let Some((stream, _)) = control.as_mut() else {
-        return std::future::pending().await;
-    };
-    loop {
-        match stream.data().await {
-            Some(Ok(data)) => {
-                let _ = stream.flow_control().release_capacity(data.len());
-                if told.len() + data.len() > proto::MAX_FRAME + 16 {
-                    return "the relay's control stream overflowed".into();
-                }
-                told.extend_from_slice(&data);
-            }
-            Some(Err(e)) => return format!("control stream: {e}"),
-            None => break,
-        }
-    }
-    *control = None;
-    match proto::read_frame::<_, Closing>(&mut told.as_ref()).await {
-        Ok(closing) => format!("the relay closed the tunnel ({}): {}", closing.code, closing.reason),
-        Err(e) => format!("the relay ended the control stream: {e}"),
-    }
-}
+mod agent;
+pub use agent::{AgentSide, agent_side};
 
 #[cfg(test)]
 mod tests;

@@ -35,8 +35,17 @@ pub const TESTS: &[(&str, Test)] = &[
     ),
 ];
 
-/// A deployment whose agent uses the TCP transport only.
-const TCP_ONLY: &str = "address = \"127.0.0.1:{port}\"\ntransport = \"tcp\"";
+/// A deployment whose agent uses the TCP transport only, with `tunnel` (TOML tables) in both configs.
+fn tcp_only(tb: &Testbed, tunnel: &str) -> Result<Hawser> {
+    Hawser::start_with(
+        tb,
+        &Extra {
+            tunnel,
+            agent_relay: "address = \"127.0.0.1:{port}\"\ntransport = \"tcp\"",
+            ..Extra::default()
+        },
+    )
+}
 
 fn version_ok(hawser: &Hawser) -> Result<bool> {
     let kubectl = hawser.kubeconfig_route("hawser-admin", &[])?;
@@ -106,14 +115,7 @@ fn auto_falls_back_to_tcp_and_returns_to_quic_without_cutting_a_watch(tb: &Testb
 fn a_hung_tcp_agent_is_noticed_within_the_idle_timeout(tb: &Testbed, _: &Deployment) -> Result<()> {
     // A stopped process's kernel still acknowledges TCP, so only the pings (every 3 s, 4 s to
     // answer) can tell: within 7 s of the last answer.
-    let hawser = Hawser::start_with(
-        tb,
-        &Extra {
-            tunnel: "[tunnel]\nkeep_alive_secs = 3\nidle_timeout_secs = 7\n",
-            agent_relay: TCP_ONLY,
-            ..Extra::default()
-        },
-    )?;
+    let hawser = tcp_only(tb, "[tunnel]\nkeep_alive_secs = 3\nidle_timeout_secs = 7\n")?;
     let kubectl = hawser.kubeconfig_route("hawser-admin", &[])?;
     let ns = tb.namespace("tcp-hung")?;
     tb.set_value(&ns, "watched", "one")?;
@@ -136,13 +138,7 @@ fn a_hung_tcp_agent_is_noticed_within_the_idle_timeout(tb: &Testbed, _: &Deploym
 }
 
 fn relay_restart_a_tcp_agent_reconnects(tb: &Testbed, _: &Deployment) -> Result<()> {
-    let hawser = Hawser::start_with(
-        tb,
-        &Extra {
-            agent_relay: TCP_ONLY,
-            ..Extra::default()
-        },
-    )?;
+    let hawser = tcp_only(tb, "")?;
     hawser.stop_relay();
     wait_for(
         "the agent to hear why its tunnel closed",
@@ -164,13 +160,7 @@ fn relay_restart_a_tcp_agent_reconnects(tb: &Testbed, _: &Deployment) -> Result<
 /// The stalled-reader tests of the QUIC tunnel, on a TCP tunnel: a port-forward nobody reads, then
 /// forty log followers nobody reads, and the same tunnel still serves a watch and plain requests.
 fn stalled_readers_on_tcp_slow_only_their_own_streams(tb: &Testbed, _: &Deployment) -> Result<()> {
-    let hawser = Hawser::start_with(
-        tb,
-        &Extra {
-            agent_relay: TCP_ONLY,
-            ..Extra::default()
-        },
-    )?;
+    let hawser = tcp_only(tb, "")?;
     hawser.expect_agent_log("transport=\"tcp\"")?;
     crate::tunnel::stalled_port_forward_beside_others(tb, &hawser)?;
     crate::tunnel::many_stalled_streams_on(tb, &hawser)

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::transport::{next_chunk, write_chunk};
 use crate::wire::reset;
+use tokio_util::sync::CancellationToken;
 
 type Pipe = tokio::io::DuplexStream;
 
