@@ -4,8 +4,9 @@
 use http::header::{CONNECTION, HeaderName, HeaderValue, UPGRADE};
 use http::{HeaderMap, Uri};
 
-/// Headers that belong to one hop and must not be forwarded.
-const HOP_BY_HOP: [&str; 8] = [
+/// Headers that belong to one hop and must not be forwarded (RFC 9110 section 7.6.1, plus the
+/// legacy `proxy-connection` and `keep-alive`): the one list every hop uses.
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -14,7 +15,13 @@ const HOP_BY_HOP: [&str; 8] = [
     "te",
     "trailer",
     "transfer-encoding",
+    "upgrade",
 ];
+
+/// Whether `name` is a hop-by-hop header, in any case.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
 
 /// Removes hop-by-hop headers (and those named in `Connection`), keeping an
 /// upgrade request an upgrade request: `Connection: Upgrade` and the single
@@ -30,7 +37,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove(UPGRADE);
     if let Some(protocol) = upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(UPGRADE, protocol);

@@ -99,17 +99,6 @@ const WEBSOCKET_BEARER_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
 const IMPERSONATE_PREFIX: &str = "impersonate-";
 /// Prefix of the apiserver request-header authenticator's headers, matched case-insensitively.
 const X_REMOTE_PREFIX: &str = "x-remote-";
-/// Hop-by-hop headers (RFC 7230 section 6.1 plus the legacy `proxy-connection` and `keep-alive`).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// Bytes client-go escapes in extra keys: everything outside the RFC 7230 token set, plus `%`.
 const EXTRA_KEY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'!')
@@ -417,7 +406,7 @@ fn is_controlled(name: &HeaderName) -> bool {
         || name.eq_ignore_ascii_case(AUTHORIZATION.as_str())
         || name.eq_ignore_ascii_case("proxy-authorization")
         || name.eq_ignore_ascii_case(CLUSTER_AUTHORIZATION)
-        || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || crate::headers::is_hop_by_hop(name)
 }
 
 /// Case-insensitive ASCII prefix test that cannot panic on any input.

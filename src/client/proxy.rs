@@ -129,7 +129,7 @@ impl Proxy {
         server_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
-        let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let secret = data_encoding::HEXLOWER.encode(&secret);
 
         let mut entries = Vec::with_capacity(listeners.len());
         for (served, listener) in &listeners {

@@ -28,19 +28,17 @@ pub struct ClusterTable(HashMap<String, Entry>);
 
 /// The hex SHA-256 of an agent token, as the relay's config stores it.
 pub fn token_digest_hex(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    data_encoding::HEXLOWER.encode(&Sha256::digest(token.as_bytes()))
 }
 
+/// A configured digest (64 hex digits in either case, as config validation checks); anything
+/// else is all zeros, which no token hashes to.
 fn parse_hex(hex: &str) -> [u8; 32] {
     let mut digest = [0u8; 32];
-    for (i, byte) in digest.iter_mut().enumerate() {
-        *byte = hex
-            .get(2 * i..2 * i + 2)
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .unwrap_or(0);
+    if let Ok(bytes) = data_encoding::HEXLOWER_PERMISSIVE.decode(hex.as_bytes())
+        && bytes.len() == 32
+    {
+        digest.copy_from_slice(&bytes);
     }
     digest
 }
