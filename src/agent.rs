@@ -8,6 +8,7 @@ pub mod backoff;
 mod failure;
 mod link;
 mod passthrough;
+mod path;
 mod serve;
 
 use std::sync::Arc;
@@ -93,6 +94,25 @@ pub(crate) struct AgentState {
     stop: tokio_util::sync::CancellationToken,
 }
 
+impl AgentState {
+    /// The issuers, the apiserver client and the audit log: all a stream needs, without a tunnel
+    /// (so tests can serve streams in-process).
+    pub(crate) fn new(config: &AgentConfig) -> Result<Self, AgentError> {
+        Ok(Self {
+            auth: Authenticator::new(config.caller_issuers()).map_err(|e| AgentError::Auth(e.to_string()))?,
+            takes_assertions: config.assertions.is_some(),
+            apiserver: apiserver::Apiserver::from_config(&config.apiserver)?,
+            mode: config.mode,
+            reviewer: passthrough::TokenReviewer::new(&config.passthrough),
+            audit: crate::audit::AuditLog::open(&config.audit, "agent", &config.instance)?,
+            cluster: config.cluster.clone(),
+            instance: config.instance.clone(),
+            tasks: tokio_util::task::TaskTracker::new(),
+            stop: tokio_util::sync::CancellationToken::new(),
+        })
+    }
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let token_path = config.token_file.display().to_string();
@@ -107,8 +127,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             message: "empty".into(),
         });
     }
-    let auth = Authenticator::new(config.caller_issuers()).map_err(|e| AgentError::Auth(e.to_string()))?;
-    let apiserver = apiserver::Apiserver::from_config(&config.apiserver)?;
+    let state = Arc::new(AgentState::new(&config)?);
+    let apiserver = &state.apiserver;
     let uids = config.issuers.iter().any(|i| i.uid_claim.is_some());
     let extra_keys: Vec<String> = config
         .issuers
@@ -138,18 +158,6 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         }
     }
     let dialer = link::Dialer::new(&config, &token)?;
-    let state = Arc::new(AgentState {
-        auth,
-        takes_assertions: config.assertions.is_some(),
-        apiserver,
-        mode: config.mode,
-        reviewer: passthrough::TokenReviewer::new(&config.passthrough),
-        audit: crate::audit::AuditLog::open(&config.audit, "agent", &config.instance)?,
-        cluster: config.cluster.clone(),
-        instance: config.instance.clone(),
-        tasks: tokio_util::task::TaskTracker::new(),
-        stop: tokio_util::sync::CancellationToken::new(),
-    });
 
     let mut backoff = backoff::Backoff::new(config.reconnect.clone());
     let dial = async {
@@ -324,6 +332,26 @@ async fn serve_quic(connection: quinn::Connection, state: &Arc<AgentState>, rela
                     .spawn(serve::stream(send, recv, state.clone(), relay.clone()).in_current_span());
             }
             Err(reason) => return reason.to_string(),
+        }
+    }
+}
+
+/// Serves an in-memory tunnel's streams until it closes, as [`serve_quic`] does a QUIC one, and
+/// says why it ended.
+#[cfg(test)]
+pub(crate) async fn serve_memory(
+    mut acceptor: crate::transport::memory::Acceptor,
+    state: Arc<AgentState>,
+    relay: Arc<str>,
+) -> (u32, String) {
+    loop {
+        match acceptor.accept().await {
+            Ok((send, recv)) => {
+                state
+                    .tasks
+                    .spawn(serve::stream(send, recv, state.clone(), relay.clone()).in_current_span());
+            }
+            Err(closed) => return closed,
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod relay;
 pub mod request_info;
 pub mod shutdown;
 pub mod status;
+pub mod step;
 pub mod telemetry;
 pub mod tls;
 pub mod token_file;

@@ -8,9 +8,11 @@ mod front;
 mod idle;
 mod keys;
 mod limits;
+mod path;
 mod refusal;
 mod registry;
 mod reload;
+mod route;
 mod stall;
 mod stream;
 
@@ -78,10 +80,50 @@ pub(crate) struct RelayState {
     audit: Arc<crate::audit::AuditLog>,
     limits: crate::config::LimitsConfig,
     caller_streams: Arc<limits::CallerStreams>,
-    auth_failures: limits::AuthFailures,
+    auth_failures: Arc<limits::AuthFailures>,
     /// Owner of the tasks an exchange leaves behind (request body pumps, spliced upgrades); the
     /// relay's shutdown waits for them within the drain deadline.
     tasks: tokio_util::task::TaskTracker,
+}
+
+impl RelayState {
+    /// Loads the keys and issuers, checks the access rules and opens the audit log: all a
+    /// request needs, without the listeners (so tests can drive the request path in-process).
+    fn new(config: &RelayConfig) -> Result<Self, RelayError> {
+        let issuer = match &config.issuer {
+            Some(c) => Some(c.load().map_err(|e| RelayError::Issuer(e.to_string()))?),
+            None => None,
+        };
+        let mut issuers = config.issuers.clone();
+        if let Some(issuer) = &issuer {
+            issuers.push(issuer.issuer_config());
+        }
+        let auth = Authenticator::new(issuers).map_err(|e| RelayError::Auth(e.to_string()))?;
+        let minter = match &config.assertions {
+            Some(a) => {
+                let key = SigningKey::load_or_generate(&a.signing_key_file, a.generate)
+                    .map_err(|e| RelayError::Assertions(e.to_string()))?;
+                Some(AssertionMinter::new(key, a.issuer.clone(), a.lifetime()))
+            }
+            None => None,
+        };
+        keys::check_distinct(&config.tls.cert_file, issuer.as_ref(), minter.as_ref())?;
+        let access = AccessRules::new(config.access.clone()).map_err(|e| RelayError::Auth(e.to_string()))?;
+        Ok(Self {
+            instance: config.instance.clone(),
+            auth,
+            access,
+            issuer,
+            minter,
+            clusters: Arc::new(clusters::Clusters::new(clusters::ClusterTable::new(&config.clusters))),
+            registry: registry::Registry::new(),
+            audit: crate::audit::AuditLog::open(&config.audit, "relay", &config.instance)?,
+            caller_streams: Arc::default(),
+            auth_failures: Arc::new(limits::AuthFailures::new(config.limits.auth_failures_per_minute)),
+            limits: config.limits.clone(),
+            tasks: tokio_util::task::TaskTracker::new(),
+        })
+    }
 }
 
 /// A relay bound to its ports, not yet serving.
@@ -107,25 +149,7 @@ impl Relay {
         {
             info!(cert = %config.tls.cert_file.display(), "generated a self-signed serving certificate");
         }
-        let issuer = match &config.issuer {
-            Some(c) => Some(c.load().map_err(|e| RelayError::Issuer(e.to_string()))?),
-            None => None,
-        };
-        let mut issuers = config.issuers.clone();
-        if let Some(issuer) = &issuer {
-            issuers.push(issuer.issuer_config());
-        }
-        let auth = Authenticator::new(issuers).map_err(|e| RelayError::Auth(e.to_string()))?;
-        let minter = match &config.assertions {
-            Some(a) => {
-                let key = SigningKey::load_or_generate(&a.signing_key_file, a.generate)
-                    .map_err(|e| RelayError::Assertions(e.to_string()))?;
-                Some(AssertionMinter::new(key, a.issuer.clone(), a.lifetime()))
-            }
-            None => None,
-        };
-        keys::check_distinct(&config.tls.cert_file, issuer.as_ref(), minter.as_ref())?;
-        let access = AccessRules::new(config.access.clone()).map_err(|e| RelayError::Auth(e.to_string()))?;
+        let state = Arc::new(RelayState::new(&config)?);
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -144,35 +168,18 @@ impl Relay {
         let agent_tcp_tls = Arc::new(agent_tls.clone());
         let endpoint = tunnel::relay_endpoint(agent_addr, agent_tls, &config.tunnel)?;
 
-        let clusters = Arc::new(clusters::Clusters::new(clusters::ClusterTable::new(&config.clusters)));
-        let registry = registry::Registry::new();
-        let audit = crate::audit::AuditLog::open(&config.audit, "relay", &config.instance)?;
         let sessions = Arc::new(agents::Sessions {
-            clusters: clusters.clone(),
-            registry: registry.clone(),
+            clusters: state.clusters.clone(),
+            registry: state.registry.clone(),
             relay: config.instance.clone(),
-            assertion_issuer: minter.as_ref().map(|m| m.issuer().to_owned()),
+            assertion_issuer: state.minter.as_ref().map(|m| m.issuer().to_owned()),
             proven_receive_window: tunnel::connection_window(&config.tunnel),
             hello_failures: limits::AuthFailures::new(config.limits.agent_hello_failures_per_minute),
             unproven: Arc::default(),
             unproven_per_source: config.limits.agent_unproven_per_source,
-            audit: audit.clone(),
+            audit: state.audit.clone(),
             refusal_log: agents::RefusalLog::default(),
             tunnel: config.tunnel.clone(),
-        });
-        let state = Arc::new(RelayState {
-            instance: config.instance.clone(),
-            auth,
-            access,
-            issuer,
-            minter,
-            clusters,
-            registry,
-            audit,
-            caller_streams: Arc::default(),
-            auth_failures: limits::AuthFailures::new(config.limits.auth_failures_per_minute),
-            limits: config.limits.clone(),
-            tasks: tokio_util::task::TaskTracker::new(),
         });
         Ok(Self {
             listener,

@@ -82,6 +82,9 @@ pub enum Failure {
     /// A `101` for a request that asked for no upgrade.
     #[error("the apiserver switched protocols for a request that asked for no upgrade")]
     UnaskedUpgrade,
+    /// A step of the request path found nothing where an outer step should have put it.
+    #[error("internal error: the agent's request path is miswired ({0} missing)")]
+    Miswired(&'static str),
 }
 
 impl Failure {
@@ -106,7 +109,7 @@ impl Failure {
             Self::ReviewUnavailable(_) => HttpError::unavailable(message),
             Self::ReviewsExhausted { wait, .. } => HttpError::too_many_requests(message).retry_after(*wait),
             Self::PassthroughOff | Self::IdentityOff => HttpError::forbidden(message),
-            Self::NoAgentCredential(_) | Self::Inexpressible(_) => HttpError::internal(message),
+            Self::NoAgentCredential(_) | Self::Inexpressible(_) | Self::Miswired(_) => HttpError::internal(message),
             Self::ApiserverSilent(_) | Self::UnaskedUpgrade => HttpError::bad_gateway(message),
         }
     }

@@ -16,18 +16,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HOST;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tracing::{Instrument, debug, info_span};
 
 use super::failure::Failure;
-use super::{AgentState, passthrough};
+use super::{AgentState, path};
 use crate::audit::Audit;
 use crate::body::{Body, boxed, empty};
-use crate::forward;
 use crate::headers;
-use crate::proto::{self, Credential};
+use crate::proto;
 use crate::transport::{RecvHalf, SendHalf, write_chunk};
 use crate::wire::body::{PumpError, RecvBody, send_body};
 use crate::wire::splice::{Side, splice};
@@ -65,7 +63,7 @@ async fn exchange<S: SendHalf, R: RecvHalf>(
     first: bytes::Bytes,
     mut send: S,
     recv: R,
-    state: &AgentState,
+    state: &Arc<AgentState>,
     relay: &str,
 ) {
     let audit = state
@@ -90,7 +88,9 @@ async fn exchange<S: SendHalf, R: RecvHalf>(
     *req.uri_mut() = head.target;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = head.headers;
-    match handle(state, req, &head.credential, &audit).await {
+    req.extensions_mut().insert(head.credential);
+    req.extensions_mut().insert(audit.clone());
+    match path::send(path::request_path(state), req).await {
         Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => match recv.filter(|_| upgrade) {
             Some(recv) => switch(resp, send, recv, audit).await,
             None => {
@@ -170,84 +170,6 @@ async fn switch<S: SendHalf, R: RecvHalf>(mut resp: Response<Incoming>, mut send
             send.cut(reset::SOURCE_FAILED);
         }
     }
-}
-
-/// Authenticates the caller, sets the identity the apiserver sees, and sends the request there.
-async fn handle(
-    state: &AgentState,
-    req: Request<Body>,
-    credential: &Credential,
-    audit: &Audit,
-) -> Result<Response<Incoming>, Failure> {
-    if req.method() == http::Method::CONNECT {
-        return Err(Failure::Connect);
-    }
-    crate::request_info::request_info(req.method(), req.uri()).map_err(|e| Failure::Undecodable(e.to_string()))?;
-    // Only the credential in the request head counts; the request's own `Authorization` is the
-    // caller's and is stripped below like every other identity header.
-    let token = match (state.takes_assertions, credential) {
-        (true, Credential::Assertion(token)) | (false, Credential::CallerToken(token)) => token,
-        (takes_assertions, _) => return Err(Failure::OtherCredential { takes_assertions }),
-    };
-    // A caller's own token refused here is the caller's failure; a relay assertion refused here
-    // is not (the caller's token passed at the relay): `Failure::status` marks only the former.
-    let identity = state
-        .auth
-        .authenticate(token)
-        .await
-        .map_err(|error| Failure::Unauthenticated {
-            error,
-            caller_token: !state.takes_assertions,
-        })?;
-    audit.set(|f| {
-        f.caller = Some(identity.user.clone());
-        f.groups = identity.groups.clone();
-    });
-    let cluster_token = passthrough::cluster_token(req.headers())?;
-
-    let mut req = req;
-    let long_running = forward::is_long_running(&req);
-    match cluster_token {
-        Some(cluster_token) => {
-            if !state.mode.allows_passthrough() {
-                return Err(Failure::PassthroughOff);
-            }
-            let reviewed = state
-                .reviewer
-                .review(&state.apiserver, &identity.user, &cluster_token)
-                .await?;
-            audit.set(|f| f.cluster_user = Some(reviewed.user.clone()));
-            debug!(caller = %identity.user, cluster_user = %reviewed.user, "passthrough");
-            crate::impersonation::apply_passthrough(req.headers_mut(), &cluster_token)
-                .map_err(|e| Failure::UnforwardableClusterToken(e.to_string()))?;
-        }
-        None => {
-            if !state.mode.allows_identity() {
-                return Err(Failure::IdentityOff);
-            }
-            let agent_token = state
-                .apiserver
-                .token()
-                .map_err(|e| Failure::NoAgentCredential(e.to_string()))?;
-            crate::impersonation::apply(req.headers_mut(), &identity, &agent_token)
-                .map_err(|e| Failure::Inexpressible(e.to_string()))?;
-        }
-    }
-    *req.uri_mut() = state
-        .apiserver
-        .uri_for(req.uri())
-        .map_err(|e| Failure::BadPath(e.to_string()))?;
-    // The client sets Host from the apiserver URI.
-    req.headers_mut().remove(HOST);
-    let client = state.apiserver.client(long_running);
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| Failure::ApiserverSilent(e.to_string()))?;
-    audit.status(resp.status().as_u16());
-    tracing::debug!(%method, %path, long_running, status = resp.status().as_u16(), "response head from the apiserver");
-    Ok(resp)
 }
 
 /// Removes headers only the agent may set from an apiserver response: an

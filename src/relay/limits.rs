@@ -21,6 +21,7 @@
 //! cannot overshoot, while good ones cost nothing), which those crates do not offer.
 
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,23 +95,34 @@ pub struct AuthFailures {
 }
 
 /// One authentication attempt holding a token of its source's bucket, spent unless refunded.
-pub struct Attempt<'a> {
-    limiter: &'a AuthFailures,
+/// Clones share it: the failed-auth step keeps one, and the authenticating step settles it.
+#[derive(Clone)]
+pub struct Attempt(Arc<Ticket>);
+
+struct Ticket {
+    limiter: Arc<AuthFailures>,
+    /// The bucket the token came from; `None` when the source is untracked (or no limit is set).
     source: Option<IpAddr>,
+    refunded: AtomicBool,
 }
 
-impl Attempt<'_> {
+impl Attempt {
     /// The caller failed to authenticate: the token stays spent.
-    pub fn failed(self) {}
+    pub fn failed(&self) {}
 
-    /// The attempt did not fail through the caller's fault: its token goes back.
-    pub fn refund(mut self) {
-        if let Some(source) = self.source.take() {
-            let capacity = f64::from(self.limiter.per_minute);
-            if let Some(mut bucket) = self.limiter.buckets.get_mut(&source) {
-                bucket.0 = (bucket.0 + 1.0).min(capacity);
-            }
+    /// The attempt did not fail through the caller's fault: its token goes back (once).
+    pub fn refund(&self) {
+        if self.0.refunded.swap(true, Ordering::Relaxed) {
+            return;
         }
+        if let Some(source) = self.0.source {
+            self.0.limiter.give_back(source);
+        }
+    }
+
+    /// Whether the token went back, that is whether the caller authenticated.
+    pub fn refunded(&self) -> bool {
+        self.0.refunded.load(Ordering::Relaxed)
     }
 }
 
@@ -125,7 +137,7 @@ impl AuthFailures {
     }
 
     /// Starts an attempt from `source`, or `None` if its budget is spent.
-    pub fn attempt(&self, source: IpAddr) -> Option<Attempt<'_>> {
+    pub fn attempt(self: &Arc<Self>, source: IpAddr) -> Option<Attempt> {
         self.attempt_at(source, Instant::now())
     }
 
@@ -143,9 +155,7 @@ impl AuthFailures {
     /// Counts one failure against `source` after the fact (for checks that cannot take a token
     /// up front without delaying a burst of legitimate attempts, such as an agents' reconnect storm).
     pub fn charge(&self, source: IpAddr) {
-        if let Some(attempt) = self.attempt(source) {
-            attempt.failed();
-        }
+        let _spent = self.take(source, Instant::now());
     }
 
     /// How long until a spent source may try again, rounded up to whole seconds.
@@ -159,12 +169,20 @@ impl AuthFailures {
         (tokens + now.saturating_duration_since(since).as_secs_f64() * capacity / 60.0).min(capacity)
     }
 
-    fn attempt_at(&self, source: IpAddr, now: Instant) -> Option<Attempt<'_>> {
+    fn attempt_at(self: &Arc<Self>, source: IpAddr, now: Instant) -> Option<Attempt> {
+        let source = self.take(source, now)?;
+        Some(Attempt(Arc::new(Ticket {
+            limiter: self.clone(),
+            source,
+            refunded: AtomicBool::new(false),
+        })))
+    }
+
+    /// Takes a token from `source`'s bucket: `None` if there is none left, else the bucket it
+    /// came from (`Some(None)`: untracked, nothing taken).
+    fn take(&self, source: IpAddr, now: Instant) -> Option<Option<IpAddr>> {
         if self.per_minute == 0 {
-            return Some(Attempt {
-                limiter: self,
-                source: None,
-            });
+            return Some(None);
         }
         let source = bucket_key(source);
         if self.buckets.len() >= SOURCES_BEFORE_SWEEP && !self.buckets.contains_key(&source) {
@@ -172,10 +190,7 @@ impl AuthFailures {
             if self.buckets.len() >= SOURCES_BEFORE_SWEEP {
                 // Still full of sources with recent failures: this new one goes untracked
                 // rather than the map growing without bound.
-                return Some(Attempt {
-                    limiter: self,
-                    source: None,
-                });
+                return Some(None);
             }
         }
         let capacity = f64::from(self.per_minute);
@@ -186,10 +201,15 @@ impl AuthFailures {
             return None;
         }
         *bucket = (tokens - 1.0, now);
-        Some(Attempt {
-            limiter: self,
-            source: Some(source),
-        })
+        Some(Some(source))
+    }
+
+    /// Puts back a token taken from `source`'s bucket.
+    fn give_back(&self, source: IpAddr) {
+        let capacity = f64::from(self.per_minute);
+        if let Some(mut bucket) = self.buckets.get_mut(&source) {
+            bucket.0 = (bucket.0 + 1.0).min(capacity);
+        }
     }
 
     /// Drops sources whose buckets have refilled, at most once a second.
@@ -224,7 +244,7 @@ mod tests {
     use super::*;
 
     /// Counts a failed attempt, if one was allowed.
-    fn fail(attempt: Option<Attempt<'_>>) {
+    fn fail(attempt: Option<Attempt>) {
         if let Some(attempt) = attempt {
             attempt.failed();
         }
@@ -253,7 +273,7 @@ mod tests {
 
     #[test]
     fn failures_drain_the_bucket_which_refills_over_time() {
-        let limit = AuthFailures::new(6);
+        let limit = Arc::new(AuthFailures::new(6));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         let t0 = Instant::now();
@@ -271,7 +291,7 @@ mod tests {
             "one token per 10 s at 6/min"
         );
         assert_eq!(limit.retry_after(), Duration::from_secs(10));
-        let off = AuthFailures::new(0);
+        let off = Arc::new(AuthFailures::new(0));
         for _ in 0..100 {
             fail(off.attempt_at(ip, t0));
         }
@@ -280,7 +300,7 @@ mod tests {
 
     #[test]
     fn concurrent_attempts_take_their_tokens_up_front_and_successes_refund() {
-        let limit = AuthFailures::new(3);
+        let limit = Arc::new(AuthFailures::new(3));
         let ip: IpAddr = "192.0.2.9".parse().unwrap();
         let t0 = Instant::now();
         let held: Vec<_> = (0..3).map(|_| limit.attempt_at(ip, t0).expect("budget")).collect();
@@ -298,8 +318,24 @@ mod tests {
     }
 
     #[test]
+    fn an_attempt_and_its_clones_give_back_one_token_at_most() {
+        let limit = Arc::new(AuthFailures::new(2));
+        let ip: IpAddr = "192.0.2.10".parse().unwrap();
+        let t0 = Instant::now();
+        fail(limit.attempt_at(ip, t0));
+        let attempt = limit.attempt_at(ip, t0).expect("budget");
+        let clone = attempt.clone();
+        assert!(!clone.refunded());
+        attempt.refund();
+        clone.refund();
+        assert!(clone.refunded(), "a clone sees the refund");
+        limit.attempt_at(ip, t0).expect("the refunded token").failed();
+        assert!(limit.attempt_at(ip, t0).is_none(), "two refunds gave back one token");
+    }
+
+    #[test]
     fn ipv6_sources_share_a_bucket_per_64_and_mapped_ipv4_is_ipv4() {
-        let limit = AuthFailures::new(2);
+        let limit = Arc::new(AuthFailures::new(2));
         let t0 = Instant::now();
         fail(limit.attempt_at("2001:db8:1:2::1".parse().unwrap(), t0));
         fail(limit.attempt_at("2001:db8:1:2:ffff::9".parse().unwrap(), t0));
@@ -312,7 +348,7 @@ mod tests {
 
     #[test]
     fn the_map_stays_bounded_under_a_flood_of_sources() {
-        let limit = AuthFailures::new(1);
+        let limit = Arc::new(AuthFailures::new(1));
         let t0 = Instant::now();
         for i in 0..(SOURCES_BEFORE_SWEEP as u32 + 1000) {
             fail(limit.attempt_at(IpAddr::V4(i.into()), t0));

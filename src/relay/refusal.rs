@@ -133,6 +133,9 @@ pub enum Refusal {
     /// A `101` for a request that asked for no upgrade.
     #[error("cluster \"{0}\": the agent switched protocols for a request that asked for no upgrade")]
     UnaskedUpgrade(String),
+    /// A step of the request path found nothing where an outer step should have put it.
+    #[error("internal error: the relay's request path is miswired ({0} missing)")]
+    Miswired(&'static str),
 }
 
 impl Refusal {
@@ -152,7 +155,7 @@ impl Refusal {
             }
             Self::SourceThrottled(after) => HttpError::too_many_requests(message).retry_after(after),
             Self::CallerBusy { .. } => HttpError::too_many_requests(message),
-            Self::CannotVouch(_) => HttpError::internal(message),
+            Self::CannotVouch(_) | Self::Miswired(_) => HttpError::internal(message),
             Self::NoAnswer { .. } | Self::UnaskedUpgrade(_) => HttpError::bad_gateway(message),
             Self::Offline(_) | Self::Saturated { .. } | Self::Unreachable { .. } | Self::AgentShutdown { .. } => {
                 HttpError::unavailable(message)

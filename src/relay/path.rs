@@ -1,0 +1,314 @@
+//! A caller's request to a cluster, as tower layers, outermost first: request id and span →
+//! audit → failed-authentication limit → authenticate → access rules → per-caller limit → route
+//! to a tunnel (`route`). Each step hands what it learned to the next in the request's
+//! extensions; a refusal rises as a typed [`Refusal`] to the audit step, the one place it becomes
+//! a Kubernetes `Status` (by [`Refusal::status`]) and is recorded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{Request, Response, Uri};
+use tower::ServiceBuilder;
+use tracing::{Instrument, info_span};
+
+use super::RelayState;
+use super::limits::Attempt;
+use super::refusal::Refusal;
+use super::route::Route;
+use super::stall::Delivery;
+use crate::audit::Audit;
+use crate::auth::Caller;
+use crate::body::Body;
+use crate::proto;
+use crate::step::{Next, Path, Step, StepLayer, Stepped};
+
+/// The caller's address, set by the front door.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// The request's id, as the agent and both audit logs see it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Where the request goes: its cluster, and its path and query on that cluster's apiserver.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Path and query on the apiserver.
+    pub upstream: Uri,
+}
+
+/// A caller whose token passed, and the token (only ever sent to a cluster it is bound to).
+#[derive(Clone)]
+pub struct Authenticated {
+    /// Who.
+    pub caller: Caller,
+    /// The bearer token.
+    pub token: String,
+}
+
+/// The relay's request path, built once per relay.
+pub type RequestPath = Stepped<
+    Identify,
+    Stepped<Audited, Stepped<FailedAuthLimit, Stepped<Authenticate, Stepped<Access, Stepped<CallerLimit, Route>>>>>,
+>;
+
+/// The stack every request to `/clusters/NAME/...` goes through.
+pub fn request_path(state: Arc<RelayState>) -> RequestPath {
+    ServiceBuilder::new()
+        .layer(StepLayer(Identify(state.clone())))
+        .layer(StepLayer(Audited(state.clone())))
+        .layer(StepLayer(FailedAuthLimit(state.clone())))
+        .layer(StepLayer(Authenticate(state.clone())))
+        .layer(StepLayer(Access(state.clone())))
+        .layer(StepLayer(CallerLimit(state.clone())))
+        .service(Route(state))
+}
+
+/// Sends one request down the path once it is ready. (Written for the concrete stack: a generic
+/// version's future loses its `Send` proof to a higher-ranked lifetime in the compiler.)
+pub async fn send(mut path: RequestPath, req: Request<Body>) -> Answer {
+    std::future::poll_fn(|cx| tower::Service::poll_ready(&mut path, cx)).await?;
+    tower::Service::call(&mut path, req).await
+}
+
+/// What each step of the relay's path answers.
+type Answer = Result<Response<Body>, Refusal>;
+
+/// The relay's request path: a caller's request in, the response for the caller out.
+pub struct RelayPath;
+
+impl Path for RelayPath {
+    type Request = Request<Body>;
+    type Response = Response<Body>;
+    type Error = Refusal;
+}
+
+/// Something a step needs that an outer step puts in place: missing, the stack is miswired.
+pub(super) fn ext<T: Clone + Send + Sync + 'static>(req: &Request<Body>) -> Result<T, Refusal> {
+    req.extensions()
+        .get::<T>()
+        .cloned()
+        .ok_or(Refusal::Miswired(std::any::type_name::<T>()))
+}
+
+/// Gives the request its id and the span every later log line of it belongs to.
+#[derive(Clone)]
+pub struct Identify(Arc<RelayState>);
+
+impl Step for Identify {
+    type Path = RelayPath;
+
+    async fn run(self, mut req: Request<Body>, next: Next<Self>) -> Answer {
+        let id = next_request_id(&self.0.instance);
+        let span = info_span!("request", request.id = %id);
+        req.extensions_mut().insert(RequestId(id));
+        next.run(req).instrument(span).await
+    }
+}
+
+/// Opens the request's audit record, finds its cluster and path, and answers every refusal from
+/// the steps inside as a Kubernetes `Status`, recording its code.
+#[derive(Clone)]
+pub struct Audited(Arc<RelayState>);
+
+impl Step for Audited {
+    type Path = RelayPath;
+
+    async fn run(self, mut req: Request<Body>, next: Next<Self>) -> Answer {
+        let state = &self.0;
+        let RequestId(id) = ext(&req)?;
+        let (audit, target) = match split_cluster_uri(req.uri()) {
+            Ok((cluster, upstream)) => {
+                let audit = state.audit.begin(&id, req.method(), &upstream, req.headers());
+                audit.set(|f| f.cluster = Some(cluster.clone()));
+                (audit, Ok(Target { cluster, upstream }))
+            }
+            Err(e) => (state.audit.begin(&id, req.method(), req.uri(), req.headers()), Err(e)),
+        };
+        audit.set(|f| f.relay = Some(state.instance.clone()));
+        let outcome = match target {
+            // A path the apiserver would not decode is refused before anything else looks at it.
+            Ok(target) if crate::request_info::request_info(req.method(), &target.upstream).is_err() => {
+                Err(Refusal::Undecodable)
+            }
+            Ok(target) => {
+                req.extensions_mut().insert(target);
+                req.extensions_mut().insert(audit.clone());
+                next.run(req).await
+            }
+            Err(e) => Err(e),
+        };
+        Ok(outcome.unwrap_or_else(|e| {
+            let status = e.status();
+            audit.status(status.code.as_u16());
+            bounded(status.into_response())
+        }))
+    }
+}
+
+/// A response the relay made itself: it must reach the caller within the stall bound.
+pub fn bounded(mut resp: Response<Body>) -> Response<Body> {
+    resp.extensions_mut().insert(Delivery::Bounded);
+    resp
+}
+
+/// Refuses a source that failed to authenticate too often before any signature is checked, and
+/// charges it for credentials refused further on (a token not bound to the cluster, or one the
+/// agent refuses and marks).
+#[derive(Clone)]
+pub struct FailedAuthLimit(Arc<RelayState>);
+
+impl Step for FailedAuthLimit {
+    type Path = RelayPath;
+
+    async fn run(self, mut req: Request<Body>, next: Next<Self>) -> Answer {
+        let limiter = &self.0.auth_failures;
+        let Peer(peer) = ext(&req)?;
+        let attempt = limiter
+            .attempt(peer.ip())
+            .ok_or_else(|| Refusal::SourceThrottled(limiter.retry_after()))?;
+        req.extensions_mut().insert(attempt.clone());
+        let outcome = next.run(req).await;
+        let caller_failed = match &outcome {
+            Ok(resp) => {
+                resp.status() == http::StatusCode::UNAUTHORIZED
+                    && resp.headers().contains_key(proto::AUTH_FAILED_HEADER)
+            }
+            Err(e) => e.is_unauthenticated(),
+        };
+        // A failed authentication already kept its token; a credential refused after the
+        // caller authenticated is charged now.
+        if caller_failed && attempt.refunded() {
+            limiter.charge(peer.ip());
+        }
+        outcome.map(|mut resp| {
+            resp.headers_mut().remove(proto::AUTH_FAILED_HEADER);
+            resp
+        })
+    }
+}
+
+/// Checks the caller's bearer token; the caller goes into the request's extensions.
+#[derive(Clone)]
+pub struct Authenticate(Arc<RelayState>);
+
+impl Step for Authenticate {
+    type Path = RelayPath;
+
+    async fn run(self, mut req: Request<Body>, next: Next<Self>) -> Answer {
+        let attempt: Attempt = ext(&req)?;
+        let audit: Audit = ext(&req)?;
+        let authenticated = match crate::auth::bearer_token(req.headers()) {
+            Ok(token) => self
+                .0
+                .auth
+                .authenticate_caller(token)
+                .await
+                .map(|caller| Authenticated {
+                    caller,
+                    token: token.to_owned(),
+                }),
+            Err(e) => Err(e),
+        };
+        let authenticated = match authenticated {
+            Ok(authenticated) => {
+                // Given back at once: holding it across a slow exchange would let valid requests
+                // from one address look like failures to the next caller from there.
+                attempt.refund();
+                authenticated
+            }
+            // An issuer that cannot be reached is not the caller's failure.
+            Err(e @ crate::auth::AuthError::ProviderUnavailable(_)) => {
+                attempt.refund();
+                return Err(e.into());
+            }
+            Err(e) => {
+                attempt.failed();
+                return Err(e.into());
+            }
+        };
+        let identity = &authenticated.caller.identity;
+        audit.set(|f| {
+            f.caller = Some(identity.user.clone());
+            f.groups = identity.groups.clone();
+        });
+        req.extensions_mut().insert(authenticated);
+        next.run(req).await
+    }
+}
+
+/// The access rules: which callers may reach which clusters through this relay.
+#[derive(Clone)]
+pub struct Access(Arc<RelayState>);
+
+impl Step for Access {
+    type Path = RelayPath;
+
+    async fn run(self, req: Request<Body>, next: Next<Self>) -> Answer {
+        let Authenticated { caller, .. } = ext(&req)?;
+        let Target { cluster, .. } = ext(&req)?;
+        if !self.0.access.allows(&caller.identity, &cluster) {
+            return Err(Refusal::Forbidden {
+                cluster,
+                user: caller.identity.user,
+            });
+        }
+        next.run(req).await
+    }
+}
+
+/// One caller cannot take a whole tunnel's stream budget: every exchange holds a slot until its
+/// audit record closes (the end of a watch, an exec, a port-forward).
+#[derive(Clone)]
+pub struct CallerLimit(Arc<RelayState>);
+
+impl Step for CallerLimit {
+    type Path = RelayPath;
+
+    async fn run(self, req: Request<Body>, next: Next<Self>) -> Answer {
+        let state = &self.0;
+        let Authenticated { caller, .. } = ext(&req)?;
+        let audit: Audit = ext(&req)?;
+        let user = caller.identity.user;
+        let limit = state.limits.max_streams_per_caller;
+        let lease = state
+            .caller_streams
+            .acquire(&user, limit)
+            .ok_or(Refusal::CallerBusy { user, limit })?;
+        audit.hold(lease);
+        next.run(req).await
+    }
+}
+
+/// Splits `/clusters/NAME/rest?query` into `NAME` and `/rest?query`.
+fn split_cluster_uri(uri: &Uri) -> Result<(String, Uri), Refusal> {
+    let rest = uri.path().strip_prefix("/clusters/").unwrap_or_default();
+    let (cluster, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if !crate::config::valid_cluster_name(cluster) {
+        return Err(Refusal::UnknownCluster(cluster.to_owned()));
+    }
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let upstream: Uri = path_and_query.parse().map_err(|_| Refusal::MalformedPath)?;
+    Ok((cluster.to_owned(), upstream))
+}
+
+/// `{instance}-{random}-{counter}`: the random part, drawn once per process, keeps ids unique
+/// across restarts and across replicas that share an instance name or a pid.
+fn next_request_id(instance: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| format!("{:016x}", rand::random::<u64>()));
+    format!("{instance}-{run}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests;

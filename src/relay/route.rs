@@ -1,0 +1,130 @@
+//! The innermost step of the relay's request path: the cluster, its credential for the caller,
+//! one of its agents' tunnels, a new stream on it, and the exchange (`stream`).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use tracing::{Instrument, info_span};
+
+use super::RelayState;
+use super::clusters::ClusterTable;
+use super::path::{Authenticated, RequestId, Target, ext};
+use super::refusal::Refusal;
+use super::stream::Sent;
+use crate::audit::Audit;
+use crate::auth::Caller;
+use crate::body::Body;
+use crate::proto::Credential;
+use crate::step::StepFuture;
+
+/// Routes a request to its cluster's agent over a new stream.
+#[derive(Clone)]
+pub struct Route(pub(super) Arc<RelayState>);
+
+impl tower::Service<Request<Body>> for Route {
+    type Response = Response<Body>;
+    type Error = Refusal;
+    type Future = StepFuture<Response<Body>, Refusal>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Refusal>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        Box::pin(route(self.0.clone(), req))
+    }
+}
+
+async fn route(state: Arc<RelayState>, req: Request<Body>) -> Result<Response<Body>, Refusal> {
+    let Target { cluster, upstream } = ext(&req)?;
+    let Authenticated { caller, token } = ext(&req)?;
+    let RequestId(request_id) = ext(&req)?;
+    let audit: Audit = ext(&req)?;
+    let table = state.clusters.current();
+    if !table.knows(&cluster) {
+        return Err(Refusal::UnknownCluster(cluster));
+    }
+    let credential = credential_for(&state, &table, &cluster, &caller, &token)?;
+    let session = state
+        .registry
+        .pick(&cluster)
+        .ok_or_else(|| Refusal::Offline(cluster.clone()))?;
+    audit.set(|f| f.agent = Some(session.instance.clone()));
+    let span = info_span!("stream", cluster = %cluster, user = %caller.identity.user, session = session.id);
+    async move {
+        // Waits only while the agent's stream limit is reached; bounded so callers get an answer.
+        let wait = Duration::from_secs(state.limits.open_stream_timeout_secs);
+        let opened = tokio::time::timeout(wait, session.connection.open())
+            .await
+            .map_err(|_| Refusal::Saturated {
+                cluster: cluster.clone(),
+                wait,
+            })?;
+        let (send, recv) = opened.map_err(|error| Refusal::Unreachable {
+            cluster: cluster.clone(),
+            error,
+        })?;
+        let sent = Sent {
+            cluster: &cluster,
+            target: upstream,
+            request_id,
+            credential,
+            tasks: &state.tasks,
+        };
+        let (mut resp, delivery) = super::stream::exchange(send, recv, req, sent, &audit).await?;
+        resp.extensions_mut().insert(delivery);
+        Ok(resp)
+    }
+    .instrument(span)
+    .await
+}
+
+/// What `cluster`'s agent gets as the caller's proof: the caller's own token if the cluster takes
+/// those and the token is bound to it alone, else an assertion of the relay's bound to it. Either
+/// way nothing the agent receives is good at any other cluster.
+fn credential_for(
+    state: &RelayState,
+    table: &ClusterTable,
+    cluster: &str,
+    caller: &Caller,
+    token: &str,
+) -> Result<Credential, Refusal> {
+    match table.caller_audience(cluster) {
+        Some(audience) => {
+            if !caller.audiences.iter().any(|a| a == audience) {
+                return Err(Refusal::NotForCluster {
+                    cluster: cluster.to_owned(),
+                    audience: audience.to_owned(),
+                });
+            }
+            if let Some(other) = table.bound_elsewhere(cluster, &caller.audiences) {
+                return Err(Refusal::AlsoGoodElsewhere {
+                    cluster: cluster.to_owned(),
+                    other: other.to_owned(),
+                    audience: audience.to_owned(),
+                });
+            }
+            Ok(Credential::CallerToken(token.to_owned()))
+        }
+        None => {
+            // A token minted for a cluster that takes callers' own tokens is good there alone:
+            // otherwise what that cluster's agent receives would buy an assertion here.
+            if let Some(other) = table.bound_elsewhere(cluster, &caller.audiences) {
+                return Err(Refusal::BoundElsewhere {
+                    cluster: cluster.to_owned(),
+                    other: other.to_owned(),
+                });
+            }
+            let minter = state
+                .minter
+                .as_ref()
+                .ok_or_else(|| Refusal::CannotVouch("this relay has no [assertions] to vouch for callers".into()))?;
+            let assertion = minter
+                .assertion(caller, crate::auth::token_digest(token), cluster)
+                .map_err(|e| Refusal::CannotVouch(format!("cannot vouch for the caller: {e}")))?;
+            Ok(Credential::Assertion(assertion.to_string()))
+        }
+    }
+}
