@@ -27,7 +27,7 @@ use crate::body::{Body, boxed, empty};
 use crate::headers;
 use crate::proto;
 use crate::transport::{RecvHalf, SendHalf, write_chunk};
-use crate::wire::body::{PumpError, RecvBody, send_body};
+use crate::wire::body::{PumpError, RecvBody, send_head_and_body};
 use crate::wire::splice::{Side, splice};
 use crate::wire::{self, RequestHead, ResponseHead, reset};
 
@@ -131,11 +131,8 @@ async fn respond<S: SendHalf>(resp: Response<Body>, send: &mut S) {
             return send.cut(reset::SOURCE_FAILED);
         }
     };
-    if write_chunk(send, encoded).await.is_err() {
-        return;
-    }
     if has_body {
-        match send_body(body, send).await {
+        match send_head_and_body(encoded, body, send).await {
             Ok(_) => {}
             Err(PumpError::Source(e)) => {
                 debug!(error = %e, "the apiserver's answer broke off");
@@ -143,6 +140,8 @@ async fn respond<S: SendHalf>(resp: Response<Body>, send: &mut S) {
             }
             Err(PumpError::Sink(e)) => return debug!(error = %e, "the relay stopped reading the answer"),
         }
+    } else if write_chunk(send, encoded).await.is_err() {
+        return;
     }
     send.end();
 }
