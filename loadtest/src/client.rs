@@ -22,7 +22,11 @@ use tokio_rustls::TlsConnector;
 pub struct Target {
     /// `direct` or `hawser`.
     pub name: &'static str,
-    senders: Vec<SendRequest<Empty<Bytes>>>,
+    /// The connections; one the server closed (its idle timeout, between phases) is reopened on
+    /// its next use, as kubectl's transport does.
+    senders: Vec<tokio::sync::Mutex<SendRequest<Empty<Bytes>>>>,
+    connector: TlsConnector,
+    addr: SocketAddr,
     next: AtomicUsize,
     /// URL prefixes, one per cluster (`https://ADDR` for direct).
     bases: Vec<String>,
@@ -53,11 +57,11 @@ impl Target {
         let connector = TlsConnector::from(Arc::new(crate::tls::client_config(ca)?));
         let mut senders = Vec::with_capacity(connections);
         for _ in 0..connections.max(1) {
-            senders.push(
+            senders.push(tokio::sync::Mutex::new(
                 open(&connector, addr)
                     .await
                     .with_context(|| format!("connecting to {addr}"))?,
-            );
+            ));
         }
         let authorization = match token {
             Some(t) => Some(HeaderValue::try_from(format!("Bearer {t}")).context("token is not a header value")?),
@@ -66,6 +70,8 @@ impl Target {
         Ok(Arc::new(Self {
             name,
             senders,
+            connector,
+            addr,
             next: AtomicUsize::new(0),
             bases,
             authorization,
@@ -88,7 +94,16 @@ impl Target {
 
     /// GETs `uri` on the next connection and reads the whole body.
     pub async fn get(&self, uri: Uri) -> Result<Answer> {
-        let mut sender = self.senders[self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len()].clone();
+        let slot = &self.senders[self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len()];
+        let mut sender = {
+            let mut held = slot.lock().await;
+            if held.is_closed() {
+                *held = open(&self.connector, self.addr)
+                    .await
+                    .with_context(|| format!("reconnecting to {}", self.addr))?;
+            }
+            held.clone()
+        };
         let mut req = Request::get(uri).body(Empty::<Bytes>::new())?;
         if let Some(auth) = &self.authorization {
             req.headers_mut().insert(http::header::AUTHORIZATION, auth.clone());
