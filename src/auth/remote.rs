@@ -84,6 +84,9 @@ struct Inner {
     fetch: Arc<Mutex<FetchState>>,
     clock: Arc<dyn Clock>,
     policy: RefetchPolicy,
+    /// Owner of the fetch tasks (one at a time, under `fetch`); each ends within
+    /// `policy.timeout`, its drain deadline.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for RemoteKeys {
@@ -117,6 +120,7 @@ impl RemoteKeys {
             fetch: Arc::new(Mutex::new(FetchState::default())),
             clock,
             policy,
+            tasks: tokio_util::task::TaskTracker::new(),
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -194,7 +198,8 @@ impl Inner {
         let inner = Arc::clone(self);
         let started = inner.clock.monotonic();
         state.last_attempt = Some(started);
-        tokio::spawn(async move {
+        let tasks = inner.tasks.clone();
+        tasks.spawn(async move {
             let result = inner.fetch().await;
             match result {
                 Ok(keys) => {
