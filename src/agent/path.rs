@@ -171,12 +171,15 @@ async fn upstream(state: Arc<AgentState>, mut req: Request<Body>) -> Answer {
     // The client sets Host from the apiserver URI.
     req.headers_mut().remove(HOST);
     let client = state.apiserver.client(long_running);
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    // Copied only for the debug line below, and only when it will be written.
+    let shown = tracing::enabled!(tracing::Level::DEBUG).then(|| (req.method().clone(), req.uri().path().to_owned()));
     let resp = client
         .request(req)
         .await
         .map_err(|e| Failure::ApiserverSilent(e.to_string()))?;
     audit.status(resp.status().as_u16());
-    debug!(%method, %path, long_running, status = resp.status().as_u16(), "response head from the apiserver");
+    if let Some((method, path)) = shown {
+        debug!(%method, %path, long_running, status = resp.status().as_u16(), "response head from the apiserver");
+    }
     Ok(resp)
 }

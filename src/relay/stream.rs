@@ -65,7 +65,9 @@ where
     parts.headers.remove(HOST);
     // An upgrade request carries no body: after its head come the upgraded bytes.
     let has_body = caller_side.is_none() && !hyper::body::Body::is_end_stream(&body);
-    let (method, path) = (parts.method.clone(), upstream_uri.path().to_owned());
+    // Copied only for the debug line below, and only when it will be written.
+    let shown =
+        tracing::enabled!(tracing::Level::DEBUG).then(|| (parts.method.clone(), upstream_uri.path().to_owned()));
     let head = RequestHead {
         request_id,
         credential,
@@ -126,7 +128,9 @@ where
         },
     })?;
     audit.status(head.status.as_u16());
-    debug!(%method, %path, status = head.status.as_u16(), "response head from the agent");
+    if let Some((method, path)) = shown {
+        debug!(%method, %path, status = head.status.as_u16(), "response head from the agent");
+    }
     let has_length = head.headers.contains_key(http::header::CONTENT_LENGTH);
     let delivery = Delivery::of_forwarded(exchange, head.status, has_length);
     if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
