@@ -50,12 +50,20 @@ impl Path for AgentPath {
     type Error = Failure;
 }
 
-/// Something a step needs that an outer step (or `serve`) puts in place.
-fn ext<T: Clone + Send + Sync + 'static>(req: &Request<Body>) -> Result<T, Failure> {
-    req.extensions()
-        .get::<T>()
-        .cloned()
+/// Something a step needs that an outer step (or `serve`) puts in place, taken out of the
+/// request by its last user (no copy).
+fn take<T: Send + Sync + 'static>(req: &mut Request<Body>) -> Result<T, Failure> {
+    req.extensions_mut()
+        .remove::<T>()
         .ok_or(Failure::Miswired(std::any::type_name::<T>()))
+}
+
+/// The request's audit record (a shared handle), which every step may add to.
+fn audit(req: &Request<Body>) -> Result<Audit, Failure> {
+    req.extensions()
+        .get::<Audit>()
+        .cloned()
+        .ok_or(Failure::Miswired(std::any::type_name::<Audit>()))
 }
 
 /// Checks the credential in the stream's head against the agent's own issuers (the relay is not
@@ -72,8 +80,8 @@ impl Step for Authenticate {
             return Err(Failure::Connect);
         }
         crate::request_info::request_info(req.method(), req.uri()).map_err(|e| Failure::Undecodable(e.to_string()))?;
-        let credential: Credential = ext(&req)?;
-        let audit: Audit = ext(&req)?;
+        let credential: Credential = take(&mut req)?;
+        let audit = audit(&req)?;
         // Only the credential in the request head counts; the request's own `Authorization` is
         // the caller's and is stripped like every other identity header.
         let token = match (state.takes_assertions, &credential) {
@@ -110,13 +118,13 @@ impl Step for Impersonate {
 
     async fn run(self, mut req: Request<Body>, next: Next<Self>) -> Answer {
         let state = &self.0;
-        let identity: Identity = ext(&req)?;
+        let identity: Identity = take(&mut req)?;
         match passthrough::cluster_token(req.headers())? {
             Some(cluster_token) => {
                 if !state.mode.allows_passthrough() {
                     return Err(Failure::PassthroughOff);
                 }
-                let audit: Audit = ext(&req)?;
+                let audit = audit(&req)?;
                 let reviewed = state
                     .reviewer
                     .review(&state.apiserver, &identity.user, &cluster_token)
@@ -162,7 +170,7 @@ impl tower::Service<Request<Body>> for Upstream {
 }
 
 async fn upstream(state: Arc<AgentState>, mut req: Request<Body>) -> Answer {
-    let audit: Audit = ext(&req)?;
+    let audit: Audit = take(&mut req)?;
     let long_running = forward::is_long_running(&req);
     *req.uri_mut() = state
         .apiserver

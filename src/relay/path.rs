@@ -86,11 +86,18 @@ impl Path for RelayPath {
     type Error = Refusal;
 }
 
-/// Something a step needs that an outer step puts in place: missing, the stack is miswired.
-pub(super) fn ext<T: Clone + Send + Sync + 'static>(req: &Request<Body>) -> Result<T, Refusal> {
+/// Something a step needs that an outer step puts in place, read where it lies: missing, the
+/// stack is miswired.
+pub(super) fn ext<T: Send + Sync + 'static>(req: &Request<Body>) -> Result<&T, Refusal> {
     req.extensions()
         .get::<T>()
-        .cloned()
+        .ok_or(Refusal::Miswired(std::any::type_name::<T>()))
+}
+
+/// Like [`ext`], taken out of the request by its last user (no copy).
+pub(super) fn take<T: Send + Sync + 'static>(req: &mut Request<Body>) -> Result<T, Refusal> {
+    req.extensions_mut()
+        .remove::<T>()
         .ok_or(Refusal::Miswired(std::any::type_name::<T>()))
 }
 
@@ -122,11 +129,11 @@ impl Step for Audited {
         let RequestId(id) = ext(&req)?;
         let (audit, target) = match split_cluster_uri(req.uri()) {
             Ok((cluster, upstream)) => {
-                let audit = state.audit.begin(&id, req.method(), &upstream, req.headers());
+                let audit = state.audit.begin(id, req.method(), &upstream, req.headers());
                 audit.set(|f| f.cluster = Some(cluster.clone()));
                 (audit, Ok(Target { cluster, upstream }))
             }
-            Err(e) => (state.audit.begin(&id, req.method(), req.uri(), req.headers()), Err(e)),
+            Err(e) => (state.audit.begin(id, req.method(), req.uri(), req.headers()), Err(e)),
         };
         audit.set(|f| f.relay = Some(state.instance.clone()));
         let outcome = match target {
@@ -166,7 +173,7 @@ impl Step for FailedAuthLimit {
 
     async fn run(self, mut req: Request<Body>, next: Next<Self>) -> Answer {
         let limiter = &self.0.auth_failures;
-        let Peer(peer) = ext(&req)?;
+        let &Peer(peer) = ext(&req)?;
         let attempt = limiter
             .attempt(peer.ip())
             .ok_or_else(|| Refusal::SourceThrottled(limiter.retry_after()))?;
@@ -199,8 +206,8 @@ impl Step for Authenticate {
     type Path = RelayPath;
 
     async fn run(self, mut req: Request<Body>, next: Next<Self>) -> Answer {
-        let attempt: Attempt = ext(&req)?;
-        let audit: Audit = ext(&req)?;
+        let attempt = ext::<Attempt>(&req)?.clone();
+        let audit = ext::<Audit>(&req)?.clone();
         let authenticated = match crate::auth::bearer_token(req.headers()) {
             Ok(token) => self
                 .0
@@ -248,12 +255,12 @@ impl Step for Access {
     type Path = RelayPath;
 
     async fn run(self, req: Request<Body>, next: Next<Self>) -> Answer {
-        let Authenticated { caller, .. } = ext(&req)?;
+        let identity = &ext::<Authenticated>(&req)?.caller.identity;
         let Target { cluster, .. } = ext(&req)?;
-        if !self.0.access.allows(&caller.identity, &cluster) {
+        if !self.0.access.allows(identity, cluster) {
             return Err(Refusal::Forbidden {
-                cluster,
-                user: caller.identity.user,
+                cluster: cluster.clone(),
+                user: identity.user.clone(),
             });
         }
         next.run(req).await
@@ -270,15 +277,16 @@ impl Step for CallerLimit {
 
     async fn run(self, req: Request<Body>, next: Next<Self>) -> Answer {
         let state = &self.0;
-        let Authenticated { caller, .. } = ext(&req)?;
-        let audit: Audit = ext(&req)?;
-        let user = caller.identity.user;
+        let user = &ext::<Authenticated>(&req)?.caller.identity.user;
         let limit = state.limits.max_streams_per_caller;
         let lease = state
             .caller_streams
-            .acquire(&user, limit)
-            .ok_or(Refusal::CallerBusy { user, limit })?;
-        audit.hold(lease);
+            .acquire(user, limit)
+            .ok_or_else(|| Refusal::CallerBusy {
+                user: user.clone(),
+                limit,
+            })?;
+        ext::<Audit>(&req)?.hold(lease);
         next.run(req).await
     }
 }

@@ -10,7 +10,7 @@ use tracing::{Instrument, info_span};
 
 use super::RelayState;
 use super::clusters::ClusterTable;
-use super::path::{Authenticated, RequestId, Target, ext};
+use super::path::{Authenticated, RequestId, Target, take};
 use super::refusal::Refusal;
 use super::stream::Sent;
 use crate::audit::Audit;
@@ -37,11 +37,12 @@ impl tower::Service<Request<Body>> for Route {
     }
 }
 
-async fn route(state: Arc<RelayState>, req: Request<Body>) -> Result<Response<Body>, Refusal> {
-    let Target { cluster, upstream } = ext(&req)?;
-    let Authenticated { caller, token } = ext(&req)?;
-    let RequestId(request_id) = ext(&req)?;
-    let audit: Audit = ext(&req)?;
+async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Response<Body>, Refusal> {
+    // The last step to need them: taken, not copied.
+    let Target { cluster, upstream } = take(&mut req)?;
+    let Authenticated { caller, token } = take(&mut req)?;
+    let RequestId(request_id) = take(&mut req)?;
+    let audit: Audit = take(&mut req)?;
     let table = state.clusters.current();
     if !table.knows(&cluster) {
         return Err(Refusal::UnknownCluster(cluster));

@@ -144,6 +144,7 @@ auth_failures_per_minute = {FAILURES_PER_MINUTE}
     /// `trusts`; `name` names its config and audit files.
     pub fn agent(&self, name: &str, cluster: &str, trusts: &str) -> Agent {
         let audit = self.dir.path().join(format!("{name}-audit.log"));
+        // `relay.address` is required by the config but never dialled: the tunnel is in memory.
         let agent_toml = format!(
             r#"instance = "{INSTANCE}"
 cluster = "{cluster}"
