@@ -15,6 +15,11 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use tempfile::TempDir;
 
+mod trust;
+
+pub use trust::{EXTERNAL_ISSUER, Trust, agent_callers, cluster_audience};
+use trust::{audience_line, relay_callers};
+
 use super::binaries::binaries;
 use super::net::free_port;
 use super::process::{Background, Supervised, run_with_deadline, wait_for};
@@ -47,25 +52,6 @@ pub struct Extra<'a> {
     pub agent_relay: &'a str,
     /// Environment variables of the agent process.
     pub agent_env: &'a [(&'a str, &'a str)],
-}
-
-/// The trust model of a deployment (docs/security.md).
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
-pub enum Trust {
-    /// The relay vouches with assertions; callers' tokens come from its built-in issuer.
-    #[default]
-    Assertions,
-    /// Callers bring tokens from an issuer whose key the relay never holds, bound to one cluster
-    /// by audience ([`EXTERNAL_ISSUER`], [`cluster_audience`]); the agent checks them itself.
-    CallerTokens,
-}
-
-/// The `iss` of the external issuer in [`Trust::CallerTokens`] deployments.
-pub const EXTERNAL_ISSUER: &str = "https://idp.e2e.invalid";
-
-/// The caller audience of `cluster` in [`Trust::CallerTokens`] deployments.
-pub fn cluster_audience(cluster: &str) -> String {
-    format!("https://relay.e2e.invalid/clusters/{cluster}")
 }
 
 /// A relay and an agent serving the test bed. Dropping it stops both.
@@ -449,75 +435,6 @@ output = "agent-audit.log"
     /// The directory holding this deployment's files.
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-}
-
-/// The relay's callers' issuers and how it vouches for them, for `trust`.
-fn relay_callers(trust: Trust, relay_url: &str, dir: &Path) -> Result<String> {
-    Ok(match trust {
-        Trust::Assertions => format!(
-            r#"[issuer]
-issuer = "{relay_url}"
-audience = "hawser"
-signing_key_file = "issuer.key"
-generate = true
-[assertions]
-issuer = "{relay_url}/assertions"
-signing_key_file = "assertion.key"
-generate = true
-"#
-        ),
-        Trust::CallerTokens => {
-            // The external issuer's key lives beside the test, never in the relay's config.
-            let mut cmd = Command::new(hawser_bin());
-            cmd.args(["token", "jwks", "--generate", "--signing-key"])
-                .arg(dir.join("external.key"));
-            let out = run_with_deadline(cmd, None, Duration::from_secs(30))?;
-            anyhow::ensure!(
-                out.status.success(),
-                "hawser token jwks: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            fs::write(dir.join("external-jwks.json"), &out.stdout)?;
-            format!(
-                r#"[[issuers]]
-issuer = "{EXTERNAL_ISSUER}"
-audiences = ["{testbed}", "{elsewhere}"]
-jwks_file = "external-jwks.json"
-"#,
-                testbed = cluster_audience(CLUSTER),
-                elsewhere = cluster_audience("elsewhere"),
-            )
-        }
-    })
-}
-
-/// The `caller_audience` line of `cluster`'s `[[clusters]]` entry, for `trust`.
-fn audience_line(trust: Trust, cluster: &str) -> String {
-    match trust {
-        Trust::Assertions => String::new(),
-        Trust::CallerTokens => format!("caller_audience = \"{}\"", cluster_audience(cluster)),
-    }
-}
-
-/// How the agent of `cluster` learns who the caller is, for `trust`.
-pub fn agent_callers(trust: Trust, relay_url: &str, cluster: &str) -> String {
-    match trust {
-        Trust::Assertions => format!(
-            r#"[assertions]
-issuer = "{relay_url}/assertions"
-jwks_url = "{relay_url}/.well-known/hawser/assertion-jwks.json"
-jwks_ca_file = "relay.crt"
-"#
-        ),
-        Trust::CallerTokens => format!(
-            r#"[[issuers]]
-issuer = "{EXTERNAL_ISSUER}"
-audiences = ["{}"]
-jwks_file = "external-jwks.json"
-"#,
-            cluster_audience(cluster)
-        ),
     }
 }
 
