@@ -267,6 +267,8 @@ pub struct Fields {
     pub relay: Option<String>,
     /// The agent instance.
     pub agent: Option<String>,
+    /// The fleet relay the request was forwarded to (it holds the agent's tunnel).
+    pub via: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -293,6 +295,8 @@ struct Record<'a> {
     duration_ms: f64,
     relay: Option<&'a str>,
     agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<&'a str>,
 }
 
 struct Entry {
@@ -331,6 +335,7 @@ impl Drop for Entry {
             duration_ms: (self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             relay: f.relay.as_deref(),
             agent: f.agent.as_deref(),
+            via: f.via.as_deref(),
         };
         self.log.write(&record);
     }
@@ -438,7 +443,7 @@ fn upgrade_kind(value: &[u8]) -> &'static str {
 }
 
 /// `2026-11-28T15:04:05.123Z` for a system time: RFC 3339 in UTC, milliseconds always shown.
-fn rfc3339(time: SystemTime) -> String {
+pub(crate) fn rfc3339(time: SystemTime) -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
         time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     time::OffsetDateTime::from(time)

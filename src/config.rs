@@ -4,6 +4,7 @@
 //! `docs/configuration.md`.
 
 mod agent;
+mod fleet;
 mod relay;
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ pub use agent::{
     AccessMode, AgentAssertions, AgentConfig, ApiserverConfig, PassthroughConfig, ReconnectConfig, RelayEndpoint,
     Transport,
 };
+pub use fleet::{EtcdConfig, PeersConfig, RegistryConfig};
 pub use relay::{
     AssertionsConfig, BuiltinIssuerConfig, ClusterConfig, DEMO_AGENT_TOKEN_SHA256, Digests, LimitsConfig, RelayConfig,
     TlsConfig, valid_cluster_name, valid_instance_name,

@@ -4,6 +4,7 @@
 mod agents;
 mod clusters;
 mod door;
+mod fleet;
 mod front;
 mod idle;
 mod keys;
@@ -58,6 +59,9 @@ pub enum RelayError {
     /// The audit log.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// The fleet's peer link.
+    #[error(transparent)]
+    Peers(#[from] fleet::PeerError),
     /// A listener could not bind.
     #[error("listening on {addr}: {source}")]
     Bind {
@@ -81,6 +85,10 @@ pub(crate) struct RelayState {
     limits: crate::config::LimitsConfig,
     caller_streams: Arc<limits::CallerStreams>,
     auth_failures: Arc<limits::AuthFailures>,
+    /// This relay's part in a fleet (`[registry] kind = "etcd"`).
+    fleet: Option<Arc<fleet::Fleet>>,
+    /// Set once the relay stops taking new work: `/readyz` then fails.
+    draining: std::sync::atomic::AtomicBool,
     /// Owner of the tasks an exchange leaves behind (request body pumps, spliced upgrades); the
     /// relay's shutdown waits for them within the drain deadline.
     tasks: tokio_util::task::TaskTracker,
@@ -109,6 +117,11 @@ impl RelayState {
         };
         keys::check_distinct(&config.tls.cert_file, issuer.as_ref(), minter.as_ref())?;
         let access = AccessRules::new(config.access.clone()).map_err(|e| RelayError::Auth(e.to_string()))?;
+        let fleet = fleet::Fleet::new(config)?.map(Arc::new);
+        let registry = match &fleet {
+            Some(fleet) => registry::Registry::shared(fleet.pending.clone()),
+            None => registry::Registry::new(),
+        };
         Ok(Self {
             instance: config.instance.clone(),
             auth,
@@ -116,13 +129,29 @@ impl RelayState {
             issuer,
             minter,
             clusters: Arc::new(clusters::Clusters::new(clusters::ClusterTable::new(&config.clusters))),
-            registry: registry::Registry::new(),
+            registry,
+            fleet,
+            draining: std::sync::atomic::AtomicBool::new(false),
             audit: crate::audit::AuditLog::open(&config.audit, "relay", &config.instance)?,
             caller_streams: Arc::default(),
             auth_failures: Arc::new(limits::AuthFailures::new(config.limits.auth_failures_per_minute)),
             limits: config.limits.clone(),
             tasks: tokio_util::task::TaskTracker::new(),
         })
+    }
+}
+
+impl RelayState {
+    /// Why the relay should get no new callers now (`/readyz` fails), if it should not: it is
+    /// draining, or it has lost the fleet's registry for longer than its lease.
+    fn unready(&self) -> Option<&'static str> {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some("draining");
+        }
+        if self.fleet.as_ref().is_some_and(|f| !f.registry_reachable()) {
+            return Some("the registry (etcd) has not answered within its lease TTL");
+        }
+        None
     }
 }
 
@@ -209,6 +238,11 @@ impl Relay {
         self.endpoint.local_addr()
     }
 
+    /// The UDP address of the fleet's peer link, if the relay is part of a fleet.
+    pub fn peer_addr(&self) -> Option<std::io::Result<std::net::SocketAddr>> {
+        self.state.fleet.as_ref().map(|f| f.peers.local_addr())
+    }
+
     /// Serves until a shutdown signal, then closes agent tunnels cleanly.
     pub async fn run(self) {
         let Self {
@@ -248,12 +282,25 @@ impl Relay {
             },
             stopping,
         ));
+        // The fleet's registry task and peer listener, stopped after the agent tunnels.
+        let (fleet_stop, fleet_tasks) = (
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::task::TaskTracker::new(),
+        );
+        if let Some(fleet) = &state.fleet {
+            let open_stream_timeout = std::time::Duration::from_secs(state.limits.open_stream_timeout_secs);
+            fleet.start(state.registry.clone(), open_stream_timeout, &fleet_tasks, &fleet_stop);
+        }
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let audit = state.audit.clone();
         tokio::select! {
             _ = front::serve(listener, door, state.clone(), &graceful) => {}
             _ = reload::on_hangup(config_path, &state) => {}
             _ = shutdown::signal() => {}
+        }
+        state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(fleet) = &state.fleet {
+            fleet.drain();
         }
         // Drain: no new callers; HTTP/1.1 connections close after their
         // current exchange, HTTP/2 ones get GOAWAY. Watches never finish by
@@ -283,6 +330,15 @@ impl Relay {
             endpoint.close(agents::close_code::SHUTDOWN.into(), b"relay shutting down");
         }
         agents.abort();
+        // Last: this relay's registry entries go (the lease is revoked) and peers are told.
+        fleet_stop.cancel();
+        fleet_tasks.close();
+        if tokio::time::timeout(CLOSE_TIMEOUT, fleet_tasks.wait()).await.is_err() {
+            info!("the fleet's registry and peer tasks still running at the deadline");
+        }
+        if let Some(fleet) = &state.fleet {
+            fleet.peers.close();
+        }
         let (retried, ignored, accepted) = listener_stats.snapshot();
         let throttled = listener_stats.throttled.load(std::sync::atomic::Ordering::Relaxed);
         info!(

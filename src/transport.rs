@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 pub mod h2;
 pub mod memory;
+pub mod pipe;
 pub mod quic;
 
 /// Why a stream half could not go on.
@@ -129,6 +130,15 @@ impl Tunnel {
             Self::Quic(connection) => connection.close(code.into(), reason),
             Self::H2(tunnel) => tunnel.close(code, reason),
             Self::Memory(tunnel) => tunnel.close(code, reason),
+        }
+    }
+
+    /// `quic`, `tcp` or `memory`, for logs and the fleet's registry.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Quic(_) => "quic",
+            Self::H2(_) => "tcp",
+            Self::Memory(_) => "memory",
         }
     }
 

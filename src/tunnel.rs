@@ -162,6 +162,33 @@ pub fn agent_endpoint(
     Ok(endpoint)
 }
 
+/// A relay's endpoint for its fleet peers: it both accepts their connections (`server`, which
+/// must ask for their certificates) and dials them (`client`, which presents its own). Peers
+/// open as many streams as they forward requests.
+pub fn peer_endpoint(
+    addr: SocketAddr,
+    server: rustls::ServerConfig,
+    client: rustls::ClientConfig,
+    config: &TunnelConfig,
+) -> Result<Endpoint, TunnelError> {
+    let server = QuicServerConfig::try_from(server).map_err(|e| TunnelError::QuicTls(e.to_string()))?;
+    let client = QuicClientConfig::try_from(client).map_err(|e| TunnelError::QuicTls(e.to_string()))?;
+    let transport = transport(config, config.max_streams_per_tunnel);
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+    server.transport_config(transport.clone());
+    let mut client = quinn::ClientConfig::new(Arc::new(client));
+    client.transport_config(transport);
+    let socket = udp_socket(addr, config.udp_buffer_bytes)?;
+    let mut endpoint = Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
 /// How long the agent waits for a QUIC handshake with the relay. Without it a lost
 /// handshake would wait out the tunnel's idle timeout before the agent tried again.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -36,6 +36,8 @@ pub mod reset {
     pub const SHUTDOWN: u32 = 3;
     /// No head arrived in time.
     pub const NO_HEAD: u32 = 4;
+    /// The relay a request was forwarded to holds no tunnel of its cluster (any more).
+    pub const NO_ROUTE: u32 = 5;
 
     /// What a reset code means, for a caller's Status and the logs.
     pub fn describe(code: u64) -> &'static str {
@@ -45,6 +47,7 @@ pub mod reset {
             2 => "the apiserver's answer broke off",
             3 => "the agent is shutting down",
             4 => "no request head arrived in time",
+            5 => "the relay it was forwarded to holds no tunnel of the cluster",
             _ => "the stream was reset with an unknown code",
         }
     }

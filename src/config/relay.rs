@@ -43,6 +43,11 @@ pub struct RelayConfig {
     /// Limits on what callers may hold and send.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Where the map of clusters to relays lives: this relay's memory, or etcd for a fleet.
+    #[serde(default)]
+    pub registry: super::fleet::RegistryConfig,
+    /// The relay-to-relay link of a fleet.
+    pub peers: Option<super::fleet::PeersConfig>,
 }
 
 fn default_instance() -> String {
@@ -277,6 +282,10 @@ impl Validate for RelayConfig {
         for issuer in &mut self.issuers {
             super::resolve_issuer_paths(base, issuer);
         }
+        self.registry.resolve_paths(base);
+        if let Some(peers) = &mut self.peers {
+            peers.resolve_paths(base);
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -305,6 +314,12 @@ impl Validate for RelayConfig {
             .then_some(())
             .ok_or("instance: use 1-253 of A-Z, a-z, 0-9, '.', '_' and '-'")?;
         self.validate_assertions()?;
+        super::fleet::validate(
+            &self.registry,
+            self.peers.as_ref(),
+            &self.instance,
+            self.agent_listen.unwrap_or(self.listen),
+        )?;
         self.validate_clusters()
     }
 }

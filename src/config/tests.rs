@@ -340,3 +340,59 @@ fn the_agents_transport_and_proxy_are_checked_at_start() {
         );
     }
 }
+
+#[test]
+fn a_fleet_needs_both_the_shared_registry_and_the_peer_link_and_each_is_checked() {
+    const FLEET: &str = r#"
+[registry]
+kind = "etcd"
+endpoints = ["http://127.0.0.1:2379"]
+[peers]
+listen = "127.0.0.1:9444"
+ca_file = "fleet-ca.crt"
+cert_file = "peer.crt"
+key_file = "peer.key"
+"#;
+    let fleet = parse_relay(&format!("{MINIMAL}{FLEET}")).unwrap();
+    let RegistryConfig::Etcd(etcd) = &fleet.registry else {
+        panic!("etcd registry expected")
+    };
+    assert_eq!((etcd.prefix.as_str(), etcd.lease_ttl_secs), ("/hawser", 10));
+    assert!(fleet.peers.as_ref().unwrap().ca_file.is_absolute());
+    assert!(matches!(
+        parse_relay(MINIMAL).unwrap().registry,
+        RegistryConfig::Memory {}
+    ));
+
+    let refused = |text: String, expect: &str| {
+        let err = parse_relay(&text).unwrap_err().to_string();
+        assert!(err.contains(expect), "{expect}: {err}");
+    };
+    let without_peers = FLEET.split("[peers]").next().unwrap();
+    refused(format!("{MINIMAL}{without_peers}"), "needs [peers]");
+    refused(
+        format!("{MINIMAL}{without_peers}").replace("kind = \"etcd\"", "kind = \"memory\""),
+        "unknown field",
+    );
+    refused(
+        format!("{MINIMAL}{FLEET}").replace("endpoints", "endpoint"),
+        "unknown field",
+    );
+    refused(
+        format!("{MINIMAL}{FLEET}").replace("http://127.0.0.1:2379", "127.0.0.1:2379"),
+        "registry.endpoints",
+    );
+    refused(
+        format!("{MINIMAL}{FLEET}").replace("127.0.0.1:9444", "0.0.0.0:9444"),
+        "peers.advertise",
+    );
+    refused(
+        format!("{MINIMAL}{FLEET}").replace("127.0.0.1:9444", "127.0.0.1:0"),
+        "a port of its own",
+    );
+    refused(
+        format!("{MINIMAL}{FLEET}").replace("[registry]", "[registry]\nlease_ttl_secs = 1"),
+        "lease_ttl_secs",
+    );
+    refused(format!("instance = \"relay 0\"\n{MINIMAL}{FLEET}"), "instance");
+}

@@ -155,6 +155,14 @@ async fn handle(state: &RelayState, path: RequestPath, mut req: Request<Body>, p
             None => refused(Refusal::NoAssertions),
         },
         "/healthz" => bounded(Response::new(full("ok"))),
+        "/readyz" => bounded(match state.unready() {
+            None => Response::new(full("ok")),
+            Some(why) => {
+                let mut resp = Response::new(full(format!("not ready: {why}")));
+                *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                resp
+            }
+        }),
         cluster if cluster.starts_with("/clusters/") => {
             req.extensions_mut().insert(Peer(peer));
             // The audit step answers every refusal; nothing else rises this far.

@@ -122,6 +122,14 @@ pub enum Refusal {
         /// The reset code.
         code: u64,
     },
+    /// Other relays of the fleet hold the cluster's tunnels, and none of them answered.
+    #[error("cluster \"{cluster}\" is unreachable: its agents are connected to other relays, and none answered: {why}")]
+    PeerUnreachable {
+        /// The cluster.
+        cluster: String,
+        /// Each relay tried and its error.
+        why: String,
+    },
     /// The agent gave no response head.
     #[error("cluster \"{cluster}\": the agent did not answer: {why}")]
     NoAnswer {
@@ -157,9 +165,11 @@ impl Refusal {
             Self::CallerBusy { .. } => HttpError::too_many_requests(message),
             Self::CannotVouch(_) | Self::Miswired(_) => HttpError::internal(message),
             Self::NoAnswer { .. } | Self::UnaskedUpgrade(_) => HttpError::bad_gateway(message),
-            Self::Offline(_) | Self::Saturated { .. } | Self::Unreachable { .. } | Self::AgentShutdown { .. } => {
-                HttpError::unavailable(message)
-            }
+            Self::Offline(_)
+            | Self::Saturated { .. }
+            | Self::Unreachable { .. }
+            | Self::AgentShutdown { .. }
+            | Self::PeerUnreachable { .. } => HttpError::unavailable(message),
         }
     }
 
@@ -214,6 +224,14 @@ mod tests {
                 false,
             ),
             (Refusal::Offline(c()), StatusCode::SERVICE_UNAVAILABLE, false),
+            (
+                Refusal::PeerUnreachable {
+                    cluster: c(),
+                    why: "relay-2: timed out".into(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+                false,
+            ),
             (
                 Refusal::AgentShutdown { cluster: c(), code: 3 },
                 StatusCode::SERVICE_UNAVAILABLE,

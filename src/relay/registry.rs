@@ -5,13 +5,15 @@
 //! instance replaces its own old session; a session is removed only by the
 //! guard of the connection that owns it, so a late cleanup of an old
 //! connection cannot remove its replacement. No map guard is ever held
-//! across an `.await`. The trait-free newtype keeps the door open for a
-//! registry shared across relays later.
+//! across an `.await`. In a fleet every change is also recorded for the shared registry
+//! (`fleet::Pending`), in the same shard lock as the change itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
+
+use super::fleet::{Pending, SessionRecord};
 
 /// One registered agent connection.
 #[derive(Clone, Debug)]
@@ -25,6 +27,8 @@ pub struct Session {
     /// What the session was admitted with: its token's digest and the cluster's caller audience
     /// then, so a reload that revokes the token or changes the trust model closes it.
     pub admitted: Admission,
+    /// When it was registered.
+    pub since: std::time::SystemTime,
 }
 
 /// The terms under which a session was admitted.
@@ -42,12 +46,33 @@ pub struct Registry {
     clusters: DashMap<String, Vec<Session>>,
     next_id: AtomicU64,
     round_robin: AtomicUsize,
+    /// Where changes go for the shared registry, in a fleet.
+    shared: Option<Arc<Pending>>,
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// An empty registry whose every change is also recorded in `shared`.
+    pub fn shared(shared: Arc<Pending>) -> Arc<Self> {
+        Arc::new(Self {
+            shared: Some(shared),
+            ..Self::default()
+        })
+    }
+
+    /// Every session as the shared registry records it: cluster, agent instance, record.
+    pub fn records(&self) -> Vec<(String, String, SessionRecord)> {
+        let mut all = Vec::new();
+        for entry in &self.clusters {
+            for session in entry.value() {
+                all.push((entry.key().clone(), session.instance.clone(), session.record()));
+            }
+        }
+        all
     }
 
     /// A session id never given before in this relay.
@@ -73,6 +98,7 @@ impl Registry {
             instance: instance.to_owned(),
             connection,
             admitted,
+            since: std::time::SystemTime::now(),
         };
         let (replaced, others) = {
             let mut entry = self.clusters.entry(cluster.to_owned()).or_default();
@@ -81,6 +107,9 @@ impl Registry {
                 .position(|s| s.instance == instance)
                 .map(|i| entry.swap_remove(i));
             let others: Vec<String> = entry.iter().map(|s| s.instance.clone()).collect();
+            if let Some(shared) = &self.shared {
+                shared.put(cluster, instance, session.record());
+            }
             entry.push(session);
             (old, others)
         };
@@ -144,9 +173,29 @@ impl Registry {
     fn remove(&self, cluster: &str, id: u64) {
         // remove_if keeps the check and the removal under one shard lock.
         if let Some(mut sessions) = self.clusters.get_mut(cluster) {
-            sessions.retain(|s| s.id != id);
+            let Some(at) = sessions.iter().position(|s| s.id == id) else {
+                return;
+            };
+            let gone = sessions.swap_remove(at);
+            // A replaced session leaves its replacement (same instance) on record.
+            if let Some(shared) = &self.shared
+                && !sessions.iter().any(|s| s.instance == gone.instance)
+            {
+                shared.delete(cluster, &gone.instance);
+            }
         }
         self.clusters.remove_if(cluster, |_, sessions| sessions.is_empty());
+    }
+}
+
+impl Session {
+    /// What the shared registry records of it.
+    fn record(&self) -> SessionRecord {
+        SessionRecord {
+            since: crate::audit::rfc3339(self.since),
+            transport: self.connection.kind().to_owned(),
+            protocol: crate::proto::VERSION,
+        }
     }
 }
 

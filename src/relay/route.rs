@@ -10,6 +10,7 @@ use tracing::{Instrument, info_span};
 
 use super::RelayState;
 use super::clusters::ClusterTable;
+use super::fleet::NoPeer;
 use super::path::{Authenticated, RequestId, Target, take};
 use super::refusal::Refusal;
 use super::stream::Sent;
@@ -48,25 +49,41 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
         return Err(Refusal::UnknownCluster(cluster));
     }
     let credential = credential_for(&state, &table, &cluster, &caller, &token)?;
-    let session = state
-        .registry
-        .pick(&cluster)
-        .ok_or_else(|| Refusal::Offline(cluster.clone()))?;
-    audit.set(|f| f.agent = Some(session.instance.clone()));
-    let span = info_span!("stream", cluster = %cluster, user = %caller.identity.user, session = session.id);
-    async move {
-        // Waits only while the agent's stream limit is reached; bounded so callers get an answer.
-        let wait = Duration::from_secs(state.limits.open_stream_timeout_secs);
-        let opened = tokio::time::timeout(wait, session.connection.open())
-            .await
-            .map_err(|_| Refusal::Saturated {
+    let wait = Duration::from_secs(state.limits.open_stream_timeout_secs);
+    // This relay's own tunnel first; else, in a fleet, a relay that holds one.
+    let (stream, span) = match state.registry.pick(&cluster) {
+        Some(session) => {
+            audit.set(|f| f.agent = Some(session.instance.clone()));
+            let span = info_span!("stream", cluster = %cluster, user = %caller.identity.user, session = session.id);
+            // Waits only while the agent's stream limit is reached; bounded so callers get an answer.
+            let opened = tokio::time::timeout(wait, session.connection.open())
+                .await
+                .map_err(|_| Refusal::Saturated {
+                    cluster: cluster.clone(),
+                    wait,
+                })?;
+            let stream = opened.map_err(|error| Refusal::Unreachable {
                 cluster: cluster.clone(),
-                wait,
+                error,
             })?;
-        let (send, recv) = opened.map_err(|error| Refusal::Unreachable {
-            cluster: cluster.clone(),
-            error,
-        })?;
+            (stream, span)
+        }
+        None => {
+            let fleet = state.fleet.as_ref().ok_or_else(|| Refusal::Offline(cluster.clone()))?;
+            let forwarded = fleet.forward(&cluster, wait).await.map_err(|no| match no {
+                NoPeer::NoneHolds => Refusal::Offline(cluster.clone()),
+                NoPeer::Unreachable(errors) => Refusal::PeerUnreachable {
+                    cluster: cluster.clone(),
+                    why: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                },
+            })?;
+            audit.set(|f| f.via = Some(forwarded.relay.clone()));
+            let span = info_span!("stream", cluster = %cluster, user = %caller.identity.user, via = %forwarded.relay);
+            (forwarded.stream, span)
+        }
+    };
+    async move {
+        let (send, recv) = stream;
         let sent = Sent {
             cluster: &cluster,
             target: upstream,

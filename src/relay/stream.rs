@@ -118,6 +118,10 @@ where
                 code,
             }
         }
+        // The relay it was forwarded to lost the cluster's last tunnel meanwhile.
+        HeadError::Stream(StreamError::Reset(code)) if code == u64::from(wire::reset::NO_ROUTE) => {
+            Refusal::Offline(cluster.to_owned())
+        }
         HeadError::Stream(StreamError::Reset(code)) => Refusal::NoAnswer {
             cluster: cluster.to_owned(),
             why: wire::reset::describe(code).to_string(),

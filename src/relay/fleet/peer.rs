@@ -1,0 +1,339 @@
+//! The relay-to-relay link: QUIC with mutual TLS from the fleet's CA, one stream per forwarded
+//! request.
+//!
+//! # Threat model
+//!
+//! Anyone may reach the peer port. A connection is accepted only if its client certificate chains
+//! to the fleet CA (`peers.ca_file`): callers, agents and relays of another fleet are refused in
+//! the handshake, before any stream. A dialling relay checks that the certificate of the relay it
+//! dials names that relay's instance, so the registry cannot point it at another fleet member
+//! than the one it names. A peer can only ask this relay to put a stream on a tunnel this relay
+//! holds: it registers nothing, and a stream for a cluster held elsewhere is refused
+//! ([`reset::NO_ROUTE`]), never forwarded again (one hop at most, so no loop). What it forwards
+//! carries the caller's credential as the first relay made it; the agent validates it itself, so
+//! a relay cannot lend another an identity the agent would not accept from it.
+//!
+//! ```text
+//! peer stream = u8 version (1), u8 cluster length, cluster name, then the tunnel's own framing
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::records::Holder;
+use crate::config::{PeersConfig, TunnelConfig};
+use crate::relay::registry::Registry;
+use crate::tls::{self, TlsError};
+use crate::transport::{AnyRecv, AnySend, RecvHalf, SendHalf, StreamError, next_chunk, pipe, write_chunk};
+use crate::tunnel::{self, TunnelError};
+use crate::wire::reset;
+
+/// ALPN of the peer link; nothing else is accepted on it.
+pub const PEER_ALPN: &[u8] = b"hawser-peer/1";
+/// Version of the peer stream's preamble.
+const PREAMBLE_VERSION: u8 = 1;
+/// Handshakes in progress at once on the peer port.
+const MAX_HANDSHAKES: usize = 64;
+/// How long a peer has for its handshake, and for a stream's preamble.
+const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the peer link could not be set up, or a peer reached.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// Certificates, keys or the CA.
+    #[error("peers: {0}")]
+    Tls(#[from] TlsError),
+    /// The QUIC endpoint.
+    #[error("peers: {0}")]
+    Endpoint(#[from] TunnelError),
+    /// The peer's advertised address does not resolve.
+    #[error("relay {relay}: its address {address:?} does not resolve: {why}")]
+    Resolve {
+        /// The relay.
+        relay: String,
+        /// What it advertised.
+        address: String,
+        /// The cause.
+        why: String,
+    },
+    /// No connection.
+    #[error("relay {relay}: {why}")]
+    Dial {
+        /// The relay.
+        relay: String,
+        /// The cause.
+        why: String,
+    },
+    /// A connection, but no stream on it.
+    #[error("relay {relay}: {error}")]
+    Stream {
+        /// The relay.
+        relay: String,
+        /// The cause.
+        error: StreamError,
+    },
+}
+
+/// The peer endpoint and the pooled connection to each peer.
+pub struct Peers {
+    endpoint: quinn::Endpoint,
+    /// One slot per peer relay; a slot's lock is held while it dials, so concurrent requests
+    /// share one connection attempt.
+    pool: DashMap<String, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>,
+}
+
+impl Peers {
+    /// Loads the fleet CA and this relay's certificate and binds the peer port.
+    pub fn bind(config: &PeersConfig, tunnel: &TunnelConfig) -> Result<Self, PeerError> {
+        let roots = Arc::new(tls::root_store(&config.ca_file)?);
+        let certs = tls::load_certs(&config.cert_file)?;
+        let key = tls::load_key(&config.key_file)?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), tls::provider())
+            .build()
+            .map_err(TlsError::from)?;
+        let mut server = rustls::ServerConfig::builder_with_provider(tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::from)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs.clone(), key.clone_key())
+            .map_err(TlsError::from)?;
+        server.alpn_protocols = vec![PEER_ALPN.to_vec()];
+        let mut client = rustls::ClientConfig::builder_with_provider(tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::from)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(TlsError::from)?;
+        client.alpn_protocols = vec![PEER_ALPN.to_vec()];
+        let endpoint = tunnel::peer_endpoint(config.listen, server, client, tunnel)?;
+        Ok(Self {
+            endpoint,
+            pool: DashMap::new(),
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Opens a stream to `holder` for a request to `cluster`, dialling it first if no live
+    /// connection to it is pooled; gives up after `wait`.
+    pub async fn open(&self, holder: &Holder, cluster: &str, wait: Duration) -> Result<(AnySend, AnyRecv), PeerError> {
+        let connection = tokio::time::timeout(wait, self.connection(holder))
+            .await
+            .map_err(|_| PeerError::Dial {
+                relay: holder.relay.clone(),
+                why: format!("no connection within {wait:?}"),
+            })??;
+        let stream_error = |error| PeerError::Stream {
+            relay: holder.relay.clone(),
+            error,
+        };
+        let (mut send, recv) = tokio::time::timeout(wait, connection.open_bi())
+            .await
+            .map_err(|_| stream_error(StreamError::Closed(format!("no stream free within {wait:?}"))))?
+            .map_err(|e| stream_error(StreamError::Closed(e.to_string())))?;
+        write_chunk(&mut send, preamble(cluster)).await.map_err(stream_error)?;
+        Ok((AnySend::Quic(send), AnyRecv::Quic(recv)))
+    }
+
+    async fn connection(&self, holder: &Holder) -> Result<quinn::Connection, PeerError> {
+        // The slot is cloned out: no map guard is held across the dial.
+        let slot = self.pool.entry(holder.relay.clone()).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some(connection) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(connection.clone());
+        }
+        let resolve_error = |why: String| PeerError::Resolve {
+            relay: holder.relay.clone(),
+            address: holder.peer.clone(),
+            why,
+        };
+        let address = tokio::net::lookup_host(&holder.peer)
+            .await
+            .map_err(|e| resolve_error(e.to_string()))?
+            .next()
+            .ok_or_else(|| resolve_error("no address".into()))?;
+        let connection = tunnel::dial(&self.endpoint, address, &holder.relay, PEER_TIMEOUT)
+            .await
+            .map_err(|e| PeerError::Dial {
+                relay: holder.relay.clone(),
+                why: e.to_string(),
+            })?;
+        info!(peer = %holder.relay, %address, "connected to a peer relay");
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Closes every connection (the relay is stopping).
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"relay shutting down");
+    }
+}
+
+/// The first bytes of a peer stream: which cluster the request is for.
+fn preamble(cluster: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(2 + cluster.len());
+    buf.extend_from_slice(&[PREAMBLE_VERSION, cluster.len() as u8]);
+    buf.extend_from_slice(cluster.as_bytes());
+    buf.freeze()
+}
+
+/// What serving forwarded requests needs.
+pub struct Serving {
+    /// This relay's tunnels.
+    pub registry: Arc<Registry>,
+    /// How long to wait for a stream on a saturated tunnel.
+    pub open_stream_timeout: Duration,
+    /// Owner of every peer connection's and stream's task.
+    pub tasks: TaskTracker,
+}
+
+/// Accepts peers until `stop`, putting each of their streams on a tunnel this relay holds.
+pub async fn serve(peers: Arc<Peers>, serving: Arc<Serving>, stop: CancellationToken) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let incoming = tokio::select! {
+            incoming = peers.endpoint.accept() => incoming,
+            () = stop.cancelled() => return,
+        };
+        let Some(incoming) = incoming else { return };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            incoming.ignore();
+            continue;
+        };
+        let remote = incoming.remote_address();
+        let serving_for = serving.clone();
+        let stop = stop.clone();
+        serving.tasks.spawn(
+            async move {
+                let connection = match tokio::time::timeout(PEER_TIMEOUT, async { incoming.accept()?.await }).await {
+                    Ok(Ok(connection)) => connection,
+                    Ok(Err(e)) => {
+                        // A caller, an agent, or a relay of another fleet: no certificate of ours.
+                        warn!(error = %e, "peer handshake refused");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                drop(permit);
+                debug!("peer relay connected");
+                connection_streams(connection, serving_for, stop).await;
+            }
+            .instrument(info_span!("peer", %remote)),
+        );
+    }
+}
+
+async fn connection_streams(connection: quinn::Connection, serving: Arc<Serving>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = connection.accept_bi() => accepted,
+            () = stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((send, recv)) => {
+                serving
+                    .tasks
+                    .spawn(forward(send, recv, serving.clone()).in_current_span());
+            }
+            Err(e) => {
+                debug!(reason = %e, "peer connection ended");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads a forwarded stream's preamble and joins the stream to one of this relay's own tunnels
+/// of its cluster; refuses it with [`reset::NO_ROUTE`] if there is none.
+async fn forward(mut send: quinn::SendStream, mut recv: quinn::RecvStream, serving: Arc<Serving>) {
+    let read = tokio::time::timeout(PEER_TIMEOUT, read_preamble(&mut recv))
+        .await
+        .unwrap_or(Err(PreambleError::Late));
+    let (cluster, rest) = match read {
+        Ok(read) => read,
+        Err(why) => {
+            debug!(%why, "unreadable peer stream");
+            recv.stop_reading(reset::BAD_HEAD);
+            send.cut(reset::BAD_HEAD);
+            return;
+        }
+    };
+    let refuse = |send: &mut quinn::SendStream, recv: &mut quinn::RecvStream| {
+        recv.stop_reading(reset::NO_ROUTE);
+        send.cut(reset::NO_ROUTE);
+    };
+    // This relay's own tunnels only: a forwarded request is never forwarded again.
+    let Some(session) = serving.registry.pick(&cluster) else {
+        debug!(%cluster, "forwarded request for a cluster this relay holds no tunnel of");
+        return refuse(&mut send, &mut recv);
+    };
+    let opened = tokio::time::timeout(serving.open_stream_timeout, session.connection.open()).await;
+    let Ok(Ok((mut agent_send, agent_recv))) = opened else {
+        debug!(%cluster, "no stream on the agent's tunnel for a forwarded request");
+        return refuse(&mut send, &mut recv);
+    };
+    if !rest.is_empty() && write_chunk(&mut agent_send, rest).await.is_err() {
+        return refuse(&mut send, &mut recv);
+    }
+    pipe::join((send, recv), (agent_send, agent_recv))
+        .instrument(info_span!("forwarded", %cluster, session = session.id))
+        .await;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PreambleError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("the stream ended inside its preamble")]
+    Ended,
+    #[error("preamble version {0}, not {PREAMBLE_VERSION}")]
+    Version(u8),
+    #[error("the preamble's cluster is not a plain name")]
+    Cluster,
+    #[error("no preamble in time")]
+    Late,
+}
+
+/// The cluster a peer stream is for, and the bytes after the preamble that arrived with it.
+async fn read_preamble<R: RecvHalf>(recv: &mut R) -> Result<(String, Bytes), PreambleError> {
+    // Only a preamble split over chunks is gathered here: at most 257 bytes.
+    let mut partial = BytesMut::new();
+    loop {
+        let chunk = next_chunk(recv).await?.ok_or(PreambleError::Ended)?;
+        let whole = if partial.is_empty() {
+            // Usually the preamble and the head arrive in one chunk: sliced, not copied.
+            chunk
+        } else {
+            partial.extend_from_slice(&chunk);
+            partial.split().freeze()
+        };
+        if whole.len() >= 2 {
+            if whole[0] != PREAMBLE_VERSION {
+                return Err(PreambleError::Version(whole[0]));
+            }
+            let end = 2 + usize::from(whole[1]);
+            if whole.len() >= end {
+                let cluster = std::str::from_utf8(&whole[2..end])
+                    .ok()
+                    .filter(|c| crate::config::valid_cluster_name(c))
+                    .ok_or(PreambleError::Cluster)?
+                    .to_owned();
+                return Ok((cluster, whole.slice(end..)));
+            }
+        }
+        partial.extend_from_slice(&whole);
+    }
+}
+
+#[cfg(test)]
+mod tests;
