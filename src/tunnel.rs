@@ -15,6 +15,8 @@ use quinn::{Endpoint, TransportConfig, VarInt};
 use crate::config::TunnelConfig;
 use crate::proto::ALPN;
 
+pub mod cid;
+
 /// One bidirectional QUIC stream as a single byte stream.
 pub type Stream = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
 
