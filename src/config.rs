@@ -132,6 +132,9 @@ pub struct TunnelConfig {
     pub idle_timeout_secs: u64,
     /// Kernel buffer asked for the tunnel's UDP socket, each way, in bytes; 0 keeps the OS default.
     pub udp_buffer_bytes: usize,
+    /// Relay only: the server id its QUIC connection IDs carry for balancers that route by them
+    /// (16 hex digits); unset, it is derived from the relay's instance name. An agent refuses it.
+    pub server_id: Option<crate::cid::ServerId>,
 }
 
 impl Default for TunnelConfig {
@@ -147,6 +150,7 @@ impl Default for TunnelConfig {
             keep_alive_secs: 5,
             idle_timeout_secs: 20,
             udp_buffer_bytes: 4 * 1024 * 1024,
+            server_id: None,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod cid;
 pub mod cli;
 pub mod client;
 pub mod commands;

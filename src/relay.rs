@@ -195,7 +195,10 @@ impl Relay {
             })?);
         let agent_tls = tls::server_config(&config.tls.cert_file, &config.tls.key_file, &[ALPN])?;
         let agent_tcp_tls = Arc::new(agent_tls.clone());
-        let endpoint = tunnel::relay_endpoint(agent_addr, agent_tls, &config.tunnel)?;
+        let server_id = config.server_id();
+        let endpoint = tunnel::relay_endpoint(agent_addr, agent_tls, &config.tunnel, server_id)?;
+        // What to register at a balancer that routes QUIC by connection ID.
+        info!(%server_id, "QUIC connection IDs carry this server id");
 
         let sessions = Arc::new(agents::Sessions {
             clusters: state.clusters.clone(),

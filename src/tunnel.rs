@@ -12,6 +12,7 @@ use std::time::Duration;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, TransportConfig, VarInt};
 
+use crate::cid;
 use crate::config::TunnelConfig;
 use crate::proto::ALPN;
 
@@ -87,11 +88,12 @@ pub fn quic_idle_timeout(config: &TunnelConfig) -> Duration {
     Duration::from_secs(config.idle_timeout_secs.saturating_sub(config.keep_alive_secs))
 }
 
-/// The relay's QUIC listener.
+/// The relay's QUIC listener; every connection ID it issues carries `server_id` (see [`cid`]).
 pub fn relay_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
     config: &TunnelConfig,
+    server_id: cid::ServerId,
 ) -> Result<Endpoint, TunnelError> {
     let quic_tls = QuicServerConfig::try_from(tls).map_err(|e| TunnelError::QuicTls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
@@ -99,8 +101,11 @@ pub fn relay_endpoint(
     transport.receive_window(VarInt::from_u32(UNPROVEN_RECEIVE_WINDOW));
     server.transport_config(Arc::new(transport));
     let socket = udp_socket(addr, config.udp_buffer_bytes)?;
+    let generator = cid::ServerIdGenerator::new(server_id, cid::ConfigRotation::default());
+    let mut endpoint = quinn::EndpointConfig::default();
+    endpoint.cid_generator(move || Box::new(generator));
     Ok(Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint,
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),

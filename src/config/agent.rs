@@ -274,6 +274,11 @@ impl Validate for AgentConfig {
 
     fn validate(&self) -> Result<(), String> {
         self.tunnel.validate()?;
+        if self.tunnel.server_id.is_some() {
+            // Only the relay's connection IDs are routed by a balancer; silently ignoring it
+            // would hide a file meant for the relay.
+            return Err("tunnel.server_id is a relay setting; remove it from the agent's file".into());
+        }
         self.audit.validate()?;
         if self.relay.ca_file.is_none() && self.relay.pinned_key_sha256.is_empty() {
             return Err("relay: set ca_file, pinned_key_sha256 or both; there is no insecure mode".into());

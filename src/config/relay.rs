@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::{TunnelConfig, Validate, resolve};
 use crate::auth::{AccessRule, IssuerConfig};
+use crate::cid::ServerId;
 
 /// `hawser relay --config FILE`.
 #[derive(Debug, Deserialize)]
@@ -325,6 +326,14 @@ impl Validate for RelayConfig {
 }
 
 impl RelayConfig {
+    /// The server id the relay's QUIC connection IDs carry: `tunnel.server_id`, or one derived
+    /// from `instance`.
+    pub fn server_id(&self) -> ServerId {
+        self.tunnel
+            .server_id
+            .unwrap_or_else(|| ServerId::from_instance(&self.instance))
+    }
+
     /// Every audience a callers' issuer of this relay accepts.
     fn caller_audiences(&self) -> Vec<&str> {
         let builtin = self.issuer.iter().map(|i| i.audience.as_str());

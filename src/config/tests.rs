@@ -396,3 +396,33 @@ key_file = "peer.key"
     );
     refused(format!("instance = \"relay 0\"\n{MINIMAL}{FLEET}"), "instance");
 }
+
+#[test]
+fn the_relays_server_id_is_configured_or_derived_from_its_instance() {
+    use crate::cid::ServerId;
+    let derived = parse_relay(&format!("instance = \"relay-1\"\n{MINIMAL}")).unwrap();
+    assert_eq!(derived.server_id(), ServerId::from_instance("relay-1"));
+    let set = parse_relay(&format!("{MINIMAL}\n[tunnel]\nserver_id = \"0x0123456789ABCDEF\"\n")).unwrap();
+    assert_eq!(set.server_id().to_string(), "0123456789abcdef");
+    for (value, why) in [
+        ("\"0123\"", "not 4"),
+        ("\"0123456789abcdeg\"", "character 16 is not a hex digit"),
+        ("42", "string"),
+    ] {
+        let err = parse_relay(&format!("{MINIMAL}\n[tunnel]\nserver_id = {value}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(why) && err.contains("line 15") && !err.contains('\n'),
+            "{value}: {err}"
+        );
+    }
+}
+
+#[test]
+fn an_agent_refuses_the_relays_server_id() {
+    let err = parse_agent("ca_file = \"relay.crt\"\n[tunnel]\nserver_id = \"0123456789abcdef\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tunnel.server_id is a relay setting"), "{err}");
+}

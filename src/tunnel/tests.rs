@@ -1,11 +1,16 @@
 //! The agent's QUIC client against a relay endpoint on 127.0.0.1: it
 //! accepts a relay only as its CA and pins say (real rustls, real quinn).
 
+use std::collections::HashSet;
+
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::*;
 use crate::tls::{Pin, RelayTrust};
+
+/// The server id the test relays' connection IDs carry.
+const SERVER_ID: cid::ServerId = cid::ServerId::new(*b"relay-id");
 
 /// A self-signed relay certificate and its key.
 struct Identity {
@@ -51,7 +56,7 @@ fn relay(cert: &CertificateDer<'static>, key: &PrivateKeyDer<'static>) -> (Endpo
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let endpoint = relay_endpoint(([127, 0, 0, 1], 0).into(), tls, &TunnelConfig::default()).unwrap();
+    let endpoint = relay_endpoint(([127, 0, 0, 1], 0).into(), tls, &TunnelConfig::default(), SERVER_ID).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let accepting = endpoint.clone();
     tokio::spawn(async move {
@@ -215,4 +220,98 @@ async fn a_dial_nobody_answers_gives_up_at_its_deadline() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// A UDP hop between one agent and a relay, as a balancer sits: it sends the relay's answers to
+/// wherever the agent last sent from, and records the destination connection ID of each datagram
+/// the agent sends (its first packet's, as the long or short header gives it).
+async fn tap(relay: SocketAddr) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    back.connect(relay).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        let (mut up, mut down) = (vec![0; 65_536], vec![0; 65_536]);
+        let mut agent = None;
+        loop {
+            tokio::select! {
+                Ok((n, from)) = front.recv_from(&mut up) => {
+                    agent = Some(from);
+                    if let Some(cid) = destination_cid(&up[..n]) {
+                        record.lock().unwrap().push(cid);
+                    }
+                    let _ = back.send(&up[..n]).await;
+                }
+                Ok(n) = back.recv(&mut down) => {
+                    if let Some(to) = agent {
+                        let _ = front.send_to(&down[..n], to).await;
+                    }
+                }
+            }
+        }
+    });
+    (addr, seen)
+}
+
+/// The destination connection ID of a datagram's first QUIC packet.
+fn destination_cid(datagram: &[u8]) -> Option<Vec<u8>> {
+    if datagram.first()? & 0x80 != 0 {
+        // Long header: first octet, version (4 octets), the ID's length, the ID.
+        let len = usize::from(*datagram.get(5)?);
+        datagram.get(6..6 + len).map(<[u8]>::to_vec)
+    } else {
+        // Short header: first octet, then the ID, whose length only its issuer knows (the relay's).
+        datagram.get(1..1 + cid::CID_LEN).map(<[u8]>::to_vec)
+    }
+}
+
+/// Polls `done` every 10 ms for up to 5 s.
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn the_agent_addresses_the_relay_by_its_server_id_also_after_it_moves() {
+    let identity = Identity::new(&["localhost"]);
+    let (_relay, relay_addr) = honest_relay(&identity);
+    let (addr, seen) = tap(relay_addr).await;
+    let agent = agent_endpoint(&pinned(&[identity.pin()]), &TunnelConfig::default(), addr).unwrap();
+    let connection = super::dial(&agent, addr, "localhost", HANDSHAKE_TIMEOUT).await.unwrap();
+    // The relay's spare connection IDs (NEW_CONNECTION_ID) must have arrived for the agent to move.
+    assert!(eventually(|| connection.stats().frame_rx.new_connection_id > 0).await);
+
+    // The agent's NAT rebinds: a new source port, and the agent takes a connection ID it has not
+    // used on the old one (RFC 9000, 9.5), as a migrating agent does.
+    let first_ids = seen.lock().unwrap().iter().collect::<HashSet<_>>().len();
+    agent.rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+    assert!(
+        eventually(|| seen.lock().unwrap().iter().collect::<HashSet<_>>().len() > first_ids).await,
+        "the agent never used another connection ID"
+    );
+    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    send.write_all(b"still here").await.unwrap();
+    assert!(connection.close_reason().is_none(), "the tunnel survived the move");
+
+    let seen = seen.lock().unwrap().clone();
+    // Only the agent's first Initial packets name an ID the agent chose (RFC 9000, 7.2); a
+    // balancer routes those by its fallback.
+    let chosen_by_agent = &seen[0];
+    let relays: HashSet<_> = seen.iter().filter(|id| *id != chosen_by_agent).collect();
+    assert!(
+        relays.len() >= 2,
+        "the handshake's ID and at least one spare: {relays:02x?}"
+    );
+    for id in relays {
+        assert_eq!(id.len(), cid::CID_LEN, "{id:02x?}");
+        assert_eq!(id[0], 19, "config rotation 0, 19 octets follow: {id:02x?}");
+        assert_eq!(id[cid::SERVER_ID_RANGE], SERVER_ID.octets(), "{id:02x?}");
+    }
 }

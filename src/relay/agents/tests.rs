@@ -87,7 +87,13 @@ fn relay_endpoint() -> (tempfile::TempDir, std::path::PathBuf, quinn::Endpoint) 
     let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
     crate::tls::ensure_self_signed(&cert, &key, &["localhost".to_owned()]).unwrap();
     let tls = crate::tls::server_config(&cert, &key, &[crate::proto::ALPN]).unwrap();
-    let endpoint = tunnel::relay_endpoint(([127, 0, 0, 1], 0).into(), tls, &TunnelConfig::default()).unwrap();
+    let endpoint = tunnel::relay_endpoint(
+        ([127, 0, 0, 1], 0).into(),
+        tls,
+        &TunnelConfig::default(),
+        crate::cid::ServerId::from_instance("relay"),
+    )
+    .unwrap();
     (dir, cert, endpoint)
 }
 
