@@ -199,13 +199,21 @@ impl Acceptor {
             if let Some(closed) = self.closed.borrow_and_update().clone() {
                 return Err(closed);
             }
+            // A close followed at once by the relay side's drop makes both branches ready: the
+            // close, if there was one, is what the agent is told either way.
+            let gone = |closed: &tokio::sync::watch::Receiver<Option<(u32, String)>>| {
+                closed
+                    .borrow()
+                    .clone()
+                    .unwrap_or((0, "the relay side is gone".to_owned()))
+            };
             tokio::select! {
                 stream = self.streams.recv() => {
-                    return stream.ok_or((0, "the relay side is gone".to_owned()));
+                    return stream.ok_or_else(|| gone(&self.closed));
                 }
                 changed = self.closed.changed() => {
                     if changed.is_err() {
-                        return Err((0, "the relay side is gone".to_owned()));
+                        return Err(gone(&self.closed));
                     }
                 }
             }
