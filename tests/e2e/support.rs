@@ -7,6 +7,7 @@
 pub mod binaries;
 pub mod certs;
 pub mod cluster;
+pub mod etcd;
 pub mod hawser;
 pub mod https;
 pub mod kubectl;

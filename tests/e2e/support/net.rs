@@ -13,6 +13,21 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Runs `start` again, three times in all at most, while it fails because a port picked free was
+/// taken before it was bound: outgoing connections take ports from the same ephemeral range.
+pub fn retry_if_port_taken<T>(what: &str, mut start: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempt = 1;
+    loop {
+        match start() {
+            Err(e) if attempt < 3 && format!("{e:#}").to_lowercase().contains("address already in use") => {
+                eprintln!("{what}: a picked port was taken before it was bound; starting again");
+                attempt += 1;
+            }
+            started => return started,
+        }
+    }
+}
+
 /// A TCP server on 127.0.0.1 that echoes every connection's bytes back.
 /// It lives as long as the test process; each connection has its own thread.
 pub fn echo_server() -> Result<u16> {
