@@ -5,8 +5,9 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> Result<u16> {
@@ -26,6 +27,30 @@ pub fn retry_if_port_taken<T>(what: &str, mut start: impl FnMut() -> Result<T>) 
             started => return started,
         }
     }
+}
+
+/// Status code and body of a plain HTTP request to 127.0.0.1:`port` (`body` as JSON). HTTP/1.0, so
+/// the answer is never chunked and ends when the server closes.
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to port {port}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        conn,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status line in {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// A TCP server on 127.0.0.1 that echoes every connection's bytes back.
