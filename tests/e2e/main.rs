@@ -128,6 +128,13 @@ fn main() -> ExitCode {
         }));
     }
 
+    for &(name, test) in balancer::TESTS {
+        let fixture = fixture.clone();
+        trials.push(Trial::test(format!("balancer::{name}"), move || {
+            let testbed = fixture.get()?;
+            test(&testbed).map_err(|e| format!("{e:#}").into())
+        }));
+    }
     for &(name, test) in balancer::STANDALONE {
         trials.push(Trial::test(format!("balancer::{name}"), move || {
             test().map_err(|e| format!("{e:#}").into())

@@ -38,7 +38,7 @@ pub fn spawn(name: &str, data_dir: &Path, client_port: u16, peer_port: u16, log:
 }
 
 /// A standalone single-member etcd in a temp dir of its own. Dropping it stops it and removes
-/// its data.
+/// its data (kept with `HAWSER_E2E_KEEP=1`).
 pub struct Etcd {
     process: Mutex<Option<Supervised>>,
     dir: TempDir,
@@ -54,7 +54,10 @@ impl Etcd {
         retry_if_port_taken("etcd", || {
             let etcd = Self {
                 process: Mutex::new(None),
-                dir: tempfile::Builder::new().prefix("hawser-etcd-").tempdir()?,
+                dir: tempfile::Builder::new()
+                    .prefix("hawser-etcd-")
+                    .disable_cleanup(std::env::var_os("HAWSER_E2E_KEEP").is_some())
+                    .tempdir()?,
                 client_port: free_port()?,
                 peer_port: free_port()?,
                 starts: AtomicU32::new(0),

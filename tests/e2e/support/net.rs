@@ -1,17 +1,30 @@
 //! Loopback helpers: free ports and a TCP echo server.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A port that was free a moment ago on 127.0.0.1 for TCP and UDP alike, as a relay or a cloud
+/// balancer serves both on one port.
+pub fn free_tcp_and_udp_port() -> Result<u16> {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no port of 100 tried was free for both TCP and UDP on 127.0.0.1")
 }
 
 /// Runs `start` again, three times in all at most, while it fails because a port picked free was
