@@ -5,6 +5,7 @@
 //! namespaces of its own. Run one test with `cargo test --test e2e -- NAME`.
 #![forbid(unsafe_code)]
 
+mod balancer;
 mod baseline;
 mod h2flood;
 mod passthrough;
@@ -124,6 +125,19 @@ fn main() -> ExitCode {
         trials.push(Trial::test(format!("trust::{name}"), move || {
             let testbed = fixture.get()?;
             test(&testbed, &deployment).map_err(|e| format!("{e:#}").into())
+        }));
+    }
+
+    for &(name, test) in balancer::TESTS {
+        let fixture = fixture.clone();
+        trials.push(Trial::test(format!("balancer::{name}"), move || {
+            let testbed = fixture.get()?;
+            test(&testbed).map_err(|e| format!("{e:#}").into())
+        }));
+    }
+    for &(name, test) in balancer::STANDALONE {
+        trials.push(Trial::test(format!("balancer::{name}"), move || {
+            test().map_err(|e| format!("{e:#}").into())
         }));
     }
 

@@ -1,16 +1,19 @@
 //! Test bed support for end-to-end tests: builds the real Kubernetes binaries
 //! once, runs etcd, kube-apiserver and a test kubelet on free loopback ports,
-//! and offers helpers to set up namespaces, pods, service accounts and RBAC.
+//! and offers helpers to set up namespaces, pods, service accounts and RBAC;
+//! also a standalone etcd and a load balancer (nginx) for relays.
 //! Every process it starts runs under `reaper`, so none outlives the test run,
 //! even when the run panics or is killed.
 
 pub mod binaries;
 pub mod certs;
 pub mod cluster;
+pub mod etcd;
 pub mod hawser;
 pub mod https;
 pub mod kubectl;
 pub mod net;
+pub mod nginx;
 pub mod process;
 pub mod proxy;
 pub mod rogue;

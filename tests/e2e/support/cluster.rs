@@ -16,8 +16,9 @@ use tempfile::TempDir;
 
 use super::binaries::{Binaries, binaries};
 use super::certs::Pki;
+use super::etcd;
 use super::kubectl::Kubectl;
-use super::net::free_port;
+use super::net::{free_port, retry_if_port_taken};
 use super::process::{Supervised, wait_for};
 
 /// Name of the Node the test kubelet registers.
@@ -54,18 +55,8 @@ pub struct PodSpec {
 impl Testbed {
     /// Builds the binaries if needed and starts etcd, kube-apiserver and the test kubelet.
     pub fn start() -> Result<Self> {
-        // Ports are picked free, then bound by etcd and kube-apiserver a moment later; an
-        // outgoing connection may take one meanwhile (they come from the same ephemeral range).
-        let mut attempt = 1;
-        loop {
-            match Self::start_once() {
-                Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
-                    eprintln!("test bed: a picked port was taken before it was bound; starting again");
-                    attempt += 1;
-                }
-                started => return started,
-            }
-        }
+        // Ports are picked free, then bound by etcd and kube-apiserver a moment later.
+        retry_if_port_taken("test bed", Self::start_once)
     }
 
     fn start_once() -> Result<Self> {
@@ -75,24 +66,12 @@ impl Testbed {
 
         let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let mut etcd = Supervised::spawn(
-            &bins.reaper,
-            "etcd",
-            &bins.etcd,
-            &strings(&[
-                "--name=testbed",
-                &format!("--data-dir={}", dir.path().join("etcd").display()),
-                &format!("--listen-client-urls={etcd_url}"),
-                &format!("--advertise-client-urls={etcd_url}"),
-                &format!("--listen-peer-urls={peer_url}"),
-                &format!("--initial-advertise-peer-urls={peer_url}"),
-                &format!("--initial-cluster=testbed={peer_url}"),
-                "--unsafe-no-fsync",
-                "--log-level=warn",
-            ]),
+        let mut etcd = etcd::spawn(
+            "testbed",
+            &dir.path().join("etcd"),
+            etcd_port,
+            peer_port,
             &dir.path().join("etcd.log"),
-            false,
         )?;
 
         let p = |path: &Path| path.display().to_string();

@@ -52,6 +52,9 @@ pub struct Extra<'a> {
     pub agent_relay: &'a str,
     /// Environment variables of the agent process.
     pub agent_env: &'a [(&'a str, &'a str)],
+    /// The relay's port (TCP and UDP), when something must know it first (a balancer); none: a
+    /// free one.
+    pub relay_port: Option<u16>,
 }
 
 /// A relay and an agent serving the test bed. Dropping it stops both.
@@ -87,12 +90,13 @@ impl Hawser {
             trust,
             agent_relay,
             agent_env,
+            relay_port,
         } = *extra;
         let dir = tempfile::Builder::new()
             .prefix("hawser-system-")
             .disable_cleanup(std::env::var_os("HAWSER_E2E_KEEP").is_some())
             .tempdir()?;
-        let port = free_port()?;
+        let port = relay_port.map_or_else(free_port, Ok)?;
         let relay_url = format!("https://127.0.0.1:{port}");
         let agent_token = format!("agent-token-{port}-{}", std::process::id());
         let digest = hawser::relay::token_digest_hex(&agent_token);
@@ -410,19 +414,17 @@ output = "agent-audit.log"
 
     /// kubectl through the relay with a `hawser kubeconfig` (exec plugin) for this caller.
     pub fn kubeconfig_route(&self, subject: &str, groups: &[&str]) -> Result<Kubectl> {
+        self.kubeconfig_route_at(&self.relay_url, subject, groups)
+    }
+
+    /// Like [`Hawser::kubeconfig_route`], reaching the relay at `relay_url` (e.g. a balancer's).
+    pub fn kubeconfig_route_at(&self, relay_url: &str, subject: &str, groups: &[&str]) -> Result<Kubectl> {
         let token_file = self.token_file(subject, groups)?;
         let mut cmd = Command::new(hawser_bin());
-        cmd.args([
-            "kubeconfig",
-            "--relay",
-            &self.relay_url,
-            "--cluster",
-            CLUSTER,
-            "--ca-file",
-        ])
-        .arg(&self.relay_ca)
-        .arg("--token-file")
-        .arg(&token_file);
+        cmd.args(["kubeconfig", "--relay", relay_url, "--cluster", CLUSTER, "--ca-file"])
+            .arg(&self.relay_ca)
+            .arg("--token-file")
+            .arg(&token_file);
         let out = run_with_deadline(cmd, None, Duration::from_secs(30))?;
         if !out.status.success() {
             bail!("hawser kubeconfig failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -1,16 +1,69 @@
 //! Loopback helpers: free ports and a TCP echo server.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A port that was free a moment ago on 127.0.0.1 for TCP and UDP alike, as a relay or a cloud
+/// balancer serves both on one port.
+pub fn free_tcp_and_udp_port() -> Result<u16> {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no port of 100 tried was free for both TCP and UDP on 127.0.0.1")
+}
+
+/// Runs `start` again, three times in all at most, while it fails because a port picked free was
+/// taken before it was bound: outgoing connections take ports from the same ephemeral range.
+pub fn retry_if_port_taken<T>(what: &str, mut start: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempt = 1;
+    loop {
+        match start() {
+            Err(e) if attempt < 3 && format!("{e:#}").to_lowercase().contains("address already in use") => {
+                eprintln!("{what}: a picked port was taken before it was bound; starting again");
+                attempt += 1;
+            }
+            started => return started,
+        }
+    }
+}
+
+/// Status code and body of a plain HTTP request to 127.0.0.1:`port` (`body` as JSON). HTTP/1.0, so
+/// the answer is never chunked and ends when the server closes.
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to port {port}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        conn,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status line in {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// A TCP server on 127.0.0.1 that echoes every connection's bytes back.
