@@ -74,6 +74,21 @@ pub struct PeersConfig {
     pub cert_file: PathBuf,
     /// PEM key of `cert_file`.
     pub key_file: PathBuf,
+    /// Seconds between keep-alives on a quiet peer connection.
+    #[serde(default = "default_peer_keep_alive")]
+    pub keep_alive_secs: u64,
+    /// A peer that died is noticed at most this many seconds after its last packet: requests
+    /// forwarded to it then fail with 503, and the next dial tries again.
+    #[serde(default = "default_peer_idle_timeout")]
+    pub idle_timeout_secs: u64,
+}
+
+fn default_peer_keep_alive() -> u64 {
+    1
+}
+
+fn default_peer_idle_timeout() -> u64 {
+    4
 }
 
 impl PeersConfig {
@@ -165,6 +180,9 @@ impl PeersConfig {
             || (self.listen.port() == agent_listen.port() && self.listen.ip().is_unspecified())
         {
             return Err("peers.listen: a port of its own, not the agents' QUIC listener".into());
+        }
+        if self.keep_alive_secs == 0 || self.idle_timeout_secs <= 2 * self.keep_alive_secs {
+            return Err("peers.idle_timeout_secs must exceed twice peers.keep_alive_secs (> 0)".into());
         }
         if self.advertise.is_none() && self.listen.ip().is_unspecified() {
             return Err(format!(

@@ -28,6 +28,8 @@ pub struct Sent<'a> {
     pub credential: Credential,
     /// Owner of the tasks the exchange leaves behind.
     pub tasks: &'a tokio_util::task::TaskTracker,
+    /// The fleet relay the stream goes to, if it is forwarded (its loss is a 503 then).
+    pub via: Option<&'a str>,
 }
 
 /// Sends `req` on the stream `(send, recv)` and returns the agent's answer for the caller, and
@@ -51,7 +53,16 @@ where
         request_id,
         credential,
         tasks,
+        via,
     } = sent;
+    // A forwarded stream whose peer connection is lost: the hop failed, not the agent.
+    let peer_lost = |error: &StreamError| {
+        via.filter(|_| matches!(error, StreamError::Closed(_)))
+            .map(|relay| Refusal::PeerUnreachable {
+                cluster: cluster.to_owned(),
+                why: format!("relay {relay}: {error}"),
+            })
+    };
     let mut req = req;
     // Judged on the path the apiserver will see.
     *req.uri_mut() = upstream_uri.clone();
@@ -79,12 +90,12 @@ where
     }
     .encode(wire::MAX_HEAD)
     .map_err(Refusal::Unsendable)?;
-    write_chunk(&mut send, head)
-        .await
-        .map_err(|error| Refusal::Unreachable {
+    write_chunk(&mut send, head).await.map_err(|error| {
+        peer_lost(&error).unwrap_or_else(|| Refusal::Unreachable {
             cluster: cluster.to_owned(),
             error,
-        })?;
+        })
+    })?;
     let send = if has_body {
         let body = audit.count(boxed(body), true);
         tasks.spawn(
@@ -112,6 +123,11 @@ where
         Err(e) => Err(e),
     };
     let (head, first) = head.map_err(|e| match e {
+        HeadError::Stream(error) if via.is_some() && matches!(error, StreamError::Closed(_)) => peer_lost(&error)
+            .unwrap_or(Refusal::NoAnswer {
+                cluster: cluster.to_owned(),
+                why: error.to_string(),
+            }),
         HeadError::Stream(StreamError::Reset(code)) if code == u64::from(wire::reset::SHUTDOWN) => {
             Refusal::AgentShutdown {
                 cluster: cluster.to_owned(),

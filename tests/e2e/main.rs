@@ -7,6 +7,7 @@
 
 mod balancer;
 mod baseline;
+mod fleet;
 mod h2flood;
 mod passthrough;
 mod routes;
@@ -131,6 +132,13 @@ fn main() -> ExitCode {
     for &(name, test) in balancer::TESTS {
         let fixture = fixture.clone();
         trials.push(Trial::test(format!("balancer::{name}"), move || {
+            let testbed = fixture.get()?;
+            test(&testbed).map_err(|e| format!("{e:#}").into())
+        }));
+    }
+    for &(name, test) in fleet::TESTS {
+        let fixture = fixture.clone();
+        trials.push(Trial::test(format!("fleet::{name}"), move || {
             let testbed = fixture.get()?;
             test(&testbed).map_err(|e| format!("{e:#}").into())
         }));

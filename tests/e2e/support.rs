@@ -9,6 +9,7 @@ pub mod binaries;
 pub mod certs;
 pub mod cluster;
 pub mod etcd;
+pub mod fleet;
 pub mod hawser;
 pub mod https;
 pub mod kubectl;

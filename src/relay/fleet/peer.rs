@@ -112,7 +112,14 @@ impl Peers {
             .with_client_auth_cert(certs, key)
             .map_err(TlsError::from)?;
         client.alpn_protocols = vec![PEER_ALPN.to_vec()];
-        let endpoint = tunnel::peer_endpoint(config.listen, server, client, tunnel)?;
+        // The agents' windows and stream limits, but the peer link's own liveness: a relay
+        // that died must fail what was forwarded to it within seconds.
+        let transport = TunnelConfig {
+            keep_alive_secs: config.keep_alive_secs,
+            idle_timeout_secs: config.idle_timeout_secs,
+            ..tunnel.clone()
+        };
+        let endpoint = tunnel::peer_endpoint(config.listen, server, client, &transport)?;
         Ok(Self {
             endpoint,
             pool: DashMap::new(),

@@ -24,6 +24,7 @@ fn sent(target: &str) -> Sent<'static> {
         request_id: "relay-test-1".into(),
         credential: Credential::Assertion("a.b.c".into()),
         tasks: &TASKS,
+        via: None,
     }
 }
 

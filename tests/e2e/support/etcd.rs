@@ -109,6 +109,25 @@ impl Etcd {
         matches!(http(self.client_port, "GET", "/health", ""), Ok((200, body)) if body.contains(r#""health":"true""#))
     }
 
+    /// The keys under `prefix`, sorted, from etcd's JSON gateway (`POST /v3/kv/range`).
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().context("empty prefix")? += 1;
+        let body = serde_json::json!({"key": b64.encode(prefix), "range_end": b64.encode(&end), "keys_only": true});
+        let (status, answer) = http(self.client_port, "POST", "/v3/kv/range", &body.to_string())?;
+        anyhow::ensure!(status == 200, "etcd answered {status}: {answer}");
+        let value: serde_json::Value = serde_json::from_str(&answer).with_context(|| format!("etcd said {answer}"))?;
+        let mut keys = Vec::new();
+        for kv in value["kvs"].as_array().into_iter().flatten() {
+            let key = b64.decode(kv["key"].as_str().unwrap_or_default())?;
+            keys.push(String::from_utf8(key)?);
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
     fn log(&self, start: u32) -> PathBuf {
         match start {
             0 => self.dir.path().join("etcd.log"),

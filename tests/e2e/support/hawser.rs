@@ -191,13 +191,7 @@ output = "agent-audit.log"
         hawser.start_agent()?;
 
         // Callers: an administrator everywhere; members of `dev` get their own bindings.
-        tb.admin().create_or_exists(&[
-            "create",
-            "clusterrolebinding",
-            "hawser-admin",
-            "--clusterrole=cluster-admin",
-            "--user=hawser-admin",
-        ])?;
+        bind_admin(tb)?;
         let admin = hawser.kubeconfig_route("hawser-admin", &[])?;
         wait_for(
             "the cluster to answer through the relay",
@@ -451,8 +445,19 @@ fn spawn_relay(config: &Path, dir: &Path) -> Result<Supervised> {
     )
 }
 
+/// Makes the callers' user `hawser-admin` a cluster administrator.
+pub fn bind_admin(tb: &Testbed) -> Result<()> {
+    tb.admin().create_or_exists(&[
+        "create",
+        "clusterrolebinding",
+        "hawser-admin",
+        "--clusterrole=cluster-admin",
+        "--user=hawser-admin",
+    ])
+}
+
 /// A service account that may impersonate, and a kubeconfig for it.
-fn agent_kubeconfig(tb: &Testbed, dir: &Path) -> Result<PathBuf> {
+pub fn agent_kubeconfig(tb: &Testbed, dir: &Path) -> Result<PathBuf> {
     // Deployments started at once on a fresh test bed would race to create the role (AlreadyExists).
     static SETUP: Mutex<()> = Mutex::new(());
     let _setup = SETUP.lock().unwrap_or_else(|e| e.into_inner());

@@ -42,6 +42,8 @@ fn config(dir: &Path, name: &str, ca: &CertifiedIssuer<'static, KeyPair>, truste
         ca_file,
         cert_file,
         key_file,
+        keep_alive_secs: 1,
+        idle_timeout_secs: 4,
     }
 }
 

@@ -1,0 +1,308 @@
+//! A fleet of relays sharing a registry in a real etcd, peered with mutual TLS from a fleet CA,
+//! and agents of several clusters (each a name for the test bed's one apiserver) dialling the
+//! relay each test chooses.
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use tempfile::TempDir;
+
+use super::binaries::binaries;
+use super::etcd::Etcd;
+use super::hawser::hawser_bin;
+use super::net::free_port;
+use super::process::{Supervised, run_with_deadline, wait_for};
+use super::{Kubectl, Testbed};
+
+/// Seconds a relay's registry entries outlive it.
+pub const LEASE_TTL_SECS: u64 = 4;
+
+/// One relay's ports.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// Callers (TCP) and agents (QUIC and TCP).
+    pub front: u16,
+    /// The peer link (UDP).
+    pub peer: u16,
+}
+
+/// Relays, their etcd and their agents. Dropping it stops every process.
+pub struct Fleet {
+    agents: Mutex<Vec<(String, Supervised)>>,
+    relays: Vec<Mutex<Option<Supervised>>>,
+    /// Every relay's ports, by index (relay `i` is instance `relay-i`).
+    pub ports: Vec<Ports>,
+    /// The shared registry.
+    pub etcd: Etcd,
+    dir: TempDir,
+    kubeconfig: PathBuf,
+    files: std::sync::atomic::AtomicUsize,
+}
+
+impl Fleet {
+    /// Starts etcd and `relays` relays that know `clusters`, and waits until each listens.
+    pub fn start(tb: &Testbed, relays: usize, clusters: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("hawser-fleet-")
+            .disable_cleanup(std::env::var_os("HAWSER_E2E_KEEP").is_some())
+            .tempdir()?;
+        let etcd = Etcd::start()?;
+        fleet_pki(dir.path(), relays)?;
+        let ports: Vec<Ports> = (0..relays)
+            .map(|_| {
+                Ok(Ports {
+                    front: free_port()?,
+                    peer: free_port()?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut cluster_entries = String::new();
+        for cluster in clusters {
+            let digest = hawser::relay::token_digest_hex(&agent_token(cluster));
+            fs::write(dir.path().join(format!("{cluster}.token")), agent_token(cluster))?;
+            cluster_entries.push_str(&format!(
+                "[[clusters]]\nname = \"{cluster}\"\nagent_token_sha256 = \"{digest}\"\n"
+            ));
+        }
+        for (i, p) in ports.iter().enumerate() {
+            // One issuer, one assertion key and one serving certificate for the whole fleet: a
+            // caller or agent may land on any relay (relay-0 generates them; the others wait).
+            fs::write(
+                dir.path().join(format!("relay-{i}.toml")),
+                format!(
+                    r#"instance = "relay-{i}"
+listen = "127.0.0.1:{front}"
+[tls]
+cert_file = "relay.crt"
+key_file = "relay.key"
+generate_self_signed = true
+[issuer]
+issuer = "https://fleet.e2e.invalid"
+audience = "hawser"
+signing_key_file = "issuer.key"
+generate = true
+[assertions]
+issuer = "https://fleet.e2e.invalid/assertions"
+signing_key_file = "assertion.key"
+generate = true
+[[access]]
+clusters = ["*"]
+users = ["hawser-admin"]
+{cluster_entries}
+[limits]
+open_stream_timeout_secs = 3
+[audit]
+output = "relay-{i}-audit.log"
+[registry]
+kind = "etcd"
+endpoints = ["{etcd}"]
+prefix = "/hawser-e2e"
+lease_ttl_secs = {LEASE_TTL_SECS}
+timeout_secs = 2
+[peers]
+listen = "127.0.0.1:{peer}"
+ca_file = "fleet-ca.crt"
+cert_file = "relay-{i}-peer.crt"
+key_file = "relay-{i}-peer.key"
+"#,
+                    front = p.front,
+                    peer = p.peer,
+                    etcd = etcd.endpoint(),
+                ),
+            )?;
+        }
+        let fleet = Self {
+            agents: Mutex::default(),
+            relays: (0..relays).map(|_| Mutex::new(None)).collect(),
+            ports,
+            etcd,
+            kubeconfig: agent_kubeconfig(tb, dir.path())?,
+            dir,
+            files: Default::default(),
+        };
+        for i in 0..relays {
+            fleet.start_relay(i)?;
+        }
+        super::hawser::bind_admin(tb)?;
+        Ok(fleet)
+    }
+
+    /// Starts relay `i` (again: same config, keys and ports) and waits until it is ready.
+    pub fn start_relay(&self, i: usize) -> Result<()> {
+        let config = self.dir.path().join(format!("relay-{i}.toml"));
+        let mut relay = Supervised::spawn(
+            &binaries()?.reaper,
+            &format!("relay-{i}"),
+            &hawser_bin(),
+            &["relay".into(), "--config".into(), config.display().to_string()],
+            &self.dir.path().join(format!("relay-{i}.log")),
+            false,
+        )?;
+        let port = self.ports[i].front;
+        wait_for(&format!("relay-{i} to be ready"), Duration::from_secs(30), || {
+            relay.ensure_running()?;
+            Ok((self.readyz(i)? == Some(200)).then_some(()))
+        })?;
+        *self.relays[i].lock().unwrap() = Some(relay);
+        let _ = port;
+        Ok(())
+    }
+
+    /// The status of relay `i`'s `/readyz`, `None` if it does not answer.
+    pub fn readyz(&self, i: usize) -> Result<Option<u16>> {
+        let ca = self.dir.path().join("relay.crt");
+        if !ca.exists() || TcpStream::connect(("127.0.0.1", self.ports[i].front)).is_err() {
+            return Ok(None);
+        }
+        let url = format!("https://127.0.0.1:{}/readyz", self.ports[i].front);
+        Ok(super::https::get(&url, &ca, &[]).ok().map(|(status, _)| status))
+    }
+
+    /// Kills relay `i` with SIGKILL: it removes nothing from the registry.
+    pub fn kill_relay(&self, i: usize) -> Result<()> {
+        let relay = self.relays[i].lock().unwrap().take().context("relay not running")?;
+        let pid = relay.program_pid()?;
+        let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -KILL {pid} failed");
+        drop(relay);
+        Ok(())
+    }
+
+    /// Starts an agent of `cluster` named `instance` that dials relay `i`.
+    pub fn start_agent(&self, cluster: &str, instance: &str, i: usize) -> Result<()> {
+        self.start_agent_at(cluster, instance, &format!("127.0.0.1:{}", self.ports[i].front), "")
+    }
+
+    /// Starts an agent of `cluster` named `instance` that dials `address` (a relay or a
+    /// balancer in front of them), with `relay_extra` in its `[relay]` table.
+    pub fn start_agent_at(&self, cluster: &str, instance: &str, address: &str, relay_extra: &str) -> Result<()> {
+        let config = self.dir.path().join(format!("{instance}.toml"));
+        fs::write(
+            &config,
+            format!(
+                r#"instance = "{instance}"
+cluster = "{cluster}"
+token_file = "{cluster}.token"
+[relay]
+address = "{address}"
+server_name = "localhost"
+ca_file = "relay.crt"
+{relay_extra}
+[apiserver]
+kubeconfig = "{kubeconfig}"
+[assertions]
+issuer = "https://fleet.e2e.invalid/assertions"
+jwks_url = "https://{address}/.well-known/hawser/assertion-jwks.json"
+jwks_ca_file = "relay.crt"
+[reconnect]
+initial_backoff_ms = 100
+max_backoff_ms = 1000
+[audit]
+output = "none"
+"#,
+                kubeconfig = self.kubeconfig.display(),
+            ),
+        )?;
+        let agent = Supervised::spawn(
+            &binaries()?.reaper,
+            instance,
+            &hawser_bin(),
+            &["agent".into(), "--config".into(), config.display().to_string()],
+            &self.dir.path().join(format!("{instance}.log")),
+            false,
+        )?;
+        self.agents.lock().unwrap().push((instance.to_owned(), agent));
+        Ok(())
+    }
+
+    /// kubectl for `cluster` through relay `i`, as the administrator.
+    pub fn kubectl(&self, i: usize, cluster: &str) -> Result<Kubectl> {
+        let n = self.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token_file = self.dir.path().join(format!("{n:03}-admin.token"));
+        let mut cmd = Command::new(hawser_bin());
+        cmd.args(["token", "issue", "--config"])
+            .arg(self.dir.path().join("relay-0.toml"))
+            .args(["--subject", "hawser-admin", "--ttl", "1h"]);
+        let out = run_with_deadline(cmd, None, Duration::from_secs(30))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "hawser token issue: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::write(&token_file, &out.stdout)?;
+        let mut cmd = Command::new(hawser_bin());
+        cmd.args(["kubeconfig", "--relay"])
+            .arg(format!("https://127.0.0.1:{}", self.ports[i].front))
+            .args(["--cluster", cluster, "--ca-file"])
+            .arg(self.dir.path().join("relay.crt"))
+            .arg("--token-file")
+            .arg(&token_file);
+        let out = run_with_deadline(cmd, None, Duration::from_secs(30))?;
+        if !out.status.success() {
+            bail!("hawser kubeconfig failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let path = self.dir.path().join(format!("{n:03}-{cluster}-via-{i}.kubeconfig"));
+        fs::write(&path, &out.stdout)?;
+        Ok(Kubectl::new(&binaries()?.kubectl, &path))
+    }
+
+    /// The lines of relay `i`'s audit log.
+    pub fn audit(&self, i: usize) -> Result<Vec<serde_json::Value>> {
+        let text = fs::read_to_string(self.dir.path().join(format!("relay-{i}-audit.log"))).unwrap_or_default();
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    }
+
+    /// The keys under the fleet's prefix in etcd, read with etcd's JSON gateway.
+    pub fn registry_keys(&self) -> Result<Vec<String>> {
+        self.etcd.keys("/hawser-e2e/")
+    }
+}
+
+fn agent_token(cluster: &str) -> String {
+    format!("agent-token-of-{cluster}-{}", std::process::id())
+}
+
+/// The impersonating service account's kubeconfig (shared with the single-relay deployments).
+fn agent_kubeconfig(tb: &Testbed, dir: &Path) -> Result<PathBuf> {
+    super::hawser::agent_kubeconfig(tb, dir)
+}
+
+/// A fleet CA and a peer certificate for each relay, naming its instance.
+fn fleet_pki(dir: &Path, relays: usize) -> Result<()> {
+    let ca = ca("hawser-e2e-fleet-ca")?;
+    fs::write(dir.join("fleet-ca.crt"), ca.pem())?;
+    for i in 0..relays {
+        let (cert, key) = peer_cert(&ca, &format!("relay-{i}"))?;
+        fs::write(dir.join(format!("relay-{i}-peer.crt")), cert)?;
+        fs::write(dir.join(format!("relay-{i}-peer.key")), key)?;
+    }
+    Ok(())
+}
+
+/// A self-signed CA.
+pub fn ca(name: &str) -> Result<CertifiedIssuer<'static, KeyPair>> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    Ok(CertifiedIssuer::self_signed(params, KeyPair::generate()?)?)
+}
+
+/// A peer certificate (PEM) and key for relay `instance`, signed by `ca`.
+pub fn peer_cert(ca: &CertifiedIssuer<'static, KeyPair>, instance: &str) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![instance.to_owned()])?;
+    params.distinguished_name.push(DnType::CommonName, instance);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, ca)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
