@@ -10,14 +10,17 @@ mod link;
 mod passthrough;
 mod path;
 mod serve;
+mod tunnels;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tracing::{Instrument, debug, info, info_span, warn};
+#[cfg(test)]
+use tracing::Instrument;
+use tracing::{info, warn};
 
 use crate::auth::Authenticator;
-use crate::config::{AgentConfig, Secret, Transport};
+use crate::config::{AgentConfig, Secret};
 use crate::{shutdown, tls, tunnel};
 
 /// Why the agent could not start.
@@ -64,6 +67,8 @@ enum SessionError {
     Hello(String),
     #[error("tcp transport: {0}")]
     Tcp(String),
+    #[error("relay {0} already holds another of this agent's tunnels")]
+    SameRelay(String),
 }
 
 impl SessionError {
@@ -159,34 +164,20 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     }
     let dialer = link::Dialer::new(&config, &token)?;
 
-    let mut backoff = backoff::Backoff::new(config.reconnect.clone());
-    let dial = async {
-        let mut auto = Auto::default();
-        loop {
-            let started = Instant::now();
-            let span = info_span!("tunnel", relay = %config.relay.address, cluster = %config.cluster);
-            let ended = session(&config, &dialer, &state, &mut auto).instrument(span).await;
-            let uptime = started.elapsed();
-            let wait = backoff.next_wait(uptime, &mut rand::rng());
-            match ended {
-                Ok(reason) => info!(%reason, ?uptime, ?wait, "tunnel closed; reconnecting"),
-                Err(e) => warn!(error = %e, ?wait, "tunnel attempt failed; retrying"),
-            }
-            tokio::time::sleep(wait).await;
-        }
-    };
+    let dial = tunnels::hold(&config, &dialer, &state);
     tokio::select! {
         _ = dial => {}
         _ = shutdown::signal() => info!("agent shutting down"),
     }
     // TCP tunnels end at once (their connections drop); the relay fails their streams.
     state.stop.cancel();
-    let endpoint = dialer.current.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(endpoint) = endpoint {
+    let endpoints = std::mem::take(&mut *dialer.current.lock().unwrap_or_else(|e| e.into_inner()));
+    for endpoint in &endpoints {
         // The relay fails this tunnel's streams at once and callers get an error.
         endpoint.close(0u32.into(), b"agent shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
     }
+    let idle = futures_util::future::join_all(endpoints.iter().map(quinn::Endpoint::wait_idle));
+    let _ = tokio::time::timeout(Duration::from_secs(3), idle).await;
     // The close failed every stream; their tasks end as soon as they notice.
     state.tasks.close();
     if tokio::time::timeout(Duration::from_secs(3), state.tasks.wait())
@@ -202,141 +193,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// What `auto` has learnt of QUIC on this network.
-#[derive(Default)]
-struct Auto {
-    /// QUIC found unreachable: dial TCP, and probe QUIC from there.
-    blocked: bool,
-    /// A QUIC tunnel came up at least once.
-    worked: bool,
-    /// QUIC dials in a row that got no handshake.
-    timeouts: u32,
-}
-
-/// One tunnel: connect by the configured transport, say hello, serve streams until it ends.
-async fn session(
-    config: &AgentConfig,
-    dialer: &link::Dialer,
-    state: &Arc<AgentState>,
-    auto: &mut Auto,
-) -> Result<String, SessionError> {
-    let relay = &config.relay;
-    let (link, welcome) = match relay.transport {
-        Transport::Quic => dialer.quic(tunnel::HANDSHAKE_TIMEOUT).await?,
-        Transport::Tcp => dialer.tcp().await?,
-        Transport::Auto if auto.blocked => match dialer.tcp().await {
-            Ok(up) => up,
-            Err(e) => {
-                // TCP fails too: the next attempt tries QUIC again rather than TCP for ever.
-                auto.blocked = false;
-                return Err(e);
-            }
-        },
-        Transport::Auto => match dialer.quic(Duration::from_secs(relay.quic_fallback_secs)).await {
-            Ok(up) => up,
-            // Where QUIC once worked, one silent dial is more likely a relay restarting (it leaves
-            // attempts unanswered meanwhile) than UDP blocked: only a second one in a row falls back.
-            Err(e) if e.quic_unreachable() && auto.worked && auto.timeouts == 0 => {
-                auto.timeouts += 1;
-                return Err(e);
-            }
-            Err(e) if e.quic_unreachable() => {
-                warn!(
-                    error = %e,
-                    probe_every_secs = relay.quic_probe_secs,
-                    "no QUIC handshake with the relay; using TCP, and trying QUIC again later"
-                );
-                auto.blocked = true;
-                dialer.tcp().await?
-            }
-            Err(e) => return Err(e),
-        },
-    };
-    let relay_name: Arc<str> = welcome.relay.into();
-    match link {
-        link::Link::Quic(connection, _control) => {
-            *auto = Auto {
-                worked: true,
-                ..Auto::default()
-            };
-            info!(relay = %relay_name, session = welcome.session, transport = "quic", "tunnel up");
-            Ok(serve_quic(connection, state, relay_name).await)
-        }
-        link::Link::Tcp(side) => {
-            info!(relay = %relay_name, session = welcome.session, transport = "tcp", "tunnel up");
-            let retire = tokio_util::sync::CancellationToken::new();
-            let serving = {
-                let (state, relay_name) = (state.clone(), relay_name.clone());
-                let (stop, retire) = (state.stop.clone(), retire.clone());
-                let tasks = state.tasks.clone();
-                tasks.spawn(
-                    async move {
-                        let why = side
-                            .serve(
-                                move |send, recv| {
-                                    state.tasks.spawn(
-                                        serve::stream(send, recv, state.clone(), relay_name.clone()).in_current_span(),
-                                    );
-                                },
-                                retire,
-                                stop,
-                            )
-                            .await;
-                        info!(reason = %why, "tcp tunnel ended");
-                        why
-                    }
-                    .in_current_span(),
-                )
-            };
-            if relay.transport != Transport::Auto {
-                return Ok(serving.await.unwrap_or_else(|e| e.to_string()));
-            }
-            let mut serving = std::pin::pin!(serving);
-            let probe = async {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(relay.quic_probe_secs)).await;
-                    match dialer.quic(Duration::from_secs(relay.quic_fallback_secs)).await {
-                        Ok(up) => return up,
-                        Err(e) => debug!(error = %e, "QUIC still unreachable"),
-                    }
-                }
-            };
-            let (link, welcome) = tokio::select! {
-                ended = &mut serving => return Ok(ended.unwrap_or_else(|e| e.to_string())),
-                up = probe => up,
-            };
-            // The relay now routes to the QUIC session (same instance); the TCP tunnel takes no
-            // new streams and ends once those it carries are done.
-            retire.cancel();
-            *auto = Auto {
-                worked: true,
-                ..Auto::default()
-            };
-            let relay_name: Arc<str> = welcome.relay.into();
-            info!(relay = %relay_name, session = welcome.session, transport = "quic", "QUIC reachable again: tunnel moved to QUIC");
-            match link {
-                link::Link::Quic(connection, _control) => Ok(serve_quic(connection, state, relay_name).await),
-                link::Link::Tcp(_) => Ok("unexpected tcp link".into()),
-            }
-        }
-    }
-}
-
-/// Serves a QUIC tunnel's streams until the connection ends, and says why it ended.
-async fn serve_quic(connection: quinn::Connection, state: &Arc<AgentState>, relay: Arc<str>) -> String {
-    loop {
-        match connection.accept_bi().await {
-            Ok((send, recv)) => {
-                state
-                    .tasks
-                    .spawn(serve::stream(send, recv, state.clone(), relay.clone()).in_current_span());
-            }
-            Err(reason) => return reason.to_string(),
-        }
-    }
-}
-
-/// Serves an in-memory tunnel's streams until it closes, as [`serve_quic`] does a QUIC one, and
+/// Serves an in-memory tunnel's streams until it closes, as a QUIC one is served, and
 /// says why it ended.
 #[cfg(test)]
 pub(crate) async fn serve_memory(

@@ -77,6 +77,14 @@ pub struct Hello {
     /// The callers' credential this agent checks; the relay refuses an agent whose
     /// expectation does not match the relay's configuration for the cluster.
     pub accepts: Accepts,
+    /// Which of the agent's tunnels this is (0 for the first): a reconnect replaces the session
+    /// of the same instance and link only, so an agent's tunnels never replace each other.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub link: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 impl std::fmt::Debug for Hello {
@@ -86,6 +94,7 @@ impl std::fmt::Debug for Hello {
             .field("token", &"<redacted>")
             .field("instance", &self.instance)
             .field("accepts", &self.accepts)
+            .field("link", &self.link)
             .finish()
     }
 }
@@ -106,14 +115,50 @@ pub enum Accepts {
     },
 }
 
-/// The relay's answer to an accepted [`Hello`].
+/// The relay's answer to an accepted [`Hello`]. Unknown fields are ignored, so a relay may add
+/// some for newer agents.
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct Welcome {
-    /// Relay instance name, for logs and audit.
+    /// Relay instance name, for logs and audit; an agent keeps its tunnels on distinct relays.
     pub relay: String,
     /// Id of this session in the relay's registry.
     pub session: u64,
+    /// Whether the relay is one of a fleet: an agent without a `connections` setting then
+    /// holds two tunnels, to two relays.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fleet: bool,
+}
+
+/// What the relay may tell a welcomed agent on the control stream, besides why it closes.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Notice {
+    /// The relay is draining: open a tunnel to another relay, then retire this one (end your
+    /// side of the control stream); the relay routes nothing new to a retired tunnel and closes
+    /// it once its exchanges are done or its drain deadline passes.
+    Move {
+        /// Why, for the agent's log.
+        reason: String,
+    },
+}
+
+/// What an agent may tell the relay on a QUIC tunnel's control stream after the welcome.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentNotice {
+    /// The agent moved to another tunnel: route nothing new here (over TCP the agent ends its
+    /// side of the control stream instead).
+    Retire,
+}
+
+/// A frame on the control stream after the welcome: a notice, or why the relay closes (TCP).
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Control {
+    /// A notice.
+    Notice(Notice),
+    /// The relay closes the tunnel.
+    Closing(Closing),
 }
 
 /// The proof of a caller's identity that rides a stream: never valid at another cluster.
@@ -177,6 +222,28 @@ pub fn frame_bytes<T: Serialize>(msg: &T) -> Result<bytes::Bytes, ProtoError> {
     Ok(buf.into())
 }
 
+/// The first frame in `buf` and how many bytes it took, or `None` while `buf` holds only part of
+/// it (for readers that gather a stream's chunks themselves).
+pub fn decode_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, ProtoError> {
+    let Some(head) = buf.get(..7) else {
+        return Ok(None);
+    };
+    if &head[..4] != MAGIC {
+        return Err(ProtoError::BadMagic);
+    }
+    if head[4] != VERSION {
+        return Err(ProtoError::UnsupportedVersion(head[4]));
+    }
+    let len = usize::from(u16::from_be_bytes([head[5], head[6]]));
+    if len > MAX_FRAME {
+        return Err(ProtoError::TooLarge(len));
+    }
+    match buf.get(7..7 + len) {
+        Some(payload) => Ok(Some((serde_json::from_slice(payload)?, 7 + len))),
+        None => Ok(None),
+    }
+}
+
 /// Reads one frame of at most [`MAX_FRAME`] bytes.
 pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> Result<T, ProtoError> {
     read_frame_limited(r, MAX_FRAME).await
@@ -213,11 +280,63 @@ mod tests {
         let welcome = Welcome {
             relay: "relay-0".into(),
             session: 7,
+            fleet: false,
         };
         let mut buf = Vec::new();
         write_frame(&mut buf, &welcome).await.unwrap();
         let back: Welcome = read_frame(&mut buf.as_slice()).await.unwrap();
         assert_eq!(back, welcome);
+    }
+
+    #[test]
+    fn frames_decode_once_whole_and_notices_and_closings_tell_apart() {
+        let mut buf = frame_bytes(&Notice::Move {
+            reason: "draining".into(),
+        })
+        .unwrap()
+        .to_vec();
+        buf.extend_from_slice(
+            &frame_bytes(&Closing {
+                code: 3,
+                reason: "bye".into(),
+            })
+            .unwrap(),
+        );
+        assert!(
+            decode_frame::<Control>(&buf[..9]).unwrap().is_none(),
+            "a partial frame waits"
+        );
+        let (first, used) = decode_frame::<Control>(&buf).unwrap().unwrap();
+        assert_eq!(
+            first,
+            Control::Notice(Notice::Move {
+                reason: "draining".into()
+            })
+        );
+        let (second, rest) = decode_frame::<Control>(&buf[used..]).unwrap().unwrap();
+        assert_eq!(
+            second,
+            Control::Closing(Closing {
+                code: 3,
+                reason: "bye".into()
+            })
+        );
+        assert_eq!(used + rest, buf.len());
+        assert!(matches!(
+            decode_frame::<Control>(b"XXXX\x03\x00\x00"),
+            Err(ProtoError::BadMagic)
+        ));
+        // A newer relay's welcome field is ignored; the first tunnel's hello is as before.
+        let welcome: Welcome = serde_json::from_str(r#"{"relay":"r","session":1,"fleet":true,"later":1}"#).unwrap();
+        assert!(welcome.fleet);
+        let hello = Hello {
+            cluster: "c".into(),
+            token: "t".into(),
+            instance: "i".into(),
+            accepts: Accepts::Assertion { issuer: "i".into() },
+            link: 0,
+        };
+        assert!(!serde_json::to_string(&hello).unwrap().contains("link"));
     }
 
     #[tokio::test]
@@ -255,6 +374,7 @@ mod tests {
     #[tokio::test]
     async fn a_hello_is_read_with_a_smaller_limit() {
         let hello = Hello {
+            link: 0,
             cluster: "c".into(),
             token: "t".repeat(MAX_HELLO),
             instance: "a".into(),
@@ -272,6 +392,7 @@ mod tests {
     #[test]
     fn debug_hides_tokens_and_credentials() {
         let hello = Hello {
+            link: 0,
             cluster: "c".into(),
             token: "s3cret".into(),
             instance: "a".into(),

@@ -89,6 +89,8 @@ pub(crate) struct RelayState {
     fleet: Option<Arc<fleet::Fleet>>,
     /// Set once the relay stops taking new work: `/readyz` then fails.
     draining: std::sync::atomic::AtomicBool,
+    /// Cancelled when the relay drains: the watches and followed logs it carries end cleanly.
+    streams_end: tokio_util::sync::CancellationToken,
     /// Owner of the tasks an exchange leaves behind (request body pumps, spliced upgrades); the
     /// relay's shutdown waits for them within the drain deadline.
     tasks: tokio_util::task::TaskTracker,
@@ -132,6 +134,7 @@ impl RelayState {
             registry,
             fleet,
             draining: std::sync::atomic::AtomicBool::new(false),
+            streams_end: tokio_util::sync::CancellationToken::new(),
             audit: crate::audit::AuditLog::open(&config.audit, "relay", &config.instance)?,
             caller_streams: Arc::default(),
             auth_failures: Arc::new(limits::AuthFailures::new(config.limits.auth_failures_per_minute)),
@@ -212,6 +215,8 @@ impl Relay {
             audit: state.audit.clone(),
             refusal_log: agents::RefusalLog::default(),
             tunnel: config.tunnel.clone(),
+            fleet: state.fleet.is_some(),
+            draining: tokio::sync::watch::Sender::new(false),
         });
         Ok(Self {
             listener,
@@ -280,7 +285,7 @@ impl Relay {
                 handshakes,
                 retry_below_free: agents::MAX_HANDSHAKES - agents::RETRY_ABOVE,
                 stats: listener_stats.clone(),
-                sessions,
+                sessions: sessions.clone(),
                 tasks: agent_tunnels.clone(),
             },
             stopping,
@@ -305,6 +310,11 @@ impl Relay {
         if let Some(fleet) = &state.fleet {
             fleet.drain();
         }
+        // Agents dial another relay and retire their tunnels here (make before break).
+        sessions.draining.send_replace(true);
+        // Watches and followed logs never end by themselves: they end now, cleanly, and their
+        // clients re-establish them through another relay.
+        state.streams_end.cancel();
         // Drain: no new callers; HTTP/1.1 connections close after their
         // current exchange, HTTP/2 ones get GOAWAY. Watches never finish by
         // themselves, hence the deadline.

@@ -31,6 +31,17 @@ pub(crate) enum Link {
     Tcp(Box<AgentSide<TlsStream<TcpStream>>>),
 }
 
+impl Link {
+    /// Closes a tunnel the agent will not use, saying why.
+    pub(crate) fn close(self, why: &str) {
+        match self {
+            Self::Quic(connection, _) => connection.close(0u32.into(), why.as_bytes()),
+            // Dropping the connection closes it.
+            Self::Tcp(_) => {}
+        }
+    }
+}
+
 /// What dialing the relay needs, once per agent.
 pub(crate) struct Dialer {
     quic_address: String,
@@ -41,9 +52,9 @@ pub(crate) struct Dialer {
     tunnel: crate::config::TunnelConfig,
     hello: Hello,
     proxy: Option<Proxy>,
-    /// The live QUIC endpoint, so shutdown can close the tunnel instead of leaving the relay to
-    /// notice by idle timeout.
-    pub current: Mutex<Option<quinn::Endpoint>>,
+    /// The QUIC endpoints that may still carry a tunnel, so shutdown can close them instead of
+    /// leaving the relay to notice by idle timeout.
+    pub current: Mutex<Vec<quinn::Endpoint>>,
 }
 
 /// An HTTP proxy the TCP transport goes through.
@@ -79,22 +90,38 @@ impl Dialer {
                 token: token.expose().to_owned(),
                 instance: config.instance.clone(),
                 accepts: config.accepts(),
+                link: 0,
             },
             proxy,
-            current: Mutex::new(None),
+            current: Mutex::new(Vec::new()),
         })
     }
 
-    /// A QUIC tunnel, if a handshake completes within `deadline`, and its welcome.
-    pub(crate) async fn quic(&self, deadline: Duration) -> Result<(Link, Welcome), SessionError> {
+    /// The hello of the agent's tunnel number `link`.
+    fn hello(&self, link: u8) -> Hello {
+        Hello {
+            link,
+            ..self.hello.clone()
+        }
+    }
+
+    /// A QUIC tunnel (the agent's number `link`), if a handshake completes within `deadline`,
+    /// and its welcome.
+    pub(crate) async fn quic(&self, deadline: Duration, link: u8) -> Result<(Link, Welcome), SessionError> {
         let addr = resolve(&self.quic_address).await?;
-        // A fresh endpoint per attempt: a restarted relay sees a new source port.
+        // A fresh endpoint per attempt: a restarted relay sees a new source port (and a
+        // balancer may send it to another relay).
         let endpoint = tunnel::agent_endpoint(&self.trust, &self.tunnel, addr).map_err(SessionError::Endpoint)?;
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint.clone());
+        {
+            let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+            current.retain(|e| e.open_connections() > 0);
+            current.push(endpoint.clone());
+        }
+        let hello = self.hello(link);
         let connection = tunnel::dial(&endpoint, addr, &self.server_name, deadline).await?;
         let welcome = tokio::time::timeout(HELLO_TIMEOUT, async {
             let mut control = tunnel::join(connection.open_bi().await.map_err(|e| e.to_string())?);
-            proto::write_frame(&mut control, &self.hello)
+            proto::write_frame(&mut control, &hello)
                 .await
                 .map_err(|e| e.to_string())?;
             let welcome: Welcome = proto::read_frame(&mut control).await.map_err(|e| e.to_string())?;
@@ -107,8 +134,9 @@ impl Dialer {
         Ok((Link::Quic(connection, control), welcome))
     }
 
-    /// A tunnel over TCP (through the proxy, if one applies) and its welcome.
-    pub(crate) async fn tcp(&self) -> Result<(Link, Welcome), SessionError> {
+    /// A tunnel over TCP (the agent's number `link`; through the proxy, if one applies) and its
+    /// welcome.
+    pub(crate) async fn tcp(&self, link: u8) -> Result<(Link, Welcome), SessionError> {
         let tcp = match &self.proxy {
             Some(proxy) => self.through(proxy).await?,
             None => {
@@ -130,7 +158,7 @@ impl Dialer {
             .map_err(|_| SessionError::Tcp("no tls handshake within 10s".into()))?
             .map_err(|e| SessionError::Tcp(format!("tls: {e}")))?;
         let answer = tokio::time::timeout(HELLO_TIMEOUT, async {
-            proto::write_frame(&mut io, &self.hello).await?;
+            proto::write_frame(&mut io, &self.hello(link)).await?;
             proto::read_frame::<_, Answer>(&mut io).await
         })
         .await

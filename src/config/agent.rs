@@ -192,6 +192,9 @@ pub struct RelayEndpoint {
     /// too, both must hold. At least one of the two; there is no insecure mode.
     #[serde(default)]
     pub pinned_key_sha256: Vec<Pin>,
+    /// Tunnels to hold, each to a distinct relay of a fleet (through a balancer the agent dials
+    /// again until they are distinct); unset: 1, or 2 once a relay says it is one of a fleet.
+    pub connections: Option<u8>,
 }
 
 /// How the agent's tunnel travels.
@@ -284,6 +287,9 @@ impl Validate for AgentConfig {
             return Err("relay: set ca_file, pinned_key_sha256 or both; there is no insecure mode".into());
         }
         let relay = &self.relay;
+        if relay.connections.is_some_and(|n| !(1..=8).contains(&n)) {
+            return Err("relay.connections: between 1 and 8".into());
+        }
         if relay.quic_fallback_secs == 0 || relay.quic_probe_secs < 10 {
             return Err("relay: quic_fallback_secs must be at least 1 and quic_probe_secs at least 10".into());
         }

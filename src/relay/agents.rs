@@ -131,6 +131,11 @@ pub struct Sessions {
     pub refusal_log: RefusalLog,
     /// Windows and liveness of tunnels over TCP (QUIC's are in its endpoint).
     pub tunnel: crate::config::TunnelConfig,
+    /// Whether this relay is one of a fleet (told to agents in the welcome).
+    pub fleet: bool,
+    /// Turns true when the relay starts draining: every agent is told to move, and new agents
+    /// are refused so that they dial again and land on another relay.
+    pub draining: watch::Sender<bool>,
 }
 
 /// Accepts agent connections until the endpoint closes; once `stopping` turns true (or its
@@ -161,6 +166,13 @@ pub async fn serve(listener: Listener, stopping: watch::Receiver<bool>) {
         if is_stopping(&stopping) {
             stats.ignored.fetch_add(1, Ordering::Relaxed);
             incoming.ignore();
+            continue;
+        }
+        if *sessions.draining.borrow() {
+            // Refused at once, not ignored: the agent dials again without waiting out a
+            // handshake, and through a balancer lands on another relay.
+            stats.ignored.fetch_add(1, Ordering::Relaxed);
+            incoming.refuse();
             continue;
         }
         // Only a source whose address was proved can have failed a hello, so a spoofer cannot
@@ -272,8 +284,44 @@ async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &S
         return;
     }
     info!(cluster = %held.hello.cluster, agent = %held.hello.instance, session = id, "agent registered");
-    let reason = connection.closed().await;
+    let mut held = held;
+    let mut draining = sessions.draining.subscribe();
+    let (mut told, mut retired) = (false, false);
+    let reason = loop {
+        tokio::select! {
+            reason = connection.closed() => break reason.to_string(),
+            drains = async { draining.wait_for(|d| *d).await.is_ok() }, if !told => {
+                told = true;
+                if !drains {
+                    continue;
+                }
+                let notice = proto::Notice::Move { reason: "the relay is draining".into() };
+                if proto::write_frame(&mut control, &notice).await.is_err() {
+                    debug!(session = id, "could not tell the agent to move");
+                }
+            }
+            // The agent moved to another tunnel.
+            () = retires(&mut control), if !retired => {
+                retired = true;
+                held.guard = None;
+                info!(session = id, "the agent retires this quic tunnel");
+            }
+        }
+    };
     held.gone(&reason);
+}
+
+/// Resolves once the agent says on the control stream that it retires this tunnel; never if the
+/// stream ends or fails otherwise (a dropped stream is no retirement: the connection's end says
+/// when the agent is gone).
+async fn retires(control: &mut tunnel::Stream) {
+    match proto::read_frame::<_, proto::AgentNotice>(control).await {
+        Ok(proto::AgentNotice::Retire) => {}
+        Err(e) => {
+            debug!(error = %e, "the agent's control stream ended");
+            std::future::pending().await
+        }
+    }
 }
 
 /// Reads a hello frame.
@@ -317,10 +365,13 @@ fn hold(
     tunnel: Tunnel,
     sessions: &Sessions,
 ) -> Option<Held<'_>> {
-    let (guard, registered) =
-        sessions
-            .registry
-            .register(id, &hello.cluster, &hello.instance, tunnel.clone(), admitted.clone());
+    let (guard, registered) = sessions.registry.register(
+        id,
+        &hello.cluster,
+        (&hello.instance, hello.link),
+        tunnel.clone(),
+        admitted.clone(),
+    );
     // A reload between the judgement and the registration replaced the table and swept the
     // registry without this session in it: check again against the table now in force.
     if !sessions.clusters.current().admits(
@@ -366,6 +417,7 @@ impl Held<'_> {
         Welcome {
             relay: self.sessions.relay.clone(),
             session: self.id,
+            fleet: self.sessions.fleet,
         }
     }
 

@@ -22,6 +22,8 @@ pub struct Session {
     pub id: u64,
     /// The agent instance that owns it.
     pub instance: String,
+    /// Which of that agent's tunnels it is.
+    pub link: u8,
     /// The tunnel to open streams on.
     pub connection: crate::transport::Tunnel,
     /// What the session was admitted with: its token's digest and the cluster's caller audience
@@ -81,7 +83,7 @@ impl Registry {
     }
 
     /// Registers a connection for `cluster` as session `id` (from [`Self::new_id`]), replacing an older session of the
-    /// same agent instance. The returned guard unregisters it when dropped; with it come the
+    /// same agent instance and link. The returned guard unregisters it when dropped; with it come the
     /// other instances that serve the cluster now (a new one beside them gets a share of the
     /// cluster's requests, which the caller of this makes visible) and the address of the
     /// session it replaced, if any.
@@ -89,13 +91,14 @@ impl Registry {
         self: &Arc<Self>,
         id: u64,
         cluster: &str,
-        instance: &str,
+        (instance, link): (&str, u8),
         connection: crate::transport::Tunnel,
         admitted: Admission,
     ) -> (SessionGuard, Registered) {
         let session = Session {
             id,
             instance: instance.to_owned(),
+            link,
             connection,
             admitted,
             since: std::time::SystemTime::now(),
@@ -104,9 +107,13 @@ impl Registry {
             let mut entry = self.clusters.entry(cluster.to_owned()).or_default();
             let old = entry
                 .iter()
-                .position(|s| s.instance == instance)
+                .position(|s| s.instance == instance && s.link == link)
                 .map(|i| entry.swap_remove(i));
-            let others: Vec<String> = entry.iter().map(|s| s.instance.clone()).collect();
+            let others: Vec<String> = entry
+                .iter()
+                .filter(|s| s.instance != instance)
+                .map(|s| s.instance.clone())
+                .collect();
             if let Some(shared) = &self.shared {
                 shared.put(cluster, instance, session.record());
             }

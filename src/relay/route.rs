@@ -91,6 +91,7 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
             credential,
             tasks: &state.tasks,
             via: via.as_deref(),
+            drain: &state.streams_end,
         };
         let (mut resp, delivery) = super::stream::exchange(send, recv, req, sent, &audit).await?;
         resp.extensions_mut().insert(delivery);

@@ -30,6 +30,8 @@ pub struct Sent<'a> {
     pub tasks: &'a tokio_util::task::TaskTracker,
     /// The fleet relay the stream goes to, if it is forwarded (its loss is a 503 then).
     pub via: Option<&'a str>,
+    /// Cancelled when the relay drains: a watch or a followed log then ends cleanly.
+    pub drain: &'a tokio_util::sync::CancellationToken,
 }
 
 /// Sends `req` on the stream `(send, recv)` and returns the agent's answer for the caller, and
@@ -54,6 +56,7 @@ where
         credential,
         tasks,
         via,
+        drain,
     } = sent;
     // A forwarded stream whose peer connection is lost: the hop failed, not the agent.
     let peer_lost = |error: &StreamError| {
@@ -180,7 +183,12 @@ where
     headers::strip_hop_by_hop(&mut headers);
     let body = if head.body {
         let length = headers::content_length(&headers);
-        audit.count(boxed(RecvBody::new(first, recv, length)), false)
+        let body = audit.count(boxed(RecvBody::new(first, recv, length)), false);
+        if exchange == Exchange::Stream {
+            body::end_on(body, drain.clone())
+        } else {
+            body
+        }
     } else {
         body::empty()
     };

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use super::{RecvHalf, SendHalf, StreamError};
 use crate::config::TunnelConfig;
-use crate::proto::{self, Closing};
+use crate::proto::{self, Closing, Notice};
 
 /// What a framing reset code is offset by on HTTP/2.
 pub const CODE_BASE: u32 = 0x100;
@@ -253,6 +253,8 @@ struct TunnelInner {
     /// the agent's stream limit an open waits (and times out) instead of queueing without bound.
     requests: tokio::sync::Mutex<h2::client::SendRequest<Bytes>>,
     close: watch::Sender<Option<Closing>>,
+    /// The latest notice for the agent, written on the control stream as it is set.
+    notice: watch::Sender<Option<Notice>>,
     /// Turns true once the agent said it retires this tunnel (it moved to another).
     retiring: watch::Sender<bool>,
     remote: SocketAddr,
@@ -300,6 +302,11 @@ impl H2Tunnel {
         });
     }
 
+    /// Tells the agent `notice` on the control stream (the tunnel stays up).
+    pub fn notify(&self, notice: Notice) {
+        self.inner.notice.send_replace(Some(notice));
+    }
+
     /// Resolves once the agent said it retires this tunnel: it takes no new streams, and ends
     /// when those it carries are done.
     pub async fn retired(&self) {
@@ -336,11 +343,13 @@ where
         .send_request(stream_request(CONTROL_PATH), false)
         .map_err(failed)?;
     let (close, mut closing) = watch::channel(None);
+    let (notice, mut notices) = watch::channel(None);
     let (retiring, _) = watch::channel(false);
     let tunnel = H2Tunnel {
         inner: Arc::new(TunnelInner {
             requests: tokio::sync::Mutex::new(requests),
             close,
+            notice,
             retiring,
             remote,
         }),
@@ -361,6 +370,13 @@ where
                 () = &mut dead => return "the agent stopped answering pings".into(),
                 // The sender lives in `inner`, which this holds: an error cannot happen.
                 told = closing.wait_for(Option::is_some) => break told.map(|t| t.clone()).unwrap_or(None),
+                // The sender lives in `inner` too.
+                Ok(()) = notices.changed(), if !retired => {
+                    let notice = notices.borrow_and_update().clone();
+                    if let Some(frame) = notice.and_then(|n| proto::frame_bytes(&n).ok()) {
+                        let _ = control.send_data(frame, false);
+                    }
+                }
                 () = &mut agent_retires, if !retired => {
                     retired = true;
                     inner.retiring.send_replace(true);

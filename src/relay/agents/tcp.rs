@@ -53,6 +53,7 @@ pub async fn tcp_session<T>(
     let welcome = proto::Answer::Welcome(Welcome {
         relay: sessions.relay.clone(),
         session: id,
+        fleet: sessions.fleet,
     });
     if proto::write_frame(&mut io, &welcome).await.is_err() {
         return;
@@ -68,9 +69,17 @@ pub async fn tcp_session<T>(
     };
     info!(cluster = %held.hello.cluster, agent = %held.hello.instance, session = id, transport = "tcp", "agent registered");
     let mut retired = false;
+    let mut draining = sessions.draining.subscribe();
+    let mut told = false;
     let reason = loop {
         tokio::select! {
             reason = &mut run => break reason,
+            drains = async { draining.wait_for(|d| *d).await.is_ok() }, if !told && !retired => {
+                told = true;
+                if drains {
+                    tunnel.notify(proto::Notice::Move { reason: "the relay is draining".into() });
+                }
+            }
             () = stopped(&mut stopping) => {
                 tunnel.close(close_code::SHUTDOWN, b"relay shutting down");
                 break run.await;

@@ -61,6 +61,8 @@ fn relay_full(
         audit: crate::audit::AuditLog::open(&audit_config, "relay", "relay-test").unwrap(),
         refusal_log: RefusalLog::default(),
         tunnel: TunnelConfig::default(),
+        fleet: false,
+        draining: tokio::sync::watch::Sender::new(false),
     });
     let listener = Listener {
         endpoint,
@@ -100,6 +102,7 @@ fn relay_endpoint() -> (tempfile::TempDir, std::path::PathBuf, quinn::Endpoint) 
 /// The hello an agent of cluster `c` sends.
 fn hello(instance: &str) -> Hello {
     Hello {
+        link: 0,
         cluster: "c".into(),
         token: "token-c".into(),
         instance: instance.into(),

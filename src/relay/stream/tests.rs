@@ -25,8 +25,12 @@ fn sent(target: &str) -> Sent<'static> {
         credential: Credential::Assertion("a.b.c".into()),
         tasks: &TASKS,
         via: None,
+        drain: &DRAIN,
     }
 }
+
+static DRAIN: std::sync::LazyLock<tokio_util::sync::CancellationToken> =
+    std::sync::LazyLock::new(tokio_util::sync::CancellationToken::new);
 
 static TASKS: std::sync::LazyLock<tokio_util::task::TaskTracker> =
     std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::{CONTROL_PATH, H2Recv, H2Send, dead_peer, liveness, pair, windows};
 use super::{MAX_FRAME, MAX_HEADER_LIST, RESET_STREAMS, SEND_BUFFER};
 use crate::config::TunnelConfig;
-use crate::proto::{self, Closing};
+use crate::proto::{self, Closing, Control, Notice};
 use crate::transport::StreamError;
 
 /// The agent's side of an HTTP/2 tunnel, once the welcome was read.
@@ -38,12 +38,14 @@ where
 impl<T: AsyncRead + AsyncWrite + Unpin> AgentSide<T> {
     /// Hands each exchange stream to `serve` until the tunnel ends, and says why it ended. Once
     /// `retire` is cancelled the relay may open no more streams (GOAWAY) and the tunnel ends when
-    /// those it carries are done; once `stop` is, it ends at once.
+    /// those it carries are done; once `stop` is, it ends at once. `moving` is cancelled when the
+    /// relay asks the agent to move (the tunnel goes on until retired).
     pub async fn serve(
         mut self,
         mut serve: impl FnMut(H2Send, H2Recv),
         retire: CancellationToken,
         stop: CancellationToken,
+        moving: CancellationToken,
     ) -> String {
         let ping = self.connection.ping_pong();
         let (keep_alive, idle) = liveness(&self.config);
@@ -67,7 +69,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AgentSide<T> {
                     }
                     continue;
                 }
-                why = read_control(&mut control, &mut told), if control.is_some() => return why,
+                why = read_control(&mut control, &mut told, &moving), if control.is_some() => return why,
             };
             let (req, mut respond) = match accepted {
                 Some(Ok(pair)) => pair,
@@ -95,11 +97,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AgentSide<T> {
     }
 }
 
-/// Reads the control stream until the relay says why it closes (or the stream ends).
-async fn read_control(control: &mut Option<(h2::RecvStream, h2::SendStream<Bytes>)>, told: &mut BytesMut) -> String {
+/// Reads the control stream until the relay says why it closes (or the stream ends); a move
+/// notice on the way cancels `moving`.
+async fn read_control(
+    control: &mut Option<(h2::RecvStream, h2::SendStream<Bytes>)>,
+    told: &mut BytesMut,
+    moving: &CancellationToken,
+) -> String {
     let Some((stream, _)) = control.as_mut() else {
         return std::future::pending().await;
     };
+    let mut closing: Option<Closing> = None;
     loop {
         match stream.data().await {
             Some(Ok(data)) => {
@@ -108,14 +116,27 @@ async fn read_control(control: &mut Option<(h2::RecvStream, h2::SendStream<Bytes
                     return "the relay's control stream overflowed".into();
                 }
                 told.extend_from_slice(&data);
+                loop {
+                    match proto::decode_frame::<Control>(told) {
+                        Ok(Some((frame, used))) => {
+                            let _ = told.split_to(used);
+                            match frame {
+                                Control::Notice(Notice::Move { .. }) => moving.cancel(),
+                                Control::Closing(c) => closing = Some(c),
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => return format!("the relay's control stream: {e}"),
+                    }
+                }
             }
             Some(Err(e)) => return format!("control stream: {e}"),
             None => break,
         }
     }
     *control = None;
-    match proto::read_frame::<_, Closing>(&mut told.as_ref()).await {
-        Ok(closing) => format!("the relay closed the tunnel ({}): {}", closing.code, closing.reason),
-        Err(e) => format!("the relay ended the control stream: {e}"),
+    match closing {
+        Some(closing) => format!("the relay closed the tunnel ({}): {}", closing.code, closing.reason),
+        None => "the relay ended the control stream".into(),
     }
 }

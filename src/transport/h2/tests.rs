@@ -19,6 +19,7 @@ struct Tunnel {
     relay: H2Tunnel,
     streams: mpsc::Receiver<(H2Send, H2Recv)>,
     retire: CancellationToken,
+    moving: CancellationToken,
     agent: tokio::task::JoinHandle<String>,
     relay_ended: tokio::task::JoinHandle<String>,
 }
@@ -29,6 +30,8 @@ async fn tunnel(config: TunnelConfig) -> Tunnel {
     let (tx, streams) = mpsc::channel(16);
     let retire = CancellationToken::new();
     let retiring = retire.clone();
+    let moving = CancellationToken::new();
+    let moved = moving.clone();
     let agent = tokio::spawn(async move {
         let side: AgentSide<Pipe> = agent_side(agent_io, &agent_config).await.unwrap();
         side.serve(
@@ -37,6 +40,7 @@ async fn tunnel(config: TunnelConfig) -> Tunnel {
             },
             retiring,
             CancellationToken::new(),
+            moved,
         )
         .await
     });
@@ -47,6 +51,7 @@ async fn tunnel(config: TunnelConfig) -> Tunnel {
         relay,
         streams,
         retire,
+        moving,
         agent,
         relay_ended,
     }
@@ -151,6 +156,30 @@ async fn a_stalled_reader_stalls_only_its_own_stream() {
     assert!(
         !blocked.is_finished(),
         "the stalled stream's sender waits for its window, buffering nothing unbounded"
+    );
+}
+
+#[tokio::test]
+async fn a_move_notice_reaches_the_agent_and_the_tunnel_stays_up() {
+    let mut t = tunnel(TunnelConfig::default()).await;
+    t.relay.notify(Notice::Move {
+        reason: "draining".into(),
+    });
+    tokio::time::timeout(Duration::from_secs(5), t.moving.cancelled())
+        .await
+        .expect("the agent heard the notice");
+    let (mut send, _recv) = t.relay.open().await.unwrap();
+    write_chunk(&mut send, Bytes::from_static(b"still up")).await.unwrap();
+    let (_s, mut agent_recv) = t.streams.recv().await.unwrap();
+    assert_eq!(next_chunk(&mut agent_recv).await.unwrap().unwrap(), "still up");
+    t.relay.close(3, b"bye");
+    let why = tokio::time::timeout(Duration::from_secs(5), t.agent)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        why.contains("(3): bye"),
+        "the closing after a notice is still read: {why}"
     );
 }
 

@@ -44,6 +44,7 @@ fn closing(answer: Option<Answer>) -> (u32, String) {
 async fn over_tcp_a_refused_hello_gets_its_code_and_is_charged_to_its_source() {
     let relay = relay_full(Arc::new(Semaphore::new(8)), 0, 2, 64);
     let wrong = Hello {
+        link: 0,
         token: "not-the-token".into(),
         ..hello("agent-1")
     };
@@ -60,6 +61,7 @@ async fn over_tcp_a_refused_hello_gets_its_code_and_is_charged_to_its_source() {
         "TCP refusals spend the same per-source budget as QUIC ones (the door then closes before TLS)"
     );
     let other_model = Hello {
+        link: 0,
         accepts: Accepts::CallerToken {
             audiences: vec!["x".into()],
         },
@@ -81,6 +83,7 @@ async fn over_tcp_a_welcomed_agent_is_routed_to_and_hears_why_it_is_closed() {
     let side = agent_side(io, &TunnelConfig::default()).await.unwrap();
     let served = tokio::spawn(side.serve(
         |_send, _recv| {},
+        tokio_util::sync::CancellationToken::new(),
         tokio_util::sync::CancellationToken::new(),
         tokio_util::sync::CancellationToken::new(),
     ));

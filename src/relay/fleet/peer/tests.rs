@@ -63,7 +63,13 @@ fn answering(config: &PeersConfig) -> Answering {
         token_digest: [0; 32],
         caller_audience: None,
     };
-    let (session, _) = registry.register(registry.new_id(), "alpha", "agent-a", Tunnel::Memory(tunnel), admitted);
+    let (session, _) = registry.register(
+        registry.new_id(),
+        "alpha",
+        ("agent-a", 0),
+        Tunnel::Memory(tunnel),
+        admitted,
+    );
     let stop = CancellationToken::new();
     let serving = Arc::new(Serving {
         registry,

@@ -182,7 +182,13 @@ output = "{}"
             caller_audience: table.caller_audience(cluster).map(str::to_owned),
         };
         let registry = &self.relay.registry;
-        let (guard, _) = registry.register(registry.new_id(), cluster, INSTANCE, Tunnel::Memory(tunnel), admitted);
+        let (guard, _) = registry.register(
+            registry.new_id(),
+            cluster,
+            (INSTANCE, 0),
+            Tunnel::Memory(tunnel),
+            admitted,
+        );
         let served = tokio::spawn(crate::agent::serve_memory(acceptor, agent.state.clone(), RELAY.into()));
         Session { _guard: guard, served }
     }
