@@ -62,7 +62,8 @@ fn report_url(relay: &str) -> Result<Uri, ClientError> {
     Ok(url)
 }
 
-/// The overview in a 200 answer; otherwise the message of the relay's `Status`, as one line.
+/// The overview in a 200 answer; otherwise the relay's `Status` as one line: its code and
+/// message, as kubectl says them.
 fn parse_answer(status: StatusCode, body: &[u8]) -> Result<Overview, ClientError> {
     if status == StatusCode::OK {
         return serde_json::from_slice(body)
@@ -70,7 +71,7 @@ fn parse_answer(status: StatusCode, body: &[u8]) -> Result<Overview, ClientError
     }
     let message = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .and_then(|v| v["message"].as_str().map(|m| format!("{status}: {m}")))
         .unwrap_or_else(|| {
             let text = String::from_utf8_lossy(body);
             let text: String = text.chars().take(200).collect();
@@ -216,7 +217,7 @@ relay-1   -               draining   3          2026-12-01T10:00:00.000Z
         let forbidden = crate::status::HttpError::forbidden("the fleet is forbidden:\n  User \"bob\"").into_response();
         let body = forbidden.into_body().collect().await.unwrap().to_bytes();
         let err = parse_answer(StatusCode::FORBIDDEN, &body).unwrap_err();
-        assert_eq!(err.to_string(), "the fleet is forbidden: User \"bob\"");
+        assert_eq!(err.to_string(), "403 Forbidden: the fleet is forbidden: User \"bob\"");
         let err = parse_answer(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>").unwrap_err();
         assert_eq!(
             err.to_string(),
