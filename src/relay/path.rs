@@ -162,16 +162,21 @@ impl Step for Audited {
         let state = &self.0;
         let RequestId(id) = ext(&req)?;
         // The fleet report has no cluster; every other request names one.
-        let (audit, target) = match split_cluster_uri(req.uri()) {
-            _ if req.uri().path() == crate::overview::PATH => {
-                (state.audit.begin(id, req.method(), req.uri(), req.headers()), Ok(None))
-            }
-            Ok((cluster, upstream)) => {
+        let asked = if req.uri().path() == crate::overview::PATH {
+            Ok(None)
+        } else {
+            split_cluster_uri(req.uri()).map(Some)
+        };
+        let (audit, target) = match asked {
+            Ok(Some((cluster, upstream))) => {
                 let audit = state.audit.begin(id, req.method(), &upstream, req.headers());
                 audit.set(|f| f.cluster = Some(cluster.clone()));
                 (audit, Ok(Some(Target { cluster, upstream })))
             }
-            Err(e) => (state.audit.begin(id, req.method(), req.uri(), req.headers()), Err(e)),
+            other => (
+                state.audit.begin(id, req.method(), req.uri(), req.headers()),
+                other.map(|_| None),
+            ),
         };
         audit.set(|f| f.relay = Some(state.instance.clone()));
         let outcome = match target {
