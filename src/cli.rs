@@ -50,6 +50,9 @@ pub enum Command {
     Kubeconfig(KubeconfigArgs),
     /// Serve a local endpoint that forwards kubectl to the relay with your token.
     Proxy(ProxyArgs),
+    /// List every cluster, its connected agents and the relays holding them (for callers an
+    /// admin access rule names).
+    Clusters(ClustersArgs),
     /// Print a certificate's key pin, for the agent's `relay.pinned_key_sha256`.
     Pin {
         /// PEM certificate (of a chain, the first: the relay's own).
@@ -162,4 +165,30 @@ pub struct ProxyArgs {
     /// Re-read every 10 s; sent beside the relay token, which never reaches the cluster.
     #[arg(long = "cluster-token-file", value_name = "[CLUSTER=]FILE")]
     pub cluster_token_files: Vec<String>,
+}
+
+/// `hawser clusters`.
+#[derive(Debug, Args)]
+pub struct ClustersArgs {
+    /// The relay's base URL, e.g. https://relay.example.com (any relay of a fleet answers).
+    #[arg(long)]
+    pub relay: String,
+    /// CA certificate that signs the relay's certificate (else the system's CAs).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// File holding your relay token (else the HAWSER_TOKEN variable).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// What to print.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// How `hawser clusters` prints.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Output {
+    /// A row per agent, then a row per relay.
+    Table,
+    /// The relay's answer, as JSON.
+    Json,
 }

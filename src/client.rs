@@ -1,6 +1,7 @@
 //! The caller's side: kubeconfigs that point at the relay, the exec
-//! credential plugin, and the local proxy.
+//! credential plugin, the local proxy, and `hawser clusters`.
 
+pub mod clusters;
 pub mod kubeconfig;
 pub mod proxy;
 pub mod token;
@@ -22,6 +23,23 @@ pub enum ClientError {
     /// TLS material.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The relay could not be reached, or refused the request (its `Status` message).
+    #[error("{0}")]
+    Relay(String),
+}
+
+/// The TLS configuration a client of the relay uses: trusting the CAs in `ca_file`, else the
+/// system's.
+pub fn relay_tls(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, ClientError> {
+    let roots = match ca_file {
+        Some(ca) => crate::tls::root_store(ca)?,
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            roots
+        }
+    };
+    Ok(crate::tls::client_config(roots, &[])?)
 }
 
 impl ClientError {

@@ -5,9 +5,9 @@ use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{Command, KubeconfigArgs, ProxyArgs, SigningKeyArgs, TokenArgs, TokenCommand};
+use crate::cli::{ClustersArgs, Command, KubeconfigArgs, Output, ProxyArgs, SigningKeyArgs, TokenArgs, TokenCommand};
 use crate::client::kubeconfig::{self, Entry, User};
-use crate::client::{proxy, token};
+use crate::client::{clusters, proxy, token};
 use crate::config::{self, AgentConfig, RelayConfig, Secret};
 
 /// Runs one subcommand to completion.
@@ -26,6 +26,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Token(args) => token_command(args),
         Command::Kubeconfig(args) => kubeconfig_command(args),
         Command::Proxy(args) => proxy_command(args).await,
+        Command::Clusters(args) => clusters_command(args).await,
         Command::Pin { cert } => {
             println!("{}", crate::tls::Pin::of_pem_file(&cert)?);
             Ok(())
@@ -154,5 +155,16 @@ async fn proxy_command(args: ProxyArgs) -> Result<()> {
     );
     std::io::stdout().flush()?;
     proxy.run().await;
+    Ok(())
+}
+
+async fn clusters_command(args: ClustersArgs) -> Result<()> {
+    let token = Secret::new(token::caller_token(args.token_file.as_deref())?);
+    let overview = clusters::fetch(&args.relay, args.ca_file.as_deref(), &token).await?;
+    let text = match args.output {
+        Output::Table => clusters::table(&overview),
+        Output::Json => format!("{}\n", serde_json::to_string_pretty(&overview)?),
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
     Ok(())
 }

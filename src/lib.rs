@@ -19,6 +19,7 @@ pub mod duration;
 pub mod forward;
 pub mod headers;
 pub mod impersonation;
+pub mod overview;
 pub mod proto;
 pub mod relay;
 pub mod request_info;

@@ -9,6 +9,7 @@ mod front;
 mod idle;
 mod keys;
 mod limits;
+mod overview;
 mod path;
 mod refusal;
 mod registry;
@@ -91,6 +92,8 @@ pub(crate) struct RelayState {
     draining: std::sync::atomic::AtomicBool,
     /// Cancelled when the relay drains: the watches and followed logs it carries end cleanly.
     streams_end: tokio_util::sync::CancellationToken,
+    /// When the relay started.
+    started: std::time::SystemTime,
     /// Owner of the tasks an exchange leaves behind (request body pumps, spliced upgrades); the
     /// relay's shutdown waits for them within the drain deadline.
     tasks: tokio_util::task::TaskTracker,
@@ -119,7 +122,8 @@ impl RelayState {
         };
         keys::check_distinct(&config.tls.cert_file, issuer.as_ref(), minter.as_ref())?;
         let access = AccessRules::new(config.access.clone()).map_err(|e| RelayError::Auth(e.to_string()))?;
-        let fleet = fleet::Fleet::new(config)?.map(Arc::new);
+        let started = std::time::SystemTime::now();
+        let fleet = fleet::Fleet::new(config, started)?.map(Arc::new);
         let registry = match &fleet {
             Some(fleet) => registry::Registry::shared(fleet.pending.clone()),
             None => registry::Registry::new(),
@@ -135,6 +139,7 @@ impl RelayState {
             fleet,
             draining: std::sync::atomic::AtomicBool::new(false),
             streams_end: tokio_util::sync::CancellationToken::new(),
+            started,
             audit: crate::audit::AuditLog::open(&config.audit, "relay", &config.instance)?,
             caller_streams: Arc::default(),
             auth_failures: Arc::new(limits::AuthFailures::new(config.limits.auth_failures_per_minute)),

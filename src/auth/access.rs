@@ -1,15 +1,18 @@
-//! Access rules: which users and groups may reach which clusters (deny by default).
+//! Access rules: which users and groups may reach which clusters, and who may ask the relay
+//! about the fleet (`admin`); deny by default.
 
 use serde::Deserialize;
 use wildmatch::WildMatch;
 
 use super::{ConfigError, Identity};
 
-/// One rule: the listed users or groups may reach the listed clusters. Patterns use `*` and `?`.
+/// One rule: the listed users or groups may reach the listed clusters, and with `admin` ask the
+/// relay about the fleet (`hawser clusters`). Patterns use `*` and `?`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessRule {
-    /// Cluster name patterns.
+    /// Cluster name patterns (may be empty in an admin rule).
+    #[serde(default)]
     pub clusters: Vec<String>,
     /// Username patterns (after the issuer's prefix).
     #[serde(default)]
@@ -17,6 +20,10 @@ pub struct AccessRule {
     /// Group patterns (after the issuer's prefix).
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Whether the users or groups may ask the relay about the fleet: every cluster, its agents
+    /// and the relays holding them (`GET /.well-known/hawser/clusters`, `hawser clusters`).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// A validated list of access rules, patterns compiled; an empty list allows nobody.
@@ -32,6 +39,7 @@ struct Compiled {
     clusters: Vec<WildMatch>,
     users: Vec<WildMatch>,
     groups: Vec<WildMatch>,
+    admin: bool,
 }
 
 impl Compiled {
@@ -41,7 +49,14 @@ impl Compiled {
             clusters: compile(&rule.clusters),
             users: compile(&rule.users),
             groups: compile(&rule.groups),
+            admin: rule.admin,
         }
+    }
+
+    /// Whether the rule names the user or one of its groups.
+    fn names(&self, identity: &Identity) -> bool {
+        self.users.iter().any(|p| p.matches(&identity.user))
+            || self.groups.iter().any(|p| identity.groups.iter().any(|g| p.matches(g)))
     }
 }
 
@@ -54,12 +69,15 @@ impl TryFrom<Vec<AccessRule>> for AccessRules {
 }
 
 impl AccessRules {
-    /// Validate the rules: each names clusters, names users or groups, and has no empty pattern.
+    /// Validate the rules: each names clusters (or is an admin rule), names users or groups, and
+    /// has no empty pattern.
     pub fn new(rules: Vec<AccessRule>) -> Result<Self, ConfigError> {
         for (index, rule) in rules.iter().enumerate() {
             let problem = |problem| ConfigError::AccessRule { index, problem };
-            if rule.clusters.is_empty() {
-                return Err(problem("lists no clusters"));
+            if rule.clusters.is_empty() && !rule.admin {
+                return Err(problem(
+                    "lists no clusters (only a rule with admin = true may list none)",
+                ));
             }
             if rule.users.is_empty() && rule.groups.is_empty() {
                 return Err(problem("lists no users and no groups"));
@@ -81,11 +99,15 @@ impl AccessRules {
 
     /// Whether `identity` may reach `cluster`: some rule matches the cluster and the user or a group.
     pub fn allows(&self, identity: &Identity, cluster: &str) -> bool {
-        self.rules.iter().any(|rule| {
-            rule.clusters.iter().any(|p| p.matches(cluster))
-                && (rule.users.iter().any(|p| p.matches(&identity.user))
-                    || rule.groups.iter().any(|p| identity.groups.iter().any(|g| p.matches(g))))
-        })
+        self.rules
+            .iter()
+            .any(|rule| rule.clusters.iter().any(|p| p.matches(cluster)) && rule.names(identity))
+    }
+
+    /// Whether `identity` may ask the relay about the fleet: some rule with `admin = true` names
+    /// the user or a group.
+    pub fn admin(&self, identity: &Identity) -> bool {
+        self.rules.iter().any(|rule| rule.admin && rule.names(identity))
     }
 }
 
@@ -108,6 +130,7 @@ mod tests {
             clusters: own(clusters),
             users: own(users),
             groups: own(groups),
+            admin: false,
         }
     }
 
@@ -173,5 +196,42 @@ mod tests {
         assert!(ok.access.allows(&id("x", &["admins"]), "any"));
         assert!(toml::from_str::<File>("[[access]]\nclusters = [\"*\"]\n").is_err());
         assert!(toml::from_str::<File>("[[access]]\nclusters = [\"*\"]\nusers = [\"a\"]\nrole = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn admin_rules_name_who_may_ask_about_the_fleet_and_need_no_clusters() {
+        #[derive(Deserialize)]
+        struct File {
+            access: AccessRules,
+        }
+        let file: File = toml::from_str(
+            "[[access]]\nclusters = [\"dev-*\"]\nusers = [\"alice\"]\n\
+             [[access]]\nusers = [\"root\"]\ngroups = [\"sre\"]\nadmin = true\n\
+             [[access]]\nclusters = [\"prod\"]\nusers = [\"ops\"]\nadmin = true\n",
+        )
+        .expect("an admin rule may list no clusters");
+        let rules = file.access;
+        assert!(rules.admin(&id("root", &[])));
+        assert!(rules.admin(&id("bob", &["sre"])));
+        assert!(rules.admin(&id("ops", &[])));
+        assert!(!rules.admin(&id("alice", &[])), "reaching clusters is not admin");
+        assert!(
+            !rules.allows(&id("root", &[]), "dev-1"),
+            "admin reaches no cluster by itself"
+        );
+        assert!(
+            rules.allows(&id("ops", &[]), "prod"),
+            "an admin rule's clusters still apply"
+        );
+        assert!(rules.allows(&id("alice", &[]), "dev-1"));
+        assert!(
+            !AccessRules::default().admin(&id("root", &["sre"])),
+            "nobody is admin by default"
+        );
+        // Without admin a rule still needs clusters; with it, it still needs users or groups.
+        assert!(toml::from_str::<File>("[[access]]\nusers = [\"root\"]\n").is_err());
+        assert!(toml::from_str::<File>("[[access]]\nusers = [\"root\"]\nadmin = false\n").is_err());
+        assert!(toml::from_str::<File>("[[access]]\nadmin = true\n").is_err());
+        assert!(toml::from_str::<File>("[[access]]\nusers = [\"\"]\nadmin = true\n").is_err());
     }
 }

@@ -144,11 +144,7 @@ impl Proxy {
         }
         super::kubeconfig::merge_into_file(&options.kubeconfig, &entries)?;
 
-        let roots = match &options.relay_ca {
-            Some(ca) => crate::tls::root_store(ca)?,
-            None => system_roots(),
-        };
-        let client_tls = crate::tls::client_config(roots, &[])?;
+        let client_tls = super::relay_tls(options.relay_ca.as_deref())?;
         let state = Arc::new(ProxyState {
             secret,
             token: options.token,
@@ -285,14 +281,6 @@ impl ClusterTokens {
             .map(|(_, f)| f)
             .or(self.every.as_ref())
     }
-}
-
-/// The system's trusted CAs, for a relay with a publicly trusted certificate.
-fn system_roots() -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(found.certs);
-    roots
 }
 
 async fn connection(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, state: Arc<ProxyState>, served: Arc<Served>) {

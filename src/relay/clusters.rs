@@ -74,6 +74,11 @@ impl ClusterTable {
         Self::new(&clusters)
     }
 
+    /// Every configured cluster's name, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
     /// Whether `cluster` is configured at all.
     pub fn knows(&self, cluster: &str) -> bool {
         self.0.contains_key(cluster)

@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use etcd::Health;
 pub use peer::{PeerError, Peers};
 pub use pending::Pending;
-pub use records::{Keys, RelayRecord, SessionRecord, View};
+pub use records::{Held, Keys, RelayRecord, SessionRecord, View};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -61,9 +61,9 @@ pub enum NoPeer {
 }
 
 impl Fleet {
-    /// The fleet part of a relay configured with a shared registry, its peer port bound; `None`
-    /// for a relay of its own.
-    pub fn new(config: &RelayConfig) -> Result<Option<Self>, PeerError> {
+    /// The fleet part of a relay configured with a shared registry (started at `started`), its
+    /// peer port bound; `None` for a relay of its own.
+    pub fn new(config: &RelayConfig, started: std::time::SystemTime) -> Result<Option<Self>, PeerError> {
         let (RegistryConfig::Etcd(etcd), Some(peers)) = (&config.registry, &config.peers) else {
             return Ok(None);
         };
@@ -71,7 +71,7 @@ impl Fleet {
         let presence = RelayRecord {
             peer: peers.advertised(),
             protocol: crate::proto::VERSION,
-            started: crate::audit::rfc3339(std::time::SystemTime::now()),
+            started: crate::audit::rfc3339(started),
             draining: false,
         };
         Ok(Some(Self {
@@ -112,6 +112,11 @@ impl Fleet {
             tasks: tasks.clone(),
         });
         tasks.spawn(peer::serve(self.peers.clone(), serving, stop.clone()));
+    }
+
+    /// `host:port` other relays reach this one's peer link at, as the registry has it.
+    pub fn peer(&self) -> String {
+        self.presence.borrow().peer.clone()
     }
 
     /// Whether the registry answered within its lease TTL.

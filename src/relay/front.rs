@@ -4,7 +4,9 @@
 //! `https://RELAY/clusters/NAME/...` is cluster NAME's API, served through the request path's
 //! layers (`path`): the caller's token is checked before anything reaches an agent (401), then
 //! the access rules (403), then the cluster (404 unknown, 503 offline); the request then rides a
-//! new stream to the agent, which checks the token again itself. Watches and upgraded streams
+//! new stream to the agent, which checks the token again itself. The fleet report
+//! (`/.well-known/hawser/clusters`, for `hawser clusters`) takes the same path up to the access
+//! rules, then needs an admin rule (403). Watches and upgraded streams
 //! have no relay timeout; any other response the caller does not take within
 //! `response_stall_timeout_secs` closes its connection (see `stall`).
 
@@ -163,7 +165,7 @@ async fn handle(state: &RelayState, path: RequestPath, mut req: Request<Body>, p
                 resp
             }
         }),
-        cluster if cluster.starts_with("/clusters/") => {
+        asked if asked.starts_with("/clusters/") || asked == crate::overview::PATH => {
             req.extensions_mut().insert(Peer(peer));
             // The audit step answers every refusal; nothing else rises this far.
             super::path::send(path, req).await.unwrap_or_else(refused)

@@ -3,17 +3,21 @@
 //! to a tunnel (`route`). Each step hands what it learned to the next in the request's
 //! extensions; a refusal rises as a typed [`Refusal`] to the audit step, the one place it becomes
 //! a Kubernetes `Status` (by [`Refusal::status`]) and is recorded.
+//!
+//! An admin's request for the fleet report (`hawser clusters`) takes the same steps up to the
+//! access rules, then the admin rule and the report (`overview`) instead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{Request, Response, Uri};
-use tower::ServiceBuilder;
+use tower::{Layer, ServiceBuilder};
 use tracing::{Instrument, info_span};
 
 use super::RelayState;
 use super::limits::Attempt;
+use super::overview::Report;
 use super::refusal::Refusal;
 use super::route::Route;
 use super::stall::Delivery;
@@ -49,29 +53,59 @@ pub struct Authenticated {
     pub token: String,
 }
 
-/// The relay's request path, built once per relay.
-pub type RequestPath = Stepped<
-    Identify,
-    Stepped<Audited, Stepped<FailedAuthLimit, Stepped<Authenticate, Stepped<Access, Stepped<CallerLimit, Route>>>>>,
->;
+/// The steps every request goes through first: an id, the audit record, the
+/// failed-authentication limit and the caller's token.
+pub type Shared<S> = Stepped<Identify, Stepped<Audited, Stepped<FailedAuthLimit, Stepped<Authenticate, S>>>>;
 
-/// The stack every request to `/clusters/NAME/...` goes through.
+/// A cluster's requests: the shared steps, then the access rules, the caller's limit and the route.
+pub type ClusterPath = Shared<Stepped<Access, Stepped<CallerLimit, Route>>>;
+
+/// The fleet report: the shared steps, then the admin rule and the report.
+pub type ReportPath = Shared<Stepped<Admin, Report>>;
+
+/// The relay's request paths, built once per relay.
+#[derive(Clone)]
+pub struct RequestPath {
+    clusters: ClusterPath,
+    report: ReportPath,
+}
+
+/// The stacks every request to `/clusters/NAME/...`, and to the fleet report, goes through.
 pub fn request_path(state: Arc<RelayState>) -> RequestPath {
+    let clusters = ServiceBuilder::new()
+        .layer(StepLayer(Access(state.clone())))
+        .layer(StepLayer(CallerLimit(state.clone())))
+        .service(Route(state.clone()));
+    let report = StepLayer(Admin(state.clone())).layer(Report(state.clone()));
+    RequestPath {
+        clusters: shared(&state, clusters),
+        report: shared(&state, report),
+    }
+}
+
+/// The shared steps around `inner`.
+fn shared<S>(state: &Arc<RelayState>, inner: S) -> Shared<S> {
     ServiceBuilder::new()
         .layer(StepLayer(Identify(state.clone())))
         .layer(StepLayer(Audited(state.clone())))
         .layer(StepLayer(FailedAuthLimit(state.clone())))
         .layer(StepLayer(Authenticate(state.clone())))
-        .layer(StepLayer(Access(state.clone())))
-        .layer(StepLayer(CallerLimit(state.clone())))
-        .service(Route(state))
+        .service(inner)
 }
 
-/// Sends one request down the path once it is ready. (Written for the concrete stack: a generic
-/// version's future loses its `Send` proof to a higher-ranked lifetime in the compiler.)
-pub async fn send(mut path: RequestPath, req: Request<Body>) -> Answer {
-    std::future::poll_fn(|cx| tower::Service::poll_ready(&mut path, cx)).await?;
-    tower::Service::call(&mut path, req).await
+/// Sends one request down its path once that is ready: the fleet report's, or a cluster's.
+/// (Written for the concrete stacks: a generic version's future loses its `Send` proof to a
+/// higher-ranked lifetime in the compiler.)
+pub async fn send(path: RequestPath, req: Request<Body>) -> Answer {
+    if req.uri().path() == crate::overview::PATH {
+        let mut report = path.report;
+        std::future::poll_fn(|cx| tower::Service::poll_ready(&mut report, cx)).await?;
+        tower::Service::call(&mut report, req).await
+    } else {
+        let mut clusters = path.clusters;
+        std::future::poll_fn(|cx| tower::Service::poll_ready(&mut clusters, cx)).await?;
+        tower::Service::call(&mut clusters, req).await
+    }
 }
 
 /// What each step of the relay's path answers.
@@ -127,22 +161,33 @@ impl Step for Audited {
     async fn run(self, mut req: Request<Body>, next: Next<Self>) -> Answer {
         let state = &self.0;
         let RequestId(id) = ext(&req)?;
-        let (audit, target) = match split_cluster_uri(req.uri()) {
-            Ok((cluster, upstream)) => {
+        // The fleet report has no cluster; every other request names one.
+        let asked = if req.uri().path() == crate::overview::PATH {
+            Ok(None)
+        } else {
+            split_cluster_uri(req.uri()).map(Some)
+        };
+        let (audit, target) = match asked {
+            Ok(Some((cluster, upstream))) => {
                 let audit = state.audit.begin(id, req.method(), &upstream, req.headers());
                 audit.set(|f| f.cluster = Some(cluster.clone()));
-                (audit, Ok(Target { cluster, upstream }))
+                (audit, Ok(Some(Target { cluster, upstream })))
             }
-            Err(e) => (state.audit.begin(id, req.method(), req.uri(), req.headers()), Err(e)),
+            other => (
+                state.audit.begin(id, req.method(), req.uri(), req.headers()),
+                other.map(|_| None),
+            ),
         };
         audit.set(|f| f.relay = Some(state.instance.clone()));
         let outcome = match target {
             // A path the apiserver would not decode is refused before anything else looks at it.
-            Ok(target) if crate::request_info::request_info(req.method(), &target.upstream).is_err() => {
+            Ok(Some(target)) if crate::request_info::request_info(req.method(), &target.upstream).is_err() => {
                 Err(Refusal::Undecodable)
             }
             Ok(target) => {
-                req.extensions_mut().insert(target);
+                if let Some(target) = target {
+                    req.extensions_mut().insert(target);
+                }
                 req.extensions_mut().insert(audit.clone());
                 next.run(req).await
             }
@@ -260,6 +305,24 @@ impl Step for Access {
         if !self.0.access.allows(identity, cluster) {
             return Err(Refusal::Forbidden {
                 cluster: cluster.clone(),
+                user: identity.user.clone(),
+            });
+        }
+        next.run(req).await
+    }
+}
+
+/// The admin access rules: who may ask this relay about the fleet.
+#[derive(Clone)]
+pub struct Admin(Arc<RelayState>);
+
+impl Step for Admin {
+    type Path = RelayPath;
+
+    async fn run(self, req: Request<Body>, next: Next<Self>) -> Answer {
+        let identity = &ext::<Authenticated>(&req)?.caller.identity;
+        if !self.0.access.admin(identity) {
+            return Err(Refusal::NotAdmin {
                 user: identity.user.clone(),
             });
         }

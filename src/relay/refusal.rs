@@ -49,6 +49,21 @@ pub enum Refusal {
         /// The caller.
         user: String,
     },
+    /// No admin access rule names the caller, who asked about the fleet.
+    #[error(
+        "the fleet is forbidden: User \"{user}\" may not ask this relay about its clusters, agents and relays \
+         (no access rule with admin = true names them)"
+    )]
+    NotAdmin {
+        /// The caller.
+        user: String,
+    },
+    /// A method other than GET on the fleet report.
+    #[error("{0} is not allowed here: the relay's fleet report answers GET")]
+    ReportMethod(http::Method),
+    /// The fleet report could not be written.
+    #[error("cannot write the fleet report: {0}")]
+    CannotReport(String),
     /// A token without the audience of a cluster that takes callers' own tokens.
     #[error(
         "this token is not for cluster \"{cluster}\": its agent takes callers' own tokens, and they must carry the \
@@ -151,19 +166,19 @@ impl Refusal {
     pub fn status(self) -> HttpError {
         let message = self.to_string();
         match self {
-            Self::Connect => HttpError::method_not_allowed(message),
+            Self::Connect | Self::ReportMethod(_) => HttpError::method_not_allowed(message),
             Self::Undecodable | Self::MalformedPath | Self::Unsendable(_) => HttpError::bad_request(message),
             Self::Auth(e) => e.into(),
             Self::NotForCluster { .. } | Self::AlsoGoodElsewhere { .. } | Self::BoundElsewhere { .. } => {
                 HttpError::unauthorized(message)
             }
-            Self::Forbidden { .. } => HttpError::forbidden(message),
+            Self::Forbidden { .. } | Self::NotAdmin { .. } => HttpError::forbidden(message),
             Self::NoIssuer | Self::NoAssertions | Self::NotAClusterPath(_) | Self::UnknownCluster(_) => {
                 HttpError::not_found(message)
             }
             Self::SourceThrottled(after) => HttpError::too_many_requests(message).retry_after(after),
             Self::CallerBusy { .. } => HttpError::too_many_requests(message),
-            Self::CannotVouch(_) | Self::Miswired(_) => HttpError::internal(message),
+            Self::CannotVouch(_) | Self::CannotReport(_) | Self::Miswired(_) => HttpError::internal(message),
             Self::NoAnswer { .. } | Self::UnaskedUpgrade(_) => HttpError::bad_gateway(message),
             Self::Offline(_)
             | Self::Saturated { .. }
@@ -216,6 +231,12 @@ mod tests {
                     user: "u".into(),
                 },
                 StatusCode::FORBIDDEN,
+                false,
+            ),
+            (Refusal::NotAdmin { user: "u".into() }, StatusCode::FORBIDDEN, false),
+            (
+                Refusal::ReportMethod(http::Method::POST),
+                StatusCode::METHOD_NOT_ALLOWED,
                 false,
             ),
             (

@@ -7,6 +7,7 @@
 
 mod balancer;
 mod baseline;
+mod clusters;
 mod fleet;
 mod h2flood;
 mod passthrough;
@@ -139,6 +140,13 @@ fn main() -> ExitCode {
     for &(name, test) in fleet::TESTS {
         let fixture = fixture.clone();
         trials.push(Trial::test(format!("fleet::{name}"), move || {
+            let testbed = fixture.get()?;
+            test(&testbed).map_err(|e| format!("{e:#}").into())
+        }));
+    }
+    for &(name, test) in clusters::TESTS {
+        let fixture = fixture.clone();
+        trials.push(Trial::test(format!("clusters::{name}"), move || {
             let testbed = fixture.get()?;
             test(&testbed).map_err(|e| format!("{e:#}").into())
         }));

@@ -97,6 +97,7 @@ generate = true
 [[access]]
 clusters = ["*"]
 users = ["hawser-admin"]
+admin = true
 {cluster_entries}
 [limits]
 open_stream_timeout_secs = 3
@@ -224,14 +225,15 @@ output = "none"
         Ok(())
     }
 
-    /// kubectl for `cluster` through relay `i`, as the administrator.
-    pub fn kubectl(&self, i: usize, cluster: &str) -> Result<Kubectl> {
+    /// A file holding a token of the fleet's issuer for `subject` (the access rules name
+    /// `hawser-admin` for every cluster and as admin, nobody else).
+    pub fn token_file(&self, subject: &str) -> Result<PathBuf> {
         let n = self.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let token_file = self.dir.path().join(format!("{n:03}-admin.token"));
+        let token_file = self.dir.path().join(format!("{n:03}-{subject}.token"));
         let mut cmd = Command::new(hawser_bin());
         cmd.args(["token", "issue", "--config"])
             .arg(self.dir.path().join("relay-0.toml"))
-            .args(["--subject", "hawser-admin", "--ttl", "1h"]);
+            .args(["--subject", subject, "--ttl", "1h"]);
         let out = run_with_deadline(cmd, None, Duration::from_secs(30))?;
         anyhow::ensure!(
             out.status.success(),
@@ -239,11 +241,28 @@ output = "none"
             String::from_utf8_lossy(&out.stderr)
         );
         fs::write(&token_file, &out.stdout)?;
+        Ok(token_file)
+    }
+
+    /// Relay `i`'s URL for callers.
+    pub fn url(&self, i: usize) -> String {
+        format!("https://127.0.0.1:{}", self.ports[i].front)
+    }
+
+    /// The CA callers trust the relays' certificate with.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("relay.crt")
+    }
+
+    /// kubectl for `cluster` through relay `i`, as the administrator.
+    pub fn kubectl(&self, i: usize, cluster: &str) -> Result<Kubectl> {
+        let token_file = self.token_file("hawser-admin")?;
+        let n = self.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut cmd = Command::new(hawser_bin());
         cmd.args(["kubeconfig", "--relay"])
-            .arg(format!("https://127.0.0.1:{}", self.ports[i].front))
+            .arg(self.url(i))
             .args(["--cluster", cluster, "--ca-file"])
-            .arg(self.dir.path().join("relay.crt"))
+            .arg(self.ca_file())
             .arg("--token-file")
             .arg(&token_file);
         let out = run_with_deadline(cmd, None, Duration::from_secs(30))?;

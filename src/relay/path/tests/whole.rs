@@ -1,6 +1,7 @@
 //! The whole request path in one process, milliseconds each: the relay's steps → an in-memory
 //! tunnel → the agent's own stream serving and steps → a fake kube-apiserver over HTTPS.
 
+mod report;
 mod support;
 
 use bytes::Bytes;

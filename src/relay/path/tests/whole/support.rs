@@ -33,6 +33,8 @@ use crate::transport::{Tunnel, memory};
 pub const ISSUER: &str = "https://idp.example";
 /// The caller the access rules let through.
 pub const USER: &str = "alice";
+/// The caller an admin rule names (and no cluster rule).
+pub const ADMIN: &str = "root";
 /// The agents' instance name: a second session under it replaces the first.
 pub const INSTANCE: &str = "agent-1";
 /// The relay's instance name.
@@ -90,7 +92,8 @@ pub struct Session {
 
 impl World {
     /// Clusters `dev`, `idle` and `rogue`, each taking callers' own tokens (audience
-    /// `aud-NAME`); only `alice` may reach them; no agent is registered yet.
+    /// `aud-NAME`); only `alice` may reach them, only `root` ask about the fleet; no agent is
+    /// registered yet.
     pub async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (idp, other) = (Key::new(), Key::new());
@@ -119,6 +122,9 @@ public_key_file = "idp.pem"
 [[access]]
 clusters = ["*"]
 users = ["{USER}"]
+[[access]]
+users = ["{ADMIN}"]
+admin = true
 {clusters}
 [audit]
 output = "relay-audit.log"
