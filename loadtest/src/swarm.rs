@@ -207,6 +207,7 @@ impl Swarm {
                 self.endpoints.push(endpoint);
             }
             let hello = Hello {
+                link: 0,
                 cluster: cluster(i),
                 token: self.shared.token.clone(),
                 instance: format!("swarm-agent-{i:05}"),

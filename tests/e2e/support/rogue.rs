@@ -38,6 +38,7 @@ impl Rogue {
             .enable_all()
             .build()?;
         let hello = Hello {
+            link: 0,
             cluster: cluster.into(),
             token: token.into(),
             instance: instance.into(),
