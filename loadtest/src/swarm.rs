@@ -260,7 +260,7 @@ async fn agent(endpoint: Option<quinn::Endpoint>, hello: Hello, shared: Arc<Shar
                 counters.welcomed.fetch_add(1, Ordering::Relaxed);
                 counters.up.fetch_add(1, Ordering::Relaxed);
                 let never = tokio_util::sync::CancellationToken::new;
-                side.serve(|_send, _recv| {}, never(), never()).await;
+                side.serve(|_send, _recv| {}, never(), never(), never()).await;
                 counters.up.fetch_sub(1, Ordering::Relaxed);
             }
             Ok(Up::Quic((connection, _control))) => {
