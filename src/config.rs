@@ -15,8 +15,8 @@ pub use agent::{
 };
 pub use fleet::{EtcdConfig, PeersConfig, RegistryConfig};
 pub use relay::{
-    AssertionsConfig, BuiltinIssuerConfig, ClusterConfig, DEMO_AGENT_TOKEN_SHA256, Digests, LimitsConfig, RelayConfig,
-    TlsConfig, valid_cluster_name, valid_instance_name,
+    AssertionsConfig, BuiltinIssuerConfig, ClusterConfig, DEMO_AGENT_TOKEN_SHA256, Digests, DrainConfig, LimitsConfig,
+    RelayConfig, TlsConfig, valid_cluster_name, valid_instance_name,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;

@@ -81,6 +81,11 @@ pub struct Hello {
     /// of the same instance and link only, so an agent's tunnels never replace each other.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub link: u8,
+    /// The relays the agent's other tunnels are on (and the one this tunnel leaves): a relay
+    /// named here refuses the tunnel (close code 7), so no request reaches a tunnel the agent
+    /// would close at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<String>,
 }
 
 fn is_zero(n: &u8) -> bool {
@@ -95,6 +100,7 @@ impl std::fmt::Debug for Hello {
             .field("instance", &self.instance)
             .field("accepts", &self.accepts)
             .field("link", &self.link)
+            .field("held", &self.held)
             .finish()
     }
 }
@@ -200,6 +206,9 @@ pub enum Answer {
     /// Refused.
     Closing(Closing),
 }
+
+/// The close code of a tunnel refused because the hello named this relay in `held`.
+pub const HELD_HERE: u32 = 7;
 
 /// Writes one frame holding `msg`.
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<(), ProtoError> {
@@ -335,6 +344,7 @@ mod tests {
             instance: "i".into(),
             accepts: Accepts::Assertion { issuer: "i".into() },
             link: 0,
+            held: Vec::new(),
         };
         assert!(!serde_json::to_string(&hello).unwrap().contains("link"));
     }
@@ -375,6 +385,7 @@ mod tests {
     async fn a_hello_is_read_with_a_smaller_limit() {
         let hello = Hello {
             link: 0,
+            held: Vec::new(),
             cluster: "c".into(),
             token: "t".repeat(MAX_HELLO),
             instance: "a".into(),
@@ -393,6 +404,7 @@ mod tests {
     fn debug_hides_tokens_and_credentials() {
         let hello = Hello {
             link: 0,
+            held: Vec::new(),
             cluster: "c".into(),
             token: "s3cret".into(),
             instance: "a".into(),

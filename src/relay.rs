@@ -31,8 +31,9 @@ use crate::config::RelayConfig;
 use crate::proto::ALPN;
 use crate::{shutdown, tls, tunnel};
 
-/// How long a shutting-down relay lets caller connections finish.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long connections accepted just before a relay stopped accepting get to send their first
+/// request before idle ones are closed.
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long closed agent tunnels get to tell their agents (a few round trips suffice).
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -172,6 +173,7 @@ pub struct Relay {
     state: Arc<RelayState>,
     sessions: Arc<agents::Sessions>,
     config_path: Option<PathBuf>,
+    drain: crate::config::DrainConfig,
 }
 
 impl Relay {
@@ -230,6 +232,7 @@ impl Relay {
             state,
             sessions,
             config_path: None,
+            drain: config.drain.clone(),
         })
     }
 
@@ -265,6 +268,7 @@ impl Relay {
             state,
             sessions,
             config_path,
+            drain,
         } = self;
         info!(
             front = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -306,29 +310,59 @@ impl Relay {
         }
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let audit = state.audit.clone();
+        let accepting = tokio_util::sync::CancellationToken::new();
+        // Boxed, so it can be dropped (and `graceful` unborrowed) before the drain.
+        let mut front = Box::pin(front::serve(
+            listener,
+            door,
+            state.clone(),
+            &graceful,
+            accepting.clone(),
+        ));
         tokio::select! {
-            _ = front::serve(listener, door, state.clone(), &graceful) => {}
-            _ = reload::on_hangup(config_path, &state) => {}
-            _ = shutdown::signal() => {}
+            () = &mut front => {}
+            () = reload::on_hangup(config_path, &state) => {}
+            () = shutdown::signal() => {}
         }
         state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(fleet) = &state.fleet {
             fleet.drain();
         }
-        // Agents dial another relay and retire their tunnels here (make before break).
-        sessions.draining.send_replace(true);
+        // In a fleet, agents dial another relay and retire their tunnels here (make before
+        // break); a relay of its own has nowhere to send them.
+        if state.fleet.is_some() {
+            sessions.draining.send_replace(true);
+        }
         // Watches and followed logs never end by themselves: they end now, cleanly, and their
         // clients re-establish them through another relay.
         state.streams_end.cancel();
-        // Drain: no new callers; HTTP/1.1 connections close after their
-        // current exchange, HTTP/2 ones get GOAWAY. Watches never finish by
-        // themselves, hence the deadline.
+        // Callers are still taken for the grace, while /readyz fails; then none.
+        let grace = std::time::Duration::from_secs(drain.grace_secs);
+        let _ = tokio::time::timeout(grace, &mut front).await;
+        accepting.cancel();
+        (&mut front).await;
+        drop(front);
+        // Drain: HTTP/1.1 connections close after their current exchange, HTTP/2 ones get
+        // GOAWAY; a connection accepted a moment ago gets to send its first request first.
         info!(connections = graceful.count(), "relay draining caller connections");
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            graceful.shutdown().await;
-            // Upgraded streams (exec, port-forward) live outside their connections.
-            state.tasks.close();
-            state.tasks.wait().await;
+        if graceful.count() > 0 {
+            tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+        }
+        let timeout = std::time::Duration::from_secs(drain.timeout_secs);
+        let drained = tokio::time::timeout(timeout, async {
+            let callers = async {
+                graceful.shutdown().await;
+                // Upgraded streams (exec, port-forward) live outside their connections.
+                state.tasks.close();
+                state.tasks.wait().await;
+            };
+            // In a fleet: until every agent moved, and what peers forwarded here is done.
+            let fleet = async {
+                if let Some(fleet) = &state.fleet {
+                    tokio::join!(state.registry.emptied(), fleet.forwarded_done());
+                }
+            };
+            tokio::join!(callers, fleet);
         });
         if drained.await.is_err() {
             info!(upgraded = state.tasks.len(), "drain deadline reached; closing the rest");

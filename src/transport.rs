@@ -100,6 +100,9 @@ pub enum AnyRecv {
     H2(h2::H2Recv),
     /// In memory.
     Memory(memory::MemRecv),
+    /// QUIC, with bytes already read off the stream that come first (a fleet peer's stream,
+    /// whose acknowledgement was read before the exchange).
+    Prefixed(Option<Bytes>, quinn::RecvStream),
 }
 
 impl Tunnel {
@@ -193,6 +196,10 @@ impl RecvHalf for AnyRecv {
             Self::Quic(recv) => recv.poll_chunk(cx),
             Self::H2(recv) => recv.poll_chunk(cx),
             Self::Memory(recv) => recv.poll_chunk(cx),
+            Self::Prefixed(first, recv) => match first.take() {
+                Some(chunk) if !chunk.is_empty() => Poll::Ready(Ok(Some(chunk))),
+                _ => recv.poll_chunk(cx),
+            },
         }
     }
 
@@ -201,6 +208,7 @@ impl RecvHalf for AnyRecv {
             Self::Quic(recv) => recv.stop_reading(code),
             Self::H2(recv) => recv.stop_reading(code),
             Self::Memory(recv) => recv.stop_reading(code),
+            Self::Prefixed(_, recv) => recv.stop_reading(code),
         }
     }
 }

@@ -208,6 +208,7 @@ impl Swarm {
             }
             let hello = Hello {
                 link: 0,
+                held: Vec::new(),
                 cluster: cluster(i),
                 token: self.shared.token.clone(),
                 instance: format!("swarm-agent-{i:05}"),

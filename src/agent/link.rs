@@ -91,6 +91,7 @@ impl Dialer {
                 instance: config.instance.clone(),
                 accepts: config.accepts(),
                 link: 0,
+                held: Vec::new(),
             },
             proxy,
             current: Mutex::new(Vec::new()),
@@ -98,16 +99,22 @@ impl Dialer {
     }
 
     /// The hello of the agent's tunnel number `link`.
-    fn hello(&self, link: u8) -> Hello {
+    fn hello(&self, link: u8, held: &[String]) -> Hello {
         Hello {
             link,
+            held: held.to_vec(),
             ..self.hello.clone()
         }
     }
 
     /// A QUIC tunnel (the agent's number `link`), if a handshake completes within `deadline`,
     /// and its welcome.
-    pub(crate) async fn quic(&self, deadline: Duration, link: u8) -> Result<(Link, Welcome), SessionError> {
+    pub(crate) async fn quic(
+        &self,
+        deadline: Duration,
+        link: u8,
+        held: &[String],
+    ) -> Result<(Link, Welcome), SessionError> {
         let addr = resolve(&self.quic_address).await?;
         // A fresh endpoint per attempt: a restarted relay sees a new source port (and a
         // balancer may send it to another relay).
@@ -117,7 +124,7 @@ impl Dialer {
             current.retain(|e| e.open_connections() > 0);
             current.push(endpoint.clone());
         }
-        let hello = self.hello(link);
+        let hello = self.hello(link, held);
         let connection = tunnel::dial(&endpoint, addr, &self.server_name, deadline).await?;
         let welcome = tokio::time::timeout(HELLO_TIMEOUT, async {
             let mut control = tunnel::join(connection.open_bi().await.map_err(|e| e.to_string())?);
@@ -129,14 +136,21 @@ impl Dialer {
         })
         .await
         .map_err(|_| SessionError::Hello("no answer within 10s".into()))?
-        .map_err(|e| SessionError::Hello(connection.close_reason().map_or(e, |r| r.to_string())))?;
+        .map_err(|e| match connection.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(close))
+                if close.error_code == quinn::VarInt::from_u32(proto::HELD_HERE) =>
+            {
+                SessionError::SameRelay(String::from_utf8_lossy(&close.reason).into_owned())
+            }
+            reason => SessionError::Hello(reason.map_or(e, |r| r.to_string())),
+        })?;
         let (control, welcome) = welcome;
         Ok((Link::Quic(connection, control), welcome))
     }
 
     /// A tunnel over TCP (the agent's number `link`; through the proxy, if one applies) and its
     /// welcome.
-    pub(crate) async fn tcp(&self, link: u8) -> Result<(Link, Welcome), SessionError> {
+    pub(crate) async fn tcp(&self, link: u8, held: &[String]) -> Result<(Link, Welcome), SessionError> {
         let tcp = match &self.proxy {
             Some(proxy) => self.through(proxy).await?,
             None => {
@@ -158,7 +172,7 @@ impl Dialer {
             .map_err(|_| SessionError::Tcp("no tls handshake within 10s".into()))?
             .map_err(|e| SessionError::Tcp(format!("tls: {e}")))?;
         let answer = tokio::time::timeout(HELLO_TIMEOUT, async {
-            proto::write_frame(&mut io, &self.hello(link)).await?;
+            proto::write_frame(&mut io, &self.hello(link, held)).await?;
             proto::read_frame::<_, Answer>(&mut io).await
         })
         .await
@@ -166,6 +180,9 @@ impl Dialer {
         .map_err(|e| SessionError::Hello(e.to_string()))?;
         let welcome = match answer {
             Answer::Welcome(welcome) => welcome,
+            Answer::Closing(closing) if closing.code == proto::HELD_HERE => {
+                return Err(SessionError::SameRelay(closing.reason));
+            }
             Answer::Closing(closing) => {
                 return Err(SessionError::Hello(format!(
                     "refused ({}): {}",

@@ -48,6 +48,17 @@ impl Slots {
         true
     }
 
+    /// The relays the other tunnels hold, and `avoid`: what a hello of tunnel `slot` names.
+    fn elsewhere(&self, slot: usize, avoid: Option<&str>) -> Vec<String> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let others = held
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != slot)
+            .filter_map(|(_, r)| r.clone());
+        others.chain(avoid.map(str::to_owned)).collect()
+    }
+
     fn release(&self, slot: usize) {
         if let Some(held) = self.held.lock().unwrap_or_else(|e| e.into_inner()).get_mut(slot) {
             *held = None;
@@ -217,10 +228,18 @@ async fn session(
 ) -> Result<Ended, SessionError> {
     let relay = &config.relay;
     let n = u8::try_from(place.slot).unwrap_or(u8::MAX);
+    if place.moving.as_ref().is_some_and(|m| m.gone.is_cancelled()) {
+        // The old tunnel ended meanwhile: nothing to retire, and its relay is welcome again.
+        *place.moving = None;
+    }
+    let held = place
+        .slots
+        .elsewhere(place.slot, place.moving.as_ref().map(|m| m.from.as_str()));
+    let held = held.as_slice();
     let (link, welcome) = match relay.transport {
-        Transport::Quic => dialer.quic(tunnel::HANDSHAKE_TIMEOUT, n).await?,
-        Transport::Tcp => dialer.tcp(n).await?,
-        Transport::Auto if auto.blocked => match dialer.tcp(n).await {
+        Transport::Quic => dialer.quic(tunnel::HANDSHAKE_TIMEOUT, n, held).await?,
+        Transport::Tcp => dialer.tcp(n, held).await?,
+        Transport::Auto if auto.blocked => match dialer.tcp(n, held).await {
             Ok(up) => up,
             Err(e) => {
                 // TCP fails too: the next attempt tries QUIC again rather than TCP for ever.
@@ -228,7 +247,10 @@ async fn session(
                 return Err(e);
             }
         },
-        Transport::Auto => match dialer.quic(Duration::from_secs(relay.quic_fallback_secs), n).await {
+        Transport::Auto => match dialer
+            .quic(Duration::from_secs(relay.quic_fallback_secs), n, held)
+            .await
+        {
             Ok(up) => up,
             // Where QUIC once worked, one silent dial is more likely a relay restarting (it leaves
             // attempts unanswered meanwhile) than UDP blocked: only a second one in a row falls back.
@@ -243,15 +265,11 @@ async fn session(
                     "no QUIC handshake with the relay; using TCP, and trying QUIC again later"
                 );
                 auto.blocked = true;
-                dialer.tcp(n).await?
+                dialer.tcp(n, held).await?
             }
             Err(e) => return Err(e),
         },
     };
-    if place.moving.as_ref().is_some_and(|m| m.gone.is_cancelled()) {
-        // The old tunnel ended meanwhile: nothing to retire, and its relay is welcome again.
-        *place.moving = None;
-    }
     let avoid = place.moving.as_ref().map(|m| m.from.as_str());
     if !place.slots.claim(place.slot, &welcome.relay, avoid) {
         link.close("another of this agent's tunnels holds this relay");
@@ -323,7 +341,10 @@ async fn session(
             let probe = async {
                 loop {
                     tokio::time::sleep(Duration::from_secs(relay.quic_probe_secs)).await;
-                    match dialer.quic(Duration::from_secs(relay.quic_fallback_secs), n).await {
+                    match dialer
+                        .quic(Duration::from_secs(relay.quic_fallback_secs), n, held)
+                        .await
+                    {
                         Ok(up) => return up,
                         Err(e) => debug!(error = %e, "QUIC still unreachable"),
                     }

@@ -49,6 +49,30 @@ pub struct RelayConfig {
     pub registry: super::fleet::RegistryConfig,
     /// The relay-to-relay link of a fleet.
     pub peers: Option<super::fleet::PeersConfig>,
+    /// How a relay stops (SIGTERM).
+    #[serde(default)]
+    pub drain: DrainConfig,
+}
+
+/// `[drain]`: what a relay does between SIGTERM and its exit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// Seconds the relay keeps accepting callers after SIGTERM while `/readyz` fails, for a
+    /// balancer's health checks to take it out (0: it stops accepting at once).
+    pub grace_secs: u64,
+    /// Seconds, after that, for exchanges in flight to finish and (in a fleet) agents to move
+    /// before the rest is closed.
+    pub timeout_secs: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            grace_secs: 0,
+            timeout_secs: 10,
+        }
+    }
 }
 
 fn default_instance() -> String {
@@ -293,6 +317,9 @@ impl Validate for RelayConfig {
         self.tunnel.validate()?;
         self.audit.validate()?;
         self.limits.validate()?;
+        if self.drain.timeout_secs == 0 || self.drain.grace_secs > 3600 || self.drain.timeout_secs > 3600 {
+            return Err("drain: timeout_secs between 1 and 3600, grace_secs at most 3600".into());
+        }
         if self.issuer.is_none() && self.issuers.is_empty() {
             return Err("no token issuer: configure [issuer] or [[issuers]]".into());
         }

@@ -59,6 +59,9 @@ pub mod close_code {
     pub const REVOKED: u32 = 5;
     /// Too many connections from this address have not proved their cluster yet.
     pub const BUSY: u32 = 6;
+    /// Another of this agent's tunnels is on this relay already (it dials again, through a
+    /// balancer, to reach another).
+    pub const HELD_HERE: u32 = crate::proto::HELD_HERE;
 }
 
 /// Handshakes in progress at once; beyond it new attempts go unanswered until some finish.
@@ -475,6 +478,13 @@ fn judge(hello: &Hello, source: IpAddr, sessions: &Sessions) -> Result<Admission
             .refused(&hello.cluster, &hello.instance, "unknown cluster or wrong token");
         return Err((close_code::REFUSED, "unknown cluster or wrong agent token".to_owned()));
     };
+    // Proven, so the agent may say where its other tunnels are: not charged.
+    if hello.held.contains(&sessions.relay) {
+        return Err((
+            close_code::HELD_HERE,
+            format!("another of this agent's tunnels is on relay {}", sessions.relay),
+        ));
+    }
     let caller_audience = table.caller_audience(&hello.cluster).map(str::to_owned);
     let ours = match (&caller_audience, &sessions.assertion_issuer) {
         (Some(audience), _) => Accepts::CallerToken {

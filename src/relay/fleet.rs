@@ -41,6 +41,8 @@ pub struct Fleet {
     health: Arc<Health>,
     presence: watch::Sender<RelayRecord>,
     turn: AtomicUsize,
+    /// Owner of the streams peers forwarded here; a draining relay waits for them.
+    forwarded: TaskTracker,
 }
 
 /// A stream to a peer relay that holds a tunnel of the cluster.
@@ -83,6 +85,7 @@ impl Fleet {
             health: Arc::new(Health::new(Duration::from_secs(etcd.lease_ttl_secs))),
             presence: watch::Sender::new(presence),
             turn: AtomicUsize::new(0),
+            forwarded: TaskTracker::new(),
         }))
     }
 
@@ -110,6 +113,7 @@ impl Fleet {
             registry,
             open_stream_timeout,
             tasks: tasks.clone(),
+            streams: self.forwarded.clone(),
         });
         tasks.spawn(peer::serve(self.peers.clone(), serving, stop.clone()));
     }
@@ -129,6 +133,13 @@ impl Fleet {
         self.presence.send_modify(|p| p.draining = true);
     }
 
+    /// Resolves once every stream peers forwarded here has ended (new ones may still come, and
+    /// are waited for too).
+    pub async fn forwarded_done(&self) {
+        self.forwarded.close();
+        self.forwarded.wait().await;
+    }
+
     /// Opens a stream for `cluster` to a relay that holds one of its tunnels, trying each that
     /// the registry names until one answers; `wait` bounds each attempt.
     pub async fn forward(&self, cluster: &str, wait: Duration) -> Result<Forwarded, NoPeer> {
@@ -138,6 +149,7 @@ impl Fleet {
             return Err(NoPeer::NoneHolds);
         }
         let mut errors = Vec::new();
+        let mut unreachable = false;
         for holder in holders {
             match self.peers.open(&holder, cluster, wait).await {
                 Ok(stream) => {
@@ -147,11 +159,17 @@ impl Fleet {
                     });
                 }
                 Err(e) => {
-                    debug!(error = %e, "peer relay not reachable; trying the next");
+                    debug!(error = %e, "peer relay did not take the request; trying the next");
+                    unreachable |= !matches!(e, PeerError::NoRoute(_));
                     errors.push(e);
                 }
             }
         }
-        Err(NoPeer::Unreachable(errors))
+        // Every holder the registry named had lost its tunnel: the cluster is offline.
+        Err(if unreachable {
+            NoPeer::Unreachable(errors)
+        } else {
+            NoPeer::NoneHolds
+        })
     }
 }

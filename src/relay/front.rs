@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::header::HeaderValue;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -22,6 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
 use super::RelayState;
@@ -38,12 +40,29 @@ pub const ASSERTION_JWKS_PATH: &str = "/.well-known/hawser/assertion-jwks.json";
 /// HTTP/2 pings find callers that went away without closing (a laptop lid).
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
-/// Accepts caller connections until the listener fails.
-/// Every connection is watched by `graceful`, so shutdown can drain them.
-pub async fn serve(listener: TcpListener, door: Arc<Door>, state: Arc<RelayState>, graceful: &GracefulShutdown) {
+/// Accepts caller connections until `stop`; then takes the connections the kernel has already
+/// completed (a balancer may have sent a request on them) and closes the listener, so that no
+/// connection it accepted for us is reset. Every connection is watched by `graceful`, so
+/// shutdown can drain them.
+pub async fn serve(
+    listener: TcpListener,
+    door: Arc<Door>,
+    state: Arc<RelayState>,
+    graceful: &GracefulShutdown,
+    stop: CancellationToken,
+) {
     let path = request_path(state.clone());
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => {
+                while let Some(Ok((tcp, peer))) = listener.accept().now_or_never() {
+                    start(tcp, peer, &door, &state, &path, graceful);
+                }
+                return;
+            }
+        };
+        let (tcp, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors, typically: back off instead of spinning.
@@ -52,20 +71,31 @@ pub async fn serve(listener: TcpListener, door: Arc<Door>, state: Arc<RelayState
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
-        // TCP keep-alive finds dead HTTP/1.1 callers holding exec or port-forward streams.
-        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(
-            &socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(60))
-                .with_interval(Duration::from_secs(15)),
-        );
-        let (door, state, watcher) = (door.clone(), state.clone(), graceful.watcher());
-        let path = path.clone();
-        tokio::spawn(
-            connection(tcp, peer, door, (state, path), watcher)
-                .instrument(info_span!("caller_connection", net.peer.address = %peer)),
-        );
+        start(tcp, peer, &door, &state, &path, graceful);
     }
+}
+
+/// Serves one accepted caller connection in a task of its own, watched by `graceful`.
+fn start(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    door: &Arc<Door>,
+    state: &Arc<RelayState>,
+    path: &RequestPath,
+    graceful: &GracefulShutdown,
+) {
+    let _ = tcp.set_nodelay(true);
+    // TCP keep-alive finds dead HTTP/1.1 callers holding exec or port-forward streams.
+    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(60))
+            .with_interval(Duration::from_secs(15)),
+    );
+    let (door, state, watcher) = (door.clone(), state.clone(), graceful.watcher());
+    tokio::spawn(
+        connection(tcp, peer, door, (state, path.clone()), watcher)
+            .instrument(info_span!("caller_connection", net.peer.address = %peer)),
+    );
 }
 
 async fn connection(

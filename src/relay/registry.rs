@@ -50,6 +50,8 @@ pub struct Registry {
     round_robin: AtomicUsize,
     /// Where changes go for the shared registry, in a fleet.
     shared: Option<Arc<Pending>>,
+    /// Woken whenever a session is removed.
+    removed: tokio::sync::Notify,
 }
 
 impl Registry {
@@ -167,6 +169,19 @@ impl Registry {
             .collect()
     }
 
+    /// Resolves once no session is registered (every agent retired its tunnel or left).
+    pub async fn emptied(&self) {
+        loop {
+            let removed = self.removed.notified();
+            let mut removed = std::pin::pin!(removed);
+            removed.as_mut().enable();
+            if self.clusters.is_empty() {
+                return;
+            }
+            removed.await;
+        }
+    }
+
     /// A live session for `cluster`, spreading load over several.
     pub fn pick(&self, cluster: &str) -> Option<Session> {
         let sessions = self.clusters.get(cluster)?;
@@ -192,6 +207,7 @@ impl Registry {
             }
         }
         self.clusters.remove_if(cluster, |_, sessions| sessions.is_empty());
+        self.removed.notify_waiters();
     }
 }
 

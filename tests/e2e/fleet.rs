@@ -1,12 +1,16 @@
 //! Relays as a fleet (issue #12): a shared registry in a real etcd, requests forwarded one hop
 //! to the relay that holds the cluster's agent, and what happens when a relay dies.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 
 use crate::support::Testbed;
 use crate::support::fleet::{Fleet, LEASE_TTL_SECS};
+use crate::support::https;
 use crate::support::process::wait_for;
 
 /// A fleet test.
@@ -18,6 +22,18 @@ pub const TESTS: &[(&str, Test)] = &[
     (
         "a_killed_relays_clusters_fail_fast_then_its_entries_vanish",
         a_killed_relays_clusters_fail_fast_then_its_entries_vanish,
+    ),
+    (
+        "behind_nginx_each_cluster_holds_two_relays_and_answers_through_any",
+        behind_nginx_each_cluster_holds_two_relays_and_answers_through_any,
+    ),
+    (
+        "a_rolling_restart_under_load_fails_no_request_and_ends_watches_cleanly",
+        a_rolling_restart_under_load_fails_no_request_and_ends_watches_cleanly,
+    ),
+    (
+        "with_etcd_stopped_known_routes_work_and_registration_resumes_after",
+        with_etcd_stopped_known_routes_work_and_registration_resumes_after,
     ),
 ];
 
@@ -108,6 +124,209 @@ fn a_killed_relays_clusters_fail_fast_then_its_entries_vanish(tb: &Testbed) -> R
     ensure!(
         !out.status.success() && stderr.contains("offline"),
         "with no relay holding it, gamma is offline: {stderr}"
+    );
+    Ok(())
+}
+
+/// Which relays hold each cluster's tunnels, as the relay behind `url` reports them.
+fn holders(fleet: &Fleet, url: &str, token: &str) -> Result<BTreeMap<String, Vec<String>>> {
+    let (status, body) = https::get(
+        &format!("{url}{}", hawser::overview::PATH),
+        &fleet.ca_file(),
+        &[("Authorization", &format!("Bearer {token}"))],
+    )?;
+    ensure!(status == 200, "the fleet report: {status} {body}");
+    let overview: hawser::overview::Overview = serde_json::from_str(&body).context("the fleet report")?;
+    Ok(overview
+        .clusters
+        .into_iter()
+        .map(|c| {
+            let mut relays: Vec<String> = c.agents.into_iter().map(|a| a.relay).collect();
+            relays.sort();
+            relays.dedup();
+            (c.name, relays)
+        })
+        .collect())
+}
+
+/// Waits until every one of `clusters` has tunnels on two distinct relays.
+fn wait_for_two_relays_each(fleet: &Fleet, url: &str, token: &str, clusters: &[&str]) -> Result<()> {
+    wait_for(
+        "every cluster's agent to hold tunnels to two relays",
+        Duration::from_secs(60),
+        || {
+            let held = holders(fleet, url, token)?;
+            Ok(clusters
+                .iter()
+                .all(|c| held.get(*c).is_some_and(|r| r.len() == 2))
+                .then_some(()))
+        },
+    )
+}
+
+/// A fleet of three relays behind nginx and agents of `clusters` dialling only nginx: the
+/// fleet, the balancer, nginx's URL for callers, and an admin token.
+fn behind_nginx(tb: &Testbed, clusters: &[&str]) -> Result<(Fleet, crate::support::nginx::Balancer, String, String)> {
+    let fleet = Fleet::start(tb, 3, clusters)?;
+    let balancer = fleet.balancer()?;
+    let address = balancer.tcp_addr().to_string();
+    for cluster in clusters {
+        // No `connections`: the relay's welcome says it is one of a fleet, so two tunnels.
+        fleet.start_agent_at(cluster, &format!("agent-{cluster}"), &address, "")?;
+    }
+    let token = std::fs::read_to_string(fleet.token_file("hawser-admin")?)?;
+    let url = format!("https://{address}");
+    Ok((fleet, balancer, url, token.trim().to_owned()))
+}
+
+/// Three relays behind nginx, four clusters whose agents dial nginx only: each agent holds
+/// tunnels to two distinct relays, and 200 requests through nginx (each a new connection, so
+/// spread over the relays) reach every cluster without a failure, some through a hop. The peer
+/// port takes no callers.
+fn behind_nginx_each_cluster_holds_two_relays_and_answers_through_any(tb: &Testbed) -> Result<()> {
+    let clusters = ["c1", "c2", "c3", "c4"];
+    let (fleet, _balancer, url, token) = behind_nginx(tb, &clusters)?;
+    wait_for_two_relays_each(&fleet, &url, &token, &clusters)?;
+    let bearer = format!("Bearer {token}");
+    for n in 0..200 {
+        let cluster = clusters[n % clusters.len()];
+        let (status, body) = https::get(
+            &format!("{url}/clusters/{cluster}/version"),
+            &fleet.ca_file(),
+            &[("Authorization", &bearer)],
+        )?;
+        ensure!(
+            status == 200 && body.contains("gitVersion"),
+            "request {n} to {cluster}: {status} {body}"
+        );
+    }
+    let mut served = Vec::new();
+    let mut forwarded = 0;
+    for i in 0..3 {
+        let lines: Vec<_> = fleet
+            .audit(i)?
+            .into_iter()
+            .filter(|l| l["path"] == "/version" && l["status"] == 200)
+            .collect();
+        forwarded += lines.iter().filter(|l| l.get("via").is_some()).count();
+        served.push(lines.len());
+    }
+    ensure!(
+        served.iter().sum::<usize>() >= 200,
+        "audited requests per relay: {served:?}"
+    );
+    ensure!(
+        served.iter().all(|&n| n > 0),
+        "nginx spread the callers over every relay: {served:?}"
+    );
+    ensure!(
+        forwarded > 0,
+        "some requests landed on a relay without the cluster's tunnel"
+    );
+    for ports in &fleet.ports {
+        ensure!(
+            std::net::TcpStream::connect(("127.0.0.1", ports.peer)).is_err(),
+            "the peer link is UDP only: no caller reaches it over TCP"
+        );
+    }
+    Ok(())
+}
+
+/// Three relays behind nginx under a steady kubectl load: each relay in turn gets SIGTERM, drains
+/// (its agents move to other relays first) and comes back, and only then the next. No request of
+/// the load fails; a watch through the draining relay ends cleanly (kubectl exits 0), not a hang.
+fn a_rolling_restart_under_load_fails_no_request_and_ends_watches_cleanly(tb: &Testbed) -> Result<()> {
+    let clusters = ["r1", "r2"];
+    let (fleet, _balancer, url, token) = behind_nginx(tb, &clusters)?;
+    wait_for_two_relays_each(&fleet, &url, &token, &clusters)?;
+    let kubectls = clusters
+        .iter()
+        .map(|c| fleet.kubectl_at(&url, c))
+        .collect::<Result<Vec<_>>>()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = kubectls
+        .into_iter()
+        .map(|kubectl| {
+            let (stop, done) = (stop.clone(), done.clone());
+            std::thread::spawn(move || -> Result<()> {
+                while !stop.load(Ordering::Relaxed) {
+                    let out = kubectl.run(&["get", "--raw=/version"])?;
+                    ensure!(
+                        out.status.success(),
+                        "a request failed during the rollout: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let mut watch = fleet
+        .kubectl(0, "r1")?
+        .spawn(&["get", "namespaces", "--watch", "--request-timeout=0"])?;
+    watch.wait_for_line("the watch's first line", Duration::from_secs(30), |l| {
+        l.contains("default")
+    })?;
+    for i in 0..3 {
+        fleet.terminate_relay(i)?;
+        if i == 0 {
+            let status = watch.wait_exit(Duration::from_secs(10))?;
+            ensure!(
+                status.success(),
+                "the watch through the drained relay ended cleanly: {status} {}",
+                watch.stderr()
+            );
+        }
+        fleet.start_relay(i)?;
+        wait_for_two_relays_each(&fleet, &url, &token, &clusters)?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for thread in load {
+        thread.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+    }
+    let done = done.load(Ordering::Relaxed);
+    ensure!(done >= 20, "only {done} requests during the rollout");
+    Ok(())
+}
+
+/// etcd stops: a relay still reaches a cluster whose agent another relay holds (the routes it
+/// knew), and its `/readyz` fails once etcd has not answered for a lease TTL; etcd back, the
+/// relay is ready again and new registrations reach the other relays.
+fn with_etcd_stopped_known_routes_work_and_registration_resumes_after(tb: &Testbed) -> Result<()> {
+    let fleet = Fleet::start(tb, 2, &["e1", "e2"])?;
+    let one = format!("127.0.0.1:{}", fleet.ports[1].front);
+    fleet.start_agent_at("e1", "agent-e1", &one, "connections = 1")?;
+    let e1 = fleet.kubectl(0, "e1")?;
+    wait_for("e1 through relay-0", Duration::from_secs(30), || {
+        Ok(e1.run(&["get", "--raw=/version"])?.status.success().then_some(()))
+    })?;
+    fleet.etcd.stop();
+    for _ in 0..3 {
+        e1.ok(&["get", "--raw=/version"])?;
+    }
+    wait_for(
+        "relay-0 to report itself not ready",
+        Duration::from_secs(LEASE_TTL_SECS * 4),
+        || Ok((fleet.readyz(0)? == Some(503)).then_some(())),
+    )?;
+    e1.ok(&["get", "--raw=/version"])?;
+    fleet.etcd.restart()?;
+    wait_for("relay-0 to be ready again", Duration::from_secs(30), || {
+        Ok((fleet.readyz(0)? == Some(200)).then_some(()))
+    })?;
+    fleet.start_agent_at("e2", "agent-e2", &one, "connections = 1")?;
+    let e2 = fleet.kubectl(0, "e2")?;
+    wait_for(
+        "e2, registered after etcd came back, through relay-0",
+        Duration::from_secs(30),
+        || Ok(e2.run(&["get", "--raw=/version"])?.status.success().then_some(())),
+    )?;
+    let keys = fleet.registry_keys()?;
+    ensure!(
+        keys.iter().any(|k| k.ends_with("/sessions/e1/relay-1/agent-e1")),
+        "relay-1 wrote its sessions again: {keys:?}"
     );
     Ok(())
 }

@@ -103,6 +103,7 @@ fn relay_endpoint() -> (tempfile::TempDir, std::path::PathBuf, quinn::Endpoint) 
 fn hello(instance: &str) -> Hello {
     Hello {
         link: 0,
+        held: Vec::new(),
         cluster: "c".into(),
         token: "token-c".into(),
         instance: instance.into(),

@@ -15,7 +15,13 @@
 //!
 //! ```text
 //! peer stream = u8 version (1), u8 cluster length, cluster name, then the tunnel's own framing
+//! answer      = u8 ACK (1) once the answering relay opened a stream on its agent's tunnel, then
+//!               the agent's bytes; or a reset with NO_ROUTE before anything, if it holds none
 //! ```
+//!
+//! The acknowledgement costs a round trip on the peer link, and buys a safe retry: a relay that
+//! lost the cluster's tunnel since the registry said otherwise (its agent moved) answers
+//! NO_ROUTE before the request was sent, and the forwarding relay tries the next holder.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +45,8 @@ use crate::wire::reset;
 pub const PEER_ALPN: &[u8] = b"hawser-peer/1";
 /// Version of the peer stream's preamble.
 const PREAMBLE_VERSION: u8 = 1;
+/// The answering relay's acknowledgement: a stream on its agent's tunnel is open.
+const ACK: u8 = 1;
 /// Handshakes in progress at once on the peer port.
 const MAX_HANDSHAKES: usize = 64;
 /// How long a peer has for its handshake, and for a stream's preamble.
@@ -71,6 +79,9 @@ pub enum PeerError {
         /// The cause.
         why: String,
     },
+    /// The relay holds no tunnel of the cluster (any more).
+    #[error("relay {0} holds no tunnel of the cluster any more")]
+    NoRoute(String),
     /// A connection, but no stream on it.
     #[error("relay {relay}: {error}")]
     Stream {
@@ -149,7 +160,20 @@ impl Peers {
             .map_err(|_| stream_error(StreamError::Closed(format!("no stream free within {wait:?}"))))?
             .map_err(|e| stream_error(StreamError::Closed(e.to_string())))?;
         write_chunk(&mut send, preamble(cluster)).await.map_err(stream_error)?;
-        Ok((AnySend::Quic(send), AnyRecv::Quic(recv)))
+        let mut recv = recv;
+        let answer = tokio::time::timeout(wait, next_chunk(&mut recv))
+            .await
+            .map_err(|_| stream_error(StreamError::Closed(format!("no answer within {wait:?}"))))?;
+        match answer {
+            Ok(Some(first)) if first.first() == Some(&ACK) => {
+                Ok((AnySend::Quic(send), AnyRecv::Prefixed(Some(first.slice(1..)), recv)))
+            }
+            Err(StreamError::Reset(code)) if code == u64::from(reset::NO_ROUTE) => {
+                Err(PeerError::NoRoute(holder.relay.clone()))
+            }
+            Ok(_) => Err(stream_error(StreamError::Closed("no acknowledgement".into()))),
+            Err(e) => Err(stream_error(e)),
+        }
     }
 
     async fn connection(&self, holder: &Holder) -> Result<quinn::Connection, PeerError> {
@@ -200,8 +224,10 @@ pub struct Serving {
     pub registry: Arc<Registry>,
     /// How long to wait for a stream on a saturated tunnel.
     pub open_stream_timeout: Duration,
-    /// Owner of every peer connection's and stream's task.
+    /// Owner of every peer connection's task.
     pub tasks: TaskTracker,
+    /// Owner of every forwarded stream's task (a draining relay waits for them).
+    pub streams: TaskTracker,
 }
 
 /// Accepts peers until `stop`, putting each of their streams on a tunnel this relay holds.
@@ -249,7 +275,7 @@ async fn connection_streams(connection: quinn::Connection, serving: Arc<Serving>
         match accepted {
             Ok((send, recv)) => {
                 serving
-                    .tasks
+                    .streams
                     .spawn(forward(send, recv, serving.clone()).in_current_span());
             }
             Err(e) => {
@@ -289,8 +315,13 @@ async fn forward(mut send: quinn::SendStream, mut recv: quinn::RecvStream, servi
         debug!(%cluster, "no stream on the agent's tunnel for a forwarded request");
         return refuse(&mut send, &mut recv);
     };
+    if write_chunk(&mut send, Bytes::from_static(&[ACK])).await.is_err() {
+        return;
+    }
     if !rest.is_empty() && write_chunk(&mut agent_send, rest).await.is_err() {
-        return refuse(&mut send, &mut recv);
+        recv.stop_reading(reset::CANCELLED);
+        send.cut(reset::SOURCE_FAILED);
+        return;
     }
     pipe::join((send, recv), (agent_send, agent_recv))
         .instrument(info_span!("forwarded", %cluster, session = session.id))

@@ -3,7 +3,7 @@
 //! relay each test chooses.
 
 use std::fs;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -20,6 +20,7 @@ use super::binaries::binaries;
 use super::etcd::Etcd;
 use super::hawser::hawser_bin;
 use super::net::free_port;
+use super::nginx::Balancer;
 use super::process::{Supervised, run_with_deadline, wait_for};
 use super::{Kubectl, Testbed};
 
@@ -256,12 +257,16 @@ output = "none"
 
     /// kubectl for `cluster` through relay `i`, as the administrator.
     pub fn kubectl(&self, i: usize, cluster: &str) -> Result<Kubectl> {
+        self.kubectl_at(&self.url(i), cluster)
+    }
+
+    /// kubectl for `cluster` through `url` (a relay, or a balancer in front of them), as the
+    /// administrator.
+    pub fn kubectl_at(&self, url: &str, cluster: &str) -> Result<Kubectl> {
         let token_file = self.token_file("hawser-admin")?;
         let n = self.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut cmd = Command::new(hawser_bin());
-        cmd.args(["kubeconfig", "--relay"])
-            .arg(self.url(i))
-            .args(["--cluster", cluster, "--ca-file"])
+        cmd.args(["kubeconfig", "--relay", url, "--cluster", cluster, "--ca-file"])
             .arg(self.ca_file())
             .arg("--token-file")
             .arg(&token_file);
@@ -269,9 +274,28 @@ output = "none"
         if !out.status.success() {
             bail!("hawser kubeconfig failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let path = self.dir.path().join(format!("{n:03}-{cluster}-via-{i}.kubeconfig"));
+        let path = self.dir.path().join(format!("{n:03}-{cluster}.kubeconfig"));
         fs::write(&path, &out.stdout)?;
         Ok(Kubectl::new(&binaries()?.kubectl, &path))
+    }
+
+    /// nginx in front of every relay: TCP (callers, TCP agents) and UDP (QUIC agents) on one
+    /// port, as a cloud balancer gives.
+    pub fn balancer(&self) -> Result<Balancer> {
+        let backends: Vec<SocketAddr> = self.ports.iter().map(|p| ([127, 0, 0, 1], p.front).into()).collect();
+        Balancer::start(&backends, &backends)
+    }
+
+    /// Stops relay `i` with SIGTERM, as a rollout does, and waits until it has drained and exited.
+    pub fn terminate_relay(&self, i: usize) -> Result<()> {
+        let mut relay = self.relays[i].lock().unwrap().take().context("relay not running")?;
+        let pid = relay.program_pid()?;
+        let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        wait_for(&format!("relay-{i} to drain and exit"), Duration::from_secs(30), || {
+            Ok(relay.exited())
+        })?;
+        Ok(())
     }
 
     /// The lines of relay `i`'s audit log.

@@ -139,7 +139,9 @@ impl Balancer {
 fn config_text(dir: &Path, port: u16, backends_tcp: &[SocketAddr], backends_udp: &[SocketAddr]) -> String {
     let servers = |backends: &[SocketAddr]| {
         backends.iter().fold(String::new(), |mut text, b| {
-            let _ = write!(text, "\n        server {b};");
+            // max_fails=0: a relay that refuses a connection (it is restarting) is skipped for
+            // that connection alone, not shut out for fail_timeout after it is back.
+            let _ = write!(text, "\n        server {b} max_fails=0;");
             text
         })
     };

@@ -39,6 +39,7 @@ impl Rogue {
             .build()?;
         let hello = Hello {
             link: 0,
+            held: Vec::new(),
             cluster: cluster.into(),
             token: token.into(),
             instance: instance.into(),

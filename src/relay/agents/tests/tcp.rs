@@ -45,6 +45,7 @@ async fn over_tcp_a_refused_hello_gets_its_code_and_is_charged_to_its_source() {
     let relay = relay_full(Arc::new(Semaphore::new(8)), 0, 2, 64);
     let wrong = Hello {
         link: 0,
+        held: Vec::new(),
         token: "not-the-token".into(),
         ..hello("agent-1")
     };
@@ -62,6 +63,7 @@ async fn over_tcp_a_refused_hello_gets_its_code_and_is_charged_to_its_source() {
     );
     let other_model = Hello {
         link: 0,
+        held: Vec::new(),
         accepts: Accepts::CallerToken {
             audiences: vec!["x".into()],
         },

@@ -75,6 +75,7 @@ fn answering(config: &PeersConfig) -> Answering {
         registry,
         open_stream_timeout: Duration::from_secs(2),
         tasks: TaskTracker::new(),
+        streams: TaskTracker::new(),
     });
     tokio::spawn(serve(peers.clone(), serving, stop.clone()));
     Answering {
@@ -124,12 +125,12 @@ async fn a_fleet_peer_reaches_a_held_tunnel_and_a_cluster_held_elsewhere_is_refu
     assert_eq!(next_chunk(&mut recv).await.unwrap().unwrap(), "answer");
     assert_eq!(next_chunk(&mut recv).await.unwrap(), None);
 
-    // B holds no tunnel of beta: refused with NO_ROUTE, never passed on.
-    let (mut send, mut recv) = a.open(&holder("relay-b", &b.peers), "beta", WAIT).await.unwrap();
-    write_chunk(&mut send, Bytes::from_static(b"head")).await.unwrap();
-    assert_eq!(
-        next_chunk(&mut recv).await,
-        Err(StreamError::Reset(u64::from(reset::NO_ROUTE)))
+    // B holds no tunnel of beta: refused with NO_ROUTE before anything is sent, never passed on.
+    let refused = a.open(&holder("relay-b", &b.peers), "beta", WAIT).await;
+    assert!(
+        matches!(refused, Err(PeerError::NoRoute(ref r)) if r == "relay-b"),
+        "{:?}",
+        refused.err()
     );
     b.stop.cancel();
 }
