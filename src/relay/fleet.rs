@@ -144,7 +144,9 @@ impl Fleet {
     /// the registry names until one answers; `wait` bounds each attempt.
     pub async fn forward(&self, cluster: &str, wait: Duration) -> Result<Forwarded, NoPeer> {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let holders = self.view.holders(cluster, &self.me, turn);
+        let mut holders = self.view.holders(cluster, &self.me, turn);
+        // A peer that failed lately goes last (a stable sort keeps the rest in order).
+        holders.sort_by_key(|h| self.peers.recently_failed(&h.relay));
         if holders.is_empty() {
             return Err(NoPeer::NoneHolds);
         }

@@ -28,6 +28,10 @@ pub const TESTS: &[(&str, Test)] = &[
         behind_nginx_each_cluster_holds_two_relays_and_answers_through_any,
     ),
     (
+        "behind_nginx_a_killed_relay_leaves_no_cluster_unanswered_past_5s",
+        behind_nginx_a_killed_relay_leaves_no_cluster_unanswered_past_5s,
+    ),
+    (
         "a_rolling_restart_under_load_fails_no_request_and_ends_watches_cleanly",
         a_rolling_restart_under_load_fails_no_request_and_ends_watches_cleanly,
     ),
@@ -229,6 +233,54 @@ fn behind_nginx_each_cluster_holds_two_relays_and_answers_through_any(tb: &Testb
             "the peer link is UDP only: no caller reaches it over TCP"
         );
     }
+    Ok(())
+}
+
+/// Three relays behind nginx, every cluster on two of them; one relay is killed (SIGKILL: it
+/// removes nothing from the registry): every cluster answers through nginx again within 5 s
+/// (whichever relay a request lands on, and although the registry still names the dead relay),
+/// and its entries are gone within the lease TTL.
+fn behind_nginx_a_killed_relay_leaves_no_cluster_unanswered_past_5s(tb: &Testbed) -> Result<()> {
+    let clusters = ["k1", "k2", "k3"];
+    let (fleet, _balancer, url, token) = behind_nginx(tb, &clusters)?;
+    wait_for_two_relays_each(&fleet, &url, &token, &clusters)?;
+    let bearer = format!("Bearer {token}");
+    // Every relay has a pooled peer connection to the one about to die.
+    for n in 0..12 {
+        let cluster = clusters[n % clusters.len()];
+        let (status, body) = https::get(
+            &format!("{url}/clusters/{cluster}/version"),
+            &fleet.ca_file(),
+            &[("Authorization", &bearer)],
+        )?;
+        ensure!(status == 200, "before the kill, {cluster}: {status} {body}");
+    }
+    fleet.kill_relay(1)?;
+    let killed = Instant::now();
+    for cluster in clusters {
+        wait_for(
+            &format!("{cluster} to answer through nginx after the kill"),
+            Duration::from_secs(5).saturating_sub(killed.elapsed()),
+            || {
+                let (status, _) = https::get(
+                    &format!("{url}/clusters/{cluster}/version"),
+                    &fleet.ca_file(),
+                    &[("Authorization", &bearer)],
+                )?;
+                Ok((status == 200).then_some(()))
+            },
+        )?;
+    }
+    let answered = killed.elapsed();
+    ensure!(
+        answered < Duration::from_secs(5),
+        "every cluster answered again after {answered:?}"
+    );
+    wait_for(
+        "relay-1's registry entries to expire",
+        Duration::from_secs(LEASE_TTL_SECS + 2),
+        || Ok((!fleet.registry_keys()?.iter().any(|k| k.contains("relay-1"))).then_some(())),
+    )?;
     Ok(())
 }
 

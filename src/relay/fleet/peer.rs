@@ -51,6 +51,12 @@ const ACK: u8 = 1;
 const MAX_HANDSHAKES: usize = 64;
 /// How long a peer has for its handshake, and for a stream's preamble.
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a dial to a peer may take: relays of a fleet are near each other, and a dead one
+/// must not hold a request for long.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a peer that failed is tried only after every other holder of a cluster: a relay
+/// that died is otherwise first in line for some requests until its lease expires.
+const QUARANTINE: Duration = Duration::from_secs(10);
 
 /// Why the peer link could not be set up, or a peer reached.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +104,8 @@ pub struct Peers {
     /// One slot per peer relay; a slot's lock is held while it dials, so concurrent requests
     /// share one connection attempt.
     pool: DashMap<String, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>,
+    /// When each peer last failed to take a stream.
+    failed: DashMap<String, std::time::Instant>,
 }
 
 impl Peers {
@@ -134,6 +142,7 @@ impl Peers {
         Ok(Self {
             endpoint,
             pool: DashMap::new(),
+            failed: DashMap::new(),
         })
     }
 
@@ -142,9 +151,29 @@ impl Peers {
         self.endpoint.local_addr()
     }
 
+    /// Whether `relay` failed to take a stream within the last [`QUARANTINE`].
+    pub fn recently_failed(&self, relay: &str) -> bool {
+        self.failed.get(relay).is_some_and(|at| at.elapsed() < QUARANTINE)
+    }
+
     /// Opens a stream to `holder` for a request to `cluster`, dialling it first if no live
-    /// connection to it is pooled; gives up after `wait`.
+    /// connection to it is pooled; gives up after `wait`. A failure (other than the peer saying
+    /// it holds no tunnel of the cluster) puts the peer in quarantine.
     pub async fn open(&self, holder: &Holder, cluster: &str, wait: Duration) -> Result<(AnySend, AnyRecv), PeerError> {
+        let opened = self.try_open(holder, cluster, wait).await;
+        match &opened {
+            Ok(_) => {
+                self.failed.remove(&holder.relay);
+            }
+            Err(PeerError::NoRoute(_)) => {}
+            Err(_) => {
+                self.failed.insert(holder.relay.clone(), std::time::Instant::now());
+            }
+        }
+        opened
+    }
+
+    async fn try_open(&self, holder: &Holder, cluster: &str, wait: Duration) -> Result<(AnySend, AnyRecv), PeerError> {
         let connection = tokio::time::timeout(wait, self.connection(holder))
             .await
             .map_err(|_| PeerError::Dial {
@@ -193,7 +222,7 @@ impl Peers {
             .map_err(|e| resolve_error(e.to_string()))?
             .next()
             .ok_or_else(|| resolve_error("no address".into()))?;
-        let connection = tunnel::dial(&self.endpoint, address, &holder.relay, PEER_TIMEOUT)
+        let connection = tunnel::dial(&self.endpoint, address, &holder.relay, DIAL_TIMEOUT)
             .await
             .map_err(|e| PeerError::Dial {
                 relay: holder.relay.clone(),
