@@ -126,25 +126,7 @@ where
         Err(e) => Err(e),
     };
     let (head, first) = head.map_err(|e| match e {
-        HeadError::Stream(error) if via.is_some() && matches!(error, StreamError::Closed(_)) => peer_lost(&error)
-            .unwrap_or(Refusal::NoAnswer {
-                cluster: cluster.to_owned(),
-                why: error.to_string(),
-            }),
-        HeadError::Stream(StreamError::Reset(code)) if code == u64::from(wire::reset::SHUTDOWN) => {
-            Refusal::AgentShutdown {
-                cluster: cluster.to_owned(),
-                code,
-            }
-        }
-        // The relay it was forwarded to lost the cluster's last tunnel meanwhile.
-        HeadError::Stream(StreamError::Reset(code)) if code == u64::from(wire::reset::NO_ROUTE) => {
-            Refusal::Offline(cluster.to_owned())
-        }
-        HeadError::Stream(StreamError::Reset(code)) => Refusal::NoAnswer {
-            cluster: cluster.to_owned(),
-            why: wire::reset::describe(code).to_string(),
-        },
+        HeadError::Stream(error) => peer_lost(&error).unwrap_or_else(|| no_head(cluster, error)),
         other => Refusal::NoAnswer {
             cluster: cluster.to_owned(),
             why: other.to_string(),
@@ -196,6 +178,26 @@ where
     *resp.status_mut() = head.status;
     *resp.headers_mut() = headers;
     Ok((resp, delivery))
+}
+
+/// Why the agent's stream gave no response head, as the caller is told.
+fn no_head(cluster: &str, error: StreamError) -> Refusal {
+    match error {
+        StreamError::Reset(code) if code == u64::from(wire::reset::SHUTDOWN) => Refusal::AgentShutdown {
+            cluster: cluster.to_owned(),
+            code,
+        },
+        // The relay it was forwarded to lost the cluster's last tunnel meanwhile.
+        StreamError::Reset(code) if code == u64::from(wire::reset::NO_ROUTE) => Refusal::Offline(cluster.to_owned()),
+        StreamError::Reset(code) => Refusal::NoAnswer {
+            cluster: cluster.to_owned(),
+            why: wire::reset::describe(code).to_string(),
+        },
+        other => Refusal::NoAnswer {
+            cluster: cluster.to_owned(),
+            why: other.to_string(),
+        },
+    }
 }
 
 /// Whether the apiserver will stream the answer to `req`: a watch (as it resolves the request),
