@@ -51,6 +51,9 @@ pub struct Forwarded {
     pub stream: (AnySend, AnyRecv),
     /// The relay it goes to.
     pub relay: String,
+    /// Cancelled once that relay drains or leaves: a watch or followed log on the stream then
+    /// ends cleanly.
+    pub hop_end: CancellationToken,
 }
 
 /// Why no peer took a request.
@@ -157,6 +160,7 @@ impl Fleet {
                 Ok(stream) => {
                     return Ok(Forwarded {
                         stream,
+                        hop_end: self.view.hop_end(&holder.relay),
                         relay: holder.relay,
                     });
                 }

@@ -51,7 +51,7 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
     let credential = credential_for(&state, &table, &cluster, &caller, &token)?;
     let wait = Duration::from_secs(state.limits.open_stream_timeout_secs);
     // This relay's own tunnel first; else, in a fleet, a relay that holds one.
-    let (stream, span, via) = match state.registry.pick(&cluster) {
+    let (stream, span, via, hop_end) = match state.registry.pick(&cluster) {
         Some(session) => {
             audit.set(|f| f.agent = Some(session.instance.clone()));
             let span = info_span!("stream", cluster = %cluster, user = %caller.identity.user, session = session.id);
@@ -66,7 +66,7 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
                 cluster: cluster.clone(),
                 error,
             })?;
-            (stream, span, None)
+            (stream, span, None, None)
         }
         None => {
             let fleet = state.fleet.as_ref().ok_or_else(|| Refusal::Offline(cluster.clone()))?;
@@ -79,7 +79,7 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
             })?;
             audit.set(|f| f.via = Some(forwarded.relay.clone()));
             let span = info_span!("stream", cluster = %cluster, user = %caller.identity.user, via = %forwarded.relay);
-            (forwarded.stream, span, Some(forwarded.relay))
+            (forwarded.stream, span, Some(forwarded.relay), Some(forwarded.hop_end))
         }
     };
     async move {
@@ -92,6 +92,7 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
             tasks: &state.tasks,
             via: via.as_deref(),
             drain: &state.streams_end,
+            hop_end,
         };
         let (mut resp, delivery) = super::stream::exchange(send, recv, req, sent, &audit).await?;
         resp.extensions_mut().insert(delivery);

@@ -32,6 +32,9 @@ pub struct Sent<'a> {
     pub via: Option<&'a str>,
     /// Cancelled when the relay drains: a watch or a followed log then ends cleanly.
     pub drain: &'a tokio_util::sync::CancellationToken,
+    /// For a forwarded stream: cancelled when the relay it goes through drains, with the same
+    /// effect.
+    pub hop_end: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// Sends `req` on the stream `(send, recv)` and returns the agent's answer for the caller, and
@@ -57,6 +60,7 @@ where
         tasks,
         via,
         drain,
+        hop_end,
     } = sent;
     // A forwarded stream whose peer connection is lost: the hop failed, not the agent.
     let peer_lost = |error: &StreamError| {
@@ -167,7 +171,11 @@ where
         let length = headers::content_length(&headers);
         let body = audit.count(boxed(RecvBody::new(first, recv, length)), false);
         if exchange == Exchange::Stream {
-            body::end_on(body, drain.clone())
+            let body = body::end_on(body, drain.clone());
+            match hop_end {
+                Some(hop_end) => body::end_on(body, hop_end),
+                None => body,
+            }
         } else {
             body
         }

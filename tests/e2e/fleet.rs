@@ -36,6 +36,10 @@ pub const TESTS: &[(&str, Test)] = &[
         a_rolling_restart_under_load_fails_no_request_and_ends_watches_cleanly,
     ),
     (
+        "a_watch_through_a_draining_peer_ends_cleanly",
+        a_watch_through_a_draining_peer_ends_cleanly,
+    ),
+    (
         "with_etcd_stopped_known_routes_work_and_registration_resumes_after",
         with_etcd_stopped_known_routes_work_and_registration_resumes_after,
     ),
@@ -340,6 +344,40 @@ fn a_rolling_restart_under_load_fails_no_request_and_ends_watches_cleanly(tb: &T
     }
     let done = done.load(Ordering::Relaxed);
     ensure!(done >= 20, "only {done} requests during the rollout");
+    Ok(())
+}
+
+/// A watch through relay-0 of a cluster whose one agent is on relay-1 rides the peer link; when
+/// relay-1 drains, the watch ends cleanly (kubectl exits 0) within seconds, not at relay-1's
+/// drain deadline and not with a cut connection.
+fn a_watch_through_a_draining_peer_ends_cleanly(tb: &Testbed) -> Result<()> {
+    let fleet = Fleet::start(tb, 2, &["w1"])?;
+    let one = format!("127.0.0.1:{}", fleet.ports[1].front);
+    fleet.start_agent_at("w1", "agent-w1", &one, "connections = 1")?;
+    let kubectl = fleet.kubectl(0, "w1")?;
+    wait_for("w1 through relay-0", Duration::from_secs(30), || {
+        Ok(kubectl.run(&["get", "--raw=/version"])?.status.success().then_some(()))
+    })?;
+    let mut watch = kubectl.spawn(&["get", "namespaces", "--watch", "--request-timeout=0"])?;
+    watch.wait_for_line("the watch's first line", Duration::from_secs(30), |l| {
+        l.contains("default")
+    })?;
+    let pid = fleet.relay_pid(1)?;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -TERM {pid}");
+    let ended = watch.wait_exit(Duration::from_secs(5))?;
+    ensure!(
+        ended.success(),
+        "the forwarded watch ended cleanly: {ended} {}",
+        watch.stderr()
+    );
+    let audit = fleet.audit(0)?;
+    ensure!(
+        audit.iter().any(|l| l["verb"] == "watch" && l["via"] == "relay-1"),
+        "the watch went through relay-1"
+    );
     Ok(())
 }
 

@@ -114,6 +114,9 @@ pub struct Held {
 pub struct View {
     relays: DashMap<String, RelayRecord>,
     sessions: DashMap<String, Vec<Held>>,
+    /// Per relay, cancelled once it drains or leaves: the watches and followed logs forwarded
+    /// through it then end cleanly, and their clients re-establish them elsewhere.
+    hops: DashMap<String, tokio_util::sync::CancellationToken>,
 }
 
 /// A relay that holds a tunnel of a cluster, as a route to it.
@@ -131,6 +134,9 @@ impl View {
         match key {
             Key::Relay(relay) => match serde_json::from_slice::<RelayRecord>(value) {
                 Ok(record) => {
+                    if record.draining {
+                        self.end_hops(&relay);
+                    }
                     self.relays.insert(relay, record);
                     true
                 }
@@ -152,6 +158,7 @@ impl View {
     pub fn delete(&self, key: Key) {
         match key {
             Key::Relay(relay) => {
+                self.end_hops(&relay);
                 self.relays.remove(&relay);
             }
             Key::Session(cluster, relay, agent) => {
@@ -160,6 +167,17 @@ impl View {
                 }
                 self.sessions.remove_if(&cluster, |_, held| held.is_empty());
             }
+        }
+    }
+
+    /// What ends the long streams forwarded through `relay` (see [`View`]).
+    pub fn hop_end(&self, relay: &str) -> tokio_util::sync::CancellationToken {
+        self.hops.entry(relay.to_owned()).or_default().clone()
+    }
+
+    fn end_hops(&self, relay: &str) {
+        if let Some((_, token)) = self.hops.remove(relay) {
+            token.cancel();
         }
     }
 

@@ -26,6 +26,7 @@ fn sent(target: &str) -> Sent<'static> {
         tasks: &TASKS,
         via: None,
         drain: &DRAIN,
+        hop_end: None,
     }
 }
 

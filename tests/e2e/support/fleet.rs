@@ -286,6 +286,16 @@ output = "none"
         Balancer::start(&backends, &backends)
     }
 
+    /// The pid of relay `i`'s process.
+    pub fn relay_pid(&self, i: usize) -> Result<u32> {
+        self.relays[i]
+            .lock()
+            .unwrap()
+            .as_ref()
+            .context("relay not running")?
+            .program_pid()
+    }
+
     /// Stops relay `i` with SIGTERM, as a rollout does, and waits until it has drained and exited.
     pub fn terminate_relay(&self, i: usize) -> Result<()> {
         let mut relay = self.relays[i].lock().unwrap().take().context("relay not running")?;
