@@ -35,7 +35,7 @@ use super::clusters::Clusters;
 use super::limits::{AuthFailures, InFlight};
 use super::registry::{Admission, Registry};
 use crate::audit::{AgentEvent, AuditLog};
-use crate::proto::{self, Accepts, Hello, Welcome};
+use crate::proto::{self, Hello, Welcome};
 use crate::transport::Tunnel;
 use crate::tunnel;
 
@@ -457,97 +457,9 @@ enum NoHello {
     Late,
 }
 
-/// Judges a hello: plain names, a token of the cluster it names, and the same trust model as
-/// this relay's configuration for that cluster. A refusal is the close code and reason.
-fn judge(hello: &Hello, source: IpAddr, sessions: &Sessions) -> Result<Admission, (u32, String)> {
-    if !crate::config::valid_cluster_name(&hello.cluster) || !crate::config::valid_instance_name(&hello.instance) {
-        sessions.hello_failures.charge(source);
-        sessions
-            .refusal_log
-            .refused(&hello.cluster, &hello.instance, "malformed cluster or instance name");
-        return Err((
-            close_code::BAD_HELLO,
-            "malformed hello: cluster or instance name".to_owned(),
-        ));
-    }
-    let table = sessions.clusters.current();
-    let Some(token_digest) = table.verify(&hello.cluster, &hello.token) else {
-        sessions.hello_failures.charge(source);
-        sessions
-            .refusal_log
-            .refused(&hello.cluster, &hello.instance, "unknown cluster or wrong token");
-        return Err((close_code::REFUSED, "unknown cluster or wrong agent token".to_owned()));
-    };
-    // Proven, so the agent may say where its other tunnels are: not charged.
-    if hello.held.contains(&sessions.relay) {
-        return Err((
-            close_code::HELD_HERE,
-            format!("another of this agent's tunnels is on relay {}", sessions.relay),
-        ));
-    }
-    let caller_audience = table.caller_audience(&hello.cluster).map(str::to_owned);
-    let ours = match (&caller_audience, &sessions.assertion_issuer) {
-        (Some(audience), _) => Accepts::CallerToken {
-            audiences: vec![audience.clone()],
-        },
-        (None, Some(issuer)) => Accepts::Assertion { issuer: issuer.clone() },
-        // Validated at start: a cluster without a caller audience needs [assertions].
-        (None, None) => return Err((close_code::MISMATCH, "this relay cannot vouch for callers".to_owned())),
-    };
-    if hello.accepts != ours {
-        let why = mismatch(&hello.cluster, &ours, &hello.accepts);
-        warn!(cluster = %hello.cluster, agent = %hello.instance, reason = %why, "agent refused: trust model mismatch");
-        return Err((close_code::MISMATCH, why));
-    }
-    Ok(Admission {
-        token_digest,
-        caller_audience,
-    })
-}
-
-/// What to tell an agent that checks callers another way than the relay vouches for them.
-fn mismatch(cluster: &str, ours: &Accepts, theirs: &Accepts) -> String {
-    let describe = |a: &Accepts| match a {
-        Accepts::Assertion { issuer } => format!("relay assertions from issuer {issuer:?} ([assertions] issuer)"),
-        Accepts::CallerToken { audiences } => {
-            format!("callers' own tokens for audiences {audiences:?} ([[issuers]] audiences)")
-        }
-    };
-    format!(
-        "cluster {cluster}: this relay sends {}, but the agent accepts {}",
-        describe(ours),
-        describe(theirs)
-    )
-}
-
-/// Logs refused hellos at warn, at most [`REFUSALS_LOGGED_PER_MINUTE`] a minute; the line after a
-/// quiet spell says how many were not logged.
-pub struct RefusalLog {
-    limiter: governor::DefaultDirectRateLimiter,
-    suppressed: AtomicU64,
-}
-
-impl Default for RefusalLog {
-    fn default() -> Self {
-        let per_minute = std::num::NonZeroU32::new(REFUSALS_LOGGED_PER_MINUTE).unwrap_or(std::num::NonZeroU32::MIN);
-        Self {
-            limiter: governor::RateLimiter::direct(governor::Quota::per_minute(per_minute)),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-}
-
-impl RefusalLog {
-    fn refused(&self, cluster: &str, instance: &str, why: &str) {
-        if self.limiter.check().is_ok() {
-            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-            warn!(cluster = %cluster, agent = %instance, reason = why, suppressed, "agent refused");
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
+mod judge;
+pub use judge::RefusalLog;
+use judge::judge;
 mod tcp;
 pub use tcp::tcp_session;
 

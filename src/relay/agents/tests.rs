@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::config::TunnelConfig;
+use crate::proto::Accepts;
 use crate::relay::clusters::ClusterTable;
 use crate::tls::RelayTrust;
 use crate::tunnel::DialError;

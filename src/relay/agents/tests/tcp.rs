@@ -4,6 +4,7 @@
 use tokio::io::DuplexStream;
 
 use super::*;
+use crate::proto::Accepts;
 use crate::proto::Answer;
 use crate::transport::h2::agent_side;
 
