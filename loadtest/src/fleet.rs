@@ -64,6 +64,10 @@ pub struct FleetArgs {
     /// `fleet`: relays restarted in turn, relay-0 first [default: all; smoke: 1].
     #[arg(long)]
     pub fleet_restarts: Option<usize>,
+    /// `fleet`: the relays' `[drain] timeout_secs`: how long a draining relay waits for its agents
+    /// to move before it closes their tunnels [default: the product's, 10].
+    #[arg(long)]
+    pub fleet_drain_timeout: Option<u64>,
 }
 
 /// `fleet`'s settings after defaults.
@@ -83,6 +87,8 @@ pub struct FleetSettings {
     pub agents: usize,
     /// Relays restarted in turn.
     pub restarts: usize,
+    /// The relays' `[drain] timeout_secs`, if not the default.
+    pub drain_timeout_s: Option<u64>,
     /// The issue's target: all re-homed within this many seconds of a SIGTERM.
     pub rehome_target_s: f64,
     /// How the fleet is set up.
@@ -113,10 +119,15 @@ impl FleetSettings {
                 .fleet_restarts
                 .unwrap_or(if smoke { 1 } else { relays })
                 .min(relays),
+            drain_timeout_s: args.fleet_drain_timeout,
             rehome_target_s: REHOME_TARGET_S,
             system: FLEET_SYSTEM,
         };
         anyhow::ensure!(s.relays >= 2, "--fleet-relays: at least 2");
+        anyhow::ensure!(
+            s.drain_timeout_s.is_none_or(|t| (1..=3600).contains(&t)),
+            "--fleet-drain-timeout: 1 to 3600 seconds"
+        );
         anyhow::ensure!(
             s.clusters >= 1 && s.agents >= 1,
             "--fleet-clusters and --fleet-agents: at least 1"
@@ -219,6 +230,9 @@ pub struct RollingRestart {
     pub agents: usize,
     /// Swarm agents per UDP socket of the driver (QUIC).
     pub agents_per_socket: usize,
+    /// The experiment of `--storm-keep-backoff-on-refusal` (not the product's behaviour): a
+    /// refused attempt does not grow the swarm agent's backoff.
+    pub experiment_keep_backoff_on_refusal: bool,
     /// Their transport.
     pub transport: &'static str,
     /// Seconds until all were registered, from the first dial.
@@ -252,15 +266,20 @@ pub struct RestartStep {
     pub swarm_sessions_on_it: usize,
     /// Loaded clusters' sessions on it at SIGTERM.
     pub bench_sessions_on_it: usize,
-    /// Until every swarm agent was registered on another relay (none left on this one).
+    /// Until every swarm agent was registered again and none on this relay's old process: on
+    /// another relay, or on this one started again (an agent that had not moved when the drain
+    /// deadline closed its tunnel).
     pub rehomed_s: Option<f64>,
-    /// Until the process had exited (its drain done).
+    /// Until the process had exited (its drain done, or its deadline passed).
     pub exited_s: Option<f64>,
     /// Until it, started again, answered `/readyz` with 200.
     pub ready_s: Option<f64>,
     /// Until it was ready and the registry held exactly one session per swarm agent and two
     /// relays per loaded cluster again.
     pub settled_s: Option<f64>,
+    /// Agents told to move whose tunnel ended before a replacement was welcomed (the drain's
+    /// deadline closed it): they were offline until they dialled again.
+    pub unmoved: u64,
     /// The fewest swarm clusters registered at any read of the registry during the turn.
     pub fewest_registered: usize,
     /// The fewest loaded clusters registered at any read.
@@ -283,6 +302,7 @@ pub async fn run(settings: &Settings, hawser: &Path, keep: bool) -> Result<Fleet
         relays: f.relays,
         clusters: f.clusters,
         swarm_clusters: f.agents,
+        drain_timeout_s: f.drain_timeout_s,
         transport: settings.transport.as_str(),
         keep,
     };
@@ -361,8 +381,20 @@ async fn measure(settings: &Settings, fleet: &mut Fleet) -> Result<FleetResult> 
     );
     let mut runs = Vec::new();
     for (target, share) in [(&one, shares[base]), (&each, all_share), (&balancer, all_share)] {
+        // The warm-up apart, so that the CPU read below covers the measurement alone.
+        if !warmup.is_zero() {
+            let warm = crate::scenario::small(target, settings.callers, warmup, Duration::ZERO, &meter).await?;
+            if warm.failures.count > 0 {
+                bail!(
+                    "{} requests failed during the warm-up of {}: {:?}",
+                    warm.failures.count,
+                    target.name,
+                    warm.failures.messages
+                );
+            }
+        }
         let before = probe.snapshot();
-        let small = crate::scenario::small(target, settings.callers, duration, warmup, &meter).await?;
+        let small = crate::scenario::small(target, settings.callers, duration, Duration::ZERO, &meter).await?;
         let cpu_s = probe.until(&before);
         let busy: f64 = cpu_s
             .iter()
@@ -498,6 +530,9 @@ async fn rolling_restart(settings: &Settings, fleet: &mut Fleet) -> Result<Rolli
         s.swarm_agent_streams,
     )?;
     swarm.behind_balancer();
+    if s.storm_keep_backoff_on_refusal {
+        swarm.keep_backoff_on_refusal();
+    }
     PROGRESS.begin(
         &format!("fleet: connecting {n} swarm agents through nginx"),
         Kind::Agents,
@@ -555,6 +590,7 @@ async fn rolling_restart(settings: &Settings, fleet: &mut Fleet) -> Result<Rolli
     Ok(RollingRestart {
         agents: n,
         agents_per_socket: per_socket,
+        experiment_keep_backoff_on_refusal: s.storm_keep_backoff_on_refusal,
         transport: settings.transport.as_str(),
         connect_s,
         sessions_per_relay_before,
@@ -603,7 +639,14 @@ async fn restart_one(fleet: &mut Fleet, swarm: &Swarm, i: usize, n: usize) -> Re
         fewest = fewest.min(r.registered(SWARM));
         fewest_bench = fewest_bench.min(r.registered(BENCH));
         PROGRESS.ok.store(r.registered(SWARM) as u64, Ordering::Relaxed);
-        if rehomed.is_none() && r.registered_elsewhere(SWARM, &name) == n && r.on(SWARM, &name) == 0 {
+        // Every agent registered, none of them on the draining process: on another relay, or (an
+        // agent whose tunnel the drain closed before it had moved) on this relay started again.
+        let off_old = if exited.is_some() {
+            r.registered(SWARM)
+        } else {
+            r.registered_elsewhere(SWARM, &name)
+        };
+        if rehomed.is_none() && off_old == n && (exited.is_some() || r.on(SWARM, &name) == 0) {
             rehomed = Some(t);
         }
         let bench_whole = fleet.clusters.iter().all(|c| r.holders(c).len() >= two);
@@ -624,6 +667,7 @@ async fn restart_one(fleet: &mut Fleet, swarm: &Swarm, i: usize, n: usize) -> Re
         tokio::time::sleep(POLL).await;
     };
     PROGRESS.end();
+    let counters = counters0.until(&swarm.counters().snapshot());
     crate::say(&format!(
         "fleet: {name}: re-homed after {:.1}s, exited after {:.1}s, ready after {:.1}s",
         rehomed.unwrap_or(f64::NAN),
@@ -638,10 +682,11 @@ async fn restart_one(fleet: &mut Fleet, swarm: &Swarm, i: usize, n: usize) -> Re
         exited_s: exited,
         ready_s: ready,
         settled_s: settled,
+        unmoved: counters.move_notices.saturating_sub(counters.moved),
         fewest_registered: fewest,
         fewest_bench_registered: fewest_bench,
         reads,
-        counters: counters0.until(&swarm.counters().snapshot()),
+        counters,
         udp_rcvbuf_errors: crate::storm::udp_rcvbuf_errors().saturating_sub(udp0),
     })
 }
@@ -813,10 +858,15 @@ impl FleetResult {
         let r = &self.restart;
         let _ = writeln!(
             out,
-            "\nfleet: rolling restart under {} swarm agents behind nginx ({}; all up after {:.1}s; per relay before: {}); \
+            "\nfleet: rolling restart under {} swarm agents behind nginx ({}{}; all up after {:.1}s; per relay before: {}); \
              seconds from each SIGTERM:",
             r.agents,
             r.transport,
+            if r.experiment_keep_backoff_on_refusal {
+                ", EXPERIMENT: refusals do not grow the backoff"
+            } else {
+                ""
+            },
             r.connect_s,
             r.sessions_per_relay_before
                 .iter()
@@ -844,7 +894,7 @@ impl FleetResult {
         for s in &r.steps {
             let _ = writeln!(
                 out,
-                "{:<9}{:>8}{:>10}{:>8}{:>8}{:>9}{:>9}{:>8}{:>8}{:>10}{:>10}{:>11}",
+                "{:<9}{:>8}{:>10}{:>8}{:>8}{:>9}{:>9}{:>8}{:>8}{:>9}{:>10}{:>10}{:>11}",
                 s.relay,
                 s.swarm_sessions_on_it,
                 secs(s.rehomed_s),
@@ -854,6 +904,7 @@ impl FleetResult {
                 s.fewest_registered,
                 s.counters.moved,
                 s.counters.move_notices,
+                s.unmoved,
                 s.counters.attempts,
                 s.counters.failures.values().sum::<u64>(),
                 s.udp_rcvbuf_errors

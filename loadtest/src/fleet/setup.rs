@@ -39,6 +39,8 @@ pub struct Options {
     pub clusters: usize,
     /// Swarm clusters configured (`swarm-00000`, ...).
     pub swarm_clusters: usize,
+    /// The relays' `[drain] timeout_secs`, if not the default.
+    pub drain_timeout_s: Option<u64>,
     /// The agents' `relay.transport`.
     pub transport: &'static str,
     /// Keep the working directory.
@@ -171,7 +173,11 @@ impl Fleet {
             let peer = free_udp_port()?;
             let name = format!("relay-{i}");
             let config = dir.join(format!("{name}.toml"));
-            fs::write(&config, relay_config(&name, front, peer, etcd_port, &cluster_entries))?;
+            let mut text = relay_config(&name, front, peer, etcd_port, &cluster_entries);
+            if let Some(secs) = options.drain_timeout_s {
+                text.push_str(&format!("\n[drain]\ntimeout_secs = {secs}\n"));
+            }
+            fs::write(&config, text)?;
             relays.push(Relay {
                 name,
                 front: ([127, 0, 0, 1], front).into(),
