@@ -106,10 +106,10 @@ impl FleetSettings {
     pub fn from(args: &FleetArgs, smoke: bool) -> Result<Self> {
         let relays = args.fleet_relays.unwrap_or(3);
         let s = Self {
-            etcd: args
-                .etcd
-                .clone()
-                .unwrap_or_else(|| crate::package_dir().join("../target/testbed/bin/etcd")),
+            etcd: args.etcd.clone().unwrap_or_else(|| {
+                let package = crate::package_dir();
+                package.parent().unwrap_or(package).join("target/testbed/bin/etcd")
+            }),
             nginx: args.nginx.clone().unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx")),
             relays,
             clusters: args.fleet_clusters.unwrap_or(3),
