@@ -26,7 +26,8 @@ pub struct Target {
     /// its next use, as kubectl's transport does.
     senders: Vec<tokio::sync::Mutex<SendRequest<Empty<Bytes>>>>,
     connector: TlsConnector,
-    addr: SocketAddr,
+    /// Connection `i` goes to `addrs[i % len]`.
+    addrs: Vec<SocketAddr>,
     next: AtomicUsize,
     /// URL prefixes, one per cluster (`https://ADDR` for direct).
     bases: Vec<String>,
@@ -54,9 +55,24 @@ impl Target {
         token: Option<&str>,
         timeout: Duration,
     ) -> Result<Arc<Self>> {
+        Self::connect_spread(name, &[addr], ca, connections, bases, token, timeout).await
+    }
+
+    /// Like [`Target::connect`], with the connections spread over `addrs` in turn.
+    pub async fn connect_spread(
+        name: &'static str,
+        addrs: &[SocketAddr],
+        ca: &Path,
+        connections: usize,
+        bases: Vec<String>,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Arc<Self>> {
+        anyhow::ensure!(!addrs.is_empty(), "a target needs an address");
         let connector = TlsConnector::from(Arc::new(crate::tls::client_config(ca)?));
         let mut senders = Vec::with_capacity(connections);
-        for _ in 0..connections.max(1) {
+        for i in 0..connections.max(1) {
+            let addr = addrs[i % addrs.len()];
             senders.push(tokio::sync::Mutex::new(
                 open(&connector, addr)
                     .await
@@ -71,7 +87,7 @@ impl Target {
             name,
             senders,
             connector,
-            addr,
+            addrs: addrs.to_vec(),
             next: AtomicUsize::new(0),
             bases,
             authorization,
@@ -94,13 +110,15 @@ impl Target {
 
     /// GETs `uri` on the next connection and reads the whole body.
     pub async fn get(&self, uri: Uri) -> Result<Answer> {
-        let slot = &self.senders[self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len()];
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
+        let slot = &self.senders[i];
         let mut sender = {
             let mut held = slot.lock().await;
             if held.is_closed() {
-                *held = open(&self.connector, self.addr)
+                let addr = self.addrs[i % self.addrs.len()];
+                *held = open(&self.connector, addr)
                     .await
-                    .with_context(|| format!("reconnecting to {}", self.addr))?;
+                    .with_context(|| format!("reconnecting to {addr}"))?;
             }
             held.clone()
         };

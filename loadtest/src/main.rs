@@ -7,6 +7,7 @@
 mod backend;
 mod ceiling;
 mod client;
+mod fleet;
 mod peers;
 mod progress;
 mod report;
@@ -113,6 +114,8 @@ struct Cli {
     scale: scale::ScaleArgs,
     #[command(flatten)]
     peers: peers::PeerArgs,
+    #[command(flatten)]
+    fleet: fleet::FleetArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +148,9 @@ pub enum Scenario {
     Watch,
     /// Relay restart under many tunnels: time until all are back.
     Storm,
+    /// Three relays behind nginx: requests/s against one relay and the fleet, the cost of a
+    /// cross-relay hop, a rolling restart under many agents.
+    Fleet,
 }
 
 /// How the agents reach the relay (the agent's `relay.transport`).
@@ -242,6 +248,8 @@ pub struct Settings {
     pub scale: scale::ScaleSettings,
     /// Peers and the bare-quinn ceiling.
     pub peers: peers::PeerSettings,
+    /// `fleet`.
+    pub fleet: fleet::FleetSettings,
 }
 
 impl Settings {
@@ -258,6 +266,7 @@ impl Settings {
                     Scenario::Swarm,
                     Scenario::Watch,
                     Scenario::Storm,
+                    Scenario::Fleet,
                 ]
             } else {
                 vec![Scenario::Small, Scenario::Rate, Scenario::Bulk]
@@ -269,6 +278,7 @@ impl Settings {
             Scenario::Swarm => 0,
             Scenario::Watch => 4,
             Scenario::Storm => 5,
+            Scenario::Fleet => 6,
             Scenario::Small => 1,
             Scenario::Rate => 2,
             Scenario::Bulk => 3,
@@ -298,6 +308,7 @@ impl Settings {
             client_h2_windows: (4 << 20, 1 << 30),
             scale: scale::ScaleSettings::from(&cli.scale, smoke)?,
             peers: peers::PeerSettings::from(&cli.peers, smoke)?,
+            fleet: fleet::FleetSettings::from(&cli.fleet, smoke)?,
             scenarios,
         };
         if settings.clusters == 0 || settings.agents_per_cluster == 0 {
@@ -422,30 +433,36 @@ async fn run(cli: &Cli) -> Result<u64> {
         }
     });
 
-    let options = system::Options {
-        hawser,
-        clusters: settings.clusters,
-        agents_per_cluster: settings.agents_per_cluster,
-        idle_agents: if settings.runs(Scenario::Idle) {
-            settings.idle_agents
-        } else {
-            0
-        },
-        swarm_clusters: settings.scale.swarm_clusters(&settings),
-        keep: cli.keep,
-        transport: settings.transport.as_str(),
-    };
-    let mut sys = system::System::start(&options).await?;
-    let measured = measure(&settings, &mut sys, &mut report).await;
-    ticker.abort();
-    if measured.is_err() || cli.keep {
-        sys.keep_dir();
-        say(&format!(
-            "kept the working directory (configs, logs): {}",
-            sys.dir.display()
-        ));
+    // Everything but `fleet` runs on one relay; `fleet` sets up a fleet of its own after it.
+    if settings.scenarios.iter().any(|s| *s != Scenario::Fleet) {
+        let options = system::Options {
+            hawser: hawser.clone(),
+            clusters: settings.clusters,
+            agents_per_cluster: settings.agents_per_cluster,
+            idle_agents: if settings.runs(Scenario::Idle) {
+                settings.idle_agents
+            } else {
+                0
+            },
+            swarm_clusters: settings.scale.swarm_clusters(&settings),
+            keep: cli.keep,
+            transport: settings.transport.as_str(),
+        };
+        let mut sys = system::System::start(&options).await?;
+        let measured = measure(&settings, &mut sys, &mut report).await;
+        if measured.is_err() || cli.keep {
+            sys.keep_dir();
+            say(&format!(
+                "kept the working directory (configs, logs): {}",
+                sys.dir.display()
+            ));
+        }
+        measured?;
     }
-    measured?;
+    if settings.runs(Scenario::Fleet) {
+        report.fleet = Some(fleet::run(&settings, &hawser, cli.keep).await?);
+    }
+    ticker.abort();
 
     report.finish();
     println!("{}", report.table());

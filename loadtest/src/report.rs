@@ -43,6 +43,8 @@ pub struct Report {
     pub scale: crate::scale::ScaleResults,
     /// Peers and the bare-quinn ceiling.
     pub peers: crate::peers::PeerResults,
+    /// `fleet`.
+    pub fleet: Option<crate::fleet::FleetResult>,
     /// Failed requests over every measurement.
     pub failed_requests: u64,
 }
@@ -217,6 +219,7 @@ impl Report {
             idle: None,
             scale: Default::default(),
             peers: Default::default(),
+            fleet: None,
             failed_requests: 0,
         })
     }
@@ -235,6 +238,7 @@ impl Report {
         for b in &self.bulk {
             failed += b.direct.failures.count + b.hawser.failures.count;
         }
+        failed += self.fleet.as_ref().map_or(0, |f| f.failures());
         self.failed_requests = failed + self.scale.failures() + self.peers.failures();
     }
 
@@ -314,6 +318,9 @@ impl Report {
         }
         out.push_str(&self.peers.table(self));
         out.push_str(&self.scale.table());
+        if let Some(f) = &self.fleet {
+            out.push_str(&f.table());
+        }
         let failures: Vec<String> = self.failure_messages();
         if !failures.is_empty() {
             let _ = writeln!(out, "\nfailures:");
@@ -348,6 +355,14 @@ impl Report {
                 format!("bulk x{} hawser", b.hawser.streams),
                 &b.hawser.failures.messages,
             );
+        }
+        if let Some(f) = &self.fleet {
+            let t = &f.throughput;
+            for r in [&t.one_relay, &t.each_relay, &t.balancer] {
+                add(format!("fleet small {}", r.target), &r.small.failures.messages);
+            }
+            add("fleet hop local".into(), &f.hop.local.failures.messages);
+            add("fleet hop forwarded".into(), &f.hop.forwarded.failures.messages);
         }
         out
     }

@@ -53,8 +53,8 @@ pub struct ScaleArgs {
     /// `watch`: also run the watches straight at the backend, as a baseline [default: on].
     #[arg(long)]
     pub watch_no_direct: bool,
-    /// `storm`, an experiment and not the product's behaviour: a refused attempt does not grow the
-    /// swarm agent's backoff (it redials within its current ceiling).
+    /// `storm` and `fleet`, an experiment and not the product's behaviour: a refused attempt does
+    /// not grow the swarm agent's backoff (it redials within its current ceiling).
     #[arg(long)]
     pub storm_keep_backoff_on_refusal: bool,
 }

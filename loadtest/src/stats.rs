@@ -119,7 +119,7 @@ impl CpuSnapshot {
 }
 
 /// utime + stime of `/proc/PID/stat`, in clock ticks (0 if unreadable).
-fn ticks(pid: &str) -> u64 {
+pub(crate) fn ticks(pid: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(0, |stat| parse_ticks(&stat))
 }
 

@@ -27,6 +27,15 @@
 //!   product's agent does; no endpoint is shared then.
 //! - the backoff is the product's own (`hawser::agent::backoff::Backoff`), with its
 //!   defaults ([`ReconnectConfig::default`]).
+//! - behind a balancer ([`Swarm::behind_balancer`], the `fleet` scenario) each swarm agent moves
+//!   when its relay says so, as the product's agent does: it dials again, its hello naming the
+//!   relay it leaves, and once welcomed elsewhere retires the old tunnel (QUIC: the retire notice,
+//!   then it closes the connection; TCP: it closes the connection, as it carries no exchange).
+//!   Every attempt after an agent's first then goes out through a socket of the swarm picked at
+//!   random, since the product's agent dials from a fresh socket each time and a UDP balancer
+//!   that hashes the source address would otherwise send it to the same relay for ever. Without
+//!   it (`swarm`, `storm`) the notices are read and ignored: a swarm agent then redials only once
+//!   its tunnel is closed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -57,6 +66,10 @@ pub struct Counters {
     pub welcomed: AtomicU64,
     /// Tunnels up now (welcomed and not yet closed).
     pub up: AtomicU64,
+    /// Move notices the agents were given.
+    pub move_notices: AtomicU64,
+    /// Tunnels replaced elsewhere after a move notice, before the old one ended.
+    pub moved: AtomicU64,
     /// Attempts that ended before a welcome, by reason.
     failures: Mutex<BTreeMap<String, u64>>,
 }
@@ -70,6 +83,10 @@ pub struct CountersSnapshot {
     pub welcomed: u64,
     /// Tunnels up.
     pub up: u64,
+    /// Move notices the agents were given.
+    pub move_notices: u64,
+    /// Tunnels replaced elsewhere after a move notice, before the old one ended.
+    pub moved: u64,
     /// Failed attempts by reason (the error as quinn or the relay gave it).
     pub failures: BTreeMap<String, u64>,
 }
@@ -91,6 +108,8 @@ impl Counters {
             attempts: self.attempts.load(Ordering::Relaxed),
             welcomed: self.welcomed.load(Ordering::Relaxed),
             up: self.up.load(Ordering::Relaxed),
+            move_notices: self.move_notices.load(Ordering::Relaxed),
+            moved: self.moved.load(Ordering::Relaxed),
             failures: self.failures.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
@@ -110,6 +129,8 @@ impl CountersSnapshot {
             attempts: later.attempts.saturating_sub(self.attempts),
             welcomed: later.welcomed.saturating_sub(self.welcomed),
             up: later.up,
+            move_notices: later.move_notices.saturating_sub(self.move_notices),
+            moved: later.moved.saturating_sub(self.moved),
             failures,
         }
     }
@@ -126,6 +147,24 @@ struct Shared {
     counters: Arc<Counters>,
     /// An experiment, not the product: a refused attempt does not grow the backoff.
     keep_backoff_on_refusal: std::sync::atomic::AtomicBool,
+    /// Behind a balancer: move when told, and dial each later attempt from a random socket.
+    behind_balancer: std::sync::atomic::AtomicBool,
+    /// Every UDP socket of the swarm (QUIC).
+    endpoints: Mutex<Vec<quinn::Endpoint>>,
+}
+
+impl Shared {
+    /// The socket for an attempt: the agent's own first, then (behind a balancer) any.
+    fn endpoint(&self, own: &Option<quinn::Endpoint>, first: bool) -> Option<quinn::Endpoint> {
+        if first || !self.behind_balancer.load(Ordering::Relaxed) {
+            return own.clone();
+        }
+        let endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        if endpoints.is_empty() {
+            return own.clone();
+        }
+        Some(endpoints[rand::rng().random_range(0..endpoints.len())].clone())
+    }
 }
 
 /// The swarm: agents `0..len()` running, each in a task of its own.
@@ -133,7 +172,6 @@ pub struct Swarm {
     shared: Arc<Shared>,
     trust: hawser::tls::RelayTrust,
     tunnel: TunnelConfig,
-    endpoints: Vec<quinn::Endpoint>,
     per_endpoint: usize,
     agents: Vec<JoinHandle<()>>,
 }
@@ -167,10 +205,11 @@ impl Swarm {
                 reconnect: ReconnectConfig::default(),
                 counters: Arc::default(),
                 keep_backoff_on_refusal: Default::default(),
+                behind_balancer: Default::default(),
+                endpoints: Mutex::default(),
             }),
             tunnel,
             trust,
-            endpoints: Vec::new(),
             per_endpoint: per_endpoint.max(1),
             agents: Vec::new(),
         })
@@ -179,6 +218,12 @@ impl Swarm {
     /// The experiment: from now on a refused attempt does not grow an agent's backoff.
     pub fn keep_backoff_on_refusal(&self) {
         self.shared.keep_backoff_on_refusal.store(true, Ordering::Relaxed);
+    }
+
+    /// Behind a balancer: from now on agents move when told, and each attempt after an agent's
+    /// first dials from a random socket of the swarm (see the module's notes).
+    pub fn behind_balancer(&self) {
+        self.shared.behind_balancer.store(true, Ordering::Relaxed);
     }
 
     /// The counters.
@@ -193,7 +238,7 @@ impl Swarm {
 
     /// UDP sockets in use.
     pub fn endpoints(&self) -> usize {
-        self.endpoints.len()
+        self.shared.endpoints.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Starts agents until `n` run (each dials at once, as a starting agent does).
@@ -201,11 +246,14 @@ impl Swarm {
         while self.agents.len() < n {
             let i = self.agents.len();
             let e = i / self.per_endpoint;
-            if self.shared.tcp.is_none() && e == self.endpoints.len() {
+            let mut endpoints = self.shared.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+            if self.shared.tcp.is_none() && e == endpoints.len() {
                 let endpoint = hawser::tunnel::agent_endpoint(&self.trust, &self.tunnel, self.shared.relay)
                     .context("creating a QUIC endpoint")?;
-                self.endpoints.push(endpoint);
+                endpoints.push(endpoint);
             }
+            let endpoint = endpoints.get(e).cloned();
+            drop(endpoints);
             let hello = Hello {
                 link: 0,
                 held: Vec::new(),
@@ -216,7 +264,6 @@ impl Swarm {
                     issuer: crate::system::ASSERTION_ISSUER.to_owned(),
                 },
             };
-            let endpoint = self.endpoints.get(e).cloned();
             let task = tokio::spawn(agent(endpoint, hello, self.shared.clone()));
             self.agents.push(task);
         }
@@ -236,7 +283,7 @@ impl Swarm {
 impl Drop for Swarm {
     fn drop(&mut self) {
         self.shrink_to(0);
-        for e in &self.endpoints {
+        for e in self.shared.endpoints.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             e.close(0u32.into(), b"loadtest done");
         }
     }
@@ -248,32 +295,64 @@ async fn agent(endpoint: Option<quinn::Endpoint>, hello: Hello, shared: Arc<Shar
     // The ceiling the last wait was drawn from: the experiment's refusals draw from it again.
     let mut last_ceiling = backoff.ceiling();
     let counters = &shared.counters;
+    // The tunnel being left after a move notice, kept until a replacement is welcomed.
+    let mut leaving: Option<Leaving> = None;
+    let mut first = true;
     loop {
         let started = Instant::now();
         counters.attempts.fetch_add(1, Ordering::Relaxed);
-        let attempt = match (&shared.tcp, &endpoint) {
-            (Some((addr, tls)), _) => tcp_session(*addr, tls, &hello, &shared.tunnel).await.map(Up::Tcp),
-            (None, Some(endpoint)) => session(endpoint, shared.relay, &hello).await.map(Up::Quic),
-            (None, None) => Err("no endpoint".to_owned()),
+        let mut hello = hello.clone();
+        hello.held = leaving.iter().map(|l| l.from.clone()).collect();
+        let endpoint = shared.endpoint(&endpoint, first);
+        first = false;
+        let dial = async {
+            match (&shared.tcp, &endpoint) {
+                (Some((addr, tls)), _) => tcp_session(*addr, tls, &hello, &shared.tunnel)
+                    .await
+                    .map(|(side, w)| (Up::Tcp(side), w)),
+                (None, Some(endpoint)) => session(endpoint, shared.relay, &hello)
+                    .await
+                    .map(|(c, control, w)| (Up::Quic(c, control), w)),
+                (None, None) => Err("no endpoint".to_owned()),
+            }
+        };
+        let attempt = match &mut leaving {
+            Some(old) => tokio::select! {
+                attempt = dial => Some(attempt),
+                () = old.ended() => None,
+            },
+            None => Some(dial.await),
         };
         match attempt {
-            Ok(Up::Tcp(side)) => {
-                counters.welcomed.fetch_add(1, Ordering::Relaxed);
-                counters.up.fetch_add(1, Ordering::Relaxed);
-                let never = tokio_util::sync::CancellationToken::new;
-                side.serve(|_send, _recv| {}, never(), never(), never()).await;
+            // The tunnel being left ended before a replacement was welcomed: redial as after any end.
+            None => {
+                leaving = None;
                 counters.up.fetch_sub(1, Ordering::Relaxed);
+                counters.fail("move: the old tunnel ended before a replacement was welcomed".into());
             }
-            Ok(Up::Quic((connection, _control))) => {
+            Some(Ok((up, welcome))) => {
                 counters.welcomed.fetch_add(1, Ordering::Relaxed);
-                counters.up.fetch_add(1, Ordering::Relaxed);
-                // Streams the relay opens would be requests; a swarm cluster gets none.
-                while let Ok(stream) = connection.accept_bi().await {
-                    drop(stream);
+                match leaving.take() {
+                    Some(old) => {
+                        old.retire().await;
+                        counters.moved.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {
+                        counters.up.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                counters.up.fetch_sub(1, Ordering::Relaxed);
+                match serve(up, welcome.relay, &shared).await {
+                    // Told to move: dial at once, the old tunnel kept meanwhile.
+                    Some(old) => {
+                        leaving = Some(old);
+                        continue;
+                    }
+                    None => {
+                        counters.up.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
             }
-            Err(reason) => {
+            Some(Err(reason)) => {
                 let refused = reason.contains("refused");
                 counters.fail(reason);
                 if refused && shared.keep_backoff_on_refusal.load(Ordering::Relaxed) {
@@ -285,15 +364,128 @@ async fn agent(endpoint: Option<quinn::Endpoint>, hello: Hello, shared: Arc<Shar
         }
         last_ceiling = backoff.ceiling();
         let wait = backoff.next_wait(started.elapsed(), &mut rand::rng());
-        tokio::time::sleep(wait).await;
+        match &mut leaving {
+            Some(old) => tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = old.ended() => {
+                    leaving = None;
+                    counters.up.fetch_sub(1, Ordering::Relaxed);
+                }
+            },
+            None => tokio::time::sleep(wait).await,
+        }
+    }
+}
+
+/// Holds a welcomed tunnel until it ends (`None`) or, behind a balancer, until the relay asks the
+/// agent to move (the tunnel, to be retired once a replacement is welcomed).
+async fn serve(up: Up, from: String, shared: &Shared) -> Option<Leaving> {
+    let moves = shared.behind_balancer.load(Ordering::Relaxed);
+    let notices = &shared.counters.move_notices;
+    match up {
+        Up::Quic(connection, mut control) => {
+            let moving = {
+                // Streams the relay opens would be requests; a swarm cluster gets none.
+                let accept = async {
+                    while let Ok(stream) = connection.accept_bi().await {
+                        drop(stream);
+                    }
+                };
+                let notice = async {
+                    loop {
+                        match proto::read_frame::<_, proto::Control>(&mut control).await {
+                            Ok(proto::Control::Notice(proto::Notice::Move { .. })) => {
+                                notices.fetch_add(1, Ordering::Relaxed);
+                                if moves {
+                                    return;
+                                }
+                            }
+                            Ok(proto::Control::Closing(_)) => {}
+                            // The connection's end says the rest.
+                            Err(_) => std::future::pending::<()>().await,
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = accept => false,
+                    () = notice => true,
+                }
+            };
+            moving.then(|| Leaving {
+                from,
+                old: Old::Quic(connection, control),
+            })
+        }
+        Up::Tcp(side) => {
+            let never = tokio_util::sync::CancellationToken::new;
+            let moving = tokio_util::sync::CancellationToken::new();
+            let mut serving: Serving = Box::pin(side.serve(|_send, _recv| {}, never(), never(), moving.clone()));
+            tokio::select! {
+                _ = &mut serving => None,
+                () = moving.cancelled() => {
+                    notices.fetch_add(1, Ordering::Relaxed);
+                    if moves {
+                        Some(Leaving { from, old: Old::Tcp(serving) })
+                    } else {
+                        serving.await;
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A TCP tunnel being served.
+type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+
+/// A tunnel the agent was told to leave, kept up until a replacement is welcomed.
+struct Leaving {
+    /// Its relay, named in the replacement's hello.
+    from: String,
+    old: Old,
+}
+
+enum Old {
+    Quic(quinn::Connection, hawser::tunnel::Stream),
+    Tcp(Serving),
+}
+
+impl Leaving {
+    /// Resolves when the old tunnel ends (its relay closed it). Not to be awaited again after.
+    async fn ended(&mut self) {
+        match &mut self.old {
+            Old::Quic(connection, _) => {
+                connection.closed().await;
+            }
+            Old::Tcp(serving) => {
+                serving.as_mut().await;
+            }
+        }
+    }
+
+    /// Retires the old tunnel: over QUIC the retire notice, then the connection is closed (a swarm
+    /// tunnel carries no exchange to wait for); over TCP the connection is closed.
+    async fn retire(self) {
+        match self.old {
+            Old::Quic(connection, mut control) => {
+                let retire = proto::write_frame(&mut control, &proto::AgentNotice::Retire);
+                let _ = tokio::time::timeout(Duration::from_secs(1), retire).await;
+                connection.close(0u32.into(), b"moved");
+            }
+            Old::Tcp(serving) => drop(serving),
+        }
     }
 }
 
 /// A tunnel that was welcomed.
 enum Up {
-    Quic((quinn::Connection, hawser::tunnel::Stream)),
-    Tcp(Box<hawser::transport::h2::AgentSide<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
+    Quic(quinn::Connection, hawser::tunnel::Stream),
+    Tcp(Box<TcpSide>),
 }
+
+/// The agent's side of a TCP tunnel.
+type TcpSide = hawser::transport::h2::AgentSide<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 /// Over TCP: connect, TLS, hello, welcome, HTTP/2: as `hawser::agent`'s TCP dial does.
 async fn tcp_session(
@@ -301,7 +493,7 @@ async fn tcp_session(
     tls: &Arc<rustls::ClientConfig>,
     hello: &Hello,
     tunnel: &TunnelConfig,
-) -> Result<Box<hawser::transport::h2::AgentSide<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>, String> {
+) -> Result<(Box<TcpSide>, Welcome), String> {
     let within = |what: &'static str| move |_| format!("{what}: no answer within 10s");
     let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
         .await
@@ -323,14 +515,17 @@ async fn tcp_session(
     .await
     .map_err(within("hello"))?
     .map_err(|e| format!("hello: {e}"))?;
-    if let proto::Answer::Closing(closing) = answer {
-        return Err(format!("hello: refused ({}): {}", closing.code, closing.reason));
-    }
+    let welcome = match answer {
+        proto::Answer::Closing(closing) => {
+            return Err(format!("hello: refused ({}): {}", closing.code, closing.reason));
+        }
+        proto::Answer::Welcome(welcome) => welcome,
+    };
     let side = tokio::time::timeout(Duration::from_secs(10), hawser::transport::h2::agent_side(io, tunnel))
         .await
         .map_err(within("http/2"))?
         .map_err(|e| format!("http/2: {e}"))?;
-    Ok(Box::new(side))
+    Ok((Box::new(side), welcome))
 }
 
 /// Connect, hello, welcome: as `hawser::agent`'s session does, with its 10 s handshake and hello deadlines.
@@ -338,7 +533,7 @@ async fn session(
     endpoint: &quinn::Endpoint,
     relay: SocketAddr,
     hello: &Hello,
-) -> Result<(quinn::Connection, hawser::tunnel::Stream), String> {
+) -> Result<(quinn::Connection, hawser::tunnel::Stream, Welcome), String> {
     use hawser::tunnel::{DialError, HANDSHAKE_TIMEOUT, dial};
     let connection = dial(endpoint, relay, "localhost", HANDSHAKE_TIMEOUT)
         .await
@@ -352,12 +547,12 @@ async fn session(
         proto::write_frame(&mut control, hello)
             .await
             .map_err(|e| e.to_string())?;
-        let _: Welcome = proto::read_frame(&mut control).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(control)
+        let welcome: Welcome = proto::read_frame(&mut control).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((control, welcome))
     })
     .await;
     match answer {
-        Ok(Ok(control)) => Ok((connection, control)),
+        Ok(Ok((control, welcome))) => Ok((connection, control, welcome)),
         Ok(Err(e)) => Err(format!(
             "hello: {}",
             connection.close_reason().map_or(e, |r| r.to_string())

@@ -21,10 +21,10 @@ use tokio::sync::watch;
 use crate::client::Target;
 
 /// `iss` and `aud` of the relay's built-in issuer in this set-up.
-const ISSUER: &str = "https://hawser-loadtest.invalid";
+pub(crate) const ISSUER: &str = "https://hawser-loadtest.invalid";
 /// The `iss` of the relay's assertions, which agents (the swarm's too) name in their hello.
 pub const ASSERTION_ISSUER: &str = "https://hawser-loadtest.invalid/assertions";
-const AUDIENCE: &str = "hawser-loadtest";
+pub(crate) const AUDIENCE: &str = "hawser-loadtest";
 /// The caller's username, the only one the access rule admits.
 pub const SUBJECT: &str = "loadtest";
 
@@ -58,7 +58,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn new(name: String, mut child: Child) -> Result<Self> {
+    pub(crate) fn new(name: String, mut child: Child) -> Result<Self> {
         let pid = child.id().with_context(|| format!("{name} exited at once"))?;
         let stdin = child.stdin.take();
         Ok(Self {
@@ -69,7 +69,7 @@ impl Proc {
         })
     }
 
-    fn ensure_running(&mut self, log: &Path) -> Result<()> {
+    pub(crate) fn ensure_running(&mut self, log: &Path) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("{} exited ({status}); see {}", self.name, log.display());
         }
@@ -484,7 +484,7 @@ pub async fn stop(mut procs: Vec<Proc>, within: Duration) -> Result<()> {
     Ok(())
 }
 
-async fn spawn_backend(dir: &Path) -> Result<(Proc, SocketAddr)> {
+pub(crate) async fn spawn_backend(dir: &Path) -> Result<(Proc, SocketAddr)> {
     let exe = std::env::current_exe().context("finding this driver's binary")?;
     let mut child = Command::new(exe)
         .arg("serve-backend")
@@ -512,6 +512,17 @@ async fn spawn_backend(dir: &Path) -> Result<(Proc, SocketAddr)> {
 }
 
 pub(crate) fn spawn_relay(hawser: &Path, dir: &Path, config: &Path) -> Result<(Proc, watch::Receiver<RelayEvents>)> {
+    spawn_relay_logging(hawser, config, &dir.join("relay.log"), "relay")
+}
+
+/// Starts `hawser relay` with `config`, its JSON log copied to `log` and followed for events;
+/// `name` is what messages call it.
+pub(crate) fn spawn_relay_logging(
+    hawser: &Path,
+    config: &Path,
+    log: &Path,
+    name: &str,
+) -> Result<(Proc, watch::Receiver<RelayEvents>)> {
     let mut child = Command::new(hawser)
         .args(["--log-format", "json", "relay", "--config"])
         .arg(config)
@@ -524,7 +535,7 @@ pub(crate) fn spawn_relay(hawser: &Path, dir: &Path, config: &Path) -> Result<(P
         .with_context(|| format!("starting {}", hawser.display()))?;
     let stderr = child.stderr.take().context("relay stderr")?;
     let (tx, rx) = watch::channel(RelayEvents::default());
-    let mut log = fs::File::create(dir.join("relay.log"))?;
+    let mut log = fs::File::create(log)?;
     // Reads the relay's JSON log: copies it to relay.log and counts the events we wait on.
     tokio::spawn(async move {
         use std::io::Write;
@@ -548,10 +559,10 @@ pub(crate) fn spawn_relay(hawser: &Path, dir: &Path, config: &Path) -> Result<(P
         }
         tx.send_modify(|e| e.exited = true);
     });
-    Ok((Proc::new("relay".into(), child)?, rx))
+    Ok((Proc::new(name.into(), child)?, rx))
 }
 
-fn random_hex(bytes: usize) -> Result<String> {
+pub(crate) fn random_hex(bytes: usize) -> Result<String> {
     use ring::rand::SecureRandom;
     let mut buf = vec![0u8; bytes];
     ring::rand::SystemRandom::new()
@@ -561,7 +572,7 @@ fn random_hex(bytes: usize) -> Result<String> {
 }
 
 /// Hex SHA-256, as the relay's `agent_token_sha256` wants it.
-fn sha256_hex(data: &[u8]) -> String {
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
