@@ -80,6 +80,19 @@ impl SessionError {
                 Self::Dial(tunnel::DialError::Handshake(quinn::ConnectionError::TimedOut))
             )
     }
+
+    /// Whether the relay refused the tunnel only because of where it is (it is draining, or
+    /// another of the agent's tunnels is on it): dialling again through a balancer reaches
+    /// another relay, so it is no failure to back off from.
+    fn elsewhere(&self) -> bool {
+        match self {
+            Self::SameRelay(_) => true,
+            Self::Dial(tunnel::DialError::Handshake(quinn::ConnectionError::ConnectionClosed(close))) => {
+                close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+            }
+            _ => false,
+        }
+    }
 }
 
 /// What every stream handler shares.

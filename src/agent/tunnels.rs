@@ -19,7 +19,8 @@ use crate::config::{AgentConfig, Transport};
 use crate::proto::Notice;
 use crate::tunnel;
 
-/// Redials in a row that may land on a relay already held before the backoff applies again.
+/// Redials in a row that may land on a relay already held, or draining, before the backoff
+/// applies again.
 const QUICK_REDIALS: u32 = 8;
 
 /// Which relay each of the agent's tunnels holds.
@@ -192,10 +193,10 @@ async fn keep(
                 info!(%reason, ?uptime, ?wait, "tunnel closed; reconnecting");
                 wait
             }
-            Err(SessionError::SameRelay(relay)) if same_relay < QUICK_REDIALS => {
+            Err(e) if e.elsewhere() && same_relay < QUICK_REDIALS => {
                 same_relay += 1;
                 let wait = Duration::from_millis(rand::random_range(50..300));
-                debug!(%relay, ?wait, "welcomed by a relay another tunnel holds; dialling again");
+                debug!(error = %e, ?wait, "refused by a relay that is draining or holds another tunnel; dialling again");
                 wait
             }
             Err(e) => {
@@ -428,6 +429,23 @@ async fn read_notice(control: &mut quinn::RecvStream) -> Notice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_draining_relays_refusal_and_a_held_relay_are_redialled_not_backed_off() {
+        let closed = |code| {
+            SessionError::Dial(tunnel::DialError::Handshake(quinn::ConnectionError::ConnectionClosed(
+                quinn::ConnectionClose {
+                    error_code: code,
+                    frame_type: None,
+                    reason: bytes::Bytes::new(),
+                },
+            )))
+        };
+        assert!(closed(quinn::TransportErrorCode::CONNECTION_REFUSED).elsewhere());
+        assert!(SessionError::SameRelay("relay-0".into()).elsewhere());
+        assert!(!closed(quinn::TransportErrorCode::PROTOCOL_VIOLATION).elsewhere());
+        assert!(!SessionError::Hello("refused (2): wrong token".into()).elsewhere());
+    }
 
     #[test]
     fn tunnels_claim_distinct_relays_and_avoid_the_one_they_leave() {
