@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -335,7 +334,8 @@ async fn measure(settings: &Settings, fleet: &mut Fleet) -> Result<FleetResult> 
         async move {
             let target =
                 Target::connect_spread(name, &addrs, &ca, n, bases(addrs[0], &clusters), Some(&token), timeout).await?;
-            wait_answering(&target).await?;
+            // The first forwarded request also dials the peer link.
+            crate::system::wait_answering(&target, || Ok(())).await?;
             Ok::<_, anyhow::Error>(target)
         }
     };
@@ -694,32 +694,6 @@ async fn restart_one(fleet: &mut Fleet, swarm: &Swarm, i: usize, n: usize) -> Re
 /// A deadline that grows with the number of agents.
 fn deadline_for(n: usize) -> Duration {
     Duration::from_secs(60) + Duration::from_millis(20) * n as u32
-}
-
-/// Polls GET /small on every cluster of `target` until each answers 200 (the first forwarded
-/// request also dials the peer link).
-async fn wait_answering(target: &Arc<Target>) -> Result<()> {
-    let within = Duration::from_secs(30);
-    let deadline = Instant::now() + within;
-    for i in 0..target.clusters() {
-        let uri = target.uri(i, "/small")?;
-        loop {
-            let last = match tokio::time::timeout(Duration::from_secs(5), target.get(uri.clone())).await {
-                Ok(Ok(a)) if a.status == http::StatusCode::OK => break,
-                Ok(Ok(a)) => format!("status {}", a.status),
-                Ok(Err(e)) => format!("{e:#}"),
-                Err(_) => "no answer within 5s".to_owned(),
-            };
-            if Instant::now() >= deadline {
-                bail!(
-                    "{uri} ({}) did not answer 200 within {within:?}; last: {last}",
-                    target.name
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    Ok(())
 }
 
 fn ratio(a: f64, b: f64) -> f64 {

@@ -180,39 +180,13 @@ impl System {
         let digest = sha256_hex(agent_token.as_bytes());
         let clusters: Vec<String> = (0..options.clusters).map(|i| format!("bench-{i}")).collect();
         let idle_clusters: Vec<String> = (0..options.idle_agents).map(|i| format!("idle-{i:05}")).collect();
+        let settings = relay_settings();
         let mut relay_toml = format!(
             r#"instance = "relay-loadtest"
 listen = "127.0.0.1:0"
 agent_listen = "127.0.0.1:0"
 
-[tls]
-cert_file = "relay.crt"
-key_file = "relay.key"
-generate_self_signed = true
-self_signed_names = ["localhost", "127.0.0.1"]
-
-[issuer]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-signing_key_file = "issuer.key"
-generate = true
-
-[assertions]
-issuer = "{ASSERTION_ISSUER}"
-signing_key_file = "assertion.key"
-generate = true
-
-[[access]]
-clusters = ["*"]
-users = ["{SUBJECT}"]
-
-[audit]
-output = "none"
-
-[limits]
-max_streams_per_caller = 0
-auth_failures_per_minute = 0
-"#
+{settings}"#
         );
         let swarm_clusters = (0..options.swarm_clusters).map(crate::swarm::cluster);
         for cluster in clusters.iter().chain(&idle_clusters).cloned().chain(swarm_clusters) {
@@ -347,25 +321,8 @@ auth_failures_per_minute = 0
 
     /// Polls GET /small on every cluster of `target` until each answers 200.
     pub async fn wait_answering(&mut self, target: &Target) -> Result<()> {
-        let within = Duration::from_secs(30);
-        let deadline = Instant::now() + within;
-        for i in 0..target.clusters() {
-            let uri = target.uri(i, "/small")?;
-            loop {
-                let last = match tokio::time::timeout(Duration::from_secs(5), target.get(uri.clone())).await {
-                    Ok(Ok(a)) if a.status == http::StatusCode::OK => break,
-                    Ok(Ok(a)) => format!("status {}", a.status),
-                    Ok(Err(e)) => format!("{e:#}"),
-                    Err(_) => "no answer within 5s".to_owned(),
-                };
-                self.relay.ensure_running(&self.dir.join("relay.log"))?;
-                if Instant::now() >= deadline {
-                    bail!("{uri} did not answer 200 within {within:?}; last: {last}");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        Ok(())
+        let (relay, log) = (&mut self.relay, self.dir.join("relay.log"));
+        wait_answering(target, || relay.ensure_running(&log)).await
     }
 
     /// Starts an agent of `cluster` named `instance`.
@@ -482,6 +439,68 @@ pub async fn stop(mut procs: Vec<Proc>, within: Duration) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Polls `GET /small` on every cluster of `target` until each answers 200, within 30 s; `alive`
+/// fails at once if what should answer has died.
+pub async fn wait_answering(target: &Target, mut alive: impl FnMut() -> Result<()>) -> Result<()> {
+    let within = Duration::from_secs(30);
+    let deadline = Instant::now() + within;
+    for i in 0..target.clusters() {
+        let uri = target.uri(i, "/small")?;
+        loop {
+            let last = match tokio::time::timeout(Duration::from_secs(5), target.get(uri.clone())).await {
+                Ok(Ok(a)) if a.status == http::StatusCode::OK => break,
+                Ok(Ok(a)) => format!("status {}", a.status),
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(_) => "no answer within 5s".to_owned(),
+            };
+            alive()?;
+            if Instant::now() >= deadline {
+                bail!(
+                    "{uri} ({}) did not answer 200 within {within:?}; last: {last}",
+                    target.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// What every relay the driver starts shares: its TLS, issuer, assertions, the driver's caller's
+/// access rule, no audit and no throttling.
+pub(crate) fn relay_settings() -> String {
+    format!(
+        r#"[tls]
+cert_file = "relay.crt"
+key_file = "relay.key"
+generate_self_signed = true
+self_signed_names = ["localhost", "127.0.0.1"]
+
+[issuer]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+signing_key_file = "issuer.key"
+generate = true
+
+[assertions]
+issuer = "{ASSERTION_ISSUER}"
+signing_key_file = "assertion.key"
+generate = true
+
+[[access]]
+clusters = ["*"]
+users = ["{SUBJECT}"]
+
+[audit]
+output = "none"
+
+[limits]
+max_streams_per_caller = 0
+auth_failures_per_minute = 0
+"#
+    )
 }
 
 pub(crate) async fn spawn_backend(dir: &Path) -> Result<(Proc, SocketAddr)> {

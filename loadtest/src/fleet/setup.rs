@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Empty};
 use tokio::process::{Child, Command};
 
 use super::registry::{self, PREFIX};
-use crate::system::{self, ASSERTION_ISSUER, AUDIENCE, ISSUER, Proc, SUBJECT};
+use crate::system::{self, ASSERTION_ISSUER, Proc, SUBJECT};
 
 /// The stream module Debian's `libnginx-mod-stream` installs.
 const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
@@ -487,38 +487,12 @@ fn check_prerequisites(options: &Options) -> Result<()> {
 }
 
 fn relay_config(name: &str, front: u16, peer: u16, etcd_port: u16, clusters: &str) -> String {
+    let settings = crate::system::relay_settings();
     format!(
         r#"instance = "{name}"
 listen = "127.0.0.1:{front}"
 
-[tls]
-cert_file = "relay.crt"
-key_file = "relay.key"
-generate_self_signed = true
-self_signed_names = ["localhost", "127.0.0.1"]
-
-[issuer]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-signing_key_file = "issuer.key"
-generate = true
-
-[assertions]
-issuer = "{ASSERTION_ISSUER}"
-signing_key_file = "assertion.key"
-generate = true
-
-[[access]]
-clusters = ["*"]
-users = ["{SUBJECT}"]
-
-[audit]
-output = "none"
-
-[limits]
-max_streams_per_caller = 0
-auth_failures_per_minute = 0
-
+{settings}
 [registry]
 kind = "etcd"
 endpoints = ["http://127.0.0.1:{etcd_port}"]
