@@ -157,6 +157,15 @@ fn holders(fleet: &Fleet, url: &str, token: &str) -> Result<BTreeMap<String, Vec
         .collect())
 }
 
+/// Status and body of `GET /version` of `cluster` through `url` with the `Authorization` value `bearer`.
+fn version(fleet: &Fleet, url: &str, bearer: &str, cluster: &str) -> Result<(u16, String)> {
+    https::get(
+        &format!("{url}/clusters/{cluster}/version"),
+        &fleet.ca_file(),
+        &[("Authorization", bearer)],
+    )
+}
+
 /// Waits until every one of `clusters` has tunnels on two distinct relays.
 fn wait_for_two_relays_each(fleet: &Fleet, url: &str, token: &str, clusters: &[&str]) -> Result<()> {
     wait_for(
@@ -198,11 +207,7 @@ fn behind_nginx_each_cluster_holds_two_relays_and_answers_through_any(tb: &Testb
     let bearer = format!("Bearer {token}");
     for n in 0..200 {
         let cluster = clusters[n % clusters.len()];
-        let (status, body) = https::get(
-            &format!("{url}/clusters/{cluster}/version"),
-            &fleet.ca_file(),
-            &[("Authorization", &bearer)],
-        )?;
+        let (status, body) = version(&fleet, &url, &bearer, cluster)?;
         ensure!(
             status == 200 && body.contains("gitVersion"),
             "request {n} to {cluster}: {status} {body}"
@@ -252,11 +257,7 @@ fn behind_nginx_a_killed_relay_leaves_no_cluster_unanswered_past_5s(tb: &Testbed
     // Every relay has a pooled peer connection to the one about to die.
     for n in 0..12 {
         let cluster = clusters[n % clusters.len()];
-        let (status, body) = https::get(
-            &format!("{url}/clusters/{cluster}/version"),
-            &fleet.ca_file(),
-            &[("Authorization", &bearer)],
-        )?;
+        let (status, body) = version(&fleet, &url, &bearer, cluster)?;
         ensure!(status == 200, "before the kill, {cluster}: {status} {body}");
     }
     fleet.kill_relay(1)?;
@@ -266,11 +267,7 @@ fn behind_nginx_a_killed_relay_leaves_no_cluster_unanswered_past_5s(tb: &Testbed
             &format!("{cluster} to answer through nginx after the kill"),
             Duration::from_secs(5).saturating_sub(killed.elapsed()),
             || {
-                let (status, _) = https::get(
-                    &format!("{url}/clusters/{cluster}/version"),
-                    &fleet.ca_file(),
-                    &[("Authorization", &bearer)],
-                )?;
+                let (status, _) = version(&fleet, &url, &bearer, cluster)?;
                 Ok((status == 200).then_some(()))
             },
         )?;

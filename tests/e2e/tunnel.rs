@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 use crate::routes::Deployment;
 use crate::support::binaries::binaries;
-use crate::support::hawser::{CLUSTER, Extra, Hawser, service_account_kubeconfig};
+use crate::support::hawser::rbac::service_account_kubeconfig;
+use crate::support::hawser::{CLUSTER, Extra, Hawser};
 use crate::support::process::wait_for;
 use crate::support::{Kubectl, PodSpec, Testbed, https, net};
 

@@ -134,7 +134,7 @@ key_file = "relay-{i}-peer.key"
         for i in 0..relays {
             fleet.start_relay(i)?;
         }
-        super::hawser::bind_admin(tb)?;
+        super::hawser::rbac::bind_admin(tb)?;
         Ok(fleet)
     }
 
@@ -326,7 +326,7 @@ fn agent_token(cluster: &str) -> String {
 
 /// The impersonating service account's kubeconfig (shared with the single-relay deployments).
 fn agent_kubeconfig(tb: &Testbed, dir: &Path) -> Result<PathBuf> {
-    super::hawser::agent_kubeconfig(tb, dir)
+    super::hawser::rbac::agent_kubeconfig(tb, dir)
 }
 
 /// A fleet CA and a peer certificate for each relay, naming its instance.
