@@ -64,7 +64,7 @@ pub struct FleetArgs {
     #[arg(long)]
     pub fleet_restarts: Option<usize>,
     /// `fleet`: the relays' `[drain] timeout_secs`: how long a draining relay waits for its agents
-    /// to move before it closes their tunnels [default: the product's, 10].
+    /// to move before it closes their tunnels [default: the product's, 30].
     #[arg(long)]
     pub fleet_drain_timeout: Option<u64>,
 }
@@ -96,7 +96,7 @@ pub struct FleetSettings {
 
 const FLEET_SYSTEM: &str = "etcd (test bed build, --unsafe-no-fsync) as the registry ([registry] kind = \"etcd\", defaults: \
     lease_ttl_secs 10); relays as in `small` plus [peers] (QUIC, mutual TLS, fleet CA made with rcgen), one issuer, \
-    assertion key and serving certificate for all, [drain] defaults (grace 0 s, timeout 10 s); nginx 2 workers, stream \
+    assertion key and serving certificate for all, [drain] defaults (grace 0 s, timeout 30 s); nginx 2 workers, stream \
     module: TCP round robin, UDP hash $remote_addr$remote_port consistent, max_fails=0; loaded clusters' agents dial \
     nginx (two tunnels each, on distinct relays); the hop cluster's agent dials relay-0 with [relay] connections = 1";
 
@@ -229,9 +229,9 @@ pub struct RollingRestart {
     pub agents: usize,
     /// Swarm agents per UDP socket of the driver (QUIC).
     pub agents_per_socket: usize,
-    /// The experiment of `--storm-keep-backoff-on-refusal` (not the product's behaviour): a
-    /// refused attempt does not grow the swarm agent's backoff.
-    pub experiment_keep_backoff_on_refusal: bool,
+    /// `--storm-grow-backoff-on-refusal`: the swarm agents modelled the agents before the quick
+    /// redial (every refused attempt grew the backoff), not the product's of today.
+    pub old_agents_grow_backoff_on_refusal: bool,
     /// Their transport.
     pub transport: &'static str,
     /// Seconds until all were registered, from the first dial.
@@ -530,8 +530,8 @@ async fn rolling_restart(settings: &Settings, fleet: &mut Fleet) -> Result<Rolli
         s.swarm_agent_streams,
     )?;
     swarm.behind_balancer();
-    if s.storm_keep_backoff_on_refusal {
-        swarm.keep_backoff_on_refusal();
+    if s.storm_grow_backoff_on_refusal {
+        swarm.grow_backoff_on_refusal();
     }
     PROGRESS.begin(
         &format!("fleet: connecting {n} swarm agents through nginx"),
@@ -590,7 +590,7 @@ async fn rolling_restart(settings: &Settings, fleet: &mut Fleet) -> Result<Rolli
     Ok(RollingRestart {
         agents: n,
         agents_per_socket: per_socket,
-        experiment_keep_backoff_on_refusal: s.storm_keep_backoff_on_refusal,
+        old_agents_grow_backoff_on_refusal: s.storm_grow_backoff_on_refusal,
         transport: settings.transport.as_str(),
         connect_s,
         sessions_per_relay_before,
@@ -836,8 +836,8 @@ impl FleetResult {
              seconds from each SIGTERM:",
             r.agents,
             r.transport,
-            if r.experiment_keep_backoff_on_refusal {
-                ", EXPERIMENT: refusals do not grow the backoff"
+            if r.old_agents_grow_backoff_on_refusal {
+                ", OLD AGENTS: refusals grow the backoff"
             } else {
                 ""
             },

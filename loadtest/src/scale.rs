@@ -53,10 +53,10 @@ pub struct ScaleArgs {
     /// `watch`: also run the watches straight at the backend, as a baseline [default: on].
     #[arg(long)]
     pub watch_no_direct: bool,
-    /// `storm` and `fleet`, an experiment and not the product's behaviour: a refused attempt does
-    /// not grow the swarm agent's backoff (it redials within its current ceiling).
+    /// `storm` and `fleet`: model the agents before the quick redial (every refused attempt grows
+    /// the swarm agent's backoff), not the product's agent of today.
     #[arg(long)]
-    pub storm_keep_backoff_on_refusal: bool,
+    pub storm_grow_backoff_on_refusal: bool,
 }
 
 /// The scale scenarios' settings after defaults.
@@ -70,8 +70,8 @@ pub struct ScaleSettings {
     pub swarm_per_socket: usize,
     /// Swarm tunnels opened per batch (0: all at once).
     pub swarm_ramp: usize,
-    /// `storm` experiment: refusals do not grow the swarm agents' backoff (not the product).
-    pub storm_keep_backoff_on_refusal: bool,
+    /// Swarm agents as before the quick redial: refusals grow their backoff (not the product).
+    pub storm_grow_backoff_on_refusal: bool,
     /// Seconds each swarm size is held after settling.
     pub swarm_hold_s: f64,
     /// Relay-opened streams each swarm tunnel accepts.
@@ -124,7 +124,7 @@ impl ScaleSettings {
             storm_tunnels: sizes(&args.storm_tunnels),
             swarm_per_socket: args.swarm_per_socket.unwrap_or(50),
             swarm_ramp: args.swarm_ramp.unwrap_or(100),
-            storm_keep_backoff_on_refusal: args.storm_keep_backoff_on_refusal,
+            storm_grow_backoff_on_refusal: args.storm_grow_backoff_on_refusal,
             swarm_hold_s: args.swarm_hold.unwrap_or(if smoke { 0.0 } else { 30.0 }),
             swarm_agent_streams: args.swarm_agent_streams.unwrap_or(100),
             swarm_reconnect: format!("{:?}", hawser::config::ReconnectConfig::default()),

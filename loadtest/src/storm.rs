@@ -280,8 +280,8 @@ pub async fn storm(sys: &mut System, s: &ScaleSettings) -> Result<Vec<StormResul
         // as for agents whose tunnels had been up longer than `stable_after_secs`.
         PROGRESS.begin(&format!("storm: connecting {n} tunnels"), Kind::Agents, Duration::ZERO);
         let mut swarm = swarm(sys, s)?;
-        if s.storm_keep_backoff_on_refusal {
-            swarm.keep_backoff_on_refusal();
+        if s.storm_grow_backoff_on_refusal {
+            swarm.grow_backoff_on_refusal();
         }
         ramp_to(sys, &mut swarm, n, s.swarm_ramp).await?;
         PROGRESS.end();

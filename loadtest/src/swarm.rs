@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use hawser::agent::backoff::Backoff;
+use hawser::agent::backoff::{Backoff, QUICK_REDIALS, quick_redial_wait};
 use hawser::config::{ReconnectConfig, TunnelConfig};
 use hawser::proto::{self, Hello, Welcome};
 use rand::Rng;
@@ -145,8 +145,8 @@ struct Shared {
     token: String,
     reconnect: ReconnectConfig,
     counters: Arc<Counters>,
-    /// An experiment, not the product: a refused attempt does not grow the backoff.
-    keep_backoff_on_refusal: std::sync::atomic::AtomicBool,
+    /// As the agents before the quick redial, not the product: a refused attempt grows the backoff.
+    grow_backoff_on_refusal: std::sync::atomic::AtomicBool,
     /// Behind a balancer: move when told, and dial each later attempt from a random socket.
     behind_balancer: std::sync::atomic::AtomicBool,
     /// Every UDP socket of the swarm (QUIC).
@@ -204,7 +204,7 @@ impl Swarm {
                 token,
                 reconnect: ReconnectConfig::default(),
                 counters: Arc::default(),
-                keep_backoff_on_refusal: Default::default(),
+                grow_backoff_on_refusal: Default::default(),
                 behind_balancer: Default::default(),
                 endpoints: Mutex::default(),
             }),
@@ -215,9 +215,9 @@ impl Swarm {
         })
     }
 
-    /// The experiment: from now on a refused attempt does not grow an agent's backoff.
-    pub fn keep_backoff_on_refusal(&self) {
-        self.shared.keep_backoff_on_refusal.store(true, Ordering::Relaxed);
+    /// As the agents before the quick redial: from now on a refused attempt grows the backoff.
+    pub fn grow_backoff_on_refusal(&self) {
+        self.shared.grow_backoff_on_refusal.store(true, Ordering::Relaxed);
     }
 
     /// Behind a balancer: from now on agents move when told, and each attempt after an agent's
@@ -292,8 +292,8 @@ impl Drop for Swarm {
 /// One swarm agent: the loop of `hawser::agent::run`, without serving.
 async fn agent(endpoint: Option<quinn::Endpoint>, hello: Hello, shared: Arc<Shared>) {
     let mut backoff = Backoff::new(shared.reconnect.clone());
-    // The ceiling the last wait was drawn from: the experiment's refusals draw from it again.
-    let mut last_ceiling = backoff.ceiling();
+    // Refused attempts in a row: as `hawser::agent`'s tunnels, up to 8 redial at once.
+    let mut refused_in_a_row = 0;
     let counters = &shared.counters;
     // The tunnel being left after a move notice, kept until a replacement is welcomed.
     let mut leaving: Option<Leaving> = None;
@@ -316,21 +316,25 @@ async fn agent(endpoint: Option<quinn::Endpoint>, hello: Hello, shared: Arc<Shar
                 (None, None) => Err("no endpoint".to_owned()),
             }
         };
-        let attempt = match &mut leaving {
-            Some(old) => tokio::select! {
-                attempt = dial => Some(attempt),
-                () = old.ended() => None,
-            },
-            None => Some(dial.await),
-        };
-        match attempt {
-            // The tunnel being left ended before a replacement was welcomed: redial as after any end.
-            None => {
-                leaving = None;
-                counters.up.fetch_sub(1, Ordering::Relaxed);
-                counters.fail("move: the old tunnel ended before a replacement was welcomed".into());
+        // As the product's agent, a replacement dial goes on when the old tunnel ends meanwhile
+        // (the drain's deadline closed it): only nothing is left to retire.
+        let (attempt, old_ended) = match &mut leaving {
+            Some(old) => {
+                tokio::pin!(dial);
+                tokio::select! {
+                    attempt = &mut dial => (attempt, false),
+                    () = old.ended() => (dial.await, true),
+                }
             }
-            Some(Ok((up, welcome))) => {
+            None => (dial.await, false),
+        };
+        if old_ended {
+            leaving = None;
+            counters.up.fetch_sub(1, Ordering::Relaxed);
+            counters.fail("move: the old tunnel ended before a replacement was welcomed".into());
+        }
+        match attempt {
+            Ok((up, welcome)) => {
                 counters.welcomed.fetch_add(1, Ordering::Relaxed);
                 match leaving.take() {
                     Some(old) => {
@@ -352,17 +356,21 @@ async fn agent(endpoint: Option<quinn::Endpoint>, hello: Hello, shared: Arc<Shar
                     }
                 }
             }
-            Some(Err(reason)) => {
+            Err(reason) => {
                 let refused = reason.contains("refused");
                 counters.fail(reason);
-                if refused && shared.keep_backoff_on_refusal.load(Ordering::Relaxed) {
-                    let wait = Duration::from_millis(rand::rng().random_range(0..=last_ceiling.as_millis() as u64));
+                if refused
+                    && refused_in_a_row < QUICK_REDIALS
+                    && !shared.grow_backoff_on_refusal.load(Ordering::Relaxed)
+                {
+                    refused_in_a_row += 1;
+                    let wait = quick_redial_wait(&mut rand::rng());
                     tokio::time::sleep(wait).await;
                     continue;
                 }
             }
         }
-        last_ceiling = backoff.ceiling();
+        refused_in_a_row = 0;
         let wait = backoff.next_wait(started.elapsed(), &mut rand::rng());
         match &mut leaving {
             Some(old) => tokio::select! {

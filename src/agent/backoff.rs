@@ -8,6 +8,15 @@ use rand::Rng;
 
 use crate::config::ReconnectConfig;
 
+/// Redials in a row that may land on a relay already held, or draining, before the backoff
+/// applies again.
+pub const QUICK_REDIALS: u32 = 8;
+
+/// The wait before a quick redial: short, jittered so refused agents do not return in lockstep.
+pub fn quick_redial_wait(rng: &mut impl Rng) -> Duration {
+    Duration::from_millis(rng.random_range(50..300))
+}
+
 /// Backoff state across reconnect attempts.
 #[derive(Debug)]
 pub struct Backoff {

@@ -14,14 +14,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::backoff::{Backoff, QUICK_REDIALS, quick_redial_wait};
 use super::{AgentState, SessionError, link, serve};
 use crate::config::{AgentConfig, Transport};
 use crate::proto::Notice;
 use crate::tunnel;
-
-/// Redials in a row that may land on a relay already held, or draining, before the backoff
-/// applies again.
-const QUICK_REDIALS: u32 = 8;
 
 /// Which relay each of the agent's tunnels holds.
 #[derive(Default)]
@@ -153,7 +150,7 @@ async fn keep(
     slots: &Slots,
     fleet: &tokio::sync::watch::Sender<bool>,
 ) {
-    let mut backoff = super::backoff::Backoff::new(config.reconnect.clone());
+    let mut backoff = Backoff::new(config.reconnect.clone());
     let mut auto = Auto::default();
     let mut moving: Option<Leaving> = None;
     let mut same_relay = 0;
@@ -195,7 +192,7 @@ async fn keep(
             }
             Err(e) if e.elsewhere() && same_relay < QUICK_REDIALS => {
                 same_relay += 1;
-                let wait = Duration::from_millis(rand::random_range(50..300));
+                let wait = quick_redial_wait(&mut rand::rng());
                 debug!(error = %e, ?wait, "refused by a relay that is draining or holds another tunnel; dialling again");
                 wait
             }

@@ -2,7 +2,7 @@
 //! connected to it and the relays holding them; a caller no admin rule names gets a 403.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -10,8 +10,7 @@ use hawser::overview::Overview;
 
 use crate::support::Testbed;
 use crate::support::fleet::Fleet;
-use crate::support::hawser::hawser_bin;
-use crate::support::process::{run_with_deadline, wait_for};
+use crate::support::process::wait_for;
 
 /// A `hawser clusters` test.
 pub type Test = fn(&Testbed) -> Result<()>;
@@ -137,16 +136,7 @@ fn every_relay_lists_each_clusters_agents_and_their_relays_to_admins_only(tb: &T
 
 /// `hawser clusters` against relay `i` with the token in `token` and `extra` arguments.
 fn clusters(fleet: &Fleet, i: usize, token: &Path, extra: &[&str]) -> Result<Output> {
-    let mut cmd = Command::new(hawser_bin());
-    cmd.args(["clusters", "--relay"])
-        .arg(fleet.url(i))
-        .arg("--ca-file")
-        .arg(fleet.ca_file())
-        .arg("--token-file")
-        .arg(token)
-        .args(extra)
-        .env_remove("HAWSER_TOKEN");
-    run_with_deadline(cmd, None, Duration::from_secs(30))
+    fleet.clusters_at(&fleet.url(i), token, extra)
 }
 
 fn stderr(out: &Output) -> String {

@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 
 use crate::support::Testbed;
+use crate::support::binaries::binaries;
 use crate::support::fleet::{Fleet, LEASE_TTL_SECS};
 use crate::support::https;
 use crate::support::process::wait_for;
@@ -136,15 +138,16 @@ fn a_killed_relays_clusters_fail_fast_then_its_entries_vanish(tb: &Testbed) -> R
     Ok(())
 }
 
-/// Which relays hold each cluster's tunnels, as the relay behind `url` reports them.
-fn holders(fleet: &Fleet, url: &str, token: &str) -> Result<BTreeMap<String, Vec<String>>> {
-    let (status, body) = https::get(
-        &format!("{url}{}", hawser::overview::PATH),
-        &fleet.ca_file(),
-        &[("Authorization", &format!("Bearer {token}"))],
-    )?;
-    ensure!(status == 200, "the fleet report: {status} {body}");
-    let overview: hawser::overview::Overview = serde_json::from_str(&body).context("the fleet report")?;
+/// Which relays hold each cluster's tunnels, as `hawser clusters --output json` reports them
+/// when asked at `url` with the token in `token`.
+fn holders(fleet: &Fleet, url: &str, token: &Path) -> Result<BTreeMap<String, Vec<String>>> {
+    let out = fleet.clusters_at(url, token, &["--output", "json"])?;
+    ensure!(
+        out.status.success(),
+        "hawser clusters: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let overview: hawser::overview::Overview = serde_json::from_slice(&out.stdout).context("hawser clusters")?;
     Ok(overview
         .clusters
         .into_iter()
@@ -166,13 +169,14 @@ fn version(fleet: &Fleet, url: &str, bearer: &str, cluster: &str) -> Result<(u16
     )
 }
 
-/// Waits until every one of `clusters` has tunnels on two distinct relays.
-fn wait_for_two_relays_each(fleet: &Fleet, url: &str, token: &str, clusters: &[&str]) -> Result<()> {
+/// Waits until every one of `clusters` has tunnels on two distinct relays, as `hawser clusters`
+/// through the balancer reports.
+fn wait_for_two_relays_each(n: &BehindNginx, clusters: &[&str]) -> Result<()> {
     wait_for(
         "every cluster's agent to hold tunnels to two relays",
         Duration::from_secs(60),
         || {
-            let held = holders(fleet, url, token)?;
+            let held = holders(&n.fleet, &n.url, &n.admin)?;
             Ok(clusters
                 .iter()
                 .all(|c| held.get(*c).is_some_and(|r| r.len() == 2))
@@ -181,9 +185,20 @@ fn wait_for_two_relays_each(fleet: &Fleet, url: &str, token: &str, clusters: &[&
     )
 }
 
-/// A fleet of three relays behind nginx and agents of `clusters` dialling only nginx: the
-/// fleet, the balancer, nginx's URL for callers, and an admin token.
-fn behind_nginx(tb: &Testbed, clusters: &[&str]) -> Result<(Fleet, crate::support::nginx::Balancer, String, String)> {
+/// Three relays behind nginx, and agents dialling only nginx.
+struct BehindNginx {
+    fleet: Fleet,
+    _balancer: crate::support::nginx::Balancer,
+    /// nginx's URL for callers.
+    url: String,
+    /// A file holding an admin token.
+    admin: PathBuf,
+    /// The `Authorization` value of that token.
+    bearer: String,
+}
+
+/// A fleet of three relays behind nginx and agents of `clusters` dialling only nginx.
+fn behind_nginx(tb: &Testbed, clusters: &[&str]) -> Result<BehindNginx> {
     let fleet = Fleet::start(tb, 3, clusters)?;
     let balancer = fleet.balancer()?;
     let address = balancer.tcp_addr().to_string();
@@ -191,27 +206,52 @@ fn behind_nginx(tb: &Testbed, clusters: &[&str]) -> Result<(Fleet, crate::suppor
         // No `connections`: the relay's welcome says it is one of a fleet, so two tunnels.
         fleet.start_agent_at(cluster, &format!("agent-{cluster}"), &address, "")?;
     }
-    let token = std::fs::read_to_string(fleet.token_file("hawser-admin")?)?;
-    let url = format!("https://{address}");
-    Ok((fleet, balancer, url, token.trim().to_owned()))
+    let admin = fleet.token_file("hawser-admin")?;
+    let bearer = format!("Bearer {}", std::fs::read_to_string(&admin)?.trim());
+    Ok(BehindNginx {
+        fleet,
+        _balancer: balancer,
+        url: format!("https://{address}"),
+        admin,
+        bearer,
+    })
 }
 
-/// Three relays behind nginx, four clusters whose agents dial nginx only: each agent holds
-/// tunnels to two distinct relays, and 200 requests through nginx (each a new connection, so
-/// spread over the relays) reach every cluster without a failure, some through a hop. The peer
-/// port takes no callers.
+/// Three relays behind nginx, four clusters whose agents dial nginx only: `hawser clusters`
+/// shows each cluster on two distinct relays, and 200 kubectl requests through nginx (each
+/// kubectl a new connection, so spread over the relays; the test bed's kubectl and 1.32) reach
+/// every cluster without a failure, some through a hop. The peer port takes no callers.
 fn behind_nginx_each_cluster_holds_two_relays_and_answers_through_any(tb: &Testbed) -> Result<()> {
     let clusters = ["c1", "c2", "c3", "c4"];
-    let (fleet, _balancer, url, token) = behind_nginx(tb, &clusters)?;
-    wait_for_two_relays_each(&fleet, &url, &token, &clusters)?;
-    let bearer = format!("Bearer {token}");
-    for n in 0..200 {
-        let cluster = clusters[n % clusters.len()];
-        let (status, body) = version(&fleet, &url, &bearer, cluster)?;
-        ensure!(
-            status == 200 && body.contains("gitVersion"),
-            "request {n} to {cluster}: {status} {body}"
-        );
+    let n = behind_nginx(tb, &clusters)?;
+    wait_for_two_relays_each(&n, &clusters)?;
+    let fleet = &n.fleet;
+    // One thread per cluster, 50 kubectl runs each: the test bed's kubectl for two clusters,
+    // the older kubectl 1.32 for the other two.
+    let load: Vec<_> = clusters
+        .iter()
+        .enumerate()
+        .map(|(i, &cluster)| {
+            let mut kubectl = fleet.kubectl_at(&n.url, cluster)?;
+            if i % 2 == 1 {
+                kubectl = kubectl.with_bin(&binaries()?.kubectl_1_32);
+            }
+            Ok(std::thread::spawn(move || -> Result<()> {
+                for i in 0..50 {
+                    let out = kubectl.run(&["get", "--raw=/version"])?;
+                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    ensure!(
+                        out.status.success() && stdout.contains("gitVersion"),
+                        "request {i} to {cluster}: {stdout} {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                Ok(())
+            }))
+        })
+        .collect::<Result<_>>()?;
+    for thread in load {
+        thread.join().map_err(|_| anyhow::anyhow!("a kubectl thread panicked"))??;
     }
     let mut served = Vec::new();
     let mut forwarded = 0;
@@ -251,13 +291,13 @@ fn behind_nginx_each_cluster_holds_two_relays_and_answers_through_any(tb: &Testb
 /// and its entries are gone within the lease TTL.
 fn behind_nginx_a_killed_relay_leaves_no_cluster_unanswered_past_5s(tb: &Testbed) -> Result<()> {
     let clusters = ["k1", "k2", "k3"];
-    let (fleet, _balancer, url, token) = behind_nginx(tb, &clusters)?;
-    wait_for_two_relays_each(&fleet, &url, &token, &clusters)?;
-    let bearer = format!("Bearer {token}");
+    let n = behind_nginx(tb, &clusters)?;
+    wait_for_two_relays_each(&n, &clusters)?;
+    let (fleet, url, bearer) = (&n.fleet, &n.url, &n.bearer);
     // Every relay has a pooled peer connection to the one about to die.
     for n in 0..12 {
         let cluster = clusters[n % clusters.len()];
-        let (status, body) = version(&fleet, &url, &bearer, cluster)?;
+        let (status, body) = version(fleet, url, bearer, cluster)?;
         ensure!(status == 200, "before the kill, {cluster}: {status} {body}");
     }
     fleet.kill_relay(1)?;
@@ -267,7 +307,7 @@ fn behind_nginx_a_killed_relay_leaves_no_cluster_unanswered_past_5s(tb: &Testbed
             &format!("{cluster} to answer through nginx after the kill"),
             Duration::from_secs(5).saturating_sub(killed.elapsed()),
             || {
-                let (status, _) = version(&fleet, &url, &bearer, cluster)?;
+                let (status, _) = version(fleet, url, bearer, cluster)?;
                 Ok((status == 200).then_some(()))
             },
         )?;
@@ -290,11 +330,12 @@ fn behind_nginx_a_killed_relay_leaves_no_cluster_unanswered_past_5s(tb: &Testbed
 /// the load fails; a watch through the draining relay ends cleanly (kubectl exits 0), not a hang.
 fn a_rolling_restart_under_load_fails_no_request_and_ends_watches_cleanly(tb: &Testbed) -> Result<()> {
     let clusters = ["r1", "r2"];
-    let (fleet, _balancer, url, token) = behind_nginx(tb, &clusters)?;
-    wait_for_two_relays_each(&fleet, &url, &token, &clusters)?;
+    let n = behind_nginx(tb, &clusters)?;
+    wait_for_two_relays_each(&n, &clusters)?;
+    let (fleet, url) = (&n.fleet, &n.url);
     let kubectls = clusters
         .iter()
-        .map(|c| fleet.kubectl_at(&url, c))
+        .map(|c| fleet.kubectl_at(url, c))
         .collect::<Result<Vec<_>>>()?;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
@@ -333,7 +374,7 @@ fn a_rolling_restart_under_load_fails_no_request_and_ends_watches_cleanly(tb: &T
             );
         }
         fleet.start_relay(i)?;
-        wait_for_two_relays_each(&fleet, &url, &token, &clusters)?;
+        wait_for_two_relays_each(&n, &clusters)?;
     }
     stop.store(true, Ordering::Relaxed);
     for thread in load {

@@ -5,7 +5,7 @@
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -277,6 +277,19 @@ output = "none"
         let path = self.dir.path().join(format!("{n:03}-{cluster}.kubeconfig"));
         fs::write(&path, &out.stdout)?;
         Ok(Kubectl::new(&binaries()?.kubectl, &path))
+    }
+
+    /// `hawser clusters` asked at `url` (a relay, or a balancer in front of them) with the token
+    /// in `token` and `extra` arguments.
+    pub fn clusters_at(&self, url: &str, token: &Path, extra: &[&str]) -> Result<Output> {
+        let mut cmd = Command::new(hawser_bin());
+        cmd.args(["clusters", "--relay", url, "--ca-file"])
+            .arg(self.ca_file())
+            .arg("--token-file")
+            .arg(token)
+            .args(extra)
+            .env_remove("HAWSER_TOKEN");
+        run_with_deadline(cmd, None, Duration::from_secs(30))
     }
 
     /// nginx in front of every relay: TCP (callers, TCP agents) and UDP (QUIC agents) on one
