@@ -2,9 +2,9 @@
 //! to the relay that holds the cluster's agent, and what happens when a relay dies.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -251,7 +251,9 @@ fn behind_nginx_each_cluster_holds_two_relays_and_answers_through_any(tb: &Testb
         })
         .collect::<Result<_>>()?;
     for thread in load {
-        thread.join().map_err(|_| anyhow::anyhow!("a kubectl thread panicked"))??;
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a kubectl thread panicked"))??;
     }
     let mut served = Vec::new();
     let mut forwarded = 0;
