@@ -19,7 +19,7 @@ use tempfile::TempDir;
 use super::binaries::binaries;
 use super::etcd::Etcd;
 use super::hawser::hawser_bin;
-use super::net::free_port;
+use super::net::{free_tcp_and_udp_port, retry_if_port_taken};
 use super::nginx::Balancer;
 use super::process::{Supervised, run_with_deadline, wait_for};
 use super::{Kubectl, Testbed};
@@ -50,8 +50,13 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts etcd and `relays` relays that know `clusters`, and waits until each listens.
+    /// Starts etcd and `relays` relays that know `clusters`, and waits until each listens (all
+    /// again on other ports if a port picked free was taken before a relay bound it).
     pub fn start(tb: &Testbed, relays: usize, clusters: &[&str]) -> Result<Self> {
+        retry_if_port_taken("the fleet", || Self::start_once(tb, relays, clusters))
+    }
+
+    fn start_once(tb: &Testbed, relays: usize, clusters: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("hawser-fleet-")
             .disable_cleanup(std::env::var_os("HAWSER_E2E_KEEP").is_some())
@@ -61,8 +66,9 @@ impl Fleet {
         let ports: Vec<Ports> = (0..relays)
             .map(|_| {
                 Ok(Ports {
-                    front: free_port()?,
-                    peer: free_port()?,
+                    // TCP for callers, UDP for QUIC agents.
+                    front: free_tcp_and_udp_port()?,
+                    peer: free_tcp_and_udp_port()?,
                 })
             })
             .collect::<Result<_>>()?;
