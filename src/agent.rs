@@ -52,6 +52,9 @@ pub enum AgentError {
     /// The HTTP proxy for the TCP transport.
     #[error("relay proxy: {0}")]
     Proxy(String),
+    /// The admin listener.
+    #[error("admin listener: {0}")]
+    Admin(String),
 }
 
 /// Why one tunnel attempt ended.
@@ -95,6 +98,22 @@ impl SessionError {
     }
 }
 
+impl AgentState {
+    /// Counts a tunnel over QUIC (`quic`) or TCP as up until the guard drops.
+    pub(crate) fn tunnel_up(&self, quic: bool) -> TunnelUp {
+        let count = self.tunnels_up[usize::from(!quic)].clone();
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TunnelUp(count)
+    }
+
+    /// Tunnels up now, over QUIC and over TCP.
+    fn tunnels(&self) -> [usize; 2] {
+        self.tunnels_up
+            .each_ref()
+            .map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// What every stream handler shares.
 pub(crate) struct AgentState {
     auth: Authenticator,
@@ -110,6 +129,18 @@ pub(crate) struct AgentState {
     tasks: tokio_util::task::TaskTracker,
     /// Cancelled at shutdown: TCP tunnels drop their connections.
     stop: tokio_util::sync::CancellationToken,
+    /// Tunnels welcomed and not yet ended, over QUIC and over TCP (the `hawser.tunnels` metric;
+    /// `/readyz` on the admin listener wants one).
+    tunnels_up: [Arc<std::sync::atomic::AtomicUsize>; 2],
+}
+
+/// A tunnel counted as up until dropped.
+pub(crate) struct TunnelUp(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for TunnelUp {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl AgentState {
@@ -122,17 +153,22 @@ impl AgentState {
             apiserver: apiserver::Apiserver::from_config(&config.apiserver)?,
             mode: config.mode,
             reviewer: passthrough::TokenReviewer::new(&config.passthrough),
-            audit: crate::audit::AuditLog::open(&config.audit, "agent", &config.instance)?,
+            audit: {
+                let audit = crate::audit::AuditLog::open(&config.audit, "agent", &config.instance)?;
+                audit.name_users_in_spans(config.telemetry.record_user);
+                audit
+            },
             cluster: config.cluster.clone(),
             instance: config.instance.clone(),
             tasks: tokio_util::task::TaskTracker::new(),
             stop: tokio_util::sync::CancellationToken::new(),
+            tunnels_up: Default::default(),
         })
     }
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
-pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+pub async fn run(config: AgentConfig, metrics: Option<prometheus::Registry>) -> Result<(), AgentError> {
     let token_path = config.token_file.display().to_string();
     let token = std::fs::read_to_string(&config.token_file).map_err(|e| AgentError::Token {
         path: token_path.clone(),
@@ -176,6 +212,29 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         }
     }
     let dialer = link::Dialer::new(&config, &token)?;
+    let observed = state.clone();
+    let _tunnels = crate::telemetry::metrics::observe_tunnels(move || {
+        let [quic, tcp] = observed.tunnels();
+        let cluster = &observed.cluster;
+        vec![
+            (cluster.clone(), "quic", quic as i64),
+            (cluster.clone(), "tcp", tcp as i64),
+        ]
+    });
+    // Probes and scrapes: ready while a tunnel is up.
+    let admin_stop = tokio_util::sync::CancellationToken::new();
+    let admin = match config.admin.listen {
+        Some(addr) => {
+            let admin = crate::admin::Admin::bind(addr)
+                .await
+                .map_err(|e| AgentError::Admin(format!("listening on {addr}: {e}")))?;
+            let up = state.clone();
+            let ready: crate::admin::Readiness =
+                Arc::new(move || (up.tunnels() == [0, 0]).then_some("no tunnel to a relay is up"));
+            Some(tokio::spawn(admin.serve(metrics, ready, admin_stop.clone())))
+        }
+        None => None,
+    };
 
     let dial = tunnels::hold(&config, &dialer, &state);
     tokio::select! {
@@ -203,6 +262,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         );
     }
     state.audit.flush();
+    admin_stop.cancel();
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     Ok(())
 }
 

@@ -119,6 +119,8 @@ pub struct AuditLog {
     sink: Sink,
     component: &'static str,
     instance: String,
+    /// Whether request spans carry the caller's username (`[telemetry] record_user`).
+    user_in_spans: std::sync::atomic::AtomicBool,
 }
 
 impl AuditLog {
@@ -130,6 +132,7 @@ impl AuditLog {
                     sink: Sink::None,
                     component,
                     instance: instance.to_owned(),
+                    user_in_spans: Default::default(),
                 }));
             }
             "stdout" => Box::new(std::io::stdout()),
@@ -164,6 +167,7 @@ impl AuditLog {
             sink,
             component,
             instance: instance.to_owned(),
+            user_in_spans: Default::default(),
         }))
     }
 
@@ -171,6 +175,7 @@ impl AuditLog {
     /// Verb, resource, namespace and name are those the apiserver acts on (decoded); a path it
     /// would refuse leaves them empty.
     pub fn begin(self: &Arc<Self>, request_id: &str, method: &Method, uri: &Uri, headers: &HeaderMap) -> Audit {
+        crate::telemetry::metrics::metrics().begin();
         let info = request_info(method, uri).unwrap_or_default();
         let upgrade = crate::headers::upgrade_protocol(headers).map(|v| upgrade_kind(v.as_bytes()).to_owned());
         Audit(Arc::new(Entry {
@@ -186,11 +191,13 @@ impl AuditLog {
                 namespace: info.namespace,
                 name: info.name,
                 upgrade,
+                long_running: crate::forward::long_running(method, uri, headers),
                 ..Fields::default()
             }),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             held: Mutex::new(Vec::new()),
+            span: Mutex::new(None),
         }))
     }
 
@@ -226,6 +233,11 @@ impl AuditLog {
                 let _ = wait.recv();
             }
         }
+    }
+
+    /// Lets request spans carry the caller's username (`[telemetry] record_user`).
+    pub fn name_users_in_spans(&self, yes: bool) {
+        self.user_in_spans.store(yes, Ordering::Relaxed);
     }
 
     /// Whether lines go anywhere (`false` for `output = "none"`).
@@ -269,6 +281,10 @@ pub struct Fields {
     pub agent: Option<String>,
     /// The fleet relay the request was forwarded to (it holds the agent's tunnel).
     pub via: Option<String>,
+    /// `cluster` is one this process serves (not a name a caller made up): metrics may name it.
+    pub known_cluster: bool,
+    /// A watch, followed log or upgrade: its duration is no latency.
+    pub long_running: bool,
 }
 
 #[derive(Serialize)]
@@ -308,6 +324,8 @@ struct Entry {
     bytes_out: AtomicU64,
     /// Things that must live exactly as long as the exchange (a caller's stream slot).
     held: Mutex<Vec<Box<dyn Send>>>,
+    /// The exchange's span, given its attributes when the record closes.
+    span: Mutex<Option<tracing::Span>>,
 }
 
 impl Drop for Entry {
@@ -338,6 +356,16 @@ impl Drop for Entry {
             via: f.via.as_deref(),
         };
         self.log.write(&record);
+        let closed = observe::Closed {
+            fields: f,
+            component: self.log.component,
+            bytes_in: record.bytes_in,
+            bytes_out: record.bytes_out,
+            seconds: self.started.elapsed().as_secs_f64(),
+            user_in_span: self.log.user_in_spans.load(Ordering::Relaxed),
+        };
+        let span = self.span.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        observe::record(&closed, span.as_ref());
     }
 }
 
@@ -359,6 +387,11 @@ impl Audit {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Box::new(thing));
+    }
+
+    /// Gives the exchange's span its attributes (cluster, verb, status, bytes) when it closes.
+    pub fn trace(&self, span: tracing::Span) {
+        *self.0.span.lock().unwrap_or_else(|e| e.into_inner()) = Some(span);
     }
 
     /// Records the response status.
@@ -452,6 +485,7 @@ pub(crate) fn rfc3339(time: SystemTime) -> String {
 }
 
 mod event;
+mod observe;
 #[cfg(test)]
 mod tests;
 

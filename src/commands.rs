@@ -5,23 +5,49 @@ use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 
+use crate::cli::LogFormat;
 use crate::cli::{ClustersArgs, Command, KubeconfigArgs, Output, ProxyArgs, SigningKeyArgs, TokenArgs, TokenCommand};
 use crate::client::kubeconfig::{self, Entry, User};
 use crate::client::{clusters, proxy, token};
 use crate::config::{self, AgentConfig, RelayConfig, Secret};
+use crate::telemetry::{self, Otel, Service};
 
-/// Runs one subcommand to completion.
-pub async fn run(command: Command) -> Result<()> {
+/// Runs one subcommand to completion, logging in `format`.
+pub async fn run(command: Command, format: LogFormat) -> Result<()> {
+    // A relay or agent logs once its configuration says where its traces go.
+    if !matches!(command, Command::Relay { .. } | Command::Agent { .. }) {
+        telemetry::init(format, None);
+    }
     match command {
         Command::Relay { config: path } => {
             let config: RelayConfig = config::load(&path)?;
-            let relay = crate::relay::Relay::bind(config).await?.reload_from(path);
+            let otel = observe(
+                format,
+                &config.telemetry,
+                &config.admin,
+                "hawser-relay",
+                &config.instance,
+            )?;
+            let relay = crate::relay::Relay::bind(config)
+                .await?
+                .reload_from(path)
+                .with_metrics(otel.prometheus());
             relay.run().await;
+            otel.shutdown();
             Ok(())
         }
         Command::Agent { config } => {
             let config: AgentConfig = config::load(&config)?;
-            Ok(crate::agent::run(config).await?)
+            let otel = observe(
+                format,
+                &config.telemetry,
+                &config.admin,
+                "hawser-agent",
+                &config.instance,
+            )?;
+            let ran = crate::agent::run(config, otel.prometheus()).await;
+            otel.shutdown();
+            Ok(ran?)
         }
         Command::Token(args) => token_command(args),
         Command::Kubeconfig(args) => kubeconfig_command(args),
@@ -32,6 +58,19 @@ pub async fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Starts a relay's or agent's telemetry and its log.
+fn observe(
+    format: LogFormat,
+    telemetry: &config::TelemetryConfig,
+    admin: &config::AdminConfig,
+    name: &'static str,
+    instance: &str,
+) -> Result<Otel> {
+    let otel = Otel::start(telemetry, admin.listen.is_some(), Service { name, instance })?;
+    telemetry::init(format, Some(&otel));
+    Ok(otel)
 }
 
 fn token_command(args: TokenArgs) -> Result<()> {

@@ -6,6 +6,7 @@
 mod agent;
 mod fleet;
 mod relay;
+mod telemetry;
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,7 @@ pub use relay::{
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+pub use telemetry::{AdminConfig, TelemetryConfig};
 
 /// Why a configuration file could not be used.
 #[derive(Debug, thiserror::Error)]

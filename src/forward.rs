@@ -100,13 +100,17 @@ pub fn https_client(tls: rustls::ClientConfig, allow_h2: bool) -> HttpsClient {
 /// HTTP/1.1 connections of their own instead of an HTTP/2 stream slot.
 /// Judged on the decoded path and query, as the apiserver reads them.
 pub fn is_long_running<B>(req: &Request<B>) -> bool {
+    long_running(req.method(), req.uri(), req.headers())
+}
+
+/// [`is_long_running`] of a request's parts.
+pub fn long_running(method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> bool {
     use crate::request_info::{decode_path, query_param, request_info};
     // As apimachinery converts a query value to a bool: anything but `0` or `false` is true.
-    let set =
-        |key| query_param(req.uri(), key).is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false"));
-    upgrade_protocol(req.headers()).is_some()
-        || request_info(req.method(), req.uri()).is_ok_and(|info| info.verb == "watch")
-        || decode_path(req.uri().path()).is_ok_and(|path| path.split('/').any(|segment| segment == "watch"))
+    let set = |key| query_param(uri, key).is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false"));
+    upgrade_protocol(headers).is_some()
+        || request_info(method, uri).is_ok_and(|info| info.verb == "watch")
+        || decode_path(uri.path()).is_ok_and(|path| path.split('/').any(|segment| segment == "watch"))
         || set("follow")
 }
 

@@ -6,6 +6,7 @@
 //! This library holds every part; the `hawser` binary is a thin entry point.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod agent;
 pub mod audit;
 pub mod auth;

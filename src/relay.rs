@@ -9,6 +9,7 @@ mod front;
 mod idle;
 mod keys;
 mod limits;
+mod observed;
 mod overview;
 mod path;
 mod refusal;
@@ -141,7 +142,11 @@ impl RelayState {
             draining: std::sync::atomic::AtomicBool::new(false),
             streams_end: tokio_util::sync::CancellationToken::new(),
             started,
-            audit: crate::audit::AuditLog::open(&config.audit, "relay", &config.instance)?,
+            audit: {
+                let audit = crate::audit::AuditLog::open(&config.audit, "relay", &config.instance)?;
+                audit.name_users_in_spans(config.telemetry.record_user);
+                audit
+            },
             caller_streams: Arc::default(),
             auth_failures: Arc::new(limits::AuthFailures::new(config.limits.auth_failures_per_minute)),
             limits: config.limits.clone(),
@@ -174,6 +179,8 @@ pub struct Relay {
     sessions: Arc<agents::Sessions>,
     config_path: Option<PathBuf>,
     drain: crate::config::DrainConfig,
+    /// The admin listener, and the metrics it renders.
+    admin: Option<(crate::admin::Admin, Option<prometheus::Registry>)>,
 }
 
 impl Relay {
@@ -189,6 +196,15 @@ impl Relay {
             info!(cert = %config.tls.cert_file.display(), "generated a self-signed serving certificate");
         }
         let state = Arc::new(RelayState::new(&config)?);
+        let admin = match config.admin.listen {
+            Some(addr) => Some((
+                crate::admin::Admin::bind(addr)
+                    .await
+                    .map_err(|source| RelayError::Bind { addr, source })?,
+                None,
+            )),
+            None => None,
+        };
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -233,6 +249,7 @@ impl Relay {
             sessions,
             config_path: None,
             drain: config.drain.clone(),
+            admin,
         })
     }
 
@@ -244,6 +261,14 @@ impl Relay {
         self
     }
 
+    /// Serves `registry` on the admin listener's `/metrics` (if `[admin] listen` is set).
+    pub fn with_metrics(mut self, registry: Option<prometheus::Registry>) -> Self {
+        if let Some((_, metrics)) = &mut self.admin {
+            *metrics = registry;
+        }
+        self
+    }
+
     /// The caller-facing TCP address.
     pub fn front_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
@@ -252,6 +277,11 @@ impl Relay {
     /// The agent-facing UDP address.
     pub fn agent_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.endpoint.local_addr()
+    }
+
+    /// The admin listener's address, if `[admin] listen` is set.
+    pub fn admin_addr(&self) -> Option<std::io::Result<std::net::SocketAddr>> {
+        self.admin.as_ref().map(|(admin, _)| admin.local_addr())
     }
 
     /// The UDP address of the fleet's peer link, if the relay is part of a fleet.
@@ -269,7 +299,15 @@ impl Relay {
             sessions,
             config_path,
             drain,
+            admin,
         } = self;
+        // Probes and scrapes are answered until the process ends.
+        let admin_stop = tokio_util::sync::CancellationToken::new();
+        let admin = admin.map(|(admin, registry)| {
+            let ready_state = state.clone();
+            let ready: crate::admin::Readiness = Arc::new(move || ready_state.unready());
+            tokio::spawn(admin.serve(registry, ready, admin_stop.clone()))
+        });
         info!(
             front = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             agents = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -277,6 +315,7 @@ impl Relay {
         );
         let (stop_agents, stopping) = tokio::sync::watch::channel(false);
         let listener_stats = Arc::new(agents::ListenerStats::default());
+        let _observed = observed::observe(&state, &listener_stats);
         let handshakes = Arc::new(tokio::sync::Semaphore::new(agents::MAX_HANDSHAKES));
         let door = Arc::new(door::Door {
             callers,
@@ -397,5 +436,9 @@ impl Relay {
             retried,
             ignored, accepted, throttled, "agent attempts over this relay's life"
         );
+        admin_stop.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Logging and tracing set-up: `tracing` spans per connection and per
 //! stream with structured fields, as text or JSON on stderr, filtered by
-//! `RUST_LOG` (default `info`).
+//! `RUST_LOG` (default `info`); with a trace exporter, the same spans (the
+//! crate's, at info and above, whatever `RUST_LOG` says) go to OpenTelemetry.
 //!
 //! Log lines carry strings that come from outside: an agent's hello, a relay's
 //! welcome, a peer's close reason, a caller's name or path, an apiserver's
@@ -9,27 +10,45 @@
 //! installed here, whatever the call site wrote; in JSON, by the JSON encoder
 //! (a control character is never written raw). Call sites need not remember.
 
+pub mod metrics;
+mod otel;
+pub mod trace_context;
+
 use std::fmt::{self, Write as _};
 
-use tracing_subscriber::EnvFilter;
+pub use otel::{Otel, Service, TelemetryError};
 use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::format::{Writer, debug_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::cli::LogFormat;
 
-/// Installs the global subscriber.
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber: the log, and the trace exporter of `otel` if it has one.
+pub fn init(format: LogFormat, otel: Option<&Otel>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal, never into log files.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.fmt_fields(escaping_fields()).init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
-    }
+    let log = match format {
+        LogFormat::Text => log.fmt_fields(escaping_fields()).boxed(),
+        LogFormat::Json => log.json().flatten_event(true).with_current_span(true).boxed(),
+    };
+    let traces = otel.and_then(Otel::tracer).map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_filter(tracing_subscriber::filter::Targets::new().with_target("hawser", tracing::Level::INFO))
+    });
+    tracing_subscriber::registry()
+        .with(log.with_filter(filter))
+        .with(traces)
+        .init();
 }
 
 /// The text field formatter: `name=value` pairs separated by spaces, the message bare, every

@@ -20,6 +20,8 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tracing::{Instrument, debug, info_span};
 
+use crate::telemetry::trace_context;
+
 use super::failure::Failure;
 use super::{AgentState, path};
 use crate::audit::Audit;
@@ -54,7 +56,13 @@ pub async fn stream<S: SendHalf, R: RecvHalf>(mut send: S, mut recv: R, state: A
             return recv.stop_reading(reset::BAD_HEAD);
         }
     };
-    let span = info_span!("stream", request.id = %head.request_id);
+    let span = info_span!(
+        "stream",
+        request.id = %head.request_id,
+        otel.name = tracing::field::Empty,
+        otel.kind = "server",
+    );
+    trace_context::continue_from(&span, trace_context::of_head(&head));
     exchange(head, first, send, recv, &state, &relay).instrument(span).await;
 }
 
@@ -71,9 +79,11 @@ async fn exchange<S: SendHalf, R: RecvHalf>(
         .begin(&head.request_id, &head.method, &head.target, &head.headers);
     audit.set(|f| {
         f.cluster = Some(state.cluster.clone());
+        f.known_cluster = true;
         f.relay = Some(relay.to_owned());
         f.agent = Some(state.instance.clone());
     });
+    audit.trace(tracing::Span::current());
     let upgrade = headers::upgrade_protocol(&head.headers).is_some();
     // An upgrade request has no body: what follows its head is the upgraded bytes, read only
     // once the apiserver has switched protocols.
@@ -83,11 +93,22 @@ async fn exchange<S: SendHalf, R: RecvHalf>(
     } else {
         (empty(), Some(recv))
     };
+    // The apiserver's spans are children of this one (or, with no trace exporter, of the relay's).
+    let traceparent = trace_context::traceparent(&tracing::Span::current(), Some(trace_context::of_head(&head)))
+        .and_then(|t| http::HeaderValue::from_str(&t).ok());
     let mut req = Request::new(body);
     *req.method_mut() = head.method;
     *req.uri_mut() = head.target;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = head.headers;
+    match traceparent {
+        Some(value) => {
+            req.headers_mut().insert(trace_context::TRACEPARENT, value);
+        }
+        None => {
+            req.headers_mut().remove(trace_context::TRACEPARENT);
+        }
+    }
     req.extensions_mut().insert(head.credential);
     req.extensions_mut().insert(audit.clone());
     match path::send(path::request_path(state), req).await {

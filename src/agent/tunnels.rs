@@ -181,6 +181,7 @@ async fn keep(
                     gone,
                 });
                 same_relay = 0;
+                reconnect("moved");
                 continue;
             }
             Ok(Ended::Closed(reason)) => {
@@ -188,23 +189,33 @@ async fn keep(
                 same_relay = 0;
                 let wait = backoff.next_wait(uptime, &mut rand::rng());
                 info!(%reason, ?uptime, ?wait, "tunnel closed; reconnecting");
+                reconnect("closed");
                 wait
             }
             Err(e) if e.elsewhere() && same_relay < QUICK_REDIALS => {
                 same_relay += 1;
                 let wait = quick_redial_wait(&mut rand::rng());
                 debug!(error = %e, ?wait, "refused by a relay that is draining or holds another tunnel; dialling again");
+                reconnect("relay_elsewhere");
                 wait
             }
             Err(e) => {
                 same_relay = 0;
                 let wait = backoff.next_wait(uptime, &mut rand::rng());
                 warn!(error = %e, ?wait, "tunnel attempt failed; retrying");
+                reconnect("failed");
                 wait
             }
         };
         tokio::time::sleep(wait).await;
     }
+}
+
+/// Counts an attempt after a tunnel ended or an attempt failed, by `cause`.
+fn reconnect(cause: &'static str) {
+    crate::telemetry::metrics::metrics()
+        .reconnects
+        .add(1, &[opentelemetry::KeyValue::new("hawser.cause", cause)]);
 }
 
 /// Where a tunnel goes among the agent's others.
@@ -288,10 +299,12 @@ async fn session(
                 ..Auto::default()
             };
             info!(relay = %relay_name, session = welcome.session, transport = "quic", "tunnel up");
+            let _up = state.tunnel_up(true);
             Ok(serve_quic(connection, control, state, relay_name).await)
         }
         link::Link::Tcp(side) => {
             info!(relay = %relay_name, session = welcome.session, transport = "tcp", "tunnel up");
+            let _up = state.tunnel_up(false);
             let retire = CancellationToken::new();
             let moving = CancellationToken::new();
             let serving = {

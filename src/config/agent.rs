@@ -47,6 +47,12 @@ pub struct AgentConfig {
     /// How passthrough cluster tokens are checked.
     #[serde(default)]
     pub passthrough: PassthroughConfig,
+    /// OpenTelemetry traces and metrics.
+    #[serde(default)]
+    pub telemetry: super::TelemetryConfig,
+    /// The admin listener (`/metrics`).
+    #[serde(default)]
+    pub admin: super::AdminConfig,
 }
 
 /// `[assertions]`: the relay's assertion issuer and where its public key comes from.
@@ -283,6 +289,8 @@ impl Validate for AgentConfig {
             return Err("tunnel.server_id is a relay setting; remove it from the agent's file".into());
         }
         self.audit.validate()?;
+        self.telemetry.validate()?;
+        self.admin.validate(&[])?;
         if self.relay.ca_file.is_none() && self.relay.pinned_key_sha256.is_empty() {
             return Err("relay: set ca_file, pinned_key_sha256 or both; there is no insecure mode".into());
         }

@@ -52,6 +52,12 @@ pub struct RelayConfig {
     /// How a relay stops (SIGTERM).
     #[serde(default)]
     pub drain: DrainConfig,
+    /// OpenTelemetry traces and metrics.
+    #[serde(default)]
+    pub telemetry: super::TelemetryConfig,
+    /// The admin listener (`/metrics`), never the callers' port.
+    #[serde(default)]
+    pub admin: super::AdminConfig,
 }
 
 /// `[drain]`: what a relay does between SIGTERM and its exit.
@@ -318,6 +324,8 @@ impl Validate for RelayConfig {
         self.tunnel.validate()?;
         self.audit.validate()?;
         self.limits.validate()?;
+        self.telemetry.validate()?;
+        self.admin.validate(&[self.listen])?;
         if self.drain.timeout_secs == 0 || self.drain.grace_secs > 3600 || self.drain.timeout_secs > 3600 {
             return Err("drain: timeout_secs between 1 and 3600, grace_secs at most 3600".into());
         }

@@ -144,7 +144,14 @@ impl Step for Identify {
 
     async fn run(self, mut req: Request<Body>, next: Next<Self>) -> Answer {
         let id = next_request_id(&self.0.instance);
-        let span = info_span!("request", request.id = %id);
+        let span = info_span!(
+            "request",
+            request.id = %id,
+            otel.name = tracing::field::Empty,
+            otel.kind = "server",
+        );
+        // A caller's trace goes on through the relay, the agent and the apiserver.
+        crate::telemetry::trace_context::continue_from_headers(&span, req.headers());
         req.extensions_mut().insert(RequestId(id));
         next.run(req).instrument(span).await
     }
@@ -170,7 +177,11 @@ impl Step for Audited {
         let (audit, target) = match asked {
             Ok(Some((cluster, upstream))) => {
                 let audit = state.audit.begin(id, req.method(), &upstream, req.headers());
-                audit.set(|f| f.cluster = Some(cluster.clone()));
+                let known = state.clusters.current().knows(&cluster);
+                audit.set(|f| {
+                    f.cluster = Some(cluster.clone());
+                    f.known_cluster = known;
+                });
                 (audit, Ok(Some(Target { cluster, upstream })))
             }
             other => (
@@ -179,6 +190,7 @@ impl Step for Audited {
             ),
         };
         audit.set(|f| f.relay = Some(state.instance.clone()));
+        audit.trace(tracing::Span::current());
         let outcome = match target {
             // A path the apiserver would not decode is refused before anything else looks at it.
             Ok(Some(target)) if crate::request_info::request_info(req.method(), &target.upstream).is_err() => {
@@ -194,6 +206,7 @@ impl Step for Audited {
             Err(e) => Err(e),
         };
         Ok(outcome.unwrap_or_else(|e| {
+            crate::telemetry::metrics::metrics().refused(e.reason());
             let status = e.status();
             audit.status(status.code.as_u16());
             bounded(status.into_response())

@@ -162,6 +162,30 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// A fixed name of the kind of refusal, for the `hawser.refusals` metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Connect | Self::ReportMethod(_) => "method_not_allowed",
+            Self::NoIssuer | Self::NoAssertions | Self::NotAClusterPath(_) => "not_found",
+            Self::Undecodable | Self::MalformedPath | Self::Unsendable(_) => "bad_request",
+            Self::UnknownCluster(_) => "unknown_cluster",
+            Self::SourceThrottled(_) => "source_throttled",
+            Self::Auth(AuthError::ProviderUnavailable(_)) => "issuer_unavailable",
+            Self::Auth(_) => "unauthenticated",
+            Self::NotForCluster { .. } | Self::AlsoGoodElsewhere { .. } | Self::BoundElsewhere { .. } => {
+                "token_not_for_cluster"
+            }
+            Self::Forbidden { .. } | Self::NotAdmin { .. } => "forbidden",
+            Self::CannotVouch(_) | Self::CannotReport(_) | Self::Miswired(_) => "internal",
+            Self::Offline(_) => "offline",
+            Self::CallerBusy { .. } => "caller_busy",
+            Self::Saturated { .. } => "saturated",
+            Self::Unreachable { .. } | Self::AgentShutdown { .. } => "unreachable",
+            Self::PeerUnreachable { .. } => "peer_unreachable",
+            Self::NoAnswer { .. } | Self::UnaskedUpgrade(_) => "bad_gateway",
+        }
+    }
+
     /// The one place that decides each refusal's status code and reason.
     pub fn status(self) -> HttpError {
         let message = self.to_string();

@@ -79,6 +79,19 @@ impl Registry {
         all
     }
 
+    /// Sessions by cluster and transport, for the `hawser.tunnels` metric.
+    pub fn tunnel_counts(&self) -> Vec<(String, &'static str, i64)> {
+        let mut counts = std::collections::BTreeMap::<(String, &'static str), i64>::new();
+        for entry in &self.clusters {
+            for session in entry.value() {
+                *counts
+                    .entry((entry.key().clone(), session.connection.kind()))
+                    .or_default() += 1;
+            }
+        }
+        counts.into_iter().map(|((c, t), n)| (c, t, n)).collect()
+    }
+
     /// A session id never given before in this relay.
     pub fn new_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1

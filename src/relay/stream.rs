@@ -11,6 +11,7 @@ use crate::audit::Audit;
 use crate::body::{self, Body, boxed};
 use crate::headers;
 use crate::proto::Credential;
+use crate::telemetry::trace_context;
 use crate::transport::{RecvHalf, SendHalf, StreamError, write_chunk};
 use crate::wire::body::{PumpError, RecvBody, send_body};
 use crate::wire::splice::{Side, splice};
@@ -81,6 +82,13 @@ where
     // never travels as a header. The agent's client sets Host from the apiserver's address.
     parts.headers.remove(AUTHORIZATION);
     parts.headers.remove(HOST);
+    // The trace goes on from the relay's span (or, with no trace exporter, from the caller's).
+    let caller_trace = parts.headers.remove(trace_context::TRACEPARENT);
+    let traceparent = trace_context::traceparent(
+        &tracing::Span::current(),
+        caller_trace.as_ref().and_then(|v| v.to_str().ok()),
+    )
+    .unwrap_or_default();
     // An upgrade request carries no body: after its head come the upgraded bytes.
     let has_body = caller_side.is_none() && !hyper::body::Body::is_end_stream(&body);
     // Copied only for the debug line below, and only when it will be written.
@@ -91,7 +99,7 @@ where
         credential,
         method: parts.method,
         target: upstream_uri,
-        traceparent: String::new(),
+        traceparent,
         headers: parts.headers,
         body: has_body,
     }

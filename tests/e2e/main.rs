@@ -15,6 +15,7 @@ mod routes;
 mod security;
 mod stall;
 mod support;
+mod telemetry;
 mod transports;
 mod trust;
 mod tunnel;
@@ -130,26 +131,19 @@ fn main() -> ExitCode {
         }));
     }
 
-    for &(name, test) in balancer::TESTS {
-        let fixture = fixture.clone();
-        trials.push(Trial::test(format!("balancer::{name}"), move || {
-            let testbed = fixture.get()?;
-            test(&testbed).map_err(|e| format!("{e:#}").into())
-        }));
-    }
-    for &(name, test) in fleet::TESTS {
-        let fixture = fixture.clone();
-        trials.push(Trial::test(format!("fleet::{name}"), move || {
-            let testbed = fixture.get()?;
-            test(&testbed).map_err(|e| format!("{e:#}").into())
-        }));
-    }
-    for &(name, test) in clusters::TESTS {
-        let fixture = fixture.clone();
-        trials.push(Trial::test(format!("clusters::{name}"), move || {
-            let testbed = fixture.get()?;
-            test(&testbed).map_err(|e| format!("{e:#}").into())
-        }));
+    for (suite, tests) in [
+        ("balancer", balancer::TESTS),
+        ("fleet", fleet::TESTS),
+        ("clusters", clusters::TESTS),
+        ("telemetry", telemetry::TESTS),
+    ] {
+        for &(name, test) in tests {
+            let fixture = fixture.clone();
+            trials.push(Trial::test(format!("{suite}::{name}"), move || {
+                let testbed = fixture.get()?;
+                test(&testbed).map_err(|e| format!("{e:#}").into())
+            }));
+        }
     }
     for &(name, test) in balancer::STANDALONE {
         trials.push(Trial::test(format!("balancer::{name}"), move || {

@@ -1,0 +1,137 @@
+//! What operators see (issue #13): the admin listener's Prometheus `/metrics` of a relay and an
+//! agent serving the test bed, and that the callers' port serves none of it.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+
+use crate::support::Testbed;
+use crate::support::hawser::{CLUSTER, Extra, Hawser};
+use crate::support::https;
+use crate::support::net::{free_port, http};
+use crate::support::process::wait_for;
+
+/// A telemetry test.
+pub type Test = fn(&Testbed) -> Result<()>;
+
+/// Every telemetry test, by name.
+pub const TESTS: &[(&str, Test)] = &[(
+    "relay_and_agent_metrics_count_requests_tunnels_and_refusals_on_the_admin_port_only",
+    relay_and_agent_metrics_count_requests_tunnels_and_refusals_on_the_admin_port_only,
+)];
+
+/// A relay and an agent with admin listeners: after a list through the tunnel, a refused token
+/// and a request for a cluster nobody configured, the relay's `/metrics` counts the list by
+/// cluster and verb (with its latency), the agent's QUIC tunnel, the accepted handshake and both
+/// refusals by reason, and names neither the made-up cluster nor the token; the agent's counts
+/// the list and its tunnel. Both answer `/readyz`. The callers' port has no `/metrics`.
+fn relay_and_agent_metrics_count_requests_tunnels_and_refusals_on_the_admin_port_only(tb: &Testbed) -> Result<()> {
+    let (relay_admin, agent_admin) = (free_port()?, free_port()?);
+    let relay = format!("[admin]\nlisten = \"127.0.0.1:{relay_admin}\"\n");
+    let agent = format!("[admin]\nlisten = \"127.0.0.1:{agent_admin}\"\n");
+    let hawser = Hawser::start_with(
+        tb,
+        &Extra {
+            relay: &relay,
+            agent: &agent,
+            ..Extra::default()
+        },
+    )?;
+    let admin = hawser.kubeconfig_route("hawser-admin", &[])?;
+    admin.ok(&["get", "namespaces", "-o", "name"])?;
+    let bogus_token = "not-a-token-4b1d0c9e";
+    let (status, _) = https::get(
+        &format!("{}/clusters/{CLUSTER}/api/v1/namespaces", hawser.relay_url),
+        &hawser.relay_ca,
+        &[("Authorization", &format!("Bearer {bogus_token}"))],
+    )?;
+    ensure!(status == 401, "a bogus token: {status}");
+    let token = hawser.issue_token("hawser-admin", &[])?;
+    let (status, _) = https::get(
+        &format!("{}/clusters/made-up-cluster-77/version", hawser.relay_url),
+        &hawser.relay_ca,
+        &[("Authorization", &format!("Bearer {token}"))],
+    )?;
+    ensure!(status == 404, "an unknown cluster: {status}");
+
+    let cluster = format!("hawser_cluster=\"{CLUSTER}\"");
+    let relay_metrics = wait_for(
+        "the relay's metrics to count the list, the tunnel and both refusals",
+        Duration::from_secs(10),
+        || {
+            let text = metrics(relay_admin)?;
+            let all = [
+                has(
+                    &text,
+                    "hawser_requests_total",
+                    &[&cluster, "hawser_verb=\"list\"", "http_response_status_code=\"200\""],
+                ),
+                has(
+                    &text,
+                    "http_server_request_duration_seconds_count",
+                    &[&cluster, "hawser_verb=\"list\""],
+                ),
+                has(&text, "hawser_tunnels", &[&cluster, "network_transport=\"quic\""]),
+                has(&text, "hawser_agent_handshakes_total", &["hawser_result=\"accepted\""]),
+                has(&text, "hawser_refusals_total", &["hawser_reason=\"unauthenticated\""]),
+                has(&text, "hawser_refusals_total", &["hawser_reason=\"unknown_cluster\""]),
+                has(
+                    &text,
+                    "hawser_io_bytes_total",
+                    &[&cluster, "network_io_direction=\"transmit\""],
+                ),
+            ];
+            Ok(all.iter().all(|&ok| ok).then_some(text))
+        },
+    )?;
+    ensure!(
+        !relay_metrics.contains("made-up-cluster-77") && !relay_metrics.contains(bogus_token),
+        "the relay's metrics name a caller's made-up cluster or token"
+    );
+    ensure!(
+        relay_metrics.contains("hawser_cluster=\"(unknown)\""),
+        "the unknown cluster's request is counted under (unknown)"
+    );
+    wait_for(
+        "the agent's metrics to count the list and its tunnel",
+        Duration::from_secs(10),
+        || {
+            let text = metrics(agent_admin)?;
+            Ok(
+                (has(&text, "hawser_requests_total", &[&cluster, "hawser_verb=\"list\""])
+                    && has(&text, "hawser_tunnels", &[&cluster, "network_transport=\"quic\""]))
+                .then_some(()),
+            )
+        },
+    )?;
+    for port in [relay_admin, agent_admin] {
+        let (status, body) = http(port, "GET", "/readyz", "")?;
+        ensure!(status == 200, "/readyz on admin port {port}: {status} {body}");
+    }
+    let (status, body) = https::get(&format!("{}/metrics", hawser.relay_url), &hawser.relay_ca, &[])?;
+    ensure!(
+        status == 404 && !body.contains("hawser_requests"),
+        "the callers' port serves no metrics: {status} {body}"
+    );
+    Ok(())
+}
+
+/// The Prometheus text of the admin listener on `port`.
+fn metrics(port: u16) -> Result<String> {
+    let (status, body) = http(port, "GET", "/metrics", "")?;
+    ensure!(status == 200, "/metrics on port {port}: {status} {body}");
+    Ok(body)
+}
+
+/// Whether `text` has a sample of `name` with every one of `labels` and a value above zero.
+fn has(text: &str, name: &str, labels: &[&str]) -> bool {
+    text.lines().any(|line| {
+        line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{'))
+            && labels.iter().all(|l| line.contains(l))
+            && line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v > 0.0)
+    })
+}
