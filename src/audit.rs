@@ -18,19 +18,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
 use http::{HeaderMap, Method, Uri};
-use hyper::body::Frame;
 use serde::{Deserialize, Serialize};
 
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 use crate::request_info::request_info;
 
 /// Where audit lines go: `"stdout"` (the default), `"none"`, or a file path.
@@ -89,7 +85,12 @@ pub const QUEUE_LINES: usize = 4096;
 
 enum Sink {
     None,
-    Writer(SyncSender<Message>),
+    /// The writer thread's queue, the lines in it, and the gauge that reports them.
+    Writer(
+        SyncSender<Message>,
+        Arc<AtomicU64>,
+        opentelemetry::metrics::ObservableGauge<u64>,
+    ),
 }
 
 enum Message {
@@ -98,14 +99,16 @@ enum Message {
     Flush(SyncSender<()>),
 }
 
-/// The writer thread's loop: write each line with one `write`, flush, answer barriers.
-fn write_lines(mut out: Box<dyn Write + Send>, queue: Receiver<Message>) {
+/// The writer thread's loop: write each line with one `write`, flush, answer barriers;
+/// `queued` counts the lines waiting.
+fn write_lines(mut out: Box<dyn Write + Send>, queue: Receiver<Message>, queued: Arc<AtomicU64>) {
     for message in queue {
         match message {
             Message::Line(text) => {
                 if let Err(e) = out.write_all(&text).and_then(|()| out.flush()) {
                     tracing::error!(error = %e, "cannot write the audit log");
                 }
+                queued.fetch_sub(1, Ordering::Relaxed);
             }
             Message::Flush(done) => {
                 let _ = done.send(());
@@ -155,14 +158,23 @@ impl AuditLog {
             }
         };
         let (queue, lines) = std::sync::mpsc::sync_channel(QUEUE_LINES);
+        let queued = Arc::new(AtomicU64::new(0));
+        let written = queued.clone();
         std::thread::Builder::new()
             .name(format!("{component}-audit"))
-            .spawn(move || write_lines(out, lines))
+            .spawn(move || write_lines(out, lines, written))
             .map_err(|source| AuditError {
                 path: config.output.clone(),
                 source,
             })?;
-        let sink = Sink::Writer(queue);
+        let depth = queued.clone();
+        let gauge = crate::telemetry::metrics::meter()
+            .u64_observable_gauge("hawser.audit.queue")
+            .with_description("Audit lines waiting for the writer; at the queue's bound requests wait for room")
+            .with_unit("{line}")
+            .with_callback(move |observer| observer.observe(depth.load(Ordering::Relaxed), &[]))
+            .build();
+        let sink = Sink::Writer(queue, queued, gauge);
         Ok(Arc::new(Self {
             sink,
             component,
@@ -202,13 +214,15 @@ impl AuditLog {
     }
 
     fn write<T: Serialize>(&self, line: &T) {
-        let Sink::Writer(queue) = &self.sink else {
+        let Sink::Writer(queue, queued, _) = &self.sink else {
             return;
         };
         let Ok(mut text) = serde_json::to_vec(line) else {
             return;
         };
         text.push(b'\n');
+        // Counted before it is sent, so the writer's decrement never comes first.
+        queued.fetch_add(1, Ordering::Relaxed);
         match queue.try_send(Message::Line(text)) {
             Ok(()) => {}
             // Full: wait for room (see the module docs); this blocks only while the sink is stuck.
@@ -221,13 +235,16 @@ impl AuditLog {
                     queue.send(message)
                 };
             }
-            Err(TrySendError::Disconnected(_)) => tracing::error!("the audit writer thread is gone"),
+            Err(TrySendError::Disconnected(_)) => {
+                queued.fetch_sub(1, Ordering::Relaxed);
+                tracing::error!("the audit writer thread is gone");
+            }
         }
     }
 
     /// Waits until every line recorded so far is written (at shutdown, and in tests).
     pub fn flush(&self) {
-        if let Sink::Writer(queue) = &self.sink {
+        if let Sink::Writer(queue, _, _) = &self.sink {
             let (done, wait) = std::sync::mpsc::sync_channel(1);
             if queue.send(Message::Flush(done)).is_ok() {
                 let _ = wait.recv();
@@ -242,7 +259,7 @@ impl AuditLog {
 
     /// Whether lines go anywhere (`false` for `output = "none"`).
     pub fn is_enabled(&self) -> bool {
-        matches!(self.sink, Sink::Writer(_))
+        matches!(self.sink, Sink::Writer(..))
     }
 }
 
@@ -412,50 +429,11 @@ impl Audit {
     /// Wraps `body` so its data bytes are counted in (`inbound`) or out, and
     /// the record stays open until the body is done or dropped.
     pub fn count(&self, body: Body, inbound: bool) -> Body {
-        http_body_util::BodyExt::boxed(Counted {
+        http_body_util::BodyExt::boxed(counted::Counted {
             inner: body,
             audit: Some(self.clone()),
             inbound,
         })
-    }
-}
-
-struct Counted {
-    inner: Body,
-    audit: Option<Audit>,
-    inbound: bool,
-}
-
-impl hyper::body::Body for Counted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(audit)) = (frame.data_ref(), &self.audit) {
-                    let n = data.len() as u64;
-                    if self.inbound {
-                        audit.add_in(n)
-                    } else {
-                        audit.add_out(n)
-                    }
-                }
-            }
-            // Done: let the record close now rather than when hyper drops the body.
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.audit = None,
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -484,6 +462,7 @@ pub(crate) fn rfc3339(time: SystemTime) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_owned())
 }
 
+mod counted;
 mod event;
 mod observe;
 #[cfg(test)]

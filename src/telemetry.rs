@@ -43,12 +43,23 @@ pub fn init(format: LogFormat, otel: Option<&Otel>) {
             .with_location(false)
             .with_threads(false)
             .with_target(false)
-            .with_filter(tracing_subscriber::filter::Targets::new().with_target("hawser", tracing::Level::INFO))
+            .with_filter(exported())
     });
     tracing_subscriber::registry()
         .with(log.with_filter(filter))
         .with(traces)
         .init();
+}
+
+/// What goes to the trace exporter: the spans of requests (the relay's `request` and `stream`,
+/// the agent's `stream`) and the crate's events at info and above, which become their span
+/// events. Connection and tunnel spans live for hours and would make traces of their own.
+fn exported() -> tracing_subscriber::filter::FilterFn {
+    tracing_subscriber::filter::filter_fn(|meta| {
+        meta.target().starts_with("hawser")
+            && *meta.level() <= tracing::Level::INFO
+            && (meta.is_event() || matches!(meta.name(), "request" | "stream"))
+    })
 }
 
 /// The text field formatter: `name=value` pairs separated by spaces, the message bare, every

@@ -54,7 +54,9 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
     let (stream, span, via, hop_end) = match state.registry.pick(&cluster) {
         Some(session) => {
             audit.set(|f| f.agent = Some(session.instance.clone()));
-            let span = info_span!("stream", cluster = %cluster, user = %caller.identity.user, session = session.id);
+            // No user here: span fields become trace attributes, which name users only where
+            // configured (`telemetry.record_user`, the request span).
+            let span = info_span!("stream", cluster = %cluster, session = session.id);
             // Waits only while the agent's stream limit is reached; bounded so callers get an answer.
             let opened = tokio::time::timeout(wait, session.connection.open())
                 .await
@@ -70,7 +72,16 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
         }
         None => {
             let fleet = state.fleet.as_ref().ok_or_else(|| Refusal::Offline(cluster.clone()))?;
-            let forwarded = fleet.forward(&cluster, wait).await.map_err(|no| match no {
+            let forwarded = fleet.forward(&cluster, wait).await;
+            let result = match &forwarded {
+                Ok(_) => "forwarded",
+                Err(NoPeer::NoneHolds) => "none_holds",
+                Err(NoPeer::Unreachable(_)) => "unreachable",
+            };
+            crate::telemetry::metrics::metrics()
+                .forwards
+                .add(1, &[opentelemetry::KeyValue::new("hawser.result", result)]);
+            let forwarded = forwarded.map_err(|no| match no {
                 NoPeer::NoneHolds => Refusal::Offline(cluster.clone()),
                 NoPeer::Unreachable(errors) => Refusal::PeerUnreachable {
                     cluster: cluster.clone(),
@@ -78,7 +89,7 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
                 },
             })?;
             audit.set(|f| f.via = Some(forwarded.relay.clone()));
-            let span = info_span!("stream", cluster = %cluster, user = %caller.identity.user, via = %forwarded.relay);
+            let span = info_span!("stream", cluster = %cluster, via = %forwarded.relay);
             (forwarded.stream, span, Some(forwarded.relay), Some(forwarded.hop_end))
         }
     };

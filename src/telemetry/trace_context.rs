@@ -13,21 +13,23 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// The header that carries trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
-/// Makes `span` (not yet entered) a child of the context a caller's `traceparent` names, if any.
+/// Makes `span` (not yet entered) a child of the context a caller's `traceparent` names, else
+/// the root of a trace of its own.
 pub fn continue_from_headers(span: &Span, headers: &HeaderMap) {
-    let Some(traceparent) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()) else {
-        return;
-    };
-    continue_from(span, traceparent);
+    let traceparent = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
+    continue_from(span, traceparent.unwrap_or_default());
 }
 
-/// Makes `span` (not yet entered) a child of the context `traceparent` names, if it is valid.
+/// Makes `span` (not yet entered) a child of the context `traceparent` names if it is valid,
+/// else the root of a trace of its own: never a child of the long-lived connection or tunnel
+/// span it runs in, whose trace would end only with the connection.
 pub fn continue_from(span: &Span, traceparent: &str) {
-    if parse(traceparent).is_none() {
-        return;
-    }
-    let carrier = std::collections::HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
-    let parent = TraceContextPropagator::new().extract(&carrier);
+    let parent = if parse(traceparent).is_some() {
+        let carrier = std::collections::HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
+        TraceContextPropagator::new().extract(&carrier)
+    } else {
+        opentelemetry::Context::new()
+    };
     // Fails only for a span already entered: the callers make a span and continue it at once.
     let _ = span.set_parent(parent);
 }
