@@ -186,7 +186,7 @@ impl Metrics {
 
 /// `verb` if it is one the apiserver knows, else `"other"`: a non-resource request's verb is its
 /// method, which a caller may make up.
-fn bounded_verb(verb: &str) -> &'static str {
+pub(crate) fn bounded_verb(verb: &str) -> &'static str {
     const VERBS: [&str; 13] = [
         "get",
         "list",
