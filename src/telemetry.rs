@@ -115,6 +115,19 @@ impl fmt::Debug for Escaped<'_> {
     }
 }
 
+/// An error with its sources, one after another (`connecting: tls: invalid peer certificate: ...`):
+/// hyper's and rustls' top-level messages alone rarely say what failed.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn must_escape(c: char) -> bool {
     c.is_control()
         || matches!(c,

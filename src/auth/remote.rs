@@ -232,7 +232,7 @@ impl Inner {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| format!("fetching JWKS: {}", chain(&e)))?;
+                .map_err(|e| format!("fetching JWKS: {}", crate::telemetry::error_chain(&e)))?;
             if response.status() != StatusCode::OK {
                 return Err(format!("JWKS endpoint answered {}", response.status()));
             }
@@ -294,16 +294,4 @@ fn build_client(config: &IssuerConfig, uri: &Uri) -> Result<HttpsClient, ConfigE
     tcp.set_nodelay(true);
     tcp.enforce_http(false);
     Ok(Client::builder(TokioExecutor::new()).build(builder.enable_http1().wrap_connector(tcp)))
-}
-
-/// An error with its sources, for messages that say why a connection failed.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }

@@ -34,7 +34,7 @@ pub async fn fetch(relay: &str, ca_file: Option<&Path>, token: &Secret) -> Resul
         let resp = client
             .request(req)
             .await
-            .map_err(|e| ClientError::Relay(format!("{url}: {}", error_chain(&e))))?;
+            .map_err(|e| ClientError::Relay(format!("{url}: {}", crate::telemetry::error_chain(&e))))?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
             .collect()
@@ -81,18 +81,6 @@ fn parse_answer(status: StatusCode, body: &[u8]) -> Result<Overview, ClientError
     Err(ClientError::Relay(
         message.split_whitespace().collect::<Vec<_>>().join(" "),
     ))
-}
-
-/// A hyper client error with its causes, which say what actually failed (TLS, connection).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The overview as two tables: a row per agent (`-` and `OFFLINE` for a cluster without one),
