@@ -2,11 +2,11 @@
 //! relay-opened stream as one exchange with kube-apiserver under the
 //! caller's impersonated identity.
 
-mod apiserver;
+pub(crate) mod apiserver;
 /// Reconnect backoff; public so the load driver runs the same algorithm.
 pub mod backoff;
 mod failure;
-mod link;
+pub(crate) mod link;
 mod passthrough;
 mod path;
 mod serve;
@@ -59,7 +59,7 @@ pub enum AgentError {
 
 /// Why one tunnel attempt ended.
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+pub(crate) enum SessionError {
     #[error("resolving {0}: {1}")]
     Resolve(String, String),
     #[error("connecting: {0}")]
@@ -68,6 +68,15 @@ enum SessionError {
     Dial(#[from] tunnel::DialError),
     #[error("handshake with the relay: {0}")]
     Hello(String),
+    /// The relay refused the hello with one of its close codes.
+    #[error("handshake with the relay: refused ({code}): {reason}")]
+    Refused { code: u32, reason: String },
+    #[error("tcp transport: connecting to {address}: {error}")]
+    TcpConnect { address: String, error: std::io::Error },
+    #[error("tcp transport: {0}")]
+    Proxy(#[from] link::ProxyError),
+    #[error("tcp transport: tls: {0}")]
+    Tls(std::io::Error),
     #[error("tcp transport: {0}")]
     Tcp(String),
     #[error("relay {0} already holds another of this agent's tunnels")]
@@ -76,7 +85,7 @@ enum SessionError {
 
 impl SessionError {
     /// Whether QUIC got no handshake at all (UDP blocked, most likely), so TCP may do better.
-    fn quic_unreachable(&self) -> bool {
+    pub(crate) fn quic_unreachable(&self) -> bool {
         matches!(self, Self::Dial(tunnel::DialError::Timeout(_)) | Self::Endpoint(_))
             || matches!(
                 self,
@@ -167,29 +176,27 @@ impl AgentState {
     }
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
-pub async fn run(config: AgentConfig, metrics: Option<prometheus::Registry>) -> Result<(), AgentError> {
-    let token_path = config.token_file.display().to_string();
-    let token = std::fs::read_to_string(&config.token_file).map_err(|e| AgentError::Token {
-        path: token_path.clone(),
-        message: e.to_string(),
-    })?;
+/// Reads the cluster's agent token: the file's text, trimmed, not empty.
+pub(crate) fn read_token(path: &std::path::Path) -> Result<Secret, AgentError> {
+    let failed = |message: String| AgentError::Token {
+        path: path.display().to_string(),
+        message,
+    };
+    let token = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
     let token = Secret::new(token.trim().to_owned());
     if token.expose().is_empty() {
-        return Err(AgentError::Token {
-            path: token_path,
-            message: "empty".into(),
-        });
+        return Err(failed("empty".into()));
     }
+    Ok(token)
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(config: AgentConfig, metrics: Option<prometheus::Registry>) -> Result<(), AgentError> {
+    let token = read_token(&config.token_file)?;
     let state = Arc::new(AgentState::new(&config)?);
     let apiserver = &state.apiserver;
-    let uids = config.issuers.iter().any(|i| i.uid_claim.is_some());
-    let extra_keys: Vec<String> = config
-        .issuers
-        .iter()
-        .flat_map(|i| i.extra_claims.keys().cloned())
-        .collect();
     if config.mode.allows_identity() {
+        let (uids, extra_keys) = config.impersonated_beyond_users_and_groups();
         match apiserver.missing_impersonation_rights(uids, &extra_keys).await {
             Ok(missing) if missing.is_empty() => info!("the agent may impersonate what its issuers map"),
             Ok(missing) => warn!(

@@ -44,6 +44,14 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Check an agent's configuration: the relay over each transport, its certificate, the agent
+    /// token, the apiserver and the agent's rights; one line per check, exit 1 if any failed.
+    /// Safe beside the running agent: its hello is a probe that the relay never registers.
+    Doctor {
+        /// The agent's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Print the caller's token as a kubectl exec credential, or issue a token.
     Token(TokenArgs),
     /// Print a kubeconfig whose server is the relay and whose user runs `hawser token`.

@@ -49,6 +49,16 @@ pub async fn run(command: Command, format: LogFormat) -> Result<()> {
             otel.shutdown();
             Ok(ran?)
         }
+        Command::Doctor { config } => {
+            let report = crate::doctor::run(&config).await;
+            print!("{report}");
+            std::io::stdout().flush()?;
+            match report.failures() {
+                0 => Ok(()),
+                1 => bail!("1 check failed"),
+                n => bail!("{n} checks failed"),
+            }
+        }
         Command::Token(args) => token_command(args),
         Command::Kubeconfig(args) => kubeconfig_command(args),
         Command::Proxy(args) => proxy_command(args).await,

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod doctor;
 pub mod duration;
 pub mod forward;
 pub mod headers;

@@ -86,6 +86,11 @@ pub struct Hello {
     /// would close at once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub held: Vec<String>,
+    /// A check, not a tunnel (`hawser doctor`): judged exactly as a hello, answered with a welcome
+    /// (session 0) or a refusal, and never registered, so it cannot replace the agent's session.
+    /// Not sent when false, so an agent's hello reads as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub probe: bool,
 }
 
 fn is_zero(n: &u8) -> bool {
@@ -101,6 +106,7 @@ impl std::fmt::Debug for Hello {
             .field("accepts", &self.accepts)
             .field("link", &self.link)
             .field("held", &self.held)
+            .field("probe", &self.probe)
             .finish()
     }
 }
@@ -284,6 +290,21 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin, T: DeserializeOwned>(
 mod tests {
     use super::*;
 
+    /// The hello as relays before probes read it.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct OldHello {
+        cluster: String,
+        token: String,
+        instance: String,
+        accepts: Accepts,
+        #[serde(default)]
+        link: u8,
+        #[serde(default)]
+        held: Vec<String>,
+    }
+
     #[tokio::test]
     async fn round_trip() {
         let welcome = Welcome {
@@ -345,8 +366,15 @@ mod tests {
             accepts: Accepts::Assertion { issuer: "i".into() },
             link: 0,
             held: Vec::new(),
+            probe: false,
         };
-        assert!(!serde_json::to_string(&hello).unwrap().contains("link"));
+        let json = serde_json::to_string(&hello).unwrap();
+        assert!(!json.contains("link") && !json.contains("probe"), "{json}");
+        // A relay that predates probes reads one as malformed (`deny_unknown_fields`): it refuses
+        // it as a bad hello and registers nothing.
+        let probe = serde_json::to_string(&Hello { probe: true, ..hello }).unwrap();
+        let old = serde_json::from_str::<OldHello>(&probe).unwrap_err();
+        assert!(old.to_string().contains("unknown field `probe`"), "{old}");
     }
 
     #[tokio::test]
@@ -386,6 +414,7 @@ mod tests {
         let hello = Hello {
             link: 0,
             held: Vec::new(),
+            probe: false,
             cluster: "c".into(),
             token: "t".repeat(MAX_HELLO),
             instance: "a".into(),
@@ -405,6 +434,7 @@ mod tests {
         let hello = Hello {
             link: 0,
             held: Vec::new(),
+            probe: false,
             cluster: "c".into(),
             token: "s3cret".into(),
             instance: "a".into(),

@@ -2,6 +2,7 @@
 //! session registry and the routing between them.
 
 mod agents;
+pub use agents::close_code;
 mod clusters;
 mod door;
 mod fleet;

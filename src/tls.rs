@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-pub use pin::{Pin, RelayTrust};
+pub use pin::{KeyNotPinned, Pin, Refusals, RelayTrust};
 
 /// Why TLS material could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +157,20 @@ pub fn client_config(roots: rustls::RootCertStore, alpn: &[&[u8]]) -> Result<rus
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A client configuration whose server certificates `verifier` judges, with the given ALPN protocols.
+pub fn client_config_with(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)

@@ -147,7 +147,16 @@ pub fn agent_endpoint(
     config: &TunnelConfig,
     relay: SocketAddr,
 ) -> Result<Endpoint, TunnelError> {
-    let tls = trust.client_config(&[ALPN])?;
+    agent_endpoint_with(Arc::new(trust.client_config(&[ALPN])?), config, relay)
+}
+
+/// The agent's QUIC client endpoint with the given TLS configuration (ALPN `hawser/1`), which must
+/// recognise the relay as [`agent_endpoint`]'s does.
+pub fn agent_endpoint_with(
+    tls: Arc<rustls::ClientConfig>,
+    config: &TunnelConfig,
+    relay: SocketAddr,
+) -> Result<Endpoint, TunnelError> {
     let quic_tls = QuicClientConfig::try_from(tls).map_err(|e| TunnelError::QuicTls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
     client.transport_config(transport(config, config.max_streams_per_tunnel));

@@ -257,6 +257,7 @@ impl Swarm {
             let hello = Hello {
                 link: 0,
                 held: Vec::new(),
+                probe: false,
                 cluster: cluster(i),
                 token: self.shared.token.clone(),
                 instance: format!("swarm-agent-{i:05}"),

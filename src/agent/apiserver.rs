@@ -31,6 +31,34 @@ pub enum ApiserverError {
     Tls(#[from] crate::tls::TlsError),
 }
 
+/// Why a request of the agent's own to the apiserver got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiCallError {
+    /// The agent's credential or the apiserver's URL.
+    #[error(transparent)]
+    Setup(#[from] ApiserverError),
+    /// The agent's token cannot be a header value.
+    #[error("the agent's token is not a header value")]
+    Token,
+    /// No answer: the connection, TLS or the protocol failed (the causes say which).
+    #[error("{}", crate::telemetry::error_chain(.0))]
+    Request(hyper_util::client::legacy::Error),
+    /// Nothing within 10 s.
+    #[error("the apiserver did not answer within 10s")]
+    Timeout,
+    /// An answer that is not JSON of at most 64 KiB.
+    #[error("unreadable answer: {0}")]
+    Answer(String),
+    /// An answer other than 2xx, with the apiserver's message.
+    #[error("{status}: {message}")]
+    Status {
+        /// The status.
+        status: http::StatusCode,
+        /// The `message` of the apiserver's Status, if any.
+        message: String,
+    },
+}
+
 /// The apiserver and the agent's credential for it.
 pub struct Apiserver {
     base: Uri,
@@ -70,6 +98,11 @@ impl Apiserver {
         })
     }
 
+    /// The apiserver's URL, as configured.
+    pub fn base(&self) -> &Uri {
+        &self.base
+    }
+
     /// The apiserver URI for a request's path and query (never another host, never out of the
     /// server URL's path prefix).
     pub fn uri_for(&self, uri: &Uri) -> Result<Uri, ApiserverError> {
@@ -85,7 +118,11 @@ impl Apiserver {
     /// (SelfSubjectAccessReview per right), given whether uids and which extra
     /// keys the issuers map. A missing grant otherwise shows up only as a
     /// confusing Forbidden on some requests.
-    pub async fn missing_impersonation_rights(&self, uids: bool, extra_keys: &[String]) -> Result<Vec<String>, String> {
+    pub async fn missing_impersonation_rights(
+        &self,
+        uids: bool,
+        extra_keys: &[String],
+    ) -> Result<Vec<String>, ApiCallError> {
         let mut needed: Vec<(&str, &str, &str, String)> = vec![
             ("impersonate", "", "users", String::new()),
             ("impersonate", "", "groups", String::new()),
@@ -101,14 +138,14 @@ impl Apiserver {
 
     /// Whether the agent may review cluster tokens (`create tokenreviews`), as passthrough needs;
     /// the missing right's name if not.
-    pub async fn missing_passthrough_rights(&self) -> Result<Vec<String>, String> {
+    pub async fn missing_passthrough_rights(&self) -> Result<Vec<String>, ApiCallError> {
         self.missing_rights(&[("create", "authentication.k8s.io", "tokenreviews", String::new())])
             .await
     }
 
     /// Asks with SelfSubjectAccessReviews which of `needed` (verb, group, resource, subresource)
     /// the agent's credential lacks.
-    async fn missing_rights(&self, needed: &[(&str, &str, &str, String)]) -> Result<Vec<String>, String> {
+    async fn missing_rights(&self, needed: &[(&str, &str, &str, String)]) -> Result<Vec<String>, ApiCallError> {
         let mut missing = Vec::new();
         for (verb, group, resource, subresource) in needed {
             let review = serde_json::json!({
@@ -118,12 +155,13 @@ impl Apiserver {
                     "verb": verb, "group": group, "resource": resource, "subresource": subresource,
                 }},
             });
-            let (status, answer) = self
-                .post_json("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", &review)
+            let answer = self
+                .call(
+                    http::Method::POST,
+                    "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                    Some(&review),
+                )
                 .await?;
-            if !status.is_success() {
-                return Err(format!("{status}: {}", answer["message"].as_str().unwrap_or_default()));
-            }
             if answer["status"]["allowed"] != true {
                 missing.push(if subresource.is_empty() {
                     format!("{verb} {resource}")
@@ -142,29 +180,64 @@ impl Apiserver {
         path: &'static str,
         body: &serde_json::Value,
     ) -> Result<(http::StatusCode, serde_json::Value), String> {
-        let token = self.token().map_err(|e| e.to_string())?;
-        let uri = self.uri_for(&Uri::from_static(path)).map_err(|e| e.to_string())?;
-        let mut bearer = http::HeaderValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| "the agent's token is not a header value")?;
+        self.exchange(http::Method::POST, path, Some(body))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// GETs `path` (or POSTs `body`) as the agent: the JSON answer of a 2xx, else
+    /// [`ApiCallError::Status`] with the apiserver's message.
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path: &'static str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ApiCallError> {
+        let (status, answer) = self.exchange(method, path, body).await?;
+        if !status.is_success() {
+            let message = answer["message"].as_str().unwrap_or_default().to_owned();
+            return Err(ApiCallError::Status { status, message });
+        }
+        Ok(answer)
+    }
+
+    /// One request as the agent: the answer's status and JSON, head and body under one 10 s
+    /// deadline, the body bounded to 64 KiB.
+    async fn exchange(
+        &self,
+        method: http::Method,
+        path: &'static str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(http::StatusCode, serde_json::Value), ApiCallError> {
+        let token = self.token()?;
+        let uri = self.uri_for(&Uri::from_static(path))?;
+        let mut bearer = http::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| ApiCallError::Token)?;
         bearer.set_sensitive(true);
-        let req = http::Request::post(uri)
-            .header(http::header::AUTHORIZATION, bearer)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(crate::body::full(body.to_string()))
-            .map_err(|e| e.to_string())?;
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(http::header::AUTHORIZATION, bearer);
+        if body.is_some() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let body = body.map_or_else(String::new, ToString::to_string);
+        let req = req
+            .body(crate::body::full(body))
+            .map_err(|e| ApiCallError::Answer(e.to_string()))?;
         let exchange = async {
-            let resp = self.shared.request(req).await.map_err(|e| e.to_string())?;
+            let resp = self.shared.request(req).await.map_err(ApiCallError::Request)?;
             let status = resp.status();
             let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024);
             let body = http_body_util::BodyExt::collect(body)
                 .await
-                .map_err(|e| e.to_string())?;
-            let answer: serde_json::Value = serde_json::from_slice(&body.to_bytes()).map_err(|e| e.to_string())?;
-            Ok::<_, String>((status, answer))
+                .map_err(|e| ApiCallError::Answer(e.to_string()))?;
+            let answer: serde_json::Value =
+                serde_json::from_slice(&body.to_bytes()).map_err(|e| ApiCallError::Answer(e.to_string()))?;
+            Ok::<_, ApiCallError>((status, answer))
         };
         tokio::time::timeout(Duration::from_secs(10), exchange)
             .await
-            .map_err(|_| "the apiserver did not answer within 10s".to_owned())?
+            .map_err(|_| ApiCallError::Timeout)?
     }
 
     /// The agent's bearer token, re-read from file when stale.

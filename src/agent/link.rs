@@ -5,20 +5,18 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{HeaderValue, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::proxy::Tunnel;
-use hyper_util::client::proxy::matcher::Matcher;
+use rustls::client::danger::ServerCertVerifier;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tower::Service;
-use tracing::debug;
 
 use super::SessionError;
 use crate::config::{AgentConfig, Secret};
 use crate::proto::{self, Answer, Hello, Welcome};
 use crate::transport::h2::{AgentSide, agent_side};
 use crate::{tls, tunnel};
+
+mod connect;
+pub(crate) use connect::{ProxyError, ProxyFailure};
 
 /// How long the hello and its answer may take.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,43 +45,57 @@ pub(crate) struct Dialer {
     quic_address: String,
     tcp_address: String,
     server_name: String,
-    trust: tls::RelayTrust,
-    tcp_tls: Arc<rustls::ClientConfig>,
+    /// How the relay is recognised, for QUIC and TCP alike (ALPN `hawser/1`).
+    tls: Arc<rustls::ClientConfig>,
     tunnel: crate::config::TunnelConfig,
     hello: Hello,
-    proxy: Option<Proxy>,
+    proxy: Option<connect::Proxy>,
     /// The QUIC endpoints that may still carry a tunnel, so shutdown can close them instead of
     /// leaving the relay to notice by idle timeout.
     pub current: Mutex<Vec<quinn::Endpoint>>,
 }
 
-/// An HTTP proxy the TCP transport goes through.
-struct Proxy {
-    uri: Uri,
-    auth: Option<HeaderValue>,
-}
-
 impl Dialer {
     /// Reads what dialing needs from the configuration: trust, proxy and its credentials.
     pub(crate) fn new(config: &AgentConfig, token: &Secret) -> Result<Self, super::AgentError> {
+        let trust = tls::RelayTrust::load(config.relay.ca_file.as_deref(), &config.relay.pinned_key_sha256)?;
+        Self::build(config, token, trust.verifier()?, false)
+    }
+
+    /// A dialer whose hellos are probes (judged, answered, never registered: `hawser doctor`),
+    /// the relay's certificate judged by `verifier`.
+    pub(crate) fn probing(
+        config: &AgentConfig,
+        token: &Secret,
+        verifier: Arc<dyn ServerCertVerifier>,
+    ) -> Result<Self, super::AgentError> {
+        Self::build(config, token, verifier, true)
+    }
+
+    fn build(
+        config: &AgentConfig,
+        token: &Secret,
+        verifier: Arc<dyn ServerCertVerifier>,
+        probe: bool,
+    ) -> Result<Self, super::AgentError> {
         let relay = &config.relay;
-        let trust = tls::RelayTrust::load(relay.ca_file.as_deref(), &relay.pinned_key_sha256)?;
-        let tcp_tls = Arc::new(trust.client_config(&[proto::ALPN])?);
+        let tls = Arc::new(tls::client_config_with(verifier, &[proto::ALPN])?);
         let server_name = match &relay.server_name {
             Some(name) => name.clone(),
             None => host_of(&relay.address).to_owned(),
         };
         let tcp_address = relay.tcp_address.clone().unwrap_or_else(|| relay.address.clone());
-        let proxy = proxy_for(&tcp_address, relay.proxy.as_deref(), relay.proxy_auth_file.as_deref())?;
-        if let Some(proxy) = &proxy {
-            tracing::info!(proxy = %shown(&proxy.uri), "the tcp transport goes through an http proxy");
+        let proxy = connect::proxy_for(&tcp_address, relay.proxy.as_deref(), relay.proxy_auth_file.as_deref())?;
+        if let Some(proxy) = &proxy
+            && !probe
+        {
+            tracing::info!(proxy = %proxy.shown(), "the tcp transport goes through an http proxy");
         }
         Ok(Self {
             quic_address: relay.address.clone(),
             tcp_address,
             server_name,
-            trust,
-            tcp_tls,
+            tls,
             tunnel: config.tunnel.clone(),
             hello: Hello {
                 cluster: config.cluster.clone(),
@@ -92,10 +104,26 @@ impl Dialer {
                 accepts: config.accepts(),
                 link: 0,
                 held: Vec::new(),
+                probe,
             },
             proxy,
             current: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The proxy the TCP transport goes through, as shown in logs, if one applies.
+    pub(crate) fn proxy(&self) -> Option<String> {
+        self.proxy.as_ref().map(connect::Proxy::shown)
+    }
+
+    /// The name the relay's certificate must hold (with a CA), sent as SNI.
+    pub(crate) fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    /// `host:port` of the relay for QUIC, and for TCP.
+    pub(crate) fn addresses(&self) -> (&str, &str) {
+        (&self.quic_address, &self.tcp_address)
     }
 
     /// The hello of the agent's tunnel number `link`.
@@ -118,7 +146,8 @@ impl Dialer {
         let addr = resolve(&self.quic_address).await?;
         // A fresh endpoint per attempt: a restarted relay sees a new source port (and a
         // balancer may send it to another relay).
-        let endpoint = tunnel::agent_endpoint(&self.trust, &self.tunnel, addr).map_err(SessionError::Endpoint)?;
+        let endpoint =
+            tunnel::agent_endpoint_with(self.tls.clone(), &self.tunnel, addr).map_err(SessionError::Endpoint)?;
         {
             let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
             current.retain(|e| e.open_connections() > 0);
@@ -137,10 +166,14 @@ impl Dialer {
         .await
         .map_err(|_| SessionError::Hello("no answer within 10s".into()))?
         .map_err(|e| match connection.close_reason() {
-            Some(quinn::ConnectionError::ApplicationClosed(close))
-                if close.error_code == quinn::VarInt::from_u32(proto::HELD_HERE) =>
-            {
-                SessionError::SameRelay(String::from_utf8_lossy(&close.reason).into_owned())
+            Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+                let code = u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX);
+                let reason = String::from_utf8_lossy(&close.reason).into_owned();
+                if code == proto::HELD_HERE {
+                    SessionError::SameRelay(reason)
+                } else {
+                    SessionError::Refused { code, reason }
+                }
             }
             reason => SessionError::Hello(reason.map_or(e, |r| r.to_string())),
         })?;
@@ -151,45 +184,8 @@ impl Dialer {
     /// A tunnel over TCP (the agent's number `link`; through the proxy, if one applies) and its
     /// welcome.
     pub(crate) async fn tcp(&self, link: u8, held: &[String]) -> Result<(Link, Welcome), SessionError> {
-        let tcp = match &self.proxy {
-            Some(proxy) => self.through(proxy).await?,
-            None => {
-                let addr = resolve(&self.tcp_address).await?;
-                tokio::time::timeout(tunnel::HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| {
-                        SessionError::Tcp(format!("connecting to {}: no answer within 10s", self.tcp_address))
-                    })?
-                    .map_err(|e| SessionError::Tcp(format!("connecting to {}: {e}", self.tcp_address)))?
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
-            .map_err(|e| SessionError::Tcp(format!("server name {:?}: {e}", self.server_name)))?;
-        let connector = tokio_rustls::TlsConnector::from(self.tcp_tls.clone());
-        let mut io = tokio::time::timeout(tunnel::HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
-            .await
-            .map_err(|_| SessionError::Tcp("no tls handshake within 10s".into()))?
-            .map_err(|e| SessionError::Tcp(format!("tls: {e}")))?;
-        let answer = tokio::time::timeout(HELLO_TIMEOUT, async {
-            proto::write_frame(&mut io, &self.hello(link, held)).await?;
-            proto::read_frame::<_, Answer>(&mut io).await
-        })
-        .await
-        .map_err(|_| SessionError::Hello("no answer within 10s".into()))?
-        .map_err(|e| SessionError::Hello(e.to_string()))?;
-        let welcome = match answer {
-            Answer::Welcome(welcome) => welcome,
-            Answer::Closing(closing) if closing.code == proto::HELD_HERE => {
-                return Err(SessionError::SameRelay(closing.reason));
-            }
-            Answer::Closing(closing) => {
-                return Err(SessionError::Hello(format!(
-                    "refused ({}): {}",
-                    closing.code, closing.reason
-                )));
-            }
-        };
+        let tcp = self.tcp_connect().await?;
+        let (io, welcome) = self.tcp_hello(tcp, link, held).await?;
         let side = tokio::time::timeout(HELLO_TIMEOUT, agent_side(io, &self.tunnel))
             .await
             .map_err(|_| SessionError::Tcp("no HTTP/2 preface from the relay within 10s".into()))?
@@ -197,84 +193,71 @@ impl Dialer {
         Ok((Link::Tcp(Box::new(side)), welcome))
     }
 
-    /// A TCP connection to the relay through `proxy` (HTTP CONNECT).
-    async fn through(&self, proxy: &Proxy) -> Result<TcpStream, SessionError> {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(tunnel::HANDSHAKE_TIMEOUT));
-        let mut connector = Tunnel::new(proxy.uri.clone(), http);
-        if let Some(auth) = &proxy.auth {
-            connector = connector.with_auth(auth.clone());
-        }
-        let target: Uri = format!("https://{}", self.tcp_address)
-            .parse()
-            .map_err(|e| SessionError::Tcp(format!("relay tcp address {:?}: {e}", self.tcp_address)))?;
-        let io = tokio::time::timeout(tunnel::HANDSHAKE_TIMEOUT, connector.call(target))
-            .await
-            .map_err(|_| SessionError::Tcp(format!("proxy {}: no tunnel within 10s", shown(&proxy.uri))))?
-            .map_err(|e| SessionError::Tcp(format!("proxy {}: {e}", shown(&proxy.uri))))?;
-        debug!(proxy = %shown(&proxy.uri), "tunnel through the proxy open");
-        Ok(io.into_inner())
-    }
-}
-
-/// The proxy the TCP transport uses to reach `address`: `configured`, or what the environment
-/// says (`HTTPS_PROXY` and `NO_PROXY`, as curl reads them); basic credentials from `auth_file`.
-fn proxy_for(
-    address: &str,
-    configured: Option<&str>,
-    auth_file: Option<&std::path::Path>,
-) -> Result<Option<Proxy>, super::AgentError> {
-    let matcher = match configured {
-        Some(uri) => Matcher::builder().https(uri).build(),
-        None => Matcher::from_env(),
-    };
-    let target: Uri = format!("https://{address}")
-        .parse()
-        .map_err(|e| super::AgentError::Proxy(format!("relay tcp address {address:?}: {e}")))?;
-    let Some(intercept) = matcher.intercept(&target) else {
-        return Ok(None);
-    };
-    // The environment may name an https:// or socks proxy; only CONNECT to an http:// one is spoken.
-    if intercept.uri().scheme_str() != Some("http") {
-        return Err(super::AgentError::Proxy(format!(
-            "{}: only http:// proxies are supported (the agent sends CONNECT; TLS to the relay runs inside)",
-            shown(intercept.uri())
-        )));
-    }
-    let auth = match auth_file {
-        Some(path) => {
-            let secret = std::fs::read_to_string(path)
-                .map_err(|e| super::AgentError::Proxy(format!("proxy_auth_file {}: {e}", path.display())))?;
-            let secret = secret.trim();
-            if !secret.contains(':') {
-                return Err(super::AgentError::Proxy(format!(
-                    "proxy_auth_file {}: write user:password",
-                    path.display()
-                )));
+    /// A TCP connection to the relay's TCP address: through the proxy if one applies.
+    pub(crate) async fn tcp_connect(&self) -> Result<TcpStream, SessionError> {
+        let tcp = match &self.proxy {
+            Some(proxy) => {
+                let tcp = proxy.connect(&self.tcp_address).await?;
+                tracing::debug!(proxy = %proxy.shown(), "tunnel through the proxy open");
+                tcp
             }
-            use base64::Engine;
-            let encoded = base64::engine::general_purpose::STANDARD.encode(secret);
-            let mut value = HeaderValue::try_from(format!("Basic {encoded}"))
-                .map_err(|e| super::AgentError::Proxy(format!("proxy_auth_file: {e}")))?;
-            value.set_sensitive(true);
-            Some(value)
-        }
-        None => intercept.basic_auth().cloned(),
-    };
-    Ok(Some(Proxy {
-        uri: intercept.uri().clone(),
-        auth,
-    }))
-}
+            None => {
+                let addr = resolve(&self.tcp_address).await?;
+                let failed = |error| SessionError::TcpConnect {
+                    address: self.tcp_address.clone(),
+                    error,
+                };
+                tokio::time::timeout(tunnel::HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| {
+                        failed(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no answer within 10s",
+                        ))
+                    })?
+                    .map_err(failed)?
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
 
-/// A proxy's scheme, host and port, never credentials an environment variable may carry.
-fn shown(uri: &Uri) -> String {
-    let scheme = uri.scheme_str().unwrap_or("http");
-    match (uri.host(), uri.port_u16()) {
-        (Some(host), Some(port)) => format!("{scheme}://{host}:{port}"),
-        (Some(host), None) => format!("{scheme}://{host}"),
-        _ => format!("{scheme}://?"),
+    /// TLS to the relay over `tcp`, the hello of the agent's tunnel number `link`, and its welcome.
+    pub(crate) async fn tcp_hello(
+        &self,
+        tcp: TcpStream,
+        link: u8,
+        held: &[String],
+    ) -> Result<(TlsStream<TcpStream>, Welcome), SessionError> {
+        let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
+            .map_err(|e| SessionError::Tcp(format!("server name {:?}: {e}", self.server_name)))?;
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let mut io = tokio::time::timeout(tunnel::HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+            .await
+            .map_err(|_| {
+                SessionError::Tls(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no tls handshake within 10s",
+                ))
+            })?
+            .map_err(SessionError::Tls)?;
+        let answer = tokio::time::timeout(HELLO_TIMEOUT, async {
+            proto::write_frame(&mut io, &self.hello(link, held)).await?;
+            proto::read_frame::<_, Answer>(&mut io).await
+        })
+        .await
+        .map_err(|_| SessionError::Hello("no answer within 10s".into()))?
+        .map_err(|e| SessionError::Hello(e.to_string()))?;
+        match answer {
+            Answer::Welcome(welcome) => Ok((io, welcome)),
+            Answer::Closing(closing) if closing.code == proto::HELD_HERE => {
+                Err(SessionError::SameRelay(closing.reason))
+            }
+            Answer::Closing(closing) => Err(SessionError::Refused {
+                code: closing.code,
+                reason: closing.reason,
+            }),
+        }
     }
 }
 

@@ -454,7 +454,13 @@ mod tests {
         assert!(closed(quinn::TransportErrorCode::CONNECTION_REFUSED).elsewhere());
         assert!(SessionError::SameRelay("relay-0".into()).elsewhere());
         assert!(!closed(quinn::TransportErrorCode::PROTOCOL_VIOLATION).elsewhere());
-        assert!(!SessionError::Hello("refused (2): wrong token".into()).elsewhere());
+        assert!(
+            !SessionError::Refused {
+                code: 2,
+                reason: "wrong token".into()
+            }
+            .elsewhere()
+        );
     }
 
     #[test]

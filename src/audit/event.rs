@@ -1,4 +1,5 @@
-//! Tunnel events in the relay's audit trail: an agent registered, left, or was revoked. They sit
+//! Tunnel events in the relay's audit trail: an agent registered, left, was revoked, or probed
+//! (`hawser doctor`: welcomed, nothing registered). They sit
 //! beside the request lines (same sink, same ordering) with an `event` field instead of a
 //! `request_id`, so who served a cluster, and from where, is on record: an agent joining a
 //! cluster beside others (it gets a share of that cluster's requests) names them.
@@ -12,13 +13,13 @@ use super::{AuditLog, rfc3339};
 /// One tunnel event.
 #[derive(Debug, Serialize)]
 pub struct AgentEvent<'a> {
-    /// `agent_registered`, `agent_gone` or `agent_revoked`.
+    /// `agent_registered`, `agent_gone`, `agent_revoked` or `agent_probed`.
     pub event: &'static str,
     /// The cluster.
     pub cluster: &'a str,
     /// The agent instance.
     pub agent: &'a str,
-    /// The session id in this relay.
+    /// The session id in this relay (0 for a probe: none).
     pub session: u64,
     /// The agent's address as the relay saw it.
     pub peer: String,

@@ -91,6 +91,19 @@ impl AgentConfig {
         }
     }
 
+    /// What the agent impersonates beyond users and groups: uids (some issuer maps `uid_claim`)
+    /// and these extra keys. With `[assertions]` the relay's issuers decide, which the agent
+    /// cannot see: users and groups only.
+    pub fn impersonated_beyond_users_and_groups(&self) -> (bool, Vec<String>) {
+        let uids = self.issuers.iter().any(|i| i.uid_claim.is_some());
+        let extra_keys = self
+            .issuers
+            .iter()
+            .flat_map(|i| i.extra_claims.keys().cloned())
+            .collect();
+        (uids, extra_keys)
+    }
+
     /// What this agent tells the relay it accepts.
     pub fn accepts(&self) -> crate::proto::Accepts {
         match &self.assertions {

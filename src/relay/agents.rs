@@ -276,6 +276,9 @@ async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &S
         }
     };
     drop(unproven);
+    if hello.probe {
+        return probe::answer_quic(&connection, &mut control, &hello, remote, sessions).await;
+    }
     // Proved: now the agent's responses may fill the tunnel's configured windows.
     connection.set_receive_window(sessions.proven_receive_window);
     let id = sessions.registry.new_id();
@@ -459,6 +462,7 @@ enum NoHello {
 
 mod judge;
 pub use judge::RefusalLog;
+mod probe;
 use judge::judge;
 mod tcp;
 pub use tcp::tcp_session;

@@ -24,7 +24,7 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -128,31 +128,50 @@ impl RelayTrust {
 
     /// A client configuration that accepts only a relay this trust recognises.
     pub fn client_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
+        super::client_config_with(self.verifier()?, alpn)
+    }
+
+    /// What judges the relay's certificate: the CA's WebPKI check, the pins, or both.
+    pub fn verifier(&self) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+        Ok(Arc::new(self.relay_verifier(None)?))
+    }
+
+    /// The same verifier, keeping why it last refused a certificate in `refusals`, so that a
+    /// failed handshake can be explained by its typed cause (QUIC reports only a TLS alert).
+    pub fn witnessed_verifier(&self, refusals: Arc<Refusals>) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+        Ok(Arc::new(self.relay_verifier(Some(refusals))?))
+    }
+
+    fn relay_verifier(&self, refusals: Option<Arc<Refusals>>) -> Result<RelayVerifier, TlsError> {
         let provider = provider();
         let chain = match &self.roots {
-            Some(roots) if self.pins.is_empty() => return super::client_config((**roots).clone(), alpn),
             Some(roots) => Some(
                 rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?,
             ),
             None => None,
         };
-        let verifier = PinnedVerifier {
+        Ok(RelayVerifier {
             pins: self.pins.clone(),
             chain,
             algorithms: provider.signature_verification_algorithms,
-        };
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(config)
+            refusals,
+        })
     }
 }
 
-/// The relay presented a key that no pin names.
-struct KeyNotPinned(Pin);
+/// Why a relay's certificate was last refused, as a [`RelayTrust::witnessed_verifier`] saw it.
+#[derive(Debug, Default)]
+pub struct Refusals(Mutex<Option<rustls::Error>>);
+
+impl Refusals {
+    /// The last refusal, if the last certificate was refused.
+    pub fn last(&self) -> Option<rustls::Error> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The relay presented a key that no pin names (the pin of that key).
+pub struct KeyNotPinned(pub Pin);
 
 impl fmt::Display for KeyNotPinned {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -169,17 +188,19 @@ impl fmt::Debug for KeyNotPinned {
 
 impl std::error::Error for KeyNotPinned {}
 
-/// Accepts the relay's certificate iff its key is pinned (and, with a CA,
-/// the WebPKI check passes as well); handshake signatures are verified with
-/// the certificate's key as rustls' own verifier does.
+/// Accepts the relay's certificate iff the WebPKI check passes (with a CA) and its key is pinned
+/// (with pins); handshake signatures are verified with the certificate's key as rustls' own
+/// verifier does.
 #[derive(Debug)]
-struct PinnedVerifier {
+struct RelayVerifier {
     pins: Vec<Pin>,
     chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
     algorithms: WebPkiSupportedAlgorithms,
+    /// Where a refusal is kept, for a caller that explains it.
+    refusals: Option<Arc<Refusals>>,
 }
 
-impl ServerCertVerifier for PinnedVerifier {
+impl ServerCertVerifier for RelayVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -188,17 +209,26 @@ impl ServerCertVerifier for PinnedVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(chain) = &self.chain {
-            chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        let verdict = (|| {
+            if let Some(chain) = &self.chain {
+                chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+            }
+            if self.pins.is_empty() {
+                return Ok(ServerCertVerified::assertion());
+            }
+            let presented = Pin::of_certificate(end_entity)?;
+            if self.pins.contains(&presented) {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
+                    Arc::new(KeyNotPinned(presented)),
+                ))))
+            }
+        })();
+        if let Some(refusals) = &self.refusals {
+            *refusals.0.lock().unwrap_or_else(|e| e.into_inner()) = verdict.as_ref().err().cloned();
         }
-        let presented = Pin::of_certificate(end_entity)?;
-        if self.pins.contains(&presented) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
-                Arc::new(KeyNotPinned(presented)),
-            ))))
-        }
+        verdict
     }
 
     fn verify_tls12_signature(

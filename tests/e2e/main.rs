@@ -8,6 +8,7 @@
 mod balancer;
 mod baseline;
 mod clusters;
+mod doctor;
 mod fleet;
 mod h2flood;
 mod passthrough;
@@ -144,6 +145,13 @@ fn main() -> ExitCode {
                 test(&testbed).map_err(|e| format!("{e:#}").into())
             }));
         }
+    }
+    for &(name, test) in doctor::TESTS {
+        let fixture = fixture.clone();
+        trials.push(Trial::test(format!("doctor::{name}"), move || {
+            let testbed = fixture.get()?;
+            test(&testbed).map_err(|e| format!("{e:#}").into())
+        }));
     }
     for &(name, test) in balancer::STANDALONE {
         trials.push(Trial::test(format!("balancer::{name}"), move || {

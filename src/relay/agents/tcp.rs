@@ -49,6 +49,9 @@ pub async fn tcp_session<T>(
             return;
         }
     };
+    if hello.probe {
+        return super::probe::answer_tcp(&mut io, &hello, remote, &sessions).await;
+    }
     let id = sessions.registry.new_id();
     let welcome = proto::Answer::Welcome(Welcome {
         relay: sessions.relay.clone(),

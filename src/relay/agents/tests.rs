@@ -11,6 +11,7 @@ use crate::relay::clusters::ClusterTable;
 use crate::tls::RelayTrust;
 use crate::tunnel::DialError;
 
+mod probe;
 mod tcp;
 
 /// A relay agent listener on 127.0.0.1 that knows cluster `c` (token `token-c`, relay
@@ -105,6 +106,7 @@ fn hello(instance: &str) -> Hello {
     Hello {
         link: 0,
         held: Vec::new(),
+        probe: false,
         cluster: "c".into(),
         token: "token-c".into(),
         instance: instance.into(),

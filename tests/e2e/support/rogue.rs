@@ -40,6 +40,7 @@ impl Rogue {
         let hello = Hello {
             link: 0,
             held: Vec::new(),
+            probe: false,
             cluster: cluster.into(),
             token: token.into(),
             instance: instance.into(),

@@ -12,7 +12,7 @@ const SOURCE: &str = "192.0.2.7:40000";
 
 impl Relay {
     /// Starts a TCP session from `SOURCE` over a pipe and says `hello` on it, unless `None`.
-    async fn tcp(&self, hello: Option<&Hello>) -> (DuplexStream, Option<Answer>) {
+    pub(super) async fn tcp(&self, hello: Option<&Hello>) -> (DuplexStream, Option<Answer>) {
         let (relay_io, mut agent_io) = tokio::io::duplex(64 * 1024);
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
         tokio::spawn(tcp_session(
