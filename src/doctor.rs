@@ -39,8 +39,12 @@ pub async fn run(path: &Path) -> Report {
             report.checks.push(Check::fail(
                 "config",
                 e.to_string(),
-                "correct the file (every option: docs/configuration.md); nothing else can be checked",
+                "correct the file (every option: docs/configuration.md)",
             ));
+            let rest = relay::CHECKS.iter().chain(apiserver::CHECKS);
+            report
+                .checks
+                .extend(rest.map(|name| Check::needs(name, "a configuration that loads")));
             return report;
         }
     };
@@ -48,4 +52,64 @@ pub async fn run(path: &Path) -> Report {
     report.checks.extend(relay);
     report.checks.extend(apiserver);
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_that_does_not_load_fails_once_and_every_other_check_says_what_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "cluster = \"c\"\nbogus = 1\n").unwrap();
+        let report = run(&path).await;
+        assert_eq!(report.failures(), 1);
+        let lines: Vec<String> = report.checks.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 8, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("FAIL  config: parsing ") && lines[0].contains("bogus"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1..]
+                .iter()
+                .all(|l| l.starts_with("skip  ") && l.ends_with("skipped: needs a configuration that loads")),
+            "{lines:#?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_token_file_stops_the_relays_checks_but_not_the_apiservers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let config = r#"
+cluster = "c"
+token_file = "missing-token"
+[relay]
+address = "127.0.0.1:9"
+pinned_key_sha256 = ["47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="]
+[apiserver]
+kubeconfig = "missing.kubeconfig"
+[assertions]
+issuer = "https://relay/assertions"
+jwks_file = "assertions.json"
+"#;
+        std::fs::write(&path, config).unwrap();
+        let report = run(&path).await;
+        let lines: Vec<String> = report.checks.iter().map(ToString::to_string).collect();
+        assert!(
+            lines[0].starts_with("FAIL  config: agent token ") && lines[0].contains("missing-token"),
+            "{lines:#?}"
+        );
+        for line in &lines[1..5] {
+            assert!(line.ends_with("skipped: needs a usable config"), "{lines:#?}");
+        }
+        assert!(
+            lines[5].starts_with("FAIL  apiserver: ") && lines[5].contains("missing.kubeconfig"),
+            "{lines:#?}"
+        );
+        assert_eq!(report.failures(), 2);
+    }
 }

@@ -13,6 +13,8 @@ use crate::config::AgentConfig;
 const APISERVER: &str = "apiserver";
 const IMPERSONATION: &str = "impersonation rights";
 const TOKENREVIEW: &str = "tokenreview rights";
+/// Its lines, in order.
+pub(super) const CHECKS: &[&str] = &[APISERVER, IMPERSONATION, TOKENREVIEW];
 
 /// The apiserver's line and the two rights lines.
 pub(super) async fn check(config: &AgentConfig) -> Vec<Check> {

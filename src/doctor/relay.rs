@@ -21,6 +21,8 @@ const QUIC: &str = "relay over QUIC";
 const PROXY: &str = "proxy";
 const TCP: &str = "relay over TCP";
 const TOKEN: &str = "agent token";
+/// The lines after `config`, in order.
+pub(super) const CHECKS: [&str; 4] = [QUIC, PROXY, TCP, TOKEN];
 
 /// A dialer whose hellos are probes, and why it last refused the relay's certificate.
 struct Prober {
@@ -70,7 +72,7 @@ pub(super) async fn check(path: &Path, config: &AgentConfig) -> Vec<Check> {
                 detail,
                 "the agent would not start with it: correct the file or what it names",
             )];
-            lines.extend([QUIC, PROXY, TCP, TOKEN].map(|name| Check::needs(name, "a usable config")));
+            lines.extend(CHECKS.map(|name| Check::needs(name, "a usable config")));
             return lines;
         }
     };
