@@ -196,8 +196,7 @@ pub async fn run(config: AgentConfig, metrics: Option<prometheus::Registry>) -> 
     let state = Arc::new(AgentState::new(&config)?);
     let apiserver = &state.apiserver;
     if config.mode.allows_identity() {
-        let (uids, extra_keys) = config.impersonated_beyond_users_and_groups();
-        match apiserver.missing_impersonation_rights(uids, &extra_keys).await {
+        match apiserver.missing_impersonation_rights(&config.impersonates()).await {
             Ok(missing) if missing.is_empty() => info!("the agent may impersonate what its issuers map"),
             Ok(missing) => warn!(
                 ?missing,

@@ -11,8 +11,8 @@ mod telemetry;
 use std::path::{Path, PathBuf};
 
 pub use agent::{
-    AccessMode, AgentAssertions, AgentConfig, ApiserverConfig, PassthroughConfig, ReconnectConfig, RelayEndpoint,
-    Transport,
+    AccessMode, AgentAssertions, AgentConfig, ApiserverConfig, Impersonates, PassthroughConfig, ReconnectConfig,
+    RelayEndpoint, Transport,
 };
 pub use fleet::{EtcdConfig, PeersConfig, RegistryConfig};
 pub use relay::{

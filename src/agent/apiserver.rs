@@ -114,24 +114,25 @@ impl Apiserver {
         if long_running { &self.dedicated } else { &self.shared }
     }
 
-    /// Asks the apiserver which impersonation rights the agent lacks
-    /// (SelfSubjectAccessReview per right), given whether uids and which extra
-    /// keys the issuers map. A missing grant otherwise shows up only as a
+    /// Asks the apiserver which impersonation rights the agent lacks (SelfSubjectAccessReview
+    /// per right), given what it impersonates. A missing grant otherwise shows up only as a
     /// confusing Forbidden on some requests.
     pub async fn missing_impersonation_rights(
         &self,
-        uids: bool,
-        extra_keys: &[String],
+        impersonates: &crate::config::Impersonates,
     ) -> Result<Vec<String>, ApiCallError> {
         let mut needed: Vec<(&str, &str, &str, String)> = vec![
             ("impersonate", "", "users", String::new()),
             ("impersonate", "", "groups", String::new()),
         ];
-        if uids {
+        if impersonates.uids {
             needed.push(("impersonate", "authentication.k8s.io", "uids", String::new()));
         }
-        for key in extra_keys {
+        for key in &impersonates.extra_keys {
             needed.push(("impersonate", "authentication.k8s.io", "userextras", key.clone()));
+        }
+        if impersonates.service_accounts {
+            needed.push(("impersonate", "", "serviceaccounts", String::new()));
         }
         self.missing_rights(&needed).await
     }

@@ -91,17 +91,20 @@ impl AgentConfig {
         }
     }
 
-    /// What the agent impersonates beyond users and groups: uids (some issuer maps `uid_claim`)
-    /// and these extra keys. With `[assertions]` the relay's issuers decide, which the agent
-    /// cannot see: users and groups only.
-    pub fn impersonated_beyond_users_and_groups(&self) -> (bool, Vec<String>) {
-        let uids = self.issuers.iter().any(|i| i.uid_claim.is_some());
-        let extra_keys = self
-            .issuers
-            .iter()
-            .flat_map(|i| i.extra_claims.keys().cloned())
-            .collect();
-        (uids, extra_keys)
+    /// What the agent impersonates beyond users and groups, as far as its own configuration
+    /// tells: uids and extra keys where its `[[issuers]]` map them (with `[assertions]` the relay's
+    /// issuers decide, which the agent cannot see), and service accounts where a caller may be
+    /// named `system:serviceaccount:...` (`allow_system_names`).
+    pub fn impersonates(&self) -> Impersonates {
+        Impersonates {
+            uids: self.issuers.iter().any(|i| i.uid_claim.is_some()),
+            extra_keys: self
+                .issuers
+                .iter()
+                .flat_map(|i| i.extra_claims.keys().cloned())
+                .collect(),
+            service_accounts: self.caller_issuers().iter().any(|i| i.allow_system_names),
+        }
     }
 
     /// What this agent tells the relay it accepts.
@@ -118,6 +121,18 @@ impl AgentConfig {
             }
         }
     }
+}
+
+/// What the agent impersonates beyond users and groups, so which rights it needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Impersonates {
+    /// Uids (`impersonate uids` in `authentication.k8s.io`).
+    pub uids: bool,
+    /// Extra keys (`impersonate userextras/KEY` each).
+    pub extra_keys: Vec<String>,
+    /// Service accounts (`impersonate serviceaccounts`, core group), for `system:serviceaccount:`
+    /// names.
+    pub service_accounts: bool,
 }
 
 /// How a caller's request is authorized at the apiserver.

@@ -426,3 +426,18 @@ fn an_agent_refuses_the_relays_server_id() {
         .to_string();
     assert!(err.contains("tunnel.server_id is a relay setting"), "{err}");
 }
+
+#[test]
+fn what_an_agent_impersonates_follows_its_issuers() {
+    let agent = parse_agent("pinned_key_sha256 = [\"47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\"]").unwrap();
+    assert_eq!(agent.impersonates(), crate::config::Impersonates::default());
+    let mut agent = agent;
+    agent.issuers[0].uid_claim = Some("oid".into());
+    agent.issuers[0]
+        .extra_claims
+        .insert("acme.io/team".into(), "team".into());
+    agent.issuers[0].allow_system_names = true;
+    let impersonates = agent.impersonates();
+    assert!(impersonates.uids && impersonates.service_accounts);
+    assert_eq!(impersonates.extra_keys, ["acme.io/team"]);
+}

@@ -1,6 +1,7 @@
 //! The apiserver's checks, with the agent's own credential (its kubeconfig, or the pod's service
 //! account): `GET /version`, then SelfSubjectAccessReviews for the rights its mode needs —
-//! `impersonate` on users and groups (uids and extra keys where its issuers map them), and
+//! `impersonate` on users and groups (uids and extra keys where its issuers map them, service
+//! accounts where callers may have `system:` names), and
 //! `create tokenreviews` where callers bring their own cluster tokens (`passthrough`, `both`).
 
 use std::error::Error as StdError;
@@ -50,18 +51,22 @@ pub(super) async fn check(config: &AgentConfig) -> Vec<Check> {
     let mut lines = vec![Check::ok(APISERVER, format!("{base} answered GET /version: {release}")).took(took)];
 
     lines.push(if config.mode.allows_identity() {
-        let (uids, extra_keys) = config.impersonated_beyond_users_and_groups();
+        let impersonates = config.impersonates();
         let mut rights = vec!["users".to_owned(), "groups".to_owned()];
-        if uids {
+        if impersonates.uids {
             rights.push("uids".into());
         }
-        rights.extend(extra_keys.iter().map(|key| format!("userextras/{key}")));
+        rights.extend(impersonates.extra_keys.iter().map(|key| format!("userextras/{key}")));
+        if impersonates.service_accounts {
+            rights.push("serviceaccounts".into());
+        }
         rights_line(
             IMPERSONATION,
-            apiserver.missing_impersonation_rights(uids, &extra_keys).await,
+            apiserver.missing_impersonation_rights(&impersonates).await,
             format!("may impersonate {}", rights.join(", ")),
             "grant the agent's credential verb impersonate on users and groups (core group), on uids and \
-             userextras/KEY in authentication.k8s.io where its issuers map them (docs/configuration.md, Agent)",
+             userextras/KEY in authentication.k8s.io where its issuers map them, on serviceaccounts with \
+             allow_system_names (docs/configuration.md, The agent's credential)",
             base,
         )
     } else {
