@@ -10,6 +10,7 @@ mod baseline;
 mod clusters;
 mod fleet;
 mod h2flood;
+mod observability;
 mod passthrough;
 mod routes;
 mod security;
@@ -144,6 +145,18 @@ fn main() -> ExitCode {
                 test(&testbed).map_err(|e| format!("{e:#}").into())
             }));
         }
+    }
+    for &(name, test) in observability::TESTS {
+        let fixture = fixture.clone();
+        trials.push(Trial::test(format!("observability::{name}"), move || {
+            let testbed = fixture.get()?;
+            test(&testbed).map_err(|e| format!("{e:#}").into())
+        }));
+    }
+    for &(name, test) in observability::STANDALONE {
+        trials.push(Trial::test(format!("observability::{name}"), move || {
+            test().map_err(|e| format!("{e:#}").into())
+        }));
     }
     for &(name, test) in balancer::STANDALONE {
         trials.push(Trial::test(format!("balancer::{name}"), move || {
