@@ -137,6 +137,7 @@ fn main() -> ExitCode {
         ("fleet", fleet::TESTS),
         ("clusters", clusters::TESTS),
         ("telemetry", telemetry::TESTS),
+        ("observability", observability::TESTS),
     ] {
         for &(name, test) in tests {
             let fixture = fixture.clone();
@@ -146,22 +147,15 @@ fn main() -> ExitCode {
             }));
         }
     }
-    for &(name, test) in observability::TESTS {
-        let fixture = fixture.clone();
-        trials.push(Trial::test(format!("observability::{name}"), move || {
-            let testbed = fixture.get()?;
-            test(&testbed).map_err(|e| format!("{e:#}").into())
-        }));
-    }
-    for &(name, test) in observability::STANDALONE {
-        trials.push(Trial::test(format!("observability::{name}"), move || {
-            test().map_err(|e| format!("{e:#}").into())
-        }));
-    }
-    for &(name, test) in balancer::STANDALONE {
-        trials.push(Trial::test(format!("balancer::{name}"), move || {
-            test().map_err(|e| format!("{e:#}").into())
-        }));
+    for (suite, tests) in [
+        ("balancer", balancer::STANDALONE),
+        ("observability", observability::STANDALONE),
+    ] {
+        for &(name, test) in tests {
+            trials.push(Trial::test(format!("{suite}::{name}"), move || {
+                test().map_err(|e| format!("{e:#}").into())
+            }));
+        }
     }
 
     let conclusion = libtest_mimic::run(&args, trials);

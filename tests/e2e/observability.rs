@@ -1,7 +1,7 @@
 //! The observability test bed proven with real data: kube-apiserver's own spans reach the
-//! shared OpenTelemetry Collector, Prometheus scrapes real targets (kube-apiserver over TLS
-//! with a token, the collector's own metrics) and answers queries, and a collector's metrics
-//! pushed over OTLP/HTTP are read back.
+//! shared OpenTelemetry Collector, and so do a relay's and an agent's spans and metrics;
+//! Prometheus scrapes real targets (kube-apiserver over TLS with a token, the collector's own
+//! metrics) and answers queries; a collector's metrics pushed over OTLP/HTTP are read back.
 
 use std::net::TcpStream;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
 use crate::support::Testbed;
+use crate::support::hawser::{Extra, Hawser};
 use crate::support::net::http;
 use crate::support::otelcol::otlp::{MetricKind, MetricPoint, Span, SpanKind};
 use crate::support::otelcol::{Collector, OwnMetrics};
@@ -32,6 +33,10 @@ pub const TESTS: &[(&str, Test)] = &[
     (
         "prometheus_counts_at_least_the_spans_the_collector_wrote",
         prometheus_counts_at_least_the_spans_the_collector_wrote,
+    ),
+    (
+        "relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_collector",
+        relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_collector,
     ),
 ];
 
@@ -114,6 +119,85 @@ fn kube_apiserver_traces_a_kubectl_request_into_the_collector(tb: &Testbed) -> R
         descends_from(&range, &get, &trace),
         "etcd's call is below the handler's span: {range:?}"
     );
+    Ok(())
+}
+
+/// A relay and an agent exporting to the test bed's collector (every trace sampled, metrics every
+/// second) serve one `kubectl get`: the relay's request span, the agent's below it in its trace,
+/// kube-apiserver's trace linked to the agent's span, and the relay's request count over OTLP.
+fn relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_collector(tb: &Testbed) -> Result<()> {
+    let collector = tb.collector();
+    let telemetry = format!(
+        "[telemetry]\notlp_endpoint = \"http://{}\"\nsampling_ratio = 1.0\nmetrics_export_secs = 1\n",
+        collector.otlp_grpc_endpoint()
+    );
+    let hawser = Hawser::start_with(
+        tb,
+        &Extra {
+            relay: &telemetry,
+            agent: &telemetry,
+            ..Extra::default()
+        },
+    )?;
+    let ns = tb.namespace("relayed")?;
+    hawser
+        .kubeconfig_route("hawser-admin", &[])?
+        .ok(&["get", "namespace", &ns, "-o", "name"])?;
+
+    let path = format!("/api/v1/namespaces/{ns}");
+    // Told apart by service, kind and path, not by name: the names are the product's to settle.
+    let request = |s: &Span, service: &str| {
+        s.service_name == service && s.kind == SpanKind::Server && s.attribute("url.path") == Some(&path)
+    };
+    let (relay, agent) = collector
+        .traces()
+        .wait_for(
+            "the relay's and the agent's spans of the request",
+            SPANS_DEADLINE,
+            |spans| {
+                let relay = spans.iter().find(|s| request(s, "hawser-relay"))?;
+                let trace: Vec<Span> = spans.iter().filter(|s| s.trace_id == relay.trace_id).cloned().collect();
+                let agent = trace
+                    .iter()
+                    .find(|s| request(s, "hawser-agent") && descends_from(s, relay, &trace))?;
+                Some((relay.clone(), agent.clone()))
+            },
+        )
+        .with_context(|| format!("the collector's files are in {}", collector.dir().display()))?;
+    ensure!(
+        relay.attribute("request.id").is_some() && relay.attribute("request.id") == agent.attribute("request.id"),
+        "relay and agent name one request id: {relay:?} {agent:?}"
+    );
+
+    // The agent's service account is not in system:masters, so kube-apiserver starts a trace of
+    // its own and links it to the agent's span (docs/observability.md).
+    let apiserver = request_span(collector, "GET", &path)?;
+    let agent_span = (agent.trace_id.clone(), agent.span_id.clone());
+    collector.traces().wait_for(
+        "kube-apiserver's trace linked to the agent's span",
+        SPANS_DEADLINE,
+        |spans| {
+            spans
+                .iter()
+                .find(|s| s.trace_id == apiserver.trace_id && s.links.contains(&agent_span))
+                .cloned()
+        },
+    )?;
+
+    collector
+        .metrics()
+        .wait_for("the relay's count of GETs over OTLP", SCRAPE_DEADLINE, |points| {
+            points
+                .iter()
+                .find(|p| {
+                    p.service_name == "hawser-relay"
+                        && p.name == "hawser.requests"
+                        && p.kind == MetricKind::Sum
+                        && p.attributes.get("hawser.verb") == Some(&json!("get"))
+                        && p.value >= 1.0
+                })
+                .cloned()
+        })?;
     Ok(())
 }
 
@@ -254,6 +338,7 @@ const PROBE_SPAN: &str = r#"{"resourceSpans":[{
     "traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"1112131415161718",
     "parentSpanId":"2122232425262728","name":"probe span","kind":3,
     "startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000500000000",
+    "links":[{"traceId":"3132333435363738393a3b3c3d3e3f40","spanId":"4142434445464748"}],
     "attributes":[
       {"key":"text","value":{"stringValue":"x"}},
       {"key":"int","value":{"intValue":"9007199254740993"}},
@@ -293,6 +378,11 @@ fn otlp_http_spans_and_a_collectors_own_metrics_pushed_over_otlp_are_read_back()
             span.scope.as_str()
         ) == ("probe span", SpanKind::Client, "probe", "probe-scope")
             && (span.start_unix_nano, span.end_unix_nano) == (1_700_000_000_000_000_000, 1_700_000_000_500_000_000)
+            && span.links
+                == [(
+                    "3132333435363738393a3b3c3d3e3f40".to_owned(),
+                    "4142434445464748".to_owned()
+                )]
             && serde_json::to_value(&span.attributes)? == expected_attributes,
         "the span read back differs from the one posted: {span:?}"
     );

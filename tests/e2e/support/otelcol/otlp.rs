@@ -40,6 +40,9 @@ pub struct Span {
     pub scope: String,
     /// The span's attributes.
     pub attributes: Attributes,
+    /// The spans this one links to (of other traces, e.g. kube-apiserver's root span to the
+    /// caller's span when it does not continue the caller's trace): (trace id, span id).
+    pub links: Vec<(String, String)>,
     /// Start, in nanoseconds since the Unix epoch.
     pub start_unix_nano: u64,
     /// End, in nanoseconds since the Unix epoch.
@@ -199,9 +202,20 @@ struct RawSpan {
     #[serde(default)]
     attributes: Vec<KeyValue>,
     #[serde(default)]
+    links: Vec<RawLink>,
+    #[serde(default)]
     start_time_unix_nano: Value,
     #[serde(default)]
     end_time_unix_nano: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawLink {
+    #[serde(default)]
+    trace_id: String,
+    #[serde(default)]
+    span_id: String,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +259,7 @@ pub fn parse_spans(line: &str) -> Result<Vec<Span>> {
                     resource: resource.clone(),
                     scope: ss.scope.name.clone(),
                     attributes: attributes(raw.attributes),
+                    links: raw.links.into_iter().map(|l| (l.trace_id, l.span_id)).collect(),
                     start_unix_nano: number(&raw.start_time_unix_nano) as u64,
                     end_unix_nano: number(&raw.end_time_unix_nano) as u64,
                 });
