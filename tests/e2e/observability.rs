@@ -13,6 +13,7 @@ use crate::support::Testbed;
 use crate::support::hawser::{Extra, Hawser};
 use crate::support::net::http;
 use crate::support::otelcol::otlp::{MetricKind, MetricPoint, Span, SpanKind};
+use crate::support::otelcol::received::Received;
 use crate::support::otelcol::{Collector, OwnMetrics};
 use crate::support::process::wait_for;
 use crate::support::prometheus::{Prometheus, Sample, ScrapeTarget};
@@ -58,12 +59,14 @@ const SCRAPE_DEADLINE: Duration = Duration::from_secs(15);
 
 fn kube_apiserver_traces_a_kubectl_request_into_the_collector(tb: &Testbed) -> Result<()> {
     let ns = tb.namespace("traced")?;
+    let traces = tb.collector().traces_from_now()?;
     let admin = tb.admin();
     admin.ok(&["create", "configmap", "traced", "-n", &ns])?;
     admin.ok(&["get", "configmap", "traced", "-n", &ns])?;
 
     let server = request_span(
-        tb.collector(),
+        tb,
+        &traces,
         "GET",
         &format!("/api/v1/namespaces/{ns}/configmaps/traced"),
     )?;
@@ -93,7 +96,7 @@ fn kube_apiserver_traces_a_kubectl_request_into_the_collector(tb: &Testbed) -> R
     );
     // Below the server span, through the filters' spans: the handler's `Get`, and under it the
     // etcd client's call, each linked to its parent in the server span's trace.
-    let ((get, range), trace) = tb.collector().traces().wait_for(
+    let ((get, range), trace) = traces.wait_for(
         "the handler's and etcd's spans under the server span",
         SPANS_DEADLINE,
         |spans| {
@@ -127,6 +130,7 @@ fn kube_apiserver_traces_a_kubectl_request_into_the_collector(tb: &Testbed) -> R
 /// kube-apiserver's trace linked to the agent's span, and the relay's request count over OTLP.
 fn relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_collector(tb: &Testbed) -> Result<()> {
     let collector = tb.collector();
+    let (traces, metrics) = (collector.traces_from_now()?, collector.metrics_from_now()?);
     let telemetry = format!(
         "[telemetry]\notlp_endpoint = \"http://{}\"\nsampling_ratio = 1.0\nmetrics_export_secs = 1\n",
         collector.otlp_grpc_endpoint()
@@ -149,8 +153,7 @@ fn relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_co
     let request = |s: &Span, service: &str| {
         s.service_name == service && s.kind == SpanKind::Server && s.attribute("url.path") == Some(&path)
     };
-    let (relay, agent) = collector
-        .traces()
+    let (relay, agent) = traces
         .wait_for(
             "the relay's and the agent's spans of the request",
             SPANS_DEADLINE,
@@ -171,9 +174,9 @@ fn relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_co
 
     // The agent's service account is not in system:masters, so kube-apiserver starts a trace of
     // its own and links it to the agent's span (docs/observability.md).
-    let apiserver = request_span(collector, "GET", &path)?;
+    let apiserver = request_span(tb, &traces, "GET", &path)?;
     let agent_span = (agent.trace_id.clone(), agent.span_id.clone());
-    collector.traces().wait_for(
+    traces.wait_for(
         "kube-apiserver's trace linked to the agent's span",
         SPANS_DEADLINE,
         |spans| {
@@ -184,20 +187,18 @@ fn relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_co
         },
     )?;
 
-    collector
-        .metrics()
-        .wait_for("the relay's count of GETs over OTLP", SCRAPE_DEADLINE, |points| {
-            points
-                .iter()
-                .find(|p| {
-                    p.service_name == "hawser-relay"
-                        && p.name == "hawser.requests"
-                        && p.kind == MetricKind::Sum
-                        && p.attributes.get("hawser.verb") == Some(&json!("get"))
-                        && p.value >= 1.0
-                })
-                .cloned()
-        })?;
+    metrics.wait_for("the relay's count of GETs over OTLP", SCRAPE_DEADLINE, |points| {
+        points
+            .iter()
+            .find(|p| {
+                p.service_name == "hawser-relay"
+                    && p.name == "hawser.requests"
+                    && p.kind == MetricKind::Sum
+                    && p.attributes.get("hawser.verb") == Some(&json!("get"))
+                    && p.value >= 1.0
+            })
+            .cloned()
+    })?;
     Ok(())
 }
 
@@ -218,10 +219,10 @@ fn descends_from(span: &Span, ancestor: &Span, trace: &[Span]) -> bool {
     false
 }
 
-/// kube-apiserver's server span for `method path`, once it arrived.
-fn request_span(collector: &Collector, method: &str, path: &str) -> Result<Span> {
-    collector
-        .traces()
+/// kube-apiserver's server span for `method path` among `traces` (read from the test bed's
+/// collector), once it arrived.
+fn request_span(tb: &Testbed, traces: &Received<Span>, method: &str, path: &str) -> Result<Span> {
+    traces
         .wait_for(
             &format!("kube-apiserver's span of {method} {path}"),
             SPANS_DEADLINE,
@@ -237,7 +238,7 @@ fn request_span(collector: &Collector, method: &str, path: &str) -> Result<Span>
                     .cloned()
             },
         )
-        .with_context(|| format!("the collector's files are in {}", collector.dir().display()))
+        .with_context(|| format!("the collector's files are in {}", tb.collector().dir().display()))
 }
 
 fn prometheus_scrapes_kube_apiserver_over_tls_with_a_token_and_not_without(tb: &Testbed) -> Result<()> {
@@ -311,16 +312,21 @@ fn prometheus_counts_at_least_the_spans_the_collector_wrote(tb: &Testbed) -> Res
         .context("the test bed's collector serves its own metrics")?;
     let prometheus = Prometheus::start(&[ScrapeTarget::http("otelcol", &telemetry.to_string())])?;
     prometheus.targets_up(SCRAPE_DEADLINE)?;
+    let accepted = r#"{__name__=~"otelcol_receiver_accepted_spans(_total)?",receiver="otlp"}"#;
+    // The test bed's start alone made kube-apiserver export spans.
+    let before = total(&prometheus.wait_for(accepted, SCRAPE_DEADLINE, |samples| total(samples) > 0.0)?);
 
     let ns = tb.namespace("counted")?;
+    let traces = collector.traces_from_now()?;
     tb.admin().ok(&["get", "namespace", &ns])?;
-    request_span(collector, "GET", &format!("/api/v1/namespaces/{ns}"))?;
-    // The receiver counts a span when it accepts it, before the exporter writes it: what was
-    // written now is at most what Prometheus will see counted.
-    let written = collector.traces().all()?.len() as f64;
-    ensure!(written > 0.0, "the collector wrote no span");
-    let accepted = r#"{__name__=~"otelcol_receiver_accepted_spans(_total)?",receiver="otlp"}"#;
-    let samples = prometheus.wait_for(accepted, SCRAPE_DEADLINE, |samples| total(samples) >= written)?;
+    request_span(tb, &traces, "GET", &format!("/api/v1/namespaces/{ns}"))?;
+    // The receiver counts every span it accepts, before the exporter writes it: the count is at
+    // least what was written since we began reading; and our request came after `before` was
+    // scraped, so the count grows past it.
+    let written = traces.all()?.len() as f64;
+    let samples = prometheus.wait_for(accepted, SCRAPE_DEADLINE, |samples| {
+        total(samples) > before && total(samples) >= written
+    })?;
     // kube-apiserver exports over gRPC.
     ensure!(
         samples

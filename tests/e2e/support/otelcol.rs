@@ -4,6 +4,7 @@
 //! [`Collector::traces`] and [`Collector::metrics`] read. Runs under reaper; dropping it stops it.
 
 pub mod otlp;
+pub mod received;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -16,10 +17,14 @@ use tempfile::TempDir;
 use super::binaries::binaries;
 use super::net::{free_port, retry_if_port_taken};
 use super::process::{Supervised, wait_for};
-use otlp::{MetricPoint, Received, Span, parse_metrics, parse_spans};
+use otlp::{MetricPoint, Span, parse_metrics, parse_spans};
+use received::Received;
 
 /// How long the collector may take to listen.
 const START_DEADLINE: Duration = Duration::from_secs(30);
+/// The files the exporters write, in the collector's dir.
+const TRACES: &str = "traces.jsonl";
+const METRICS: &str = "metrics.jsonl";
 /// How often the file exporter flushes what it wrote (its default is a second).
 const FLUSH_INTERVAL: &str = "100ms";
 
@@ -87,8 +92,8 @@ impl Collector {
         .with_context(|| format!("otelcol did not start; its log is {}", log.display()))?;
         Ok(Self {
             _process: process,
-            traces: Received::new(dir.path().join("traces.jsonl"), parse_spans),
-            metrics: Received::new(dir.path().join("metrics.jsonl"), parse_metrics),
+            traces: Received::new(dir.path().join(TRACES), parse_spans),
+            metrics: Received::new(dir.path().join(METRICS), parse_metrics),
             dir,
             grpc,
             http,
@@ -121,14 +126,24 @@ impl Collector {
         self.dir.path()
     }
 
-    /// The spans that arrived: `all()`, or `wait_for(what, within, check)`.
+    /// Every span that arrived: `all()`, or `wait_for(what, within, check)`.
     pub fn traces(&self) -> &Received<Span> {
         &self.traces
     }
 
-    /// The metric data points that arrived: `all()`, or `wait_for(what, within, check)`.
+    /// Every metric data point that arrived: `all()`, or `wait_for(what, within, check)`.
     pub fn metrics(&self) -> &Received<MetricPoint> {
         &self.metrics
+    }
+
+    /// Only the spans that arrive from now on: what a test of a shared collector reads.
+    pub fn traces_from_now(&self) -> Result<Received<Span>> {
+        Received::from_now(self.dir.path().join(TRACES), parse_spans)
+    }
+
+    /// Only the metric data points that arrive from now on.
+    pub fn metrics_from_now(&self) -> Result<Received<MetricPoint>> {
+        Received::from_now(self.dir.path().join(METRICS), parse_metrics)
     }
 }
 
@@ -158,8 +173,8 @@ fn config_text(
             "http": {"endpoint": http.to_string()},
         }}},
         "exporters": {
-            "file/traces": file("traces.jsonl"),
-            "file/metrics": file("metrics.jsonl"),
+            "file/traces": file(TRACES),
+            "file/metrics": file(METRICS),
             "file/logs": file("logs.jsonl"),
         },
         "service": {

@@ -1,19 +1,12 @@
 //! What the collector's file exporter writes — one OTLP JSON request a line
 //! (`ExportTraceServiceRequest`, `ExportMetricsServiceRequest`) — read into flat spans and metric
-//! points, and a reader that takes only the lines added since its last look.
+//! points.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 use serde_json::Value;
-
-use super::super::process::wait_for;
 
 /// Attributes as JSON values: strings, numbers (OTLP's `intValue` too), booleans, arrays and
 /// objects (`kvlistValue`); bytes stay base64 strings.
@@ -353,80 +346,5 @@ fn number(value: &Value) -> f64 {
         Value::Number(n) => n.as_f64().unwrap_or_default(),
         Value::String(s) => s.parse().unwrap_or_default(),
         _ => 0.0,
-    }
-}
-
-/// What arrived in one file, for tests on any thread.
-pub struct Received<T>(Mutex<Tail<T>>);
-
-impl<T: Clone> Received<T> {
-    /// What the collector writes to `path` (which need not exist yet), read with `parse`.
-    pub fn new(path: PathBuf, parse: fn(&str) -> Result<Vec<T>>) -> Self {
-        Self(Mutex::new(Tail::new(path, parse)))
-    }
-
-    /// Everything that has arrived so far.
-    pub fn all(&self) -> Result<Vec<T>> {
-        Ok(self.tail().read()?.to_vec())
-    }
-
-    /// Waits until `check` finds what it looks for in what arrived.
-    pub fn wait_for<R>(&self, what: &str, within: Duration, mut check: impl FnMut(&[T]) -> Option<R>) -> Result<R> {
-        wait_for(what, within, || Ok(check(self.tail().read()?)))
-    }
-
-    fn tail(&self) -> std::sync::MutexGuard<'_, Tail<T>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Reads a file the collector appends lines to: each call parses only the complete lines added
-/// since the last (a line may be flushed in parts) and keeps what it parsed.
-struct Tail<T> {
-    path: PathBuf,
-    offset: u64,
-    items: Vec<T>,
-    parse: fn(&str) -> Result<Vec<T>>,
-}
-
-impl<T: Clone> Tail<T> {
-    fn new(path: PathBuf, parse: fn(&str) -> Result<Vec<T>>) -> Self {
-        Self {
-            path,
-            offset: 0,
-            items: Vec::new(),
-            parse,
-        }
-    }
-
-    /// Everything parsed so far, after reading what was added.
-    fn read(&mut self) -> Result<&[T]> {
-        let mut file = match File::open(&self.path) {
-            Ok(file) => file,
-            // The exporter creates it when it starts: nothing has arrived before that.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(&self.items),
-            Err(e) => return Err(e).with_context(|| format!("opening {}", self.path.display())),
-        };
-        file.seek(SeekFrom::Start(self.offset))?;
-        let mut added = Vec::new();
-        file.read_to_end(&mut added)?;
-        let Some(end) = added.iter().rposition(|&b| b == b'\n') else {
-            return Ok(&self.items);
-        };
-        // Parsed whole before any is kept, so a bad line is reported again, not half-taken.
-        let mut parsed = Vec::new();
-        for (n, line) in added[..end].split(|&b| b == b'\n').enumerate() {
-            if line.is_empty() {
-                continue;
-            }
-            let text = std::str::from_utf8(line).context("a line that is not UTF-8")?;
-            parsed
-                .extend((self.parse)(text).with_context(|| {
-                    format!("line {} after byte {} of {}", n + 1, self.offset, self.path.display())
-                })?);
-        }
-        self.items.extend(parsed);
-        self.offset += end as u64 + 1;
-        Ok(&self.items)
     }
 }
