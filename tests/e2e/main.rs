@@ -11,6 +11,7 @@ mod clusters;
 mod doctor;
 mod fleet;
 mod h2flood;
+mod observability;
 mod passthrough;
 mod routes;
 mod security;
@@ -137,6 +138,8 @@ fn main() -> ExitCode {
         ("fleet", fleet::TESTS),
         ("clusters", clusters::TESTS),
         ("telemetry", telemetry::TESTS),
+        ("observability", observability::TESTS),
+        ("doctor", doctor::TESTS),
     ] {
         for &(name, test) in tests {
             let fixture = fixture.clone();
@@ -146,17 +149,15 @@ fn main() -> ExitCode {
             }));
         }
     }
-    for &(name, test) in doctor::TESTS {
-        let fixture = fixture.clone();
-        trials.push(Trial::test(format!("doctor::{name}"), move || {
-            let testbed = fixture.get()?;
-            test(&testbed).map_err(|e| format!("{e:#}").into())
-        }));
-    }
-    for &(name, test) in balancer::STANDALONE {
-        trials.push(Trial::test(format!("balancer::{name}"), move || {
-            test().map_err(|e| format!("{e:#}").into())
-        }));
+    for (suite, tests) in [
+        ("balancer", balancer::STANDALONE),
+        ("observability", observability::STANDALONE),
+    ] {
+        for &(name, test) in tests {
+            trials.push(Trial::test(format!("{suite}::{name}"), move || {
+                test().map_err(|e| format!("{e:#}").into())
+            }));
+        }
     }
 
     let conclusion = libtest_mimic::run(&args, trials);

@@ -1,7 +1,8 @@
 //! Test bed support for end-to-end tests: builds the real Kubernetes binaries
 //! once, runs etcd, kube-apiserver and a test kubelet on free loopback ports,
 //! and offers helpers to set up namespaces, pods, service accounts and RBAC;
-//! also a standalone etcd and a load balancer (nginx) for relays.
+//! also a standalone etcd and a load balancer (nginx) for relays, and the
+//! observability parts: an OpenTelemetry Collector and Prometheus.
 //! Every process it starts runs under `reaper`, so none outlives the test run,
 //! even when the run panics or is killed.
 
@@ -15,7 +16,9 @@ pub mod https;
 pub mod kubectl;
 pub mod net;
 pub mod nginx;
+pub mod otelcol;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod rogue;
 

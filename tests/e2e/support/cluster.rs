@@ -1,6 +1,7 @@
 //! A real control plane on loopback: etcd, kube-apiserver (RBAC, service
-//! account tokens) and the test kubelet, each on free ports in a fresh temp
-//! dir, plus helpers for what tests set up as the administrator.
+//! account tokens, every request traced into an OpenTelemetry Collector) and
+//! the test kubelet, each on free ports in a fresh temp dir, plus helpers for
+//! what tests set up as the administrator.
 
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -19,6 +20,7 @@ use super::certs::Pki;
 use super::etcd;
 use super::kubectl::Kubectl;
 use super::net::{free_port, retry_if_port_taken};
+use super::otelcol::Collector;
 use super::process::{Supervised, wait_for};
 
 /// Name of the Node the test kubelet registers.
@@ -28,10 +30,11 @@ const START_DEADLINE: Duration = Duration::from_secs(120);
 
 /// A running control plane. Dropping it stops every process it started.
 pub struct Testbed {
-    // Field order is drop order: kubelet, then apiserver, then etcd, then the dir.
+    // Field order is drop order: kubelet, then apiserver, then etcd, the collector, the dir.
     _kubelet: Supervised,
     _apiserver: Supervised,
     _etcd: Supervised,
+    collector: Collector,
     dir: TempDir,
     bins: &'static Binaries,
     /// The apiserver's URL, `https://127.0.0.1:PORT`.
@@ -74,8 +77,20 @@ impl Testbed {
             &dir.path().join("etcd.log"),
         )?;
 
+        // kube-apiserver exports a span for every request (and its inner steps) to the collector.
+        let collector = Collector::start()?;
+        let tracing_config = dir.path().join("tracing.yaml");
+        fs::write(
+            &tracing_config,
+            format!(
+                "apiVersion: apiserver.config.k8s.io/v1\nkind: TracingConfiguration\n\
+                 endpoint: {}\nsamplingRatePerMillion: 1000000\n",
+                collector.otlp_grpc_endpoint()
+            ),
+        )?;
+
         let p = |path: &Path| path.display().to_string();
-        let mut apiserver = Supervised::spawn(
+        let mut apiserver = Supervised::spawn_with_env(
             &bins.reaper,
             "kube-apiserver",
             &bins.kube_apiserver,
@@ -96,10 +111,12 @@ impl Testbed {
                 "--kubelet-preferred-address-types=InternalIP",
                 "--allow-privileged=true",
                 "--profiling=false",
+                &format!("--tracing-config-file={}", p(&tracing_config)),
                 "--v=1",
             ]),
             &dir.path().join("kube-apiserver.log"),
-            false,
+            // The SDK's batch exporter sends every 5 s by default: tests would wait that long.
+            &[("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned())],
         )?;
 
         let server = format!("https://127.0.0.1:{api_port}");
@@ -125,6 +142,7 @@ impl Testbed {
             _kubelet: kubelet,
             _apiserver: apiserver,
             _etcd: etcd,
+            collector,
             dir,
             bins,
             server,
@@ -137,6 +155,11 @@ impl Testbed {
     /// kubectl as the administrator, straight to the apiserver.
     pub fn admin(&self) -> Kubectl {
         Kubectl::new(&self.bins.kubectl, &self.admin_kubeconfig)
+    }
+
+    /// The collector that receives kube-apiserver's spans (their service.name is `apiserver`).
+    pub fn collector(&self) -> &Collector {
+        &self.collector
     }
 
     /// The test bed's kubectl binary.
