@@ -41,7 +41,8 @@ pub(super) fn record(closed: &Closed<'_>, span: Option<&tracing::Span>) {
     } else {
         metrics::bounded_verb(&f.verb)
     };
-    span.record("otel.name", format!("{} {verb}", closed.component));
+    // As a `&str`: the bridge takes a span's new name only from a string field.
+    span.record("otel.name", format!("{} {verb}", closed.component).as_str());
     let mut attributes = vec![
         KeyValue::new("http.request.method", f.method.clone()),
         KeyValue::new("url.path", f.path.clone()),

@@ -15,10 +15,16 @@ use crate::support::process::wait_for;
 pub type Test = fn(&Testbed) -> Result<()>;
 
 /// Every telemetry test, by name.
-pub const TESTS: &[(&str, Test)] = &[(
-    "relay_and_agent_metrics_count_requests_tunnels_and_refusals_on_the_admin_port_only",
-    relay_and_agent_metrics_count_requests_tunnels_and_refusals_on_the_admin_port_only,
-)];
+pub const TESTS: &[(&str, Test)] = &[
+    (
+        "relay_and_agent_metrics_count_requests_tunnels_and_refusals_on_the_admin_port_only",
+        relay_and_agent_metrics_count_requests_tunnels_and_refusals_on_the_admin_port_only,
+    ),
+    (
+        "a_callers_sampled_traceparent_is_continued_and_no_token_header_value_or_user_reaches_a_span",
+        a_callers_sampled_traceparent_is_continued_and_no_token_header_value_or_user_reaches_a_span,
+    ),
+];
 
 /// A relay and an agent with admin listeners: after a list through the tunnel, a refused token
 /// and a request for a cluster nobody configured, the relay's `/metrics` counts the list by
@@ -113,6 +119,81 @@ fn relay_and_agent_metrics_count_requests_tunnels_and_refusals_on_the_admin_port
         status == 404 && !body.contains("hawser_requests"),
         "the callers' port serves no metrics: {status} {body}"
     );
+    Ok(())
+}
+
+/// Relay and agent export traces with a sampling ratio of 0: a request whose caller sent a
+/// sampled `traceparent` is traced anyway (parent-based), the relay's span a child of the
+/// caller's, the agent's below it in the same trace, named `relay get` and `agent get` with the
+/// request's attributes; and nothing exported names the caller's token, a header's value or
+/// (without `record_user`) the caller.
+fn a_callers_sampled_traceparent_is_continued_and_no_token_header_value_or_user_reaches_a_span(
+    tb: &Testbed,
+) -> Result<()> {
+    let collector = tb.collector();
+    let traces = collector.traces_from_now()?;
+    let telemetry = format!(
+        "[telemetry]\notlp_endpoint = \"http://{}\"\nsampling_ratio = 0.0\n",
+        collector.otlp_grpc_endpoint()
+    );
+    let hawser = Hawser::start_with(
+        tb,
+        &Extra {
+            relay: &telemetry,
+            agent: &telemetry,
+            ..Extra::default()
+        },
+    )?;
+    let token = hawser.issue_token("hawser-admin", &[])?;
+    let (trace_id, parent) = ("5e1ec7ed0000000000000000000c0ffe", "00000000000ca11e");
+    let secret_header = "header-value-7d3f1a";
+    let (status, body) = https::get(
+        &format!("{}/clusters/{CLUSTER}/api/v1/namespaces/default", hawser.relay_url),
+        &hawser.relay_ca,
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("X-Hawser-Test", secret_header),
+            ("traceparent", &format!("00-{trace_id}-{parent}-01")),
+        ],
+    )?;
+    ensure!(status == 200, "the traced request: {status} {body}");
+    let (relay, agent) = traces.wait_for(
+        "the relay's and the agent's spans in the caller's trace",
+        Duration::from_secs(15),
+        |spans| {
+            let mine: Vec<_> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+            let relay = mine
+                .iter()
+                .find(|s| s.service_name == "hawser-relay" && s.parent_span_id.as_deref() == Some(parent))?;
+            let agent = mine.iter().find(|s| s.service_name == "hawser-agent")?;
+            Some(((*relay).clone(), (*agent).clone()))
+        },
+    )?;
+    ensure!(
+        relay.name == "relay get" && agent.name == "agent get",
+        "span names: {:?} and {:?}",
+        relay.name,
+        agent.name
+    );
+    for (span, cluster) in [(&relay, CLUSTER), (&agent, CLUSTER)] {
+        ensure!(
+            span.attribute("hawser.cluster") == Some(cluster)
+                && span.attribute("hawser.verb") == Some("get")
+                && span.attribute("hawser.resource") == Some("namespaces")
+                && span.attributes.get("http.response.status_code").is_some(),
+            "the request's attributes on {}: {:?}",
+            span.name,
+            span.attributes
+        );
+    }
+    let everything = format!("{:?}", traces.all()?);
+    for (what, text) in [
+        ("the token", token.as_str()),
+        ("a header value", secret_header),
+        ("the caller", "hawser-admin"),
+    ] {
+        ensure!(!everything.contains(text), "{what} reached an exported span");
+    }
     Ok(())
 }
 
