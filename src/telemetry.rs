@@ -9,11 +9,15 @@
 //! installed here, whatever the call site wrote; in JSON, by the JSON encoder
 //! (a control character is never written raw). Call sites need not remember.
 
+mod budget;
+
 use std::fmt::{self, Write as _};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::format::{Writer, debug_fn};
+
+pub use budget::LogBudget;
 
 use crate::cli::LogFormat;
 
