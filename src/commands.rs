@@ -10,6 +10,23 @@ use crate::client::kubeconfig::{self, Entry, User};
 use crate::client::{clusters, proxy, token};
 use crate::config::{self, AgentConfig, RelayConfig, Secret};
 
+/// `e` and its causes as one line, each said once: an error whose message already holds its
+/// cause (`"peers: {0}"` over the error it wraps) is not followed by that cause again.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Runs one subcommand to completion.
 pub async fn run(command: Command) -> Result<()> {
     match command {
@@ -168,3 +185,6 @@ async fn clusters_command(args: ClustersArgs) -> Result<()> {
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

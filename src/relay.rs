@@ -65,12 +65,14 @@ pub enum RelayError {
     #[error(transparent)]
     Peers(#[from] fleet::PeerError),
     /// A listener could not bind.
-    #[error("listening on {addr}: {source}")]
+    #[error("{key} {addr}: {error}")]
     Bind {
+        /// The configuration key that names the address.
+        key: &'static str,
         /// The address.
         addr: std::net::SocketAddr,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (not a `source`: the message holds it already).
+        error: std::io::Error,
     },
 }
 
@@ -190,23 +192,33 @@ impl Relay {
         }
         let state = Arc::new(RelayState::new(&config)?);
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| RelayError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listen_error = |error| RelayError::Bind {
+            key: "listen",
+            addr: config.listen,
+            error,
+        };
+        let listener = TcpListener::bind(config.listen).await.map_err(listen_error)?;
         let front_tls = tls::server_config(&config.tls.cert_file, &config.tls.key_file, &[b"h2", b"http/1.1"])?;
         let agent_addr = config
             .agent_listen
-            .unwrap_or(listener.local_addr().map_err(|source| RelayError::Bind {
-                addr: config.listen,
-                source,
-            })?);
+            .unwrap_or(listener.local_addr().map_err(listen_error)?);
         let agent_tls = tls::server_config(&config.tls.cert_file, &config.tls.key_file, &[ALPN])?;
         let agent_tcp_tls = Arc::new(agent_tls.clone());
         let server_id = config.server_id();
-        let endpoint = tunnel::relay_endpoint(agent_addr, agent_tls, &config.tunnel, server_id)?;
+        let endpoint =
+            tunnel::relay_endpoint(agent_addr, agent_tls, &config.tunnel, server_id).map_err(|e| match e {
+                tunnel::TunnelError::Bind { addr, error } => RelayError::Bind {
+                    // Agents' QUIC shares the callers' address unless it has its own.
+                    key: if config.agent_listen.is_some() {
+                        "agent_listen"
+                    } else {
+                        "listen (UDP)"
+                    },
+                    addr,
+                    error,
+                },
+                other => RelayError::Tunnel(other),
+            })?;
         // What to register at a balancer that routes QUIC by connection ID.
         info!(%server_id, "QUIC connection IDs carry this server id");
 
@@ -399,3 +411,6 @@ impl Relay {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;
