@@ -92,7 +92,19 @@ fn signing_issuer(
         let Some(issuer) = &config.issuer else {
             bail!("the relay configuration has no [issuer]; sign with --signing-key instead");
         };
-        return Ok(issuer.load()?);
+        return issuer.load_existing().map_err(|e| match e {
+            crate::auth::IssuerError::Missing(key) if issuer.generate => anyhow::anyhow!(
+                "[issuer] signing_key_file {} does not exist yet: the relay creates it on its first start \
+                 (generate = true); start the relay once, then issue tokens",
+                key.display()
+            ),
+            crate::auth::IssuerError::Missing(key) => anyhow::anyhow!(
+                "[issuer] signing_key_file {} does not exist: create it, or set generate = true and start the \
+                 relay once",
+                key.display()
+            ),
+            other => other.into(),
+        });
     }
     let Some(path) = &key.signing_key else {
         bail!("give --config or --signing-key");
