@@ -380,7 +380,6 @@ impl Relay {
             info!(upgraded = state.tasks.len(), "drain deadline reached; closing the rest");
         }
         info!("relay shutting down");
-        audit.flush();
         // Close every tunnel but keep the port answering nothing rather than refusing: an agent
         // that redials now retransmits until the next relay listens, instead of backing off.
         let _ = stop_agents.send(true);
@@ -403,6 +402,8 @@ impl Relay {
         if let Some(fleet) = &state.fleet {
             fleet.peers.close();
         }
+        // Last: the tunnels' `agent_gone` events, written as they closed.
+        audit.flush();
         let (retried, ignored, accepted) = listener_stats.snapshot();
         let throttled = listener_stats.throttled.load(std::sync::atomic::Ordering::Relaxed);
         info!(

@@ -11,6 +11,7 @@ use crate::relay::clusters::ClusterTable;
 use crate::tls::RelayTrust;
 use crate::tunnel::DialError;
 
+mod gone;
 mod tcp;
 
 /// A relay agent listener on 127.0.0.1 that knows cluster `c` (token `token-c`, relay
