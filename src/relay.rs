@@ -334,7 +334,11 @@ impl Relay {
         tokio::select! {
             () = &mut front => {}
             () = reload::on_hangup(config_path, &state) => {}
-            () = shutdown::signal() => {}
+            signal = shutdown::signal() => info!(
+                %signal, grace_secs = drain.grace_secs, timeout_secs = drain.timeout_secs,
+                "draining: /readyz fails and agents are told to move (in a fleet); callers are still taken for \
+                 grace_secs, then what is in flight has until timeout_secs"
+            ),
         }
         state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(fleet) = &state.fleet {
