@@ -245,7 +245,7 @@ pub async fn run(config: AgentConfig, metrics: Option<prometheus::Registry>) -> 
     let dial = tunnels::hold(&config, &dialer, &state);
     tokio::select! {
         _ = dial => {}
-        _ = shutdown::signal() => info!("agent shutting down"),
+        signal = shutdown::signal() => info!(%signal, "agent shutting down: closing its tunnels"),
     }
     // TCP tunnels end at once (their connections drop); the relay fails their streams.
     state.stop.cancel();

@@ -12,6 +12,23 @@ use crate::client::{clusters, proxy, token};
 use crate::config::{self, AgentConfig, RelayConfig, Secret};
 use crate::telemetry::{self, Otel, Service};
 
+/// `e` and its causes as one line, each said once: an error whose message already holds its
+/// cause (`"peers: {0}"` over the error it wraps) is not followed by that cause again.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Runs one subcommand to completion, logging in `format`.
 pub async fn run(command: Command, format: LogFormat) -> Result<()> {
     // A relay or agent logs once its configuration says where its traces go.
@@ -124,7 +141,19 @@ fn signing_issuer(
         let Some(issuer) = &config.issuer else {
             bail!("the relay configuration has no [issuer]; sign with --signing-key instead");
         };
-        return Ok(issuer.load()?);
+        return issuer.load_existing().map_err(|e| match e {
+            crate::auth::IssuerError::Missing(key) if issuer.generate => anyhow::anyhow!(
+                "[issuer] signing_key_file {} does not exist yet: the relay creates it on its first start \
+                 (generate = true); start the relay once, then issue tokens",
+                key.display()
+            ),
+            crate::auth::IssuerError::Missing(key) => anyhow::anyhow!(
+                "[issuer] signing_key_file {} does not exist: create it, or set generate = true and start the \
+                 relay once",
+                key.display()
+            ),
+            other => other.into(),
+        });
     }
     let Some(path) = &key.signing_key else {
         bail!("give --config or --signing-key");
@@ -217,3 +246,6 @@ async fn clusters_command(args: ClustersArgs) -> Result<()> {
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     match runtime.block_on(hawser::commands::run(cli.command, cli.log_format)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hawser: {e:#}");
+            eprintln!("hawser: {}", hawser::commands::error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -67,12 +67,14 @@ pub enum RelayError {
     #[error(transparent)]
     Peers(#[from] fleet::PeerError),
     /// A listener could not bind.
-    #[error("listening on {addr}: {source}")]
+    #[error("{key} {addr}: {error}")]
     Bind {
+        /// The configuration key that names the address.
+        key: &'static str,
         /// The address.
         addr: std::net::SocketAddr,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (not a `source`: the message holds it already).
+        error: std::io::Error,
     },
 }
 
@@ -201,29 +203,43 @@ impl Relay {
             Some(addr) => Some((
                 crate::admin::Admin::bind(addr)
                     .await
-                    .map_err(|source| RelayError::Bind { addr, source })?,
+                    .map_err(|error| RelayError::Bind {
+                        key: "admin.listen",
+                        addr,
+                        error,
+                    })?,
                 None,
             )),
             None => None,
         };
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| RelayError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listen_error = |error| RelayError::Bind {
+            key: "listen",
+            addr: config.listen,
+            error,
+        };
+        let listener = TcpListener::bind(config.listen).await.map_err(listen_error)?;
         let front_tls = tls::server_config(&config.tls.cert_file, &config.tls.key_file, &[b"h2", b"http/1.1"])?;
         let agent_addr = config
             .agent_listen
-            .unwrap_or(listener.local_addr().map_err(|source| RelayError::Bind {
-                addr: config.listen,
-                source,
-            })?);
+            .unwrap_or(listener.local_addr().map_err(listen_error)?);
         let agent_tls = tls::server_config(&config.tls.cert_file, &config.tls.key_file, &[ALPN])?;
         let agent_tcp_tls = Arc::new(agent_tls.clone());
         let server_id = config.server_id();
-        let endpoint = tunnel::relay_endpoint(agent_addr, agent_tls, &config.tunnel, server_id)?;
+        let endpoint =
+            tunnel::relay_endpoint(agent_addr, agent_tls, &config.tunnel, server_id).map_err(|e| match e {
+                tunnel::TunnelError::Bind { addr, error } => RelayError::Bind {
+                    // Agents' QUIC shares the callers' address unless it has its own.
+                    key: if config.agent_listen.is_some() {
+                        "agent_listen"
+                    } else {
+                        "listen (UDP)"
+                    },
+                    addr,
+                    error,
+                },
+                other => RelayError::Tunnel(other),
+            })?;
         // What to register at a balancer that routes QUIC by connection ID.
         info!(%server_id, "QUIC connection IDs carry this server id");
 
@@ -362,7 +378,11 @@ impl Relay {
         tokio::select! {
             () = &mut front => {}
             () = reload::on_hangup(config_path, &state) => {}
-            () = shutdown::signal() => {}
+            signal = shutdown::signal() => info!(
+                %signal, grace_secs = drain.grace_secs, timeout_secs = drain.timeout_secs,
+                "draining: /readyz fails and agents are told to move (in a fleet); callers are still taken for \
+                 grace_secs, then what is in flight has until timeout_secs"
+            ),
         }
         state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(fleet) = &state.fleet {
@@ -408,7 +428,6 @@ impl Relay {
             info!(upgraded = state.tasks.len(), "drain deadline reached; closing the rest");
         }
         info!("relay shutting down");
-        audit.flush();
         // Close every tunnel but keep the port answering nothing rather than refusing: an agent
         // that redials now retransmits until the next relay listens, instead of backing off.
         let _ = stop_agents.send(true);
@@ -431,6 +450,8 @@ impl Relay {
         if let Some(fleet) = &state.fleet {
             fleet.peers.close();
         }
+        // Last: the tunnels' `agent_gone` events, written as they closed.
+        audit.flush();
         let (retried, ignored, accepted) = listener_stats.snapshot();
         let throttled = listener_stats.throttled.load(std::sync::atomic::Ordering::Relaxed);
         info!(
@@ -443,3 +464,6 @@ impl Relay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

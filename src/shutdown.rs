@@ -2,8 +2,8 @@
 
 use tokio::signal::unix::{SignalKind, signal as unix_signal};
 
-/// Resolves on the first SIGINT or SIGTERM.
-pub async fn signal() {
+/// Resolves on the first SIGINT or SIGTERM, with its name.
+pub async fn signal() -> &'static str {
     let (Ok(mut term), Ok(mut int)) = (
         unix_signal(SignalKind::terminate()),
         unix_signal(SignalKind::interrupt()),
@@ -12,7 +12,7 @@ pub async fn signal() {
         return std::future::pending().await;
     };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }

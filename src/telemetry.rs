@@ -10,6 +10,7 @@
 //! installed here, whatever the call site wrote; in JSON, by the JSON encoder
 //! (a control character is never written raw). Call sites need not remember.
 
+mod budget;
 pub mod metrics;
 mod otel;
 pub mod trace_context;
@@ -22,6 +23,8 @@ use tracing_subscriber::fmt::format::{Writer, debug_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+pub use budget::LogBudget;
 
 use crate::cli::LogFormat;
 

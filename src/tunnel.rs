@@ -33,8 +33,16 @@ pub enum TunnelError {
     /// rustls could not be used for QUIC.
     #[error("tls for quic: {0}")]
     QuicTls(String),
-    /// The UDP socket.
-    #[error("udp socket: {0}")]
+    /// The UDP socket could not be opened or bound at this address.
+    #[error("udp {addr}: {error}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause (not a `source`: the message holds it already).
+        error: std::io::Error,
+    },
+    /// The QUIC endpoint could not start on its socket.
+    #[error("quic endpoint: {0}")]
     Io(#[from] std::io::Error),
 }
 
@@ -119,7 +127,8 @@ pub fn relay_endpoint(
 /// `net.core.rmem_max`/`wmem_max`; what was granted is logged.
 fn udp_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, TunnelError> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let bind_error = |error| TunnelError::Bind { addr, error };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_error)?;
     if buffer > 0 {
         // Best effort: a smaller grant still works, only with more drops under load.
         let _ = socket.set_recv_buffer_size(buffer);
@@ -136,7 +145,7 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, Tu
             tracing::debug!(granted, "tunnel UDP buffers set");
         }
     }
-    socket.bind(&addr.into())?;
+    socket.bind(&addr.into()).map_err(bind_error)?;
     Ok(socket.into())
 }
 

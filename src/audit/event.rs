@@ -26,6 +26,9 @@ pub struct AgentEvent<'a> {
     /// Other instances serving the cluster when this one registered.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub beside: &'a [String],
+    /// Why the session ended (`agent_gone`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
 }
 
 #[derive(Serialize)]

@@ -216,15 +216,26 @@ fn default_max_token_lifetime() -> String {
 }
 
 impl BuiltinIssuerConfig {
-    /// The issuer this configures: its key loaded (or generated) and its naming rules set.
+    /// The issuer this configures: its key loaded (or generated, with `generate`) and its naming
+    /// rules set. The relay's own use.
     pub fn load(&self) -> Result<crate::auth::BuiltinIssuer, crate::auth::IssuerError> {
+        self.load_key(self.generate)
+    }
+
+    /// Like [`Self::load`], but never generating the key: a key made anywhere but at the relay
+    /// would sign tokens no relay accepts (`hawser token issue --config`).
+    pub fn load_existing(&self) -> Result<crate::auth::BuiltinIssuer, crate::auth::IssuerError> {
+        self.load_key(false)
+    }
+
+    fn load_key(&self, generate: bool) -> Result<crate::auth::BuiltinIssuer, crate::auth::IssuerError> {
         let lifetime = super::parse_duration(&self.max_token_lifetime)
             .map_err(|_| crate::auth::IssuerError::InvalidClaim("max_token_lifetime"))?;
         Ok(crate::auth::BuiltinIssuer::load_or_generate(
             &self.signing_key_file,
             self.issuer.clone(),
             self.audience.clone(),
-            self.generate,
+            generate,
         )?
         .with_naming(&self.username_prefix, &self.groups_prefix)
         .with_max_lifetime(lifetime))

@@ -39,6 +39,14 @@ use crate::proto::{self, Hello, Welcome};
 use crate::transport::Tunnel;
 use crate::tunnel;
 
+/// Why a session ended, as its `agent_gone` event and log line say: the agent retired the tunnel.
+const RETIRED: &str = "retired: the agent moved to another tunnel";
+/// ... this relay closed its QUIC connection.
+const CLOSED_HERE: &str =
+    "closed by this relay (a newer session of the instance replaced it, or its token was revoked)";
+/// ... the relay stopped.
+const SHUTTING_DOWN: &str = "relay shutting down";
+
 /// How long an agent has for its QUIC handshake, and then again for its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -295,7 +303,12 @@ async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &S
     let (mut told, mut retired) = (false, false);
     let reason = loop {
         tokio::select! {
-            reason = connection.closed() => break reason.to_string(),
+            reason = connection.closed() => break match reason {
+                // This relay closed it: a newer session of the instance took its place, or a
+                // reload revoked it (an `agent_revoked` event says so).
+                quinn::ConnectionError::LocallyClosed => CLOSED_HERE.to_owned(),
+                other => other.to_string(),
+            },
             drains = async { draining.wait_for(|d| *d).await.is_ok() }, if !told => {
                 told = true;
                 if !drains {
@@ -306,11 +319,11 @@ async fn session(connection: quinn::Connection, remote: SocketAddr, sessions: &S
                     debug!(session = id, "could not tell the agent to move");
                 }
             }
-            // The agent moved to another tunnel.
+            // The agent moved to another tunnel: the session ends here; what is in flight goes
+            // on until the connection closes.
             () = retires(&mut control), if !retired => {
                 retired = true;
-                held.guard = None;
-                info!(session = id, "the agent retires this quic tunnel");
+                held.gone(&RETIRED);
             }
         }
     };
@@ -351,7 +364,8 @@ fn no_hello(why: NoHello, remote: SocketAddr, sessions: &Sessions) -> (u32, Stri
     (close_code::BAD_HELLO, why.to_string())
 }
 
-/// A registered session: held until its tunnel ends.
+/// A registered session: held until its tunnel ends. Its end is put on record once, however it
+/// comes: retired, closed, lost, or dropped when the relay stops.
 struct Held<'a> {
     hello: Hello,
     /// Unregisters the session when dropped (a retiring tunnel drops it early).
@@ -359,6 +373,8 @@ struct Held<'a> {
     id: u64,
     remote: SocketAddr,
     sessions: &'a Sessions,
+    /// Whether its end is on record.
+    ended: bool,
 }
 
 /// Registers an admitted agent's tunnel as session `id`, and puts its arrival on record. `None`
@@ -397,9 +413,10 @@ fn hold(
         id,
         remote,
         sessions,
+        ended: false,
     };
     let beside = registered.beside;
-    held.event("agent_registered", &beside);
+    held.event("agent_registered", &beside, None);
     let hello = &held.hello;
     if let Some(old) = registered.replaced.filter(|old| old.ip() != remote.ip()) {
         // The same instance name from another address: a restarted pod, or someone holding the
@@ -427,7 +444,7 @@ impl Held<'_> {
         }
     }
 
-    fn event(&self, event: &'static str, beside: &[String]) {
+    fn event(&self, event: &'static str, beside: &[String], reason: Option<&str>) {
         self.sessions.audit.agent_event(&AgentEvent {
             event,
             cluster: &self.hello.cluster,
@@ -435,14 +452,28 @@ impl Held<'_> {
             session: self.id,
             peer: self.remote.to_string(),
             beside,
+            reason,
         });
     }
 
-    /// Puts the end of the session on record; the guard then unregisters it.
-    fn gone(self, reason: &dyn std::fmt::Display) {
-        self.event("agent_gone", &[]);
+    /// Puts the end of the session on record, unless it is already, and unregisters it.
+    fn gone(&mut self, reason: &dyn std::fmt::Display) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        let reason = reason.to_string();
+        self.event("agent_gone", &[], Some(&reason));
         let hello = &self.hello;
         info!(cluster = %hello.cluster, agent = %hello.instance, session = self.id, %reason, "agent gone");
+        self.guard = None;
+    }
+}
+
+impl Drop for Held<'_> {
+    /// A session whose task is dropped before its end was recorded: the relay stopped (its
+    /// listener drops every tunnel's task as it closes the connection).
+    fn drop(&mut self) {
+        self.gone(&SHUTTING_DOWN);
     }
 }
 

@@ -72,7 +72,7 @@ impl Fleet {
         let (RegistryConfig::Etcd(etcd), Some(peers)) = (&config.registry, &config.peers) else {
             return Ok(None);
         };
-        let bound = Peers::bind(peers, &config.tunnel)?;
+        let bound = Peers::bind(peers, &config.instance, &config.tunnel)?;
         let presence = RelayRecord {
             peer: peers.advertised(),
             protocol: crate::proto::VERSION,

@@ -55,6 +55,7 @@ pub(super) fn reload(path: &std::path::Path, state: &RelayState) {
             session: *session,
             peer: String::new(),
             beside: &[],
+            reason: None,
         });
     }
     info!(

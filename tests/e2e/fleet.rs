@@ -1,6 +1,8 @@
 //! Relays as a fleet (issue #12): a shared registry in a real etcd, requests forwarded one hop
 //! to the relay that holds the cluster's agent, and what happens when a relay dies.
 
+mod drain;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,6 +46,10 @@ pub const TESTS: &[(&str, Test)] = &[
     (
         "with_etcd_stopped_known_routes_work_and_registration_resumes_after",
         with_etcd_stopped_known_routes_work_and_registration_resumes_after,
+    ),
+    (
+        "a_drained_relay_and_a_stopped_agent_say_so_and_their_sessions_end_on_record",
+        drain::a_drained_relay_and_a_stopped_agent_say_so_and_their_sessions_end_on_record,
     ),
 ];
 

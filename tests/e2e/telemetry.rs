@@ -180,7 +180,7 @@ fn a_callers_sampled_traceparent_is_continued_and_no_token_header_value_or_user_
             span.attribute("hawser.cluster") == Some(cluster)
                 && span.attribute("hawser.verb") == Some("get")
                 && span.attribute("hawser.resource") == Some("namespaces")
-                && span.attributes.get("http.response.status_code").is_some(),
+                && span.attributes.contains_key("http.response.status_code"),
             "the request's attributes on {}: {:?}",
             span.name,
             span.attributes

@@ -2,13 +2,13 @@
 //! and the trust model; refusals are charged to the source and logged at a bounded rate.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::warn;
 
 use super::{REFUSALS_LOGGED_PER_MINUTE, Sessions, close_code};
 use crate::proto::{Accepts, Hello};
 use crate::relay::registry::Admission;
+use crate::telemetry::LogBudget;
 
 /// Judges a hello: plain names, a token of the cluster it names, and the same trust model as
 /// this relay's configuration for that cluster. A refusal is the close code and reason.
@@ -75,28 +75,18 @@ fn mismatch(cluster: &str, ours: &Accepts, theirs: &Accepts) -> String {
 
 /// Logs refused hellos at warn, at most [`REFUSALS_LOGGED_PER_MINUTE`] a minute; the line after a
 /// quiet spell says how many were not logged.
-pub struct RefusalLog {
-    limiter: governor::DefaultDirectRateLimiter,
-    suppressed: AtomicU64,
-}
+pub struct RefusalLog(LogBudget);
 
 impl Default for RefusalLog {
     fn default() -> Self {
-        let per_minute = std::num::NonZeroU32::new(REFUSALS_LOGGED_PER_MINUTE).unwrap_or(std::num::NonZeroU32::MIN);
-        Self {
-            limiter: governor::RateLimiter::direct(governor::Quota::per_minute(per_minute)),
-            suppressed: AtomicU64::new(0),
-        }
+        Self(LogBudget::per_minute(REFUSALS_LOGGED_PER_MINUTE))
     }
 }
 
 impl RefusalLog {
     pub(super) fn refused(&self, cluster: &str, instance: &str, why: &str) {
-        if self.limiter.check().is_ok() {
-            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+        if let Some(suppressed) = self.0.take() {
             warn!(cluster = %cluster, agent = %instance, reason = why, suppressed, "agent refused");
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -49,6 +49,7 @@ async fn answer<W: AsyncWrite + Unpin>(io: &mut W, hello: &Hello, remote: Socket
         session: 0,
         peer: remote.to_string(),
         beside: &[],
+        reason: None,
     });
     let welcome = Welcome {
         relay: sessions.relay.clone(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::info;
 
-use super::{HELLO_TIMEOUT, NoHello, Sessions, close_code, hold, judge, no_hello, read_hello, stopped};
+use super::{HELLO_TIMEOUT, NoHello, RETIRED, Sessions, close_code, hold, judge, no_hello, read_hello, stopped};
 use crate::proto::{self, Closing, Welcome};
 use crate::transport::Tunnel;
 
@@ -91,8 +91,7 @@ pub async fn tcp_session<T>(
             // by itself, and so then does the connection.
             () = tunnel.retired(), if !retired => {
                 retired = true;
-                held.guard = None;
-                info!(session = id, "the agent retires this tcp tunnel");
+                held.gone(&RETIRED);
             }
         }
     };

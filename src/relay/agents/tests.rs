@@ -11,6 +11,7 @@ use crate::relay::clusters::ClusterTable;
 use crate::tls::RelayTrust;
 use crate::tunnel::DialError;
 
+mod gone;
 mod probe;
 mod tcp;
 

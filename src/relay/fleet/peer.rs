@@ -36,9 +36,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::records::Holder;
 use crate::config::{PeersConfig, TunnelConfig};
 use crate::relay::registry::Registry;
+use crate::telemetry::LogBudget;
 use crate::tls::{self, TlsError};
 use crate::transport::{AnyRecv, AnySend, RecvHalf, SendHalf, StreamError, next_chunk, pipe, write_chunk};
-use crate::tunnel::{self, TunnelError};
+use crate::tunnel::{self, DialError, TunnelError};
 use crate::wire::reset;
 
 /// ALPN of the peer link; nothing else is accepted on it.
@@ -57,6 +58,9 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a peer that failed is tried only after every other holder of a cluster: a relay
 /// that died is otherwise first in line for some requests until its lease expires.
 const QUARANTINE: Duration = Duration::from_secs(10);
+/// Failed peer handshakes logged a minute at most, on each side: a misconfigured relay fails one
+/// per forwarded request.
+const HANDSHAKE_FAILURES_LOGGED_PER_MINUTE: u32 = 10;
 
 /// Why the peer link could not be set up, or a peer reached.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,22 @@ pub enum PeerError {
     /// Certificates, keys or the CA.
     #[error("peers: {0}")]
     Tls(#[from] TlsError),
+    /// This relay's own certificate, which its peers would refuse.
+    #[error("peers.cert_file {file}: {why}")]
+    OwnCert {
+        /// The certificate file.
+        file: String,
+        /// Why peers would refuse it.
+        why: String,
+    },
+    /// The peer port could not be bound.
+    #[error("peers.listen {addr}: {error}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        error: std::io::Error,
+    },
     /// The QUIC endpoint.
     #[error("peers: {0}")]
     Endpoint(#[from] TunnelError),
@@ -106,13 +126,21 @@ pub struct Peers {
     pool: DashMap<String, Arc<tokio::sync::Mutex<Option<quinn::Connection>>>>,
     /// When each peer last failed to take a stream.
     failed: DashMap<String, std::time::Instant>,
+    /// Bounds the warnings about handshakes with peers that failed, as the dialling side.
+    dial_failures: Arc<LogBudget>,
+    /// Bounds the warnings about handshakes peers failed, as the dialled side.
+    refused: LogBudget,
+    /// Owner of the task watching each pooled connection for its end; they end with the endpoint.
+    watchers: TaskTracker,
 }
 
 impl Peers {
-    /// Loads the fleet CA and this relay's certificate and binds the peer port.
-    pub fn bind(config: &PeersConfig, tunnel: &TunnelConfig) -> Result<Self, PeerError> {
+    /// Loads the fleet CA and this relay's certificate, checks the certificate is one its peers
+    /// will take from relay `instance`, and binds the peer port.
+    pub fn bind(config: &PeersConfig, instance: &str, tunnel: &TunnelConfig) -> Result<Self, PeerError> {
         let roots = Arc::new(tls::root_store(&config.ca_file)?);
         let certs = tls::load_certs(&config.cert_file)?;
+        own_cert::check(config, instance, &certs, &roots)?;
         let key = tls::load_key(&config.key_file)?;
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), tls::provider())
             .build()
@@ -138,11 +166,17 @@ impl Peers {
             idle_timeout_secs: config.idle_timeout_secs,
             ..tunnel.clone()
         };
-        let endpoint = tunnel::peer_endpoint(config.listen, server, client, &transport)?;
+        let endpoint = tunnel::peer_endpoint(config.listen, server, client, &transport).map_err(|e| match e {
+            TunnelError::Bind { addr, error } => PeerError::Listen { addr, error },
+            other => PeerError::Endpoint(other),
+        })?;
         Ok(Self {
             endpoint,
             pool: DashMap::new(),
             failed: DashMap::new(),
+            dial_failures: Arc::new(LogBudget::per_minute(HANDSHAKE_FAILURES_LOGGED_PER_MINUTE)),
+            refused: LogBudget::per_minute(HANDSHAKE_FAILURES_LOGGED_PER_MINUTE),
+            watchers: TaskTracker::new(),
         })
     }
 
@@ -222,14 +256,31 @@ impl Peers {
             .map_err(|e| resolve_error(e.to_string()))?
             .next()
             .ok_or_else(|| resolve_error("no address".into()))?;
-        let connection = tunnel::dial(&self.endpoint, address, &holder.relay, DIAL_TIMEOUT)
-            .await
-            .map_err(|e| PeerError::Dial {
-                relay: holder.relay.clone(),
-                why: e.to_string(),
-            })?;
+        let connection = match tunnel::dial(&self.endpoint, address, &holder.relay, DIAL_TIMEOUT).await {
+            Ok(connection) => connection,
+            Err(e) => {
+                if let DialError::Handshake(reason) = &e {
+                    handshake_failed(&self.dial_failures, &holder.relay, address, reason);
+                }
+                return Err(PeerError::Dial {
+                    relay: holder.relay.clone(),
+                    why: e.to_string(),
+                });
+            }
+        };
         info!(peer = %holder.relay, %address, "connected to a peer relay");
         *slot = Some(connection.clone());
+        let (watched, peer, budget) = (connection.clone(), holder.relay.clone(), self.dial_failures.clone());
+        self.watchers.spawn(async move {
+            let reason = watched.closed().await;
+            // TLS 1.3: a peer that refuses our certificate does so once our handshake is done.
+            // Our own close (the relay is stopping) is no news.
+            if !handshake_failed(&budget, &peer, address, &reason)
+                && !matches!(reason, quinn::ConnectionError::LocallyClosed)
+            {
+                info!(%peer, %address, %reason, "the connection to a peer relay was lost; the next request dials again");
+            }
+        });
         Ok(connection)
     }
 
@@ -237,6 +288,34 @@ impl Peers {
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"relay shutting down");
     }
+}
+
+/// Whether `reason` is a failed TLS handshake with `relay`; warns of it within `budget`. Either
+/// side's certificate is the cause: one that does not name the relay it is dialled as, or one
+/// not from the fleet CA.
+fn handshake_failed(
+    budget: &LogBudget,
+    relay: &str,
+    address: std::net::SocketAddr,
+    reason: &quinn::ConnectionError,
+) -> bool {
+    let code = match reason {
+        quinn::ConnectionError::TransportError(e) => e.code,
+        quinn::ConnectionError::ConnectionClosed(close) => close.error_code,
+        _ => return false,
+    };
+    // QUIC carries TLS alerts as transport error codes 0x100 to 0x1ff.
+    if u64::from(code) >> 8 != 1 {
+        return false;
+    }
+    if let Some(suppressed) = budget.take() {
+        warn!(
+            peer = %relay, %address, error = %reason, suppressed,
+            "TLS handshake with a peer relay failed: each relay's peers.cert_file must name its instance, and \
+             come from the fleet CA (peers.ca_file)"
+        );
+    }
+    true
 }
 
 /// The first bytes of a peer stream: which cluster the request is for.
@@ -274,14 +353,18 @@ pub async fn serve(peers: Arc<Peers>, serving: Arc<Serving>, stop: CancellationT
         };
         let remote = incoming.remote_address();
         let serving_for = serving.clone();
-        let stop = stop.clone();
+        let (stop, peers) = (stop.clone(), peers.clone());
         serving.tasks.spawn(
             async move {
                 let connection = match tokio::time::timeout(PEER_TIMEOUT, async { incoming.accept()?.await }).await {
                     Ok(Ok(connection)) => connection,
                     Ok(Err(e)) => {
-                        // A caller, an agent, or a relay of another fleet: no certificate of ours.
-                        warn!(error = %e, "peer handshake refused");
+                        // A caller, an agent, a relay of another fleet (no certificate of ours),
+                        // or one that dialled us under another instance's name: once per request.
+                        match peers.refused.take() {
+                            Some(suppressed) => warn!(error = %e, suppressed, "peer handshake failed"),
+                            None => debug!(error = %e, "peer handshake failed"),
+                        }
                         return;
                     }
                     Err(_) => return,
@@ -401,6 +484,8 @@ async fn read_preamble<R: RecvHalf>(recv: &mut R) -> Result<(String, Bytes), Pre
         partial.extend_from_slice(&whole);
     }
 }
+
+mod own_cert;
 
 #[cfg(test)]
 mod tests;

@@ -317,14 +317,26 @@ output = "none"
 
     /// Stops relay `i` with SIGTERM, as a rollout does, and waits until it has drained and exited.
     pub fn terminate_relay(&self, i: usize) -> Result<()> {
-        let mut relay = self.relays[i].lock().unwrap().take().context("relay not running")?;
-        let pid = relay.program_pid()?;
-        let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
-        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
-        wait_for(&format!("relay-{i} to drain and exit"), Duration::from_secs(30), || {
-            Ok(relay.exited())
-        })?;
-        Ok(())
+        let relay = self.relays[i].lock().unwrap().take().context("relay not running")?;
+        terminate(relay, &format!("relay-{i} to drain and exit"))
+    }
+
+    /// Stops agent `instance` with SIGTERM, as Kubernetes does, and waits until it has exited.
+    pub fn terminate_agent(&self, instance: &str) -> Result<()> {
+        let mut agents = self.agents.lock().unwrap();
+        let at = agents
+            .iter()
+            .position(|(name, _)| name == instance)
+            .context("no such agent")?;
+        let (_, agent) = agents.swap_remove(at);
+        drop(agents);
+        terminate(agent, &format!("{instance} to exit"))
+    }
+
+    /// The log of `process` (`relay-i` or an agent's instance name).
+    pub fn log(&self, process: &str) -> Result<String> {
+        let path = self.dir.path().join(format!("{process}.log"));
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     }
 
     /// The lines of relay `i`'s audit log.
@@ -337,6 +349,15 @@ output = "none"
     pub fn registry_keys(&self) -> Result<Vec<String>> {
         self.etcd.keys("/hawser-e2e/")
     }
+}
+
+/// Sends `process` SIGTERM and waits (`what`) until it has exited.
+fn terminate(mut process: Supervised, what: &str) -> Result<()> {
+    let pid = process.program_pid()?;
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+    wait_for(what, Duration::from_secs(30), || Ok(process.exited()))?;
+    Ok(())
 }
 
 fn agent_token(cluster: &str) -> String {

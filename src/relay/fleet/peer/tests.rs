@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,11 +23,22 @@ fn ca() -> CertifiedIssuer<'static, KeyPair> {
 /// A peers config for relay `name` in `dir`, its certificate signed by `ca` (whose PEM is the
 /// trusted CA file: `trusted`).
 fn config(dir: &Path, name: &str, ca: &CertifiedIssuer<'static, KeyPair>, trusted: &str) -> PeersConfig {
+    config_with(dir, name, &[], ca, trusted)
+}
+
+/// [`config`] with a certificate that carries the extended key usages `usages` (none: no such
+/// extension, which TLS takes for any usage).
+fn config_with(
+    dir: &Path,
+    name: &str,
+    usages: &[ExtendedKeyUsagePurpose],
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    trusted: &str,
+) -> PeersConfig {
     let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![name.to_owned()])
-        .unwrap()
-        .signed_by(&key, ca)
-        .unwrap();
+    let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.extended_key_usages = usages.to_vec();
+    let cert = params.signed_by(&key, ca).unwrap();
     let (cert_file, key_file, ca_file) = (
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
@@ -56,7 +67,7 @@ struct Answering {
 }
 
 fn answering(config: &PeersConfig) -> Answering {
-    let peers = Arc::new(Peers::bind(config, &TunnelConfig::default()).unwrap());
+    let peers = Arc::new(Peers::bind(config, "relay-b", &TunnelConfig::default()).unwrap());
     let registry = Registry::new();
     let (tunnel, agent) = memory::tunnel("127.0.0.1:1".parse().unwrap());
     let admitted = Admission {
@@ -102,6 +113,7 @@ async fn a_fleet_peer_reaches_a_held_tunnel_and_a_cluster_held_elsewhere_is_refu
     let mut b = answering(&config(dir.path(), "relay-b", &fleet, &fleet.pem()));
     let a = Peers::bind(
         &config(dir.path(), "relay-a", &fleet, &fleet.pem()),
+        "relay-a",
         &TunnelConfig::default(),
     )
     .unwrap();
@@ -141,10 +153,11 @@ async fn a_relay_of_another_fleet_or_under_another_name_gets_no_connection() {
     let fleet = ca();
     let mut b = answering(&config(dir.path(), "relay-b", &fleet, &fleet.pem()));
 
-    // Its certificate is from another CA (it trusts ours, so only B's check refuses it).
+    // Its certificate is from another CA (it trusts ours too, so only B's check refuses it).
     let other = ca();
     let rogue = Peers::bind(
-        &config(dir.path(), "rogue", &other, &fleet.pem()),
+        &config(dir.path(), "rogue", &other, &format!("{}{}", other.pem(), fleet.pem())),
+        "rogue",
         &TunnelConfig::default(),
     )
     .unwrap();
@@ -168,6 +181,7 @@ async fn a_relay_of_another_fleet_or_under_another_name_gets_no_connection() {
     // name it, so the registry cannot send it elsewhere than it says.
     let a = Peers::bind(
         &config(dir.path(), "relay-a", &fleet, &fleet.pem()),
+        "relay-a",
         &TunnelConfig::default(),
     )
     .unwrap();
@@ -201,4 +215,150 @@ async fn the_preamble_is_read_across_chunks_and_checked() {
         let err = read_preamble(&mut recv).await.unwrap_err().to_string();
         assert!(err.contains(expect), "{bytes:?}: {err}");
     }
+}
+
+#[tokio::test]
+async fn a_certificate_peers_would_refuse_stops_the_relay_at_start_naming_the_file_and_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = ca();
+    let both = [ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let refused = |config: &PeersConfig, instance: &str| {
+        let Err(e) = Peers::bind(config, instance, &TunnelConfig::default()) else {
+            panic!("{instance} started with {}", config.cert_file.display());
+        };
+        // As the binary prints it: one line, the cause once.
+        let line = format!("{:#}", anyhow::Error::from(e));
+        let prefix = format!("peers.cert_file {}: ", config.cert_file.display());
+        assert!(line.starts_with(&prefix) && !line.contains('\n'), "{line}");
+        assert!(line.contains(&format!("{instance:?}")), "names the instance: {line}");
+        line
+    };
+
+    // relay-2's certificate in relay-3's configuration: peers dial relay-3 under its name.
+    let relay_2 = config_with(dir.path(), "relay-2", &both, &fleet, &fleet.pem());
+    let line = refused(&relay_2, "relay-3");
+    assert!(
+        line.contains("not valid for instance") && line.contains("relay-2"),
+        "{line}"
+    );
+    Peers::bind(&relay_2, "relay-2", &TunnelConfig::default()).expect("relay-2 may use it");
+
+    // A usage for one end only: the link uses the certificate at both.
+    for (instance, only, missing) in [
+        ("relay-4", ExtendedKeyUsagePurpose::ServerAuth, "clientAuth"),
+        ("relay-5", ExtendedKeyUsagePurpose::ClientAuth, "serverAuth"),
+    ] {
+        let one_usage = config_with(dir.path(), instance, &[only], &fleet, &fleet.pem());
+        let line = refused(&one_usage, instance);
+        assert!(line.contains(missing), "{line}");
+    }
+
+    let other = ca();
+    let foreign = config(dir.path(), "relay-6", &other, &fleet.pem());
+    let line = refused(&foreign, "relay-6");
+    assert!(line.contains("not signed by peers.ca_file"), "{line}");
+}
+
+#[test]
+fn a_taken_peer_port_is_one_cause_naming_the_key_and_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = ca();
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut config = config(dir.path(), "relay-a", &fleet, &fleet.pem());
+    config.listen = taken.local_addr().unwrap();
+    let Err(e) = Peers::bind(&config, "relay-a", &TunnelConfig::default()) else {
+        panic!("bound a taken port");
+    };
+    let line = format!("{:#}", anyhow::Error::from(e));
+    assert!(line.starts_with(&format!("peers.listen {}: ", config.listen)), "{line}");
+    assert_eq!(line.matches("in use").count(), 1, "the cause once: {line}");
+}
+
+/// Counts the lines of `logs` at `level` that hold `text`.
+fn lines_at(logs: &str, level: &str, text: &str) -> usize {
+    logs.lines()
+        .filter(|l| l.contains(&format!(" {level} ")) && l.contains(text))
+        .count()
+}
+
+/// The text log of `run`, on a runtime of its own (so that every task it spawns logs there).
+fn logs_of(run: impl std::future::Future<Output = ()>) -> String {
+    crate::telemetry::tests::capture(crate::cli::LogFormat::Text, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(run);
+    })
+}
+
+#[test]
+fn failed_peer_handshakes_are_warned_at_both_ends_within_a_budget() {
+    const ATTEMPTS: usize = 25;
+    let logs = logs_of(async {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = ca();
+        let b = answering(&config(dir.path(), "relay-b", &fleet, &fleet.pem()));
+        let a = Peers::bind(
+            &config(dir.path(), "relay-a", &fleet, &fleet.pem()),
+            "relay-a",
+            &TunnelConfig::default(),
+        )
+        .unwrap();
+        // The registry names relay-c at relay-b's address: B's certificate does not name it.
+        for _ in 0..ATTEMPTS {
+            let misnamed = a.open(&holder("relay-c", &b.peers), "alpha", WAIT).await;
+            assert!(matches!(misnamed, Err(PeerError::Dial { .. })), "{:?}", misnamed.err());
+        }
+        // B judges each refusal as it arrives; let it see the last.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        b.stop.cancel();
+    });
+    let dialling = lines_at(&logs, "WARN", "TLS handshake with a peer relay failed");
+    assert!(
+        (1..=HANDSHAKE_FAILURES_LOGGED_PER_MINUTE as usize).contains(&dialling),
+        "the dialling relay warns, within its budget: {dialling}\n{logs}"
+    );
+    assert!(logs.contains("peer=relay-c"), "{logs}");
+    let dialled = lines_at(&logs, "WARN", "peer handshake failed");
+    assert!(
+        (1..=HANDSHAKE_FAILURES_LOGGED_PER_MINUTE as usize).contains(&dialled),
+        "the dialled relay warns within its budget, not once per attempt: {dialled}\n{logs}"
+    );
+}
+
+#[test]
+fn a_peer_connection_lost_to_its_idle_timeout_is_logged_once_at_the_forwarding_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = ca();
+    // B on a runtime of its own, so that it can vanish without a word (a relay that died).
+    let b_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let b_config = config(dir.path(), "relay-b", &fleet, &fleet.pem());
+    let b = b_runtime.block_on(async { answering(&b_config) });
+    let a_config = config(dir.path(), "relay-a", &fleet, &fleet.pem());
+    let logs = logs_of(async {
+        let a = Peers::bind(&a_config, "relay-a", &TunnelConfig::default()).unwrap();
+        let (mut send, _recv) = a.open(&holder("relay-b", &b.peers), "alpha", WAIT).await.unwrap();
+        send.end();
+        b_runtime.shutdown_background();
+        let pooled = a.pool.get("relay-b").unwrap().clone();
+        let connection = pooled.lock().await.clone().unwrap();
+        // keep_alive_secs 1, idle_timeout_secs 4: the loss shows within 4 s.
+        let reason = tokio::time::timeout(Duration::from_secs(10), connection.closed())
+            .await
+            .expect("the connection ends at its idle timeout");
+        assert!(matches!(reason, quinn::ConnectionError::TimedOut), "{reason}");
+        a.watchers.close();
+        a.watchers.wait().await;
+    });
+    let lost = lines_at(&logs, "INFO", "the connection to a peer relay was lost");
+    assert_eq!(lost, 1, "{logs}");
+    assert!(
+        logs.contains("peer=relay-b") && logs.contains("reason=\"timed out\""),
+        "{logs}"
+    );
 }

@@ -1,0 +1,87 @@
+use anyhow::Context as _;
+
+use super::*;
+
+#[derive(Debug, thiserror::Error)]
+enum Outer {
+    /// A message that holds its source, as `#[from]` variants often do.
+    #[error("peers: {0}")]
+    Wraps(#[from] Inner),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("udp socket: {0}")]
+struct Inner(#[from] std::io::Error);
+
+#[test]
+fn an_error_line_says_each_cause_once() {
+    let in_use = || std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use (os error 98)");
+    let nested = anyhow::Error::from(Outer::from(Inner::from(in_use())));
+    assert_eq!(
+        format!("{nested:#}"),
+        "peers: udp socket: Address already in use (os error 98): udp socket: Address already in use (os error 98): \
+         Address already in use (os error 98)",
+        "what the binary printed before"
+    );
+    assert_eq!(
+        error_line(&nested),
+        "peers: udp socket: Address already in use (os error 98)"
+    );
+    // Context that does not say its cause is followed by it.
+    let context = Err::<(), _>(in_use()).context("reading relay.toml").unwrap_err();
+    assert_eq!(
+        error_line(&context),
+        "reading relay.toml: Address already in use (os error 98)"
+    );
+}
+
+/// A relay configuration in `dir` with a built-in issuer whose key file is missing.
+fn relay_without_its_issuer_key(dir: &std::path::Path, generate: bool) -> std::path::PathBuf {
+    let path = dir.join("relay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"listen = "127.0.0.1:0"
+[tls]
+cert_file = "relay.crt"
+key_file = "relay.key"
+[issuer]
+issuer = "https://relay"
+audience = "hawser"
+signing_key_file = "issuer.key"
+generate = {generate}
+[assertions]
+issuer = "https://relay/assertions"
+signing_key_file = "assertion.key"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn token_issue_never_generates_the_relays_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for generate in [true, false] {
+        let args = SigningKeyArgs {
+            config: Some(relay_without_its_issuer_key(dir.path(), generate)),
+            signing_key: None,
+            generate: false,
+        };
+        let e = signing_issuer(&args, None, None).expect_err("no key, no issuer");
+        let line = error_line(&e);
+        let key = dir.path().join("issuer.key");
+        assert!(!key.exists(), "generate = {generate}: no key was made");
+        assert!(
+            line.starts_with(&format!("[issuer] signing_key_file {} does not exist", key.display())),
+            "{line}"
+        );
+        let advice = if generate {
+            "the relay creates it on its first start"
+        } else {
+            "create it"
+        };
+        assert!(line.contains(advice), "{line}");
+    }
+}
