@@ -59,7 +59,6 @@ pub async fn stream<S: SendHalf, R: RecvHalf>(mut send: S, mut recv: R, state: A
     let span = info_span!(
         "stream",
         request.id = %head.request_id,
-        otel.name = tracing::field::Empty,
         otel.kind = "server",
     );
     trace_context::continue_from(&span, trace_context::of_head(&head));

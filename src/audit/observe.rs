@@ -3,7 +3,7 @@
 //! disagree; never a header value or a token.
 
 use opentelemetry::KeyValue;
-use opentelemetry::trace::Status;
+use opentelemetry::trace::{Status, TraceContextExt};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::Fields;
@@ -41,8 +41,11 @@ pub(super) fn record(closed: &Closed<'_>, span: Option<&tracing::Span>) {
     } else {
         metrics::bounded_verb(&f.verb)
     };
-    // As a `&str`: the bridge takes a span's new name only from a string field.
-    span.record("otel.name", format!("{} {verb}", closed.component).as_str());
+    // On the started OpenTelemetry span itself: the bridge renames a span from its `otel.name`
+    // field only before it is first entered.
+    span.context()
+        .span()
+        .update_name(format!("{} {verb}", closed.component));
     let mut attributes = vec![
         KeyValue::new("http.request.method", f.method.clone()),
         KeyValue::new("url.path", f.path.clone()),
