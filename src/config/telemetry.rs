@@ -75,7 +75,9 @@ impl AdminConfig {
     /// Checks the table once at start-up: never one of the `taken` addresses (the callers' and
     /// agents' ports), which carry TLS and authenticated callers only.
     pub fn validate(&self, taken: &[SocketAddr]) -> Result<(), String> {
+        // Port 0 asks the kernel for a free port, which is never one already bound.
         if let Some(listen) = self.listen
+            && listen.port() != 0
             && taken.iter().any(|t| {
                 t.port() == listen.port()
                     && (t.ip() == listen.ip() || t.ip().is_unspecified() || listen.ip().is_unspecified())
@@ -86,5 +88,36 @@ impl AdminConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admin(listen: &str) -> AdminConfig {
+        AdminConfig {
+            listen: Some(listen.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_admin_port_is_never_the_callers_port() {
+        let callers: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        assert!(admin("127.0.0.1:8443").validate(&[callers]).is_err());
+        assert!(admin("0.0.0.0:8443").validate(&[callers]).is_err());
+        assert!(admin("127.0.0.1:9464").validate(&[callers]).is_ok());
+    }
+
+    #[test]
+    fn port_zero_is_a_free_port_not_the_callers_port_zero() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert!(admin("127.0.0.1:0").validate(&[any]).is_ok());
+        assert!(
+            admin("127.0.0.1:0")
+                .validate(&["127.0.0.1:8443".parse().unwrap()])
+                .is_ok()
+        );
+        assert!(admin("127.0.0.1:8443").validate(&[any]).is_ok());
     }
 }
