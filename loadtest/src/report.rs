@@ -45,6 +45,8 @@ pub struct Report {
     pub peers: crate::peers::PeerResults,
     /// `fleet`.
     pub fleet: Option<crate::fleet::FleetResult>,
+    /// `telemetry`.
+    pub telemetry: Option<crate::telemetry::TelemetryResult>,
     /// Failed requests over every measurement.
     pub failed_requests: u64,
 }
@@ -220,6 +222,7 @@ impl Report {
             scale: Default::default(),
             peers: Default::default(),
             fleet: None,
+            telemetry: None,
             failed_requests: 0,
         })
     }
@@ -239,6 +242,7 @@ impl Report {
             failed += b.direct.failures.count + b.hawser.failures.count;
         }
         failed += self.fleet.as_ref().map_or(0, |f| f.failures());
+        failed += self.telemetry.as_ref().map_or(0, |t| t.failures());
         self.failed_requests = failed + self.scale.failures() + self.peers.failures();
     }
 
@@ -321,6 +325,9 @@ impl Report {
         if let Some(f) = &self.fleet {
             out.push_str(&f.table());
         }
+        if let Some(t) = &self.telemetry {
+            out.push_str(&t.table());
+        }
         let failures: Vec<String> = self.failure_messages();
         if !failures.is_empty() {
             let _ = writeln!(out, "\nfailures:");
@@ -363,6 +370,9 @@ impl Report {
             }
             add("fleet hop local".into(), &f.hop.local.failures.messages);
             add("fleet hop forwarded".into(), &f.hop.forwarded.failures.messages);
+        }
+        if let Some(t) = &self.telemetry {
+            out.extend(t.failure_messages());
         }
         out
     }

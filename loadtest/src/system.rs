@@ -5,7 +5,6 @@
 //! its address, the relay logs its listening line (JSON logs on stderr).
 //! Readiness is always a polled condition with a deadline.
 
-use std::collections::HashMap;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +18,11 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::watch;
 
 use crate::client::Target;
+
+mod agent;
+mod relay;
+
+pub(crate) use relay::{ADMIN_LISTENING, RelayEvents, spawn_relay, spawn_relay_logging};
 
 /// `iss` and `aud` of the relay's built-in issuer in this set-up.
 pub(crate) const ISSUER: &str = "https://hawser-loadtest.invalid";
@@ -44,6 +48,11 @@ pub struct Options {
     pub keep: bool,
     /// The agents' `relay.transport`.
     pub transport: &'static str,
+    /// TOML added to the relay's and every agent's configuration (the `telemetry` scenario's
+    /// `[telemetry]` and `[admin]`); empty for the others.
+    pub extra_toml: String,
+    /// The working directory, made here; `None`: a new temporary directory.
+    pub dir: Option<PathBuf>,
 }
 
 /// A child process, killed when dropped.
@@ -77,42 +86,6 @@ impl Proc {
     }
 }
 
-/// What the relay's log has said so far.
-#[derive(Default, Clone)]
-pub struct RelayEvents {
-    /// Front door (TCP) and agent listener (UDP).
-    pub(crate) listening: Option<(SocketAddr, SocketAddr)>,
-    /// `agent registered` lines by cluster.
-    registered: HashMap<String, usize>,
-    /// `agent gone` lines by cluster.
-    gone: HashMap<String, usize>,
-    /// The relay's stderr closed.
-    exited: bool,
-}
-
-impl RelayEvents {
-    /// Sessions registered and not yet gone, over clusters whose name starts with `prefix`.
-    pub fn connected(&self, prefix: &str) -> usize {
-        let count = |m: &HashMap<String, usize>| m.iter().filter(|(c, _)| c.starts_with(prefix)).map(|(_, n)| n).sum();
-        let (up, down): (usize, usize) = (count(&self.registered), count(&self.gone));
-        up.saturating_sub(down)
-    }
-
-    /// Whether the relay's log has ended (it exited).
-    pub fn exited(&self) -> bool {
-        self.exited
-    }
-
-    /// `agent gone` lines over clusters whose name starts with `prefix`.
-    pub fn gone(&self, prefix: &str) -> usize {
-        self.gone
-            .iter()
-            .filter(|(c, _)| c.starts_with(prefix))
-            .map(|(_, n)| n)
-            .sum()
-    }
-}
-
 /// The running system.
 pub struct System {
     /// The working directory (configs, keys, logs).
@@ -137,6 +110,8 @@ pub struct System {
     pub(crate) events: watch::Receiver<RelayEvents>,
     /// Agents of the loaded clusters.
     pub agents: Vec<Proc>,
+    /// Their instance names, in the same order.
+    agent_instances: Vec<String>,
     /// The loaded clusters.
     pub clusters: Vec<String>,
     /// The caller's bearer token.
@@ -145,6 +120,8 @@ pub struct System {
     pub idle_clusters: Vec<String>,
     /// The agents' `relay.transport`.
     pub transport: &'static str,
+    /// Added to every agent's configuration.
+    extra_toml: String,
 }
 
 impl System {
@@ -152,12 +129,18 @@ impl System {
     /// (whether they answer is [`System::wait_answering`]'s to check). If that fails, the working
     /// directory stays for its logs.
     pub async fn start(options: &Options) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("hawser-loadtest-")
-            .disable_cleanup(true)
-            .tempdir()?
-            .path()
-            .to_owned();
+        let dir = match &options.dir {
+            Some(dir) => {
+                fs::create_dir_all(dir)?;
+                dir.clone()
+            }
+            None => tempfile::Builder::new()
+                .prefix("hawser-loadtest-")
+                .disable_cleanup(true)
+                .tempdir()?
+                .path()
+                .to_owned(),
+        };
         crate::say(&format!("working directory {}", dir.display()));
         Self::set_up(options, dir.clone())
             .await
@@ -180,13 +163,14 @@ impl System {
         let digest = sha256_hex(agent_token.as_bytes());
         let clusters: Vec<String> = (0..options.clusters).map(|i| format!("bench-{i}")).collect();
         let idle_clusters: Vec<String> = (0..options.idle_agents).map(|i| format!("idle-{i:05}")).collect();
-        let settings = relay_settings();
+        let (settings, extra) = (relay_settings(), &options.extra_toml);
         let mut relay_toml = format!(
             r#"instance = "relay-loadtest"
 listen = "127.0.0.1:0"
 agent_listen = "127.0.0.1:0"
 
-{settings}"#
+{settings}
+{extra}"#
         );
         let swarm_clusters = (0..options.swarm_clusters).map(crate::swarm::cluster);
         for cluster in clusters.iter().chain(&idle_clusters).cloned().chain(swarm_clusters) {
@@ -200,7 +184,7 @@ agent_listen = "127.0.0.1:0"
         let mut system_events = events.clone();
         let listening = tokio::time::timeout(
             Duration::from_secs(30),
-            system_events.wait_for(|e| e.listening.is_some() || e.exited),
+            system_events.wait_for(|e| e.listening.is_some() || e.exited()),
         )
         .await
         .context("the relay did not log its listening line within 30s")?
@@ -258,15 +242,19 @@ agent_listen = "127.0.0.1:0"
             relay_ca,
             events,
             agents: Vec::new(),
+            agent_instances: Vec::new(),
             clusters,
             token,
             idle_clusters,
             transport: options.transport,
+            extra_toml: options.extra_toml.clone(),
         };
         for cluster in system.clusters.clone() {
             for i in 0..options.agents_per_cluster {
-                let agent = system.spawn_agent(&cluster, &format!("agent-{cluster}-{i}"))?;
+                let instance = format!("agent-{cluster}-{i}");
+                let agent = system.spawn_agent(&cluster, &instance)?;
                 system.agents.push(agent);
+                system.agent_instances.push(instance);
             }
         }
         let want = system.clusters.len() * options.agents_per_cluster;
@@ -287,13 +275,23 @@ agent_listen = "127.0.0.1:0"
 
     /// The callers' view of the relay.
     pub async fn hawser_target(&self, connections: usize, timeout: Duration) -> Result<Arc<Target>> {
+        self.hawser_target_named("hawser", connections, timeout).await
+    }
+
+    /// The callers' view of the relay, named `name` in progress lines and messages.
+    pub async fn hawser_target_named(
+        &self,
+        name: &'static str,
+        connections: usize,
+        timeout: Duration,
+    ) -> Result<Arc<Target>> {
         let bases = self
             .clusters
             .iter()
             .map(|c| format!("https://{}/clusters/{c}", self.relay_front))
             .collect();
         Target::connect(
-            "hawser",
+            name,
             self.relay_front,
             &self.relay_ca,
             connections,
@@ -325,58 +323,6 @@ agent_listen = "127.0.0.1:0"
         wait_answering(target, || relay.ensure_running(&log)).await
     }
 
-    /// Starts an agent of `cluster` named `instance`.
-    pub fn spawn_agent(&self, cluster: &str, instance: &str) -> Result<Proc> {
-        let config = self.dir.join(format!("{instance}.toml"));
-        fs::write(
-            &config,
-            format!(
-                r#"instance = "{instance}"
-cluster = "{cluster}"
-token_file = "agent.token"
-mode = "identity"
-
-[relay]
-address = "{udp}"
-tcp_address = "{front}"
-transport = "{transport}"
-server_name = "localhost"
-ca_file = "relay.crt"
-
-[apiserver]
-kubeconfig = "backend.kubeconfig"
-
-[assertions]
-issuer = "{ASSERTION_ISSUER}"
-jwks_url = "https://{front}/.well-known/hawser/assertion-jwks.json"
-jwks_ca_file = "relay.crt"
-
-[reconnect]
-initial_backoff_ms = 100
-max_backoff_ms = 2000
-
-[audit]
-output = "none"
-"#,
-                udp = self.relay_udp,
-                front = self.relay_front,
-                transport = self.transport,
-            ),
-        )?;
-        let log = fs::File::create(self.dir.join(format!("{instance}.log")))?;
-        let child = Command::new(&self.hawser)
-            .args(["--log-format", "json", "agent", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting hawser agent")?;
-        Proc::new(format!("agent {instance}"), child)
-    }
-
     /// Waits until the relay's log satisfies `done`, or fails at the deadline or if the relay exits.
     pub async fn wait_events(
         &self,
@@ -385,12 +331,12 @@ output = "none"
         done: impl Fn(&RelayEvents) -> bool,
     ) -> Result<RelayEvents> {
         let mut rx = self.events.clone();
-        let events = tokio::time::timeout(within, rx.wait_for(|e| e.exited || done(e)))
+        let events = tokio::time::timeout(within, rx.wait_for(|e| e.exited() || done(e)))
             .await
             .with_context(|| format!("timed out after {within:?} waiting for {what}"))?
             .map_err(|_| anyhow::anyhow!("relay log reader stopped"))?
             .clone();
-        if events.exited && !done(&events) {
+        if events.exited() && !done(&events) {
             bail!("the relay exited; see {}", self.dir.join("relay.log").display());
         }
         Ok(events)
@@ -399,6 +345,13 @@ output = "none"
     /// The relay's log so far, as counted events.
     pub fn events(&self) -> RelayEvents {
         self.events.borrow().clone()
+    }
+
+    /// Stops the relay and the loaded clusters' agents as [`stop`] does (the backend stays);
+    /// whether all exited by themselves within `within`.
+    pub async fn stop_relay_and_agents(&mut self, within: Duration) -> Result<bool> {
+        let mut procs: Vec<&mut Proc> = self.agents.iter_mut().chain([&mut self.relay]).collect();
+        terminate(&mut procs, within).await
     }
 
     /// Process ids of the loaded clusters' agents.
@@ -417,10 +370,15 @@ impl Drop for System {
 }
 
 /// Stops processes with SIGTERM (a graceful close of their tunnels), then
-/// SIGKILL for any still running after `within`.
-pub async fn stop(mut procs: Vec<Proc>, within: Duration) -> Result<()> {
+/// SIGKILL for any still running after `within`; whether all exited by themselves.
+pub async fn stop(mut procs: Vec<Proc>, within: Duration) -> Result<bool> {
+    terminate(&mut procs.iter_mut().collect::<Vec<_>>(), within).await
+}
+
+/// [`stop`] for processes still owned elsewhere.
+pub async fn terminate(procs: &mut [&mut Proc], within: Duration) -> Result<bool> {
     if procs.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     let status = Command::new("kill")
         .arg("-TERM")
@@ -433,12 +391,14 @@ pub async fn stop(mut procs: Vec<Proc>, within: Duration) -> Result<()> {
         crate::say("kill -TERM reported an error; killing the rest");
     }
     let deadline = tokio::time::Instant::now() + within;
-    for p in &mut procs {
+    let mut all = true;
+    for p in procs.iter_mut() {
         if tokio::time::timeout_at(deadline, p.child.wait()).await.is_err() {
+            all = false;
             let _ = p.child.start_kill();
         }
     }
-    Ok(())
+    Ok(all)
 }
 
 /// Polls `GET /small` on every cluster of `target` until each answers 200, within 30 s; `alive`
@@ -528,57 +488,6 @@ pub(crate) async fn spawn_backend(dir: &Path) -> Result<(Proc, SocketAddr)> {
         .with_context(|| format!("unexpected backend line {line:?}"))?
         .parse()?;
     Ok((Proc::new("backend".into(), child)?, addr))
-}
-
-pub(crate) fn spawn_relay(hawser: &Path, dir: &Path, config: &Path) -> Result<(Proc, watch::Receiver<RelayEvents>)> {
-    spawn_relay_logging(hawser, config, &dir.join("relay.log"), "relay")
-}
-
-/// Starts `hawser relay` with `config`, its JSON log copied to `log` and followed for events;
-/// `name` is what messages call it.
-pub(crate) fn spawn_relay_logging(
-    hawser: &Path,
-    config: &Path,
-    log: &Path,
-    name: &str,
-) -> Result<(Proc, watch::Receiver<RelayEvents>)> {
-    let mut child = Command::new(hawser)
-        .args(["--log-format", "json", "relay", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", hawser.display()))?;
-    let stderr = child.stderr.take().context("relay stderr")?;
-    let (tx, rx) = watch::channel(RelayEvents::default());
-    let mut log = fs::File::create(log)?;
-    // Reads the relay's JSON log: copies it to relay.log and counts the events we wait on.
-    tokio::spawn(async move {
-        use std::io::Write;
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = writeln!(log, "{line}");
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_owned();
-            match field("message").as_str() {
-                "relay listening" => {
-                    if let (Ok(front), Ok(agents)) = (field("front").parse(), field("agents").parse()) {
-                        tx.send_modify(|e| e.listening = Some((front, agents)));
-                    }
-                }
-                "agent registered" => tx.send_modify(|e| *e.registered.entry(field("cluster")).or_default() += 1),
-                "agent gone" => tx.send_modify(|e| *e.gone.entry(field("cluster")).or_default() += 1),
-                _ => {}
-            }
-        }
-        tx.send_modify(|e| e.exited = true);
-    });
-    Ok((Proc::new(name.into(), child)?, rx))
 }
 
 pub(crate) fn random_hex(bytes: usize) -> Result<String> {

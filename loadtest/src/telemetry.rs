@@ -1,0 +1,569 @@
+//! `telemetry` (issue #13): what tracing at 1 % sampling and metrics cost small requests. Two
+//! systems as `small` runs them, both up for the whole scenario, each with its own backend:
+//! **off** (no `[telemetry]`, no `[admin]`) and **on** (`[telemetry]` exporting over OTLP/gRPC to
+//! a real OpenTelemetry Collector at `sampling_ratio` 0.01, and `[admin]` whose `/metrics` the
+//! driver scrapes once a second, as Prometheus would). The `small` closed loop runs against them
+//! in turn — off, on, off, on (`--telemetry-pairs`) — so that drift on a shared machine falls on
+//! both alike; the figure is on/off requests/s, the mean of the pairs. Afterwards the on
+//! system's relay and agents stop (flushing their last spans), then the collector, and the
+//! spans it wrote are counted against the requests the relay's own counter saw.
+
+mod collector;
+mod scrape;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use serde::Serialize;
+
+use crate::Settings;
+use crate::client::Target;
+use crate::scenario::{Meter, SmallResult, small};
+use crate::stats::{Pids, ticks, ticks_per_second};
+use crate::system::{self, System};
+use collector::{Collector, Received};
+use scrape::{ScrapeStats, Scraper};
+
+/// Issue #13's target: telemetry on costs at most this share of small-request throughput.
+const TARGET_COST: f64 = 0.05;
+/// How often the driver scrapes `/metrics` while telemetry is on.
+const SCRAPE_EVERY: Duration = Duration::from_secs(1);
+/// How long relay and agents get to stop (the relay's drain, then the last spans out).
+const STOP_WITHIN: Duration = Duration::from_secs(40);
+/// Below this many expected spans, none arriving is not called a failure.
+const EXPECT_SOME_SPANS_FROM: f64 = 10.0;
+
+/// Command-line options of `telemetry`.
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryArgs {
+    /// `telemetry`: the OpenTelemetry Collector binary [default: target/testbed/bin/otelcol of
+    /// this repository, which `cargo test` builds with the e2e test bed].
+    #[arg(long)]
+    pub otelcol: Option<PathBuf>,
+    /// `telemetry`: off/on pairs, run interleaved: off, on, off, on, ... [default: 2].
+    #[arg(long)]
+    pub telemetry_pairs: Option<usize>,
+    /// `telemetry`: `[telemetry] sampling_ratio` of relay and agents when on [default: 0.01].
+    #[arg(long)]
+    pub telemetry_sampling: Option<f64>,
+    /// `telemetry`: `[telemetry] metrics_export_secs` when on [default: unset, the product's 60].
+    #[arg(long)]
+    pub telemetry_export_secs: Option<u64>,
+}
+
+/// `telemetry`'s settings after defaults.
+#[derive(Debug, Clone, Serialize)]
+pub struct TelemetrySettings {
+    /// The collector binary.
+    pub otelcol: PathBuf,
+    /// Off/on pairs.
+    pub pairs: usize,
+    /// `sampling_ratio` when on.
+    pub sampling_ratio: f64,
+    /// `metrics_export_secs` when on; `None`: not set (the product's default).
+    pub metrics_export_secs: Option<u64>,
+    /// Seconds between the driver's scrapes of `/metrics` while on.
+    pub scrape_every_s: f64,
+    /// The issue's target: on costs at most this share of off's requests/s.
+    pub target_cost: f64,
+    /// How the two systems differ.
+    pub system: &'static str,
+}
+
+const TELEMETRY_SYSTEM: &str = "two systems as in `small` (a relay, --clusters x --agents-per-cluster agents, a backend \
+    each), both up throughout, used in turn; off: no [telemetry], no [admin]; on: relay and agents with [telemetry] \
+    otlp_endpoint = the collector (OTLP/gRPC), sampling_ratio, metrics_export_secs if given, and [admin] listen = \
+    127.0.0.1:0, whose /metrics the driver GETs every second during the on measurements (keep-alive HTTP/1.1, one \
+    connection per listener); otelcol (the test bed's build): OTLP gRPC receiver, file exporters (flush 100 ms), no \
+    processors, its own metrics off";
+
+impl TelemetrySettings {
+    /// From the options.
+    pub fn from(args: &TelemetryArgs) -> Result<Self> {
+        let s = Self {
+            otelcol: args.otelcol.clone().unwrap_or_else(|| {
+                let package = crate::package_dir();
+                package.parent().unwrap_or(package).join("target/testbed/bin/otelcol")
+            }),
+            pairs: args.telemetry_pairs.unwrap_or(2),
+            sampling_ratio: args.telemetry_sampling.unwrap_or(0.01),
+            metrics_export_secs: args.telemetry_export_secs,
+            scrape_every_s: SCRAPE_EVERY.as_secs_f64(),
+            target_cost: TARGET_COST,
+            system: TELEMETRY_SYSTEM,
+        };
+        anyhow::ensure!(s.pairs >= 1, "--telemetry-pairs: at least 1");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&s.sampling_ratio),
+            "--telemetry-sampling: between 0 and 1"
+        );
+        anyhow::ensure!(
+            s.metrics_export_secs.is_none_or(|t| (1..=3600).contains(&t)),
+            "--telemetry-export-secs: 1 to 3600 seconds"
+        );
+        Ok(s)
+    }
+}
+
+/// Everything `telemetry` measured.
+#[derive(Debug, Serialize)]
+pub struct TelemetryResult {
+    /// Concurrent callers, as `small`.
+    pub callers: usize,
+    /// HTTP/2 connections per system.
+    pub connections: usize,
+    /// The phases in the order they ran: off, on, off, on, ...
+    pub phases: Vec<Phase>,
+    /// The figures the issue asks for.
+    pub summary: Summary,
+    /// What reached the collector, against what the relay counted.
+    pub spans: Spans,
+}
+
+impl TelemetryResult {
+    /// Failed requests and scrapes.
+    pub fn failures(&self) -> u64 {
+        self.phases
+            .iter()
+            .map(|p| p.small.failures.count + p.scrapes.as_ref().map_or(0, |s| s.failed))
+            .sum()
+    }
+}
+
+/// One measurement of one system.
+#[derive(Debug, Serialize)]
+pub struct Phase {
+    /// Telemetry on.
+    pub telemetry: bool,
+    /// Which pair, from 1.
+    pub pair: usize,
+    /// The closed loop's figures (CPU: this system's relay, agents and backend; the driver).
+    pub small: SmallResult,
+    /// Relay and agents' CPU per answered request, µs.
+    pub relay_agents_cpu_us_per_request: f64,
+    /// The collector's CPU seconds meanwhile.
+    pub collector_cpu_s: f64,
+    /// The relay's VmRSS after the phase.
+    pub relay_rss_kib: u64,
+    /// The agents' VmRSS after the phase, summed.
+    pub agents_rss_kib: u64,
+    /// The driver's scrapes of `/metrics` meanwhile (on only).
+    pub scrapes: Option<ScrapeStats>,
+}
+
+/// On against off.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    /// Mean requests/s of the off phases.
+    pub off_requests_per_sec: f64,
+    /// Mean requests/s of the on phases.
+    pub on_requests_per_sec: f64,
+    /// on / off requests/s of each pair.
+    pub pair_ratios: Vec<f64>,
+    /// The mean of `pair_ratios`.
+    pub ratio: f64,
+    /// 1 − `ratio`: the share of throughput telemetry cost.
+    pub cost: f64,
+    /// The issue's target for `cost`.
+    pub target_cost: f64,
+    /// `cost` ≤ `target_cost`.
+    pub target_met: bool,
+    /// Means over the phases of each kind: p50 and p99 latency (ms), relay and agents' CPU per
+    /// request (µs).
+    pub off: Means,
+    /// See `off`.
+    pub on: Means,
+    /// on / off of the means.
+    pub on_off: BTreeMap<&'static str, f64>,
+}
+
+/// Means over the phases of one kind.
+#[derive(Debug, Serialize)]
+pub struct Means {
+    /// p50 latency, ms.
+    pub p50_ms: f64,
+    /// p99 latency, ms.
+    pub p99_ms: f64,
+    /// Relay and agents' CPU per request, µs.
+    pub cpu_us_per_request: f64,
+    /// The collector's CPU seconds per phase.
+    pub collector_cpu_s: f64,
+}
+
+/// The spans the collector received.
+#[derive(Debug, Serialize)]
+pub struct Spans {
+    /// The sampling ratio.
+    pub sampling_ratio: f64,
+    /// Requests the on relay counted (`hawser_requests_total` at the last scrape): warm-ups and
+    /// readiness probes included, as they are traced too.
+    pub relay_requests: u64,
+    /// Requests the on agents counted, likewise.
+    pub agent_requests: u64,
+    /// 2 × ratio × relay_requests: a sampled request is a relay span and an agent span (the agent
+    /// follows the relay's decision).
+    pub expected: f64,
+    /// Received spans per relay request.
+    pub per_request: f64,
+    /// Whether the on relay and agents exited by themselves after SIGTERM (their last spans out).
+    pub relay_and_agents_stopped_cleanly: bool,
+    /// What the collector wrote.
+    pub received: Received,
+    /// The collector's CPU seconds over the whole scenario.
+    pub collector_cpu_s: f64,
+}
+
+/// Runs `telemetry` with systems and a collector of its own.
+pub async fn run(settings: &Settings, hawser: &Path, keep: bool) -> Result<TelemetryResult> {
+    let t = &settings.telemetry;
+    if !t.otelcol.is_file() {
+        bail!(
+            "telemetry: no OpenTelemetry Collector at {}: `cargo test` at the repository root builds it into \
+             target/testbed/bin/ with the e2e test bed (needs Go), or pass --otelcol PATH",
+            t.otelcol.display()
+        );
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("hawser-loadtest-telemetry-")
+        .disable_cleanup(true)
+        .tempdir()?
+        .path()
+        .to_owned();
+    crate::say(&format!("telemetry: working directory {}", dir.display()));
+    let outcome = measure(settings, hawser, keep, &dir).await;
+    if outcome.is_err() || keep {
+        crate::say(&format!(
+            "telemetry: kept the working directory (configs, logs, the collector's files): {}",
+            dir.display()
+        ));
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    outcome
+}
+
+/// The `[telemetry]` and `[admin]` tables of the on system.
+fn on_toml(t: &TelemetrySettings, endpoint: &str) -> String {
+    let mut toml = format!(
+        "[telemetry]\notlp_endpoint = \"{endpoint}\"\nsampling_ratio = {}\n",
+        t.sampling_ratio
+    );
+    if let Some(secs) = t.metrics_export_secs {
+        let _ = writeln!(toml, "metrics_export_secs = {secs}");
+    }
+    toml.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    toml
+}
+
+async fn measure(settings: &Settings, hawser: &Path, keep: bool, dir: &Path) -> Result<TelemetryResult> {
+    let t = &settings.telemetry;
+    let collector = Collector::start(&t.otelcol, &dir.join("otelcol")).await?;
+    crate::say(&format!(
+        "telemetry: otelcol listening on {} (OTLP/gRPC)",
+        collector.grpc
+    ));
+    let options = |extra_toml: String, name: &str| system::Options {
+        hawser: hawser.to_owned(),
+        clusters: settings.clusters,
+        agents_per_cluster: settings.agents_per_cluster,
+        idle_agents: 0,
+        swarm_clusters: 0,
+        keep,
+        transport: settings.transport.as_str(),
+        extra_toml,
+        dir: Some(dir.join(name)),
+    };
+    let mut off = System::start(&options(String::new(), "off")).await?;
+    let mut on = System::start(&options(on_toml(t, &collector.endpoint()), "on")).await?;
+    let outcome = phases(settings, &mut off, &mut on, collector).await;
+    if outcome.is_err() {
+        off.keep_dir();
+        on.keep_dir();
+    }
+    outcome
+}
+
+async fn phases(
+    settings: &Settings,
+    off: &mut System,
+    on: &mut System,
+    collector: Collector,
+) -> Result<TelemetryResult> {
+    let t = &settings.telemetry;
+    let timeout = Duration::from_secs_f64(settings.request_timeout_s);
+    let off_target = off
+        .hawser_target_named("telemetry off", settings.connections, timeout)
+        .await?;
+    let on_target = on
+        .hawser_target_named("telemetry on", settings.connections, timeout)
+        .await?;
+    off.wait_answering(&off_target).await?;
+    on.wait_answering(&on_target).await?;
+    let admins = on.admin_addrs(Duration::from_secs(30)).await?;
+    crate::say(&format!(
+        "telemetry: both systems answering; on's admin listeners {}",
+        admins.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    ));
+    let tps = ticks_per_second();
+    let meter = |s: &System| Meter {
+        pids: Pids {
+            relay: s.relay.pid,
+            agents: s.agent_pids(),
+            backend: s.backend.pid,
+        },
+        ticks_per_second: tps,
+    };
+    let (off_meter, on_meter) = (meter(off), meter(on));
+    let collector_pid = collector.process.pid.to_string();
+    let collector_start = ticks(&collector_pid);
+
+    let mut phases = Vec::new();
+    for pair in 1..=t.pairs {
+        for (telemetry, system, target, meter) in [
+            (false, &*off, &off_target, &off_meter),
+            (true, &*on, &on_target, &on_meter),
+        ] {
+            phases.push(
+                phase(
+                    settings,
+                    telemetry,
+                    pair,
+                    system,
+                    target,
+                    meter,
+                    &admins,
+                    &collector_pid,
+                )
+                .await?,
+            );
+        }
+    }
+
+    // What the on relay and agents counted, then their last spans out, then the collector's.
+    let mut counted = Vec::new();
+    for addr in &admins {
+        counted.push(scrape::counter_sum(&scrape::scrape(*addr).await?, "hawser_requests_total") as u64);
+    }
+    drop((off_target, on_target));
+    let collector_cpu_s = (ticks(&collector_pid).saturating_sub(collector_start)) as f64 / tps;
+    let stopped_cleanly = on.stop_relay_and_agents(STOP_WITHIN).await?;
+    let received = collector.stop(Duration::from_secs(10)).await?;
+    let relay_requests = counted.first().copied().unwrap_or(0);
+    let expected = 2.0 * t.sampling_ratio * relay_requests as f64;
+    if received.spans == 0 && expected >= EXPECT_SOME_SPANS_FROM {
+        bail!(
+            "telemetry: the collector received no spans, where about {expected:.0} were expected \
+             ({relay_requests} requests at sampling ratio {})",
+            t.sampling_ratio
+        );
+    }
+    let spans = Spans {
+        sampling_ratio: t.sampling_ratio,
+        relay_requests,
+        agent_requests: counted.iter().skip(1).sum(),
+        expected,
+        per_request: ratio(received.spans as f64, relay_requests as f64),
+        relay_and_agents_stopped_cleanly: stopped_cleanly,
+        received,
+        collector_cpu_s,
+    };
+    Ok(TelemetryResult {
+        callers: settings.callers,
+        connections: settings.connections,
+        summary: summarize(&phases, t.target_cost),
+        phases,
+        spans,
+    })
+}
+
+/// One unrecorded warm-up, then one measurement of `target`; while telemetry is on, `/metrics`
+/// of `admins` is scraped during the measurement.
+#[allow(clippy::too_many_arguments)]
+async fn phase(
+    settings: &Settings,
+    telemetry: bool,
+    pair: usize,
+    system: &System,
+    target: &Arc<Target>,
+    meter: &Meter,
+    admins: &[std::net::SocketAddr],
+    collector_pid: &str,
+) -> Result<Phase> {
+    let (duration, warmup) = (
+        Duration::from_secs_f64(settings.duration_s),
+        Duration::from_secs_f64(settings.warmup_s),
+    );
+    // The warm-up apart, so that the collector's CPU read covers the measurement alone.
+    if !warmup.is_zero() {
+        let warm = small(target, settings.callers, warmup, Duration::ZERO, meter).await?;
+        if warm.failures.count > 0 {
+            bail!(
+                "{} requests failed during the warm-up of {}: {:?}",
+                warm.failures.count,
+                target.name,
+                warm.failures.messages
+            );
+        }
+    }
+    let scraper = telemetry.then(|| Scraper::start(admins.to_vec(), SCRAPE_EVERY));
+    let collector_before = ticks(collector_pid);
+    let measured = small(target, settings.callers, duration, Duration::ZERO, meter).await?;
+    let collector_cpu_s = ticks(collector_pid).saturating_sub(collector_before) as f64 / meter.ticks_per_second;
+    let scrapes = match scraper {
+        Some(s) => Some(s.stop().await?),
+        None => None,
+    };
+    let rss = |pid: u32| system::rss_kib(pid).map_or(0, |(rss, _)| rss);
+    Ok(Phase {
+        telemetry,
+        pair,
+        relay_agents_cpu_us_per_request: ratio(
+            (measured.cpu.relay_s + measured.cpu.agents_s) * 1e6,
+            measured.ok as f64,
+        ),
+        small: measured,
+        collector_cpu_s,
+        relay_rss_kib: rss(system.relay.pid),
+        agents_rss_kib: system.agent_pids().into_iter().map(rss).sum(),
+        scrapes,
+    })
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b == 0.0 { f64::NAN } else { a / b }
+}
+
+fn mean(values: impl IntoIterator<Item = f64>) -> f64 {
+    let (sum, n) = values.into_iter().fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    ratio(sum, n as f64)
+}
+
+fn summarize(phases: &[Phase], target_cost: f64) -> Summary {
+    let of = |on: bool| phases.iter().filter(move |p| p.telemetry == on);
+    let means = |on: bool| Means {
+        p50_ms: mean(of(on).map(|p| p.small.latency.p50_ms)),
+        p99_ms: mean(of(on).map(|p| p.small.latency.p99_ms)),
+        cpu_us_per_request: mean(of(on).map(|p| p.relay_agents_cpu_us_per_request)),
+        collector_cpu_s: mean(of(on).map(|p| p.collector_cpu_s)),
+    };
+    let rps = |on: bool| mean(of(on).map(|p| p.small.requests_per_sec));
+    let pair_ratios: Vec<f64> = of(false)
+        .zip(of(true))
+        .map(|(off, on)| ratio(on.small.requests_per_sec, off.small.requests_per_sec))
+        .collect();
+    let r = mean(pair_ratios.iter().copied());
+    let (off, on) = (means(false), means(true));
+    let on_off = BTreeMap::from([
+        ("p50_ms", ratio(on.p50_ms, off.p50_ms)),
+        ("p99_ms", ratio(on.p99_ms, off.p99_ms)),
+        (
+            "cpu_us_per_request",
+            ratio(on.cpu_us_per_request, off.cpu_us_per_request),
+        ),
+    ]);
+    Summary {
+        off_requests_per_sec: rps(false),
+        on_requests_per_sec: rps(true),
+        pair_ratios,
+        ratio: r,
+        cost: 1.0 - r,
+        target_cost,
+        target_met: 1.0 - r <= target_cost,
+        off,
+        on,
+        on_off,
+    }
+}
+
+impl TelemetryResult {
+    /// The readable summary.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "\ntelemetry ({} callers on {} connections; on: sampling {}, OTLP to otelcol, /metrics scraped every {} s)\n",
+            self.callers,
+            self.connections,
+            self.spans.sampling_ratio,
+            SCRAPE_EVERY.as_secs()
+        );
+        let _ = writeln!(
+            out,
+            "{:<8}{:>12}{:>10}{:>10}{:>11}{:>9}{:>9}{:>11}{:>10}{:>10}",
+            "phase", "requests/s", "p50 ms", "p99 ms", "µs/req", "relay", "agents", "collector", "scrapes", "KiB/scr"
+        );
+        for p in &self.phases {
+            let (scrapes, kib) = match &p.scrapes {
+                Some(s) => (
+                    format!("{}", s.ok),
+                    format!("{:.1}", ratio(s.bytes as f64, s.ok as f64) / 1024.0),
+                ),
+                None => ("-".into(), "-".into()),
+            };
+            let _ = writeln!(
+                out,
+                "{:<8}{:>12.0}{:>10.3}{:>10.3}{:>11.0}{:>9.2}{:>9.2}{:>11.2}{:>10}{:>10}",
+                format!("{} {}", if p.telemetry { "on" } else { "off" }, p.pair),
+                p.small.requests_per_sec,
+                p.small.latency.p50_ms,
+                p.small.latency.p99_ms,
+                p.relay_agents_cpu_us_per_request,
+                p.small.cpu.relay_s,
+                p.small.cpu.agents_s,
+                p.collector_cpu_s,
+                scrapes,
+                kib
+            );
+        }
+        let s = &self.summary;
+        let pairs: Vec<String> = s.pair_ratios.iter().map(|r| format!("{r:.3}")).collect();
+        let _ = writeln!(
+            out,
+            "on/off requests/s by pair {}; mean {:.3}: telemetry costs {:.1} % (target ≤ {:.0} %: {}); \
+             µs/req on/off {:.2}, p50 {:.2}, p99 {:.2}",
+            pairs.join(", "),
+            s.ratio,
+            s.cost * 100.0,
+            s.target_cost * 100.0,
+            if s.target_met { "met" } else { "MISSED" },
+            s.on_off["cpu_us_per_request"],
+            s.on_off["p50_ms"],
+            s.on_off["p99_ms"],
+        );
+        let sp = &self.spans;
+        let by = |service: &str| sp.received.spans_by_service.get(service).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "spans at the collector: {} ({} relay, {} agent) in {} traces, {} with both; the relay counted {} requests, \
+             so about {:.0} expected ({:.4} per request); {} metric exports ({} points); collector CPU {:.2} s",
+            sp.received.spans,
+            by("hawser-relay"),
+            by("hawser-agent"),
+            sp.received.traces,
+            sp.received.traces_with_relay_and_agent,
+            sp.relay_requests,
+            sp.expected,
+            sp.per_request,
+            sp.received.metric_exports,
+            sp.received.metric_points,
+            sp.collector_cpu_s,
+        );
+        out
+    }
+
+    /// Failure messages, for the report's list.
+    pub fn failure_messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in &self.phases {
+            let name = format!("telemetry {} {}", if p.telemetry { "on" } else { "off" }, p.pair);
+            out.extend(p.small.failures.messages.iter().map(|m| format!("{name}: {m}")));
+            if let Some(s) = &p.scrapes {
+                out.extend(s.messages.iter().map(|m| format!("{name} scrape: {m}")));
+            }
+        }
+        out
+    }
+}
