@@ -37,7 +37,8 @@ pub struct Failures {
 }
 
 impl Failures {
-    fn add(&mut self, message: String) {
+    /// Counts a failure and keeps its message if it is new and there is room.
+    pub(crate) fn add(&mut self, message: String) {
         self.count += 1;
         PROGRESS.failed.fetch_add(1, Ordering::Relaxed);
         if self.messages.len() < KEEP_ERRORS && !self.messages.contains(&message) {

@@ -16,10 +16,10 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::scenario::Failures;
+
 /// How long one scrape may take (Prometheus's default `scrape_timeout`).
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Failure messages kept.
-const KEEP_ERRORS: usize = 5;
 
 /// What the scrapes of one phase did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -27,13 +27,11 @@ pub struct ScrapeStats {
     /// Scrapes answered 200, over every admin listener.
     pub ok: u64,
     /// Scrapes that failed.
-    pub failed: u64,
+    pub failures: Failures,
     /// Body bytes of the answered scrapes.
     pub bytes: u64,
     /// Body bytes of the last answered scrape of each listener (relay first, then agents).
     pub last_bytes: Vec<u64>,
-    /// Up to five distinct failure messages.
-    pub messages: Vec<String>,
 }
 
 /// A scrape loop running until [`Scraper::stop`].
@@ -86,11 +84,7 @@ async fn scrape_loop(addrs: Vec<SocketAddr>, every: Duration, stop: Cancellation
                 Err(e) => {
                     // A new connection at the next scrape.
                     *connection = None;
-                    stats.failed += 1;
-                    let message = format!("{addr}: {e:#}");
-                    if stats.messages.len() < KEEP_ERRORS && !stats.messages.contains(&message) {
-                        stats.messages.push(message);
-                    }
+                    stats.failures.add(format!("{addr}: {e:#}"));
                 }
             }
         }
