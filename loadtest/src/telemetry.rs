@@ -57,6 +57,10 @@ pub struct TelemetryArgs {
     /// `telemetry`: `[telemetry] metrics_export_secs` when on [default: unset, the product's 60].
     #[arg(long)]
     pub telemetry_export_secs: Option<u64>,
+    /// `telemetry`, an experiment: on is `[admin]` alone (metrics for the scrapes, no
+    /// `[telemetry]`: no tracer, no OTLP), to tell the metrics' cost from the traces'.
+    #[arg(long)]
+    pub telemetry_metrics_only: bool,
 }
 
 /// `telemetry`'s settings after defaults.
@@ -70,6 +74,8 @@ pub struct TelemetrySettings {
     pub sampling_ratio: f64,
     /// `metrics_export_secs` when on; `None`: not set (the product's default).
     pub metrics_export_secs: Option<u64>,
+    /// The experiment: on without `[telemetry]`, `[admin]` alone.
+    pub metrics_only: bool,
     /// Seconds between the driver's scrapes of `/metrics` while on.
     pub scrape_every_s: f64,
     /// The issue's target: on costs at most this share of off's requests/s.
@@ -96,6 +102,7 @@ impl TelemetrySettings {
             pairs: args.telemetry_pairs.unwrap_or(2),
             sampling_ratio: args.telemetry_sampling.unwrap_or(0.01),
             metrics_export_secs: args.telemetry_export_secs,
+            metrics_only: args.telemetry_metrics_only,
             scrape_every_s: SCRAPE_EVERY.as_secs_f64(),
             target_cost: TARGET_COST,
             system: TELEMETRY_SYSTEM,
@@ -144,14 +151,18 @@ pub async fn run(settings: &Settings, hawser: &Path, keep: bool) -> Result<Telem
 
 /// The `[telemetry]` and `[admin]` tables of the on system.
 fn on_toml(t: &TelemetrySettings, endpoint: &str) -> String {
-    let mut toml = format!(
-        "[telemetry]\notlp_endpoint = \"{endpoint}\"\nsampling_ratio = {}\n",
+    let mut toml = String::from("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    if t.metrics_only {
+        return toml;
+    }
+    let _ = write!(
+        toml,
+        "\n[telemetry]\notlp_endpoint = \"{endpoint}\"\nsampling_ratio = {}\n",
         t.sampling_ratio
     );
     if let Some(secs) = t.metrics_export_secs {
         let _ = writeln!(toml, "metrics_export_secs = {secs}");
     }
-    toml.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     toml
 }
 
@@ -249,7 +260,9 @@ async fn phases(
     let stopped_cleanly = on.stop_relay_and_agents(STOP_WITHIN).await?;
     let received = collector.stop(Duration::from_secs(10)).await?;
     let relay_requests = counted.first().copied().unwrap_or(0);
-    let expected_traces = t.sampling_ratio * relay_requests as f64;
+    // The experiment exports nothing.
+    let sampled = if t.metrics_only { 0.0 } else { t.sampling_ratio };
+    let expected_traces = sampled * relay_requests as f64;
     if received.traces == 0 && expected_traces >= EXPECT_SOME_TRACES_FROM {
         bail!(
             "telemetry: the collector received no trace, where about {expected_traces:.0} were expected \
@@ -271,6 +284,7 @@ async fn phases(
     Ok(TelemetryResult {
         callers: settings.callers,
         connections: settings.connections,
+        metrics_only: t.metrics_only,
         summary: summarize(&phases, t.target_cost),
         phases,
         spans,

@@ -17,6 +17,8 @@ pub struct TelemetryResult {
     pub callers: usize,
     /// HTTP/2 connections per system.
     pub connections: usize,
+    /// The experiment `--telemetry-metrics-only`: on had `[admin]` alone.
+    pub metrics_only: bool,
     /// The phases in the order they ran: off, on, off, on, ...
     pub phases: Vec<Phase>,
     /// The figures the issue asks for.
@@ -170,10 +172,14 @@ impl TelemetryResult {
     /// The readable summary.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "\ntelemetry ({} callers on {} connections; on: sampling {}, OTLP to otelcol, /metrics scraped every {} s)\n",
+            "\ntelemetry ({} callers on {} connections; on: {}, /metrics scraped every {} s)\n",
             self.callers,
             self.connections,
-            self.spans.sampling_ratio,
+            if self.metrics_only {
+                "[admin] alone (an experiment: no traces, no OTLP)".to_owned()
+            } else {
+                format!("sampling {}, OTLP to otelcol", self.spans.sampling_ratio)
+            },
             SCRAPE_EVERY.as_secs()
         );
         let _ = writeln!(
