@@ -382,17 +382,7 @@ async fn measure(settings: &Settings, fleet: &mut Fleet) -> Result<FleetResult> 
     let mut runs = Vec::new();
     for (target, share) in [(&one, shares[base]), (&each, all_share), (&balancer, all_share)] {
         // The warm-up apart, so that the CPU read below covers the measurement alone.
-        if !warmup.is_zero() {
-            let warm = crate::scenario::small(target, settings.callers, warmup, Duration::ZERO, &meter).await?;
-            if warm.failures.count > 0 {
-                bail!(
-                    "{} requests failed during the warm-up of {}: {:?}",
-                    warm.failures.count,
-                    target.name,
-                    warm.failures.messages
-                );
-            }
-        }
+        crate::scenario::warm_up(target, settings.callers, warmup).await?;
         let before = probe.snapshot();
         let small = crate::scenario::small(target, settings.callers, duration, Duration::ZERO, &meter).await?;
         let cpu_s = probe.until(&before);

@@ -75,6 +75,26 @@ pub struct SmallResult {
     pub cpu: CpuUse,
 }
 
+/// Runs `callers` closed-loop callers of GET /small for `warmup`, recording nothing; fails if
+/// any request does.
+pub async fn warm_up(target: &Arc<Target>, callers: usize, warmup: Duration) -> Result<()> {
+    if warmup.is_zero() {
+        return Ok(());
+    }
+    PROGRESS.begin(&format!("small {} warm-up", target.name), Kind::Requests, warmup);
+    let (_, _, failures) = closed_loop(target, callers, warmup).await?;
+    PROGRESS.end();
+    if failures.count > 0 {
+        bail!(
+            "{} requests failed during the warm-up of {}: {:?}",
+            failures.count,
+            target.name,
+            failures.messages
+        );
+    }
+    Ok(())
+}
+
 /// Runs `callers` closed-loop callers of GET /small for `duration` after an unrecorded `warmup`.
 pub async fn small(
     target: &Arc<Target>,
@@ -83,18 +103,7 @@ pub async fn small(
     warmup: Duration,
     meter: &Meter,
 ) -> Result<SmallResult> {
-    if !warmup.is_zero() {
-        PROGRESS.begin(&format!("small {} warm-up", target.name), Kind::Requests, warmup);
-        let (_, _, failures) = closed_loop(target, callers, warmup).await?;
-        PROGRESS.end();
-        if failures.count > 0 {
-            bail!(
-                "{} requests failed during warm-up: {:?}",
-                failures.count,
-                failures.messages
-            );
-        }
-    }
+    warm_up(target, callers, warmup).await?;
     PROGRESS.begin(&format!("small {}", target.name), Kind::Requests, duration);
     let before = meter.pids.snapshot();
     let started = Instant::now();

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::Settings;
 use crate::client::Target;
-use crate::scenario::{Meter, small};
+use crate::scenario::{Meter, small, warm_up};
 use crate::stats::{Pids, ticks, ticks_per_second};
 use crate::system::{self, System};
 use collector::Collector;
@@ -309,17 +309,7 @@ async fn phase(
         Duration::from_secs_f64(settings.warmup_s),
     );
     // The warm-up apart, so that the collector's CPU read covers the measurement alone.
-    if !warmup.is_zero() {
-        let warm = small(target, settings.callers, warmup, Duration::ZERO, meter).await?;
-        if warm.failures.count > 0 {
-            bail!(
-                "{} requests failed during the warm-up of {}: {:?}",
-                warm.failures.count,
-                target.name,
-                warm.failures.messages
-            );
-        }
-    }
+    warm_up(target, settings.callers, warmup).await?;
     let scraper = telemetry.then(|| Scraper::start(admins.to_vec(), SCRAPE_EVERY));
     let collector_before = ticks(collector_pid);
     let measured = small(target, settings.callers, duration, Duration::ZERO, meter).await?;

@@ -53,24 +53,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Refused hellos logged per minute at most; the rest are counted into the next line.
 const REFUSALS_LOGGED_PER_MINUTE: u32 = 10;
 
-/// Error codes the relay closes an agent connection with.
-pub mod close_code {
-    /// The hello was missing, malformed, late or of another wire version.
-    pub const BAD_HELLO: u32 = 1;
-    /// Unknown cluster or wrong token.
-    pub const REFUSED: u32 = 2;
-    /// The relay is shutting down.
-    pub const SHUTDOWN: u32 = 3;
-    /// The agent checks callers another way than this relay vouches for them.
-    pub const MISMATCH: u32 = 4;
-    /// The agent's token was revoked, or its cluster's trust model changed (a reload).
-    pub const REVOKED: u32 = 5;
-    /// Too many connections from this address have not proved their cluster yet.
-    pub const BUSY: u32 = 6;
-    /// Another of this agent's tunnels is on this relay already (it dials again, through a
-    /// balancer, to reach another).
-    pub const HELD_HERE: u32 = crate::proto::HELD_HERE;
-}
+pub mod close_code;
 
 /// Handshakes in progress at once; beyond it new attempts go unanswered until some finish.
 pub const MAX_HANDSHAKES: usize = 256;

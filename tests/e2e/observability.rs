@@ -10,7 +10,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
 use crate::support::Testbed;
-use crate::support::hawser::{Extra, Hawser};
+use crate::support::hawser::Hawser;
 use crate::support::net::http;
 use crate::support::otelcol::otlp::{MetricKind, MetricPoint, Span, SpanKind};
 use crate::support::otelcol::received::Received;
@@ -131,18 +131,7 @@ fn kube_apiserver_traces_a_kubectl_request_into_the_collector(tb: &Testbed) -> R
 fn relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_collector(tb: &Testbed) -> Result<()> {
     let collector = tb.collector();
     let (traces, metrics) = (collector.traces_from_now()?, collector.metrics_from_now()?);
-    let telemetry = format!(
-        "[telemetry]\notlp_endpoint = \"http://{}\"\nsampling_ratio = 1.0\nmetrics_export_secs = 1\n",
-        collector.otlp_grpc_endpoint()
-    );
-    let hawser = Hawser::start_with(
-        tb,
-        &Extra {
-            relay: &telemetry,
-            agent: &telemetry,
-            ..Extra::default()
-        },
-    )?;
+    let hawser = Hawser::start_exporting(tb, "sampling_ratio = 1.0\nmetrics_export_secs = 1\n")?;
     let ns = tb.namespace("relayed")?;
     hawser
         .kubeconfig_route("hawser-admin", &[])?

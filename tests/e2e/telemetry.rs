@@ -132,18 +132,7 @@ fn a_callers_sampled_traceparent_is_continued_and_no_token_header_value_or_user_
 ) -> Result<()> {
     let collector = tb.collector();
     let traces = collector.traces_from_now()?;
-    let telemetry = format!(
-        "[telemetry]\notlp_endpoint = \"http://{}\"\nsampling_ratio = 0.0\n",
-        collector.otlp_grpc_endpoint()
-    );
-    let hawser = Hawser::start_with(
-        tb,
-        &Extra {
-            relay: &telemetry,
-            agent: &telemetry,
-            ..Extra::default()
-        },
-    )?;
+    let hawser = Hawser::start_exporting(tb, "sampling_ratio = 0.0\n")?;
     let token = hawser.issue_token("hawser-admin", &[])?;
     let (trace_id, parent) = ("5e1ec7ed0000000000000000000c0ffe", "00000000000ca11e");
     let secret_header = "header-value-7d3f1a";

@@ -79,6 +79,23 @@ impl Hawser {
         Self::start_with(tb, &Extra::default())
     }
 
+    /// Like [`Hawser::start`], relay and agent both exporting to the test bed's collector with
+    /// `[telemetry]` keys `keys` besides its endpoint.
+    pub fn start_exporting(tb: &Testbed, keys: &str) -> Result<Self> {
+        let telemetry = format!(
+            "[telemetry]\notlp_endpoint = \"http://{}\"\n{keys}",
+            tb.collector().otlp_grpc_endpoint()
+        );
+        Self::start_with(
+            tb,
+            &Extra {
+                relay: &telemetry,
+                agent: &telemetry,
+                ..Extra::default()
+            },
+        )
+    }
+
     /// Like [`Hawser::start`], with extra configuration.
     pub fn start_with(tb: &Testbed, extra: &Extra) -> Result<Self> {
         let Extra {
