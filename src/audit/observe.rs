@@ -35,6 +35,11 @@ pub(super) fn record(closed: &Closed<'_>, span: Option<&tracing::Span>) {
     let Some(span) = span else {
         return;
     };
+    // An unsampled span (or none: no trace exporter) records nothing: spare the per-request work.
+    let context = span.context();
+    if !context.span().is_recording() {
+        return;
+    }
     // A span name from a fixed set: a caller's made-up method is `other`.
     let verb = if f.verb.is_empty() {
         "request"
@@ -43,9 +48,7 @@ pub(super) fn record(closed: &Closed<'_>, span: Option<&tracing::Span>) {
     };
     // On the started OpenTelemetry span itself: the bridge renames a span from its `otel.name`
     // field only before it is first entered.
-    span.context()
-        .span()
-        .update_name(format!("{} {verb}", closed.component));
+    context.span().update_name(format!("{} {verb}", closed.component));
     let mut attributes = vec![
         KeyValue::new("http.request.method", f.method.clone()),
         KeyValue::new("url.path", f.path.clone()),
