@@ -46,6 +46,8 @@ pub fn init(format: LogFormat, otel: Option<&Otel>) {
             .with_location(false)
             .with_threads(false)
             .with_target(false)
+            // No busy/idle time per span: two clock reads on every poll of a request's future.
+            .with_tracked_inactivity(false)
             .with_filter(exported())
     });
     tracing_subscriber::registry()
@@ -54,14 +56,17 @@ pub fn init(format: LogFormat, otel: Option<&Otel>) {
         .init();
 }
 
-/// What goes to the trace exporter: the spans of requests (the relay's `request` and `stream`,
-/// the agent's `stream`) and the crate's events at info and above, which become their span
-/// events. Connection and tunnel spans live for hours and would make traces of their own.
+/// What goes to the trace exporter: the spans of sampled requests (the relay's `request` and
+/// `stream`, the agent's `stream`: made with the target [`trace_context::TRACED`]) and the crate's
+/// events at info and above, which become their span events (an event outside them is dropped by
+/// the bridge). Connection and tunnel spans live for hours and would make traces of their own.
 fn exported() -> tracing_subscriber::filter::FilterFn {
     tracing_subscriber::filter::filter_fn(|meta| {
-        meta.target().starts_with("hawser")
-            && *meta.level() <= tracing::Level::INFO
-            && (meta.is_event() || matches!(meta.name(), "request" | "stream"))
+        if meta.is_span() {
+            meta.target() == trace_context::TRACED
+        } else {
+            meta.target().starts_with("hawser") && *meta.level() <= tracing::Level::INFO
+        }
     })
 }
 

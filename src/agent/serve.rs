@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug};
 
-use crate::telemetry::trace_context;
+use crate::telemetry::trace_context::{self, Sampled, request_span};
 
 use super::failure::Failure;
 use super::{AgentState, path};
@@ -56,13 +56,20 @@ pub async fn stream<S: SendHalf, R: RecvHalf>(mut send: S, mut recv: R, state: A
             return recv.stop_reading(reset::BAD_HEAD);
         }
     };
-    let span = info_span!(
+    // Sampled as the relay decided (the head's trace context), or here if it sent none.
+    let sampled = Sampled::decide(trace_context::of_head(&head));
+    let span = request_span!(
+        sampled,
         "stream",
         request.id = %head.request_id,
         otel.kind = "server",
     );
-    trace_context::continue_from(&span, trace_context::of_head(&head));
-    exchange(head, first, send, recv, &state, &relay).instrument(span).await;
+    if sampled.exported() {
+        trace_context::continue_from(&span, trace_context::of_head(&head));
+    }
+    exchange(head, first, send, recv, &state, &relay, sampled)
+        .instrument(span)
+        .await;
 }
 
 async fn exchange<S: SendHalf, R: RecvHalf>(
@@ -72,6 +79,7 @@ async fn exchange<S: SendHalf, R: RecvHalf>(
     recv: R,
     state: &Arc<AgentState>,
     relay: &str,
+    sampled: Sampled,
 ) {
     let audit = state
         .audit
@@ -92,8 +100,9 @@ async fn exchange<S: SendHalf, R: RecvHalf>(
     } else {
         (empty(), Some(recv))
     };
-    // The apiserver's spans are children of this one (or, with no trace exporter, of the relay's).
-    let traceparent = trace_context::traceparent(&tracing::Span::current(), Some(trace_context::of_head(&head)))
+    // The apiserver's spans are children of this one if it is sampled (else it is told not to sample).
+    let traceparent = sampled
+        .passed_on(&tracing::Span::current())
         .and_then(|t| http::HeaderValue::from_str(&t).ok());
     let mut req = Request::new(body);
     *req.method_mut() = head.method;

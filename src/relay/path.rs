@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{Request, Response, Uri};
 use tower::{Layer, ServiceBuilder};
-use tracing::{Instrument, info_span};
+use tracing::Instrument;
 
 use super::RelayState;
 use super::limits::Attempt;
@@ -26,6 +26,7 @@ use crate::auth::Caller;
 use crate::body::Body;
 use crate::proto;
 use crate::step::{Next, Path, Step, StepLayer, Stepped};
+use crate::telemetry::trace_context::{self, Sampled, request_span};
 
 /// The caller's address, set by the front door.
 #[derive(Debug, Clone, Copy)]
@@ -144,15 +145,24 @@ impl Step for Identify {
 
     async fn run(self, mut req: Request<Body>, next: Next<Self>) -> Answer {
         let id = next_request_id(&self.0.instance);
-        let span = info_span!(
+        // A caller's trace goes on through the relay, the agent and the apiserver.
+        let incoming = req
+            .headers()
+            .get(trace_context::TRACEPARENT)
+            .and_then(|v| v.to_str().ok());
+        let sampled = Sampled::decide(incoming.unwrap_or_default());
+        let span = request_span!(
+            sampled,
             "request",
             request.id = %id,
             otel.name = tracing::field::Empty,
             otel.kind = "server",
         );
-        // A caller's trace goes on through the relay, the agent and the apiserver.
-        crate::telemetry::trace_context::continue_from_headers(&span, req.headers());
+        if sampled.exported() {
+            trace_context::continue_from(&span, incoming.unwrap_or_default());
+        }
         req.extensions_mut().insert(RequestId(id));
+        req.extensions_mut().insert(sampled);
         next.run(req).instrument(span).await
     }
 }

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use tracing::{Instrument, info_span};
+use tracing::Instrument;
 
 use super::RelayState;
 use super::clusters::ClusterTable;
@@ -19,6 +19,7 @@ use crate::auth::Caller;
 use crate::body::Body;
 use crate::proto::Credential;
 use crate::step::StepFuture;
+use crate::telemetry::trace_context::{Sampled, request_span};
 
 /// Routes a request to its cluster's agent over a new stream.
 #[derive(Clone)]
@@ -43,6 +44,7 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
     let Target { cluster, upstream } = take(&mut req)?;
     let Authenticated { caller, token } = take(&mut req)?;
     let RequestId(request_id) = take(&mut req)?;
+    let sampled: Sampled = take(&mut req)?;
     let audit: Audit = take(&mut req)?;
     let table = state.clusters.current();
     if !table.knows(&cluster) {
@@ -56,7 +58,7 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
             audit.set(|f| f.agent = Some(session.instance.clone()));
             // No user here: span fields become trace attributes, which name users only where
             // configured (`telemetry.record_user`, the request span).
-            let span = info_span!("stream", cluster = %cluster, session = session.id);
+            let span = request_span!(sampled, "stream", cluster = %cluster, session = session.id);
             // Waits only while the agent's stream limit is reached; bounded so callers get an answer.
             let opened = tokio::time::timeout(wait, session.connection.open())
                 .await
@@ -89,7 +91,7 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
                 },
             })?;
             audit.set(|f| f.via = Some(forwarded.relay.clone()));
-            let span = info_span!("stream", cluster = %cluster, via = %forwarded.relay);
+            let span = request_span!(sampled, "stream", cluster = %cluster, via = %forwarded.relay);
             (forwarded.stream, span, Some(forwarded.relay), Some(forwarded.hop_end))
         }
     };
@@ -99,6 +101,7 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
             cluster: &cluster,
             target: upstream,
             request_id,
+            sampled,
             credential,
             tasks: &state.tasks,
             via: via.as_deref(),

@@ -11,7 +11,7 @@ use crate::audit::Audit;
 use crate::body::{self, Body, boxed};
 use crate::headers;
 use crate::proto::Credential;
-use crate::telemetry::trace_context;
+use crate::telemetry::trace_context::{self, Sampled};
 use crate::transport::{RecvHalf, SendHalf, StreamError, write_chunk};
 use crate::wire::body::{PumpError, RecvBody, send_body};
 use crate::wire::splice::{Side, splice};
@@ -25,6 +25,8 @@ pub struct Sent<'a> {
     pub target: Uri,
     /// The request id.
     pub request_id: String,
+    /// Whether the request is traced, and what trace context goes on to the agent.
+    pub sampled: Sampled,
     /// The caller's proof, in the form the cluster's agent takes.
     pub credential: Credential,
     /// Owner of the tasks the exchange leaves behind.
@@ -57,6 +59,7 @@ where
         cluster,
         target: upstream_uri,
         request_id,
+        sampled,
         credential,
         tasks,
         via,
@@ -82,13 +85,9 @@ where
     // never travels as a header. The agent's client sets Host from the apiserver's address.
     parts.headers.remove(AUTHORIZATION);
     parts.headers.remove(HOST);
-    // The trace goes on from the relay's span (or, with no trace exporter, from the caller's).
-    let caller_trace = parts.headers.remove(trace_context::TRACEPARENT);
-    let traceparent = trace_context::traceparent(
-        &tracing::Span::current(),
-        caller_trace.as_ref().and_then(|v| v.to_str().ok()),
-    )
-    .unwrap_or_default();
+    // The trace goes on from the relay's span if it is sampled, else as decided where it came in.
+    parts.headers.remove(trace_context::TRACEPARENT);
+    let traceparent = sampled.passed_on(&tracing::Span::current()).unwrap_or_default();
     // An upgrade request carries no body: after its head come the upgraded bytes.
     let has_body = caller_side.is_none() && !hyper::body::Body::is_end_stream(&body);
     // Copied only for the debug line below, and only when it will be written.

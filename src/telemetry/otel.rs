@@ -80,9 +80,9 @@ impl Otel {
                 Some(
                     SdkTracerProvider::builder()
                         .with_batch_exporter(exporter)
-                        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                            config.sampling_ratio,
-                        ))))
+                        // Sampled or not is decided before a span is made (`trace_context`):
+                        // every span that reaches the SDK is one to export.
+                        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
                         .with_resource(resource.clone())
                         .build(),
                 )
@@ -114,6 +114,7 @@ impl Otel {
         } else {
             None
         };
+        crate::telemetry::trace_context::set_sampling(tracer.is_some().then_some(config.sampling_ratio));
         let meter = meter.build();
         opentelemetry::global::set_meter_provider(meter.clone());
         Ok(Self {

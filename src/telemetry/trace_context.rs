@@ -2,8 +2,15 @@
 //! relay's span rides the tunnel's request head, the agent's span is passed on to kube-apiserver.
 //! Without a trace exporter no span has an OpenTelemetry context, and a caller's `traceparent` is
 //! passed on unchanged instead.
+//!
+//! Whether a request is sampled is decided here, once, where its trace enters the process
+//! ([`Sampled::decide`]), before its span is made: only a sampled request's spans are made for
+//! the exporter ([`request_span!`]). The OpenTelemetry bridge costs on every span it sees, sampled
+//! or not, and 99 % of requests are not (the default ratio); deciding in the SDK's sampler, when
+//! the span is already built, made tracing at 1 % cost as much as tracing everything.
 
-use http::HeaderMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -13,11 +20,77 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// The header that carries trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
-/// Makes `span` (not yet entered) a child of the context a caller's `traceparent` names, else
-/// the root of a trace of its own.
-pub fn continue_from_headers(span: &Span, headers: &HeaderMap) {
-    let traceparent = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
-    continue_from(span, traceparent.unwrap_or_default());
+/// The target of the spans the trace exporter sees: a sampled request's.
+pub const TRACED: &str = "hawser::traced";
+
+/// Makes a request's span: `tracing::info_span!` with its name and fields, for the trace exporter
+/// too when the first argument (a [`Sampled`]) says so. Two call sites, the exported one with the
+/// target [`TRACED`]: the exporter's filter tells them apart by their metadata alone.
+macro_rules! request_span {
+    ($sampled:expr, $name:literal, $($fields:tt)*) => {
+        if $sampled.exported() {
+            tracing::info_span!(target: $crate::telemetry::trace_context::TRACED, $name, $($fields)*)
+        } else {
+            tracing::info_span!($name, $($fields)*)
+        }
+    };
+}
+pub(crate) use request_span;
+
+/// The sampling ratio of traces started here, as `f64` bits; negative: no trace exporter.
+static RATIO: AtomicU64 = AtomicU64::new(0xBFF0_0000_0000_0000); // -1.0
+
+/// Sets the ratio of traces started here that are sampled; `None`: traces are not exported.
+pub fn set_sampling(ratio: Option<f64>) {
+    RATIO.store(ratio.unwrap_or(-1.0).to_bits(), Ordering::Relaxed);
+}
+
+/// Whether a request is sampled, decided where its trace enters this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sampled {
+    /// Its spans are exported; what goes on is its own span's context.
+    Yes,
+    /// Not exported; what goes on is this `traceparent` (the caller's, or one that tells the
+    /// next hops not to sample), if any.
+    No(Option<String>),
+}
+
+impl Sampled {
+    /// Parent-based: a valid incoming `traceparent` decides by its sampled flag; without one, the
+    /// configured ratio does. An unsampled trace started here still passes a `traceparent` on
+    /// (flags `00`), or the agent and kube-apiserver would each sample it again by their own ratio.
+    pub fn decide(incoming: &str) -> Self {
+        let ratio = f64::from_bits(RATIO.load(Ordering::Relaxed));
+        let valid = parse(incoming).map(|(_, _, flags)| (incoming, flags));
+        match valid {
+            _ if ratio < 0.0 => Self::No(valid.map(|(t, _)| t.to_owned())),
+            Some((_, flags)) if u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1) => Self::Yes,
+            Some((traceparent, _)) => Self::No(Some(traceparent.to_owned())),
+            None if ratio > 0.0 && rand::random::<f64>() < ratio => Self::Yes,
+            None => Self::No(Some(unsampled())),
+        }
+    }
+
+    /// Whether the request's spans are exported.
+    pub fn exported(&self) -> bool {
+        matches!(self, Self::Yes)
+    }
+
+    /// The `traceparent` to pass on from `span`, the request's current span.
+    pub fn passed_on(&self, span: &Span) -> Option<String> {
+        match self {
+            Self::Yes => traceparent(span),
+            Self::No(traceparent) => traceparent.clone(),
+        }
+    }
+}
+
+/// A new trace's `traceparent` with the sampled flag clear.
+fn unsampled() -> String {
+    // Random ids, never all zero (invalid).
+    let trace = rand::random::<u128>().max(1);
+    let span = rand::random::<u64>().max(1);
+    format!("00-{trace:032x}-{span:016x}-00")
 }
 
 /// Makes `span` (not yet entered) a child of the context `traceparent` names if it is valid,
@@ -34,20 +107,18 @@ pub fn continue_from(span: &Span, traceparent: &str) {
     let _ = span.set_parent(parent);
 }
 
-/// `span`'s own context as a `traceparent`, if it has one (traces are exported); else
-/// `fallback` when that is a valid `traceparent` (passed on unchanged).
-pub fn traceparent(span: &Span, fallback: Option<&str>) -> Option<String> {
+/// `span`'s own context as a `traceparent`, if it has one (it is exported).
+fn traceparent(span: &Span) -> Option<String> {
     let context = span.context();
     let own = context.span().span_context().clone();
-    if own.is_valid() {
-        return Some(format!(
+    own.is_valid().then(|| {
+        format!(
             "00-{}-{}-{:02x}",
             own.trace_id(),
             own.span_id(),
             own.trace_flags().to_u8()
-        ));
-    }
-    fallback.filter(|f| parse(f).is_some()).map(str::to_owned)
+        )
+    })
 }
 
 /// The trace context a relay sent with a stream: the head's own field, or (from a relay of an
@@ -100,10 +171,42 @@ mod tests {
         ] {
             assert!(parse(bad).is_none(), "{bad:?}");
         }
-        // No subscriber with OpenTelemetry here: the span has no context of its own.
-        let span = tracing::info_span!("test");
-        assert_eq!(traceparent(&span, Some(good)).as_deref(), Some(good));
-        assert_eq!(traceparent(&span, Some("00-zz")), None);
-        assert_eq!(traceparent(&span, None), None);
+    }
+
+    #[test]
+    fn sampling_follows_the_callers_flag_else_the_ratio_and_an_unsampled_trace_says_so_downstream() {
+        let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        // One test touches the process-wide ratio, in order.
+        set_sampling(None);
+        assert_eq!(
+            Sampled::decide(sampled),
+            Sampled::No(Some(sampled.into())),
+            "no exporter: passed on unchanged"
+        );
+        assert_eq!(Sampled::decide("00-zz"), Sampled::No(None));
+        set_sampling(Some(0.0));
+        assert_eq!(
+            Sampled::decide(sampled),
+            Sampled::Yes,
+            "the caller's flag wins over the ratio"
+        );
+        assert_eq!(Sampled::decide(unsampled), Sampled::No(Some(unsampled.into())));
+        let Sampled::No(Some(fresh)) = Sampled::decide("garbage") else {
+            panic!("an unsampled trace started here is passed on");
+        };
+        let (_, _, flags) = parse(&fresh).expect("a valid traceparent");
+        assert_eq!(flags, "00");
+        assert_ne!(Sampled::decide(""), Sampled::No(Some(fresh)), "each trace its own id");
+        set_sampling(Some(1.0));
+        assert_eq!(Sampled::decide(""), Sampled::Yes);
+        assert_eq!(
+            Sampled::decide(unsampled),
+            Sampled::No(Some(unsampled.into())),
+            "parent-based"
+        );
+        set_sampling(None);
+        // No subscriber with OpenTelemetry here: a span has no context of its own.
+        assert_eq!(Sampled::Yes.passed_on(&tracing::info_span!("test")), None);
     }
 }

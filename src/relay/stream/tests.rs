@@ -22,6 +22,7 @@ fn sent(target: &str) -> Sent<'static> {
         cluster: "dev",
         target: target.parse().unwrap(),
         request_id: "relay-test-1".into(),
+        sampled: Sampled::No(None),
         credential: Credential::Assertion("a.b.c".into()),
         tasks: &TASKS,
         via: None,
