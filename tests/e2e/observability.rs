@@ -11,12 +11,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
-use crate::support::Testbed;
-use crate::support::hawser::Hawser;
+use crate::support::cluster::MONITORING_USER;
+use crate::support::hawser::{AgentCredential, CLUSTER, Hawser};
 use crate::support::otelcol::otlp::{MetricKind, Span, SpanKind};
 use crate::support::otelcol::received::Received;
 use crate::support::process::wait_for;
 use crate::support::prometheus::{Prometheus, Sample, ScrapeTarget};
+use crate::support::{Kubectl, Testbed};
 
 /// An observability test that needs the test bed.
 pub type Test = fn(&Testbed) -> Result<()>;
@@ -38,6 +39,10 @@ pub const TESTS: &[(&str, Test)] = &[
     (
         "relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_collector",
         relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_collector,
+    ),
+    (
+        "one_trace_from_relay_through_agent_into_kube_apiserver_with_the_agent_in_system_monitoring",
+        one_trace_from_relay_through_agent_into_kube_apiserver_with_the_agent_in_system_monitoring,
     ),
 ];
 
@@ -131,40 +136,18 @@ fn kube_apiserver_traces_a_kubectl_request_into_the_collector(tb: &Testbed) -> R
 fn relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_collector(tb: &Testbed) -> Result<()> {
     let collector = tb.collector();
     let (traces, metrics) = (collector.traces_from_now()?, collector.metrics_from_now()?);
-    let hawser = Hawser::start_exporting(tb, "sampling_ratio = 1.0\nmetrics_export_secs = 1\n")?;
-    let ns = tb.namespace("relayed")?;
-    hawser
-        .kubeconfig_route("hawser-admin", &[])?
-        .ok(&["get", "namespace", &ns, "-o", "name"])?;
+    let relayed = relayed_get(
+        tb,
+        &traces,
+        "sampling_ratio = 1.0\nmetrics_export_secs = 1\n",
+        AgentCredential::ServiceAccount,
+    )?;
 
-    let path = format!("/api/v1/namespaces/{ns}");
-    // Told apart by service, kind and path, not by name: the names are the product's to settle.
-    let request = |s: &Span, service: &str| {
-        s.service_name == service && s.kind == SpanKind::Server && s.attribute("url.path") == Some(&path)
-    };
-    let (relay, agent) = traces
-        .wait_for(
-            "the relay's and the agent's spans of the request",
-            SPANS_DEADLINE,
-            |spans| {
-                let relay = spans.iter().find(|s| request(s, "hawser-relay"))?;
-                let trace: Vec<Span> = spans.iter().filter(|s| s.trace_id == relay.trace_id).cloned().collect();
-                let agent = trace
-                    .iter()
-                    .find(|s| request(s, "hawser-agent") && descends_from(s, relay, &trace))?;
-                Some((relay.clone(), agent.clone()))
-            },
-        )
-        .with_context(|| format!("the collector's files are in {}", collector.dir().display()))?;
-    ensure!(
-        relay.attribute("request.id").is_some() && relay.attribute("request.id") == agent.attribute("request.id"),
-        "relay and agent name one request id: {relay:?} {agent:?}"
-    );
-
-    // The agent's service account is not in system:masters, so kube-apiserver starts a trace of
-    // its own and links it to the agent's span (docs/observability.md).
-    let apiserver = request_span(tb, &traces, "GET", &path)?;
-    let agent_span = (agent.trace_id.clone(), agent.span_id.clone());
+    // The agent's service account is in neither system:masters nor system:monitoring, so
+    // kube-apiserver starts a trace of its own and links it to the agent's span
+    // (docs/observability.md; the contrast is the test below).
+    let apiserver = request_span(tb, &traces, "GET", &relayed.path)?;
+    let agent_span = (relayed.agent.trace_id.clone(), relayed.agent.span_id.clone());
     traces.wait_for(
         "kube-apiserver's trace linked to the agent's span",
         SPANS_DEADLINE,
@@ -189,6 +172,124 @@ fn relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_co
             .cloned()
     })?;
     Ok(())
+}
+
+/// The agent authenticating to kube-apiserver as a user in `system:monitoring` (and impersonating
+/// the caller, as always): kube-apiserver continues the agent's trace, so one `kubectl get` is ONE
+/// trace: the relay's request span its root, the relay's stream span below it, the agent's span
+/// below that, and kube-apiserver's server span a child of the agent's, not linked to it.
+fn one_trace_from_relay_through_agent_into_kube_apiserver_with_the_agent_in_system_monitoring(
+    tb: &Testbed,
+) -> Result<()> {
+    // The agent's credential: the test bed's user in system:monitoring, and in no group but the
+    // one every authenticated user is in.
+    let whoami = Kubectl::new(
+        tb.kubectl_bin(),
+        &tb.token_kubeconfig("monitoring", tb.monitoring_token())?,
+    )
+    .ok(&["auth", "whoami", "-o", "json"])?;
+    let user: serde_json::Value = serde_json::from_str(&whoami)?;
+    ensure!(
+        user["status"]["userInfo"]["username"] == json!(MONITORING_USER)
+            && user["status"]["userInfo"]["groups"] == json!(["system:monitoring", "system:authenticated"]),
+        "the agent's credential is {MONITORING_USER} in system:monitoring alone: {whoami}"
+    );
+    let traces = tb.collector().traces_from_now()?;
+    let Relayed {
+        path,
+        relay,
+        agent,
+        trace,
+        ..
+    } = relayed_get(tb, &traces, "sampling_ratio = 1.0\n", AgentCredential::Monitoring)?;
+
+    ensure!(
+        relay.parent_span_id.is_none(),
+        "the relay's request span is the trace's root: {relay:?}"
+    );
+    let stream = trace
+        .iter()
+        .find(|s| Some(&s.span_id) == agent.parent_span_id.as_ref())
+        .with_context(|| format!("the agent's parent span is in the trace: {agent:?}"))?;
+    ensure!(
+        stream.service_name == "hawser-relay"
+            && stream.parent_span_id.as_ref() == Some(&relay.span_id)
+            && stream.attribute("cluster") == Some(CLUSTER),
+        "the agent's parent is the relay's stream span, a child of the request span: {stream:?}"
+    );
+    // A link instead would mean the apiserver took the agent for an unprivileged user.
+    let apiserver = request_span(tb, &traces, "GET", &path)?;
+    ensure!(
+        apiserver.trace_id == relay.trace_id
+            && apiserver.parent_span_id.as_ref() == Some(&agent.span_id)
+            && apiserver.links.is_empty(),
+        "kube-apiserver's server span is in the relay's trace {}, a child of the agent's span {}, not \
+         linked to it: trace {} parent {:?} links {:?}",
+        relay.trace_id,
+        agent.span_id,
+        apiserver.trace_id,
+        apiserver.parent_span_id,
+        apiserver.links
+    );
+    Ok(())
+}
+
+/// A relay and an agent serving one `kubectl get namespace`, and their server spans of it.
+struct Relayed {
+    /// Runs until the test is done: its metrics go on being exported.
+    _hawser: Hawser,
+    /// The request's path, `/api/v1/namespaces/NAME`.
+    path: String,
+    /// The relay's server span of the request.
+    relay: Span,
+    /// The agent's server span, below the relay's in its trace, with the same request id.
+    agent: Span,
+    /// The spans of the relay's trace that had arrived, from the relay's to the agent's.
+    trace: Vec<Span>,
+}
+
+/// Starts a relay and an agent exporting to the test bed's collector (`[telemetry]` keys `keys`),
+/// the agent authenticating as `credential`, and has them serve one `kubectl get namespace` of a
+/// fresh namespace (kubectl sends no `traceparent`); waits in `traces` (read from before the start)
+/// for the relay's and the agent's server spans of it.
+fn relayed_get(tb: &Testbed, traces: &Received<Span>, keys: &str, credential: AgentCredential) -> Result<Relayed> {
+    let hawser = Hawser::start_exporting(tb, keys, credential)?;
+    let ns = tb.namespace("relayed")?;
+    hawser
+        .kubeconfig_route("hawser-admin", &[])?
+        .ok(&["get", "namespace", &ns, "-o", "name"])?;
+
+    let path = format!("/api/v1/namespaces/{ns}");
+    // Told apart by service, kind and path, not by name: the names are the product's to settle.
+    let request = |s: &Span, service: &str| {
+        s.service_name == service && s.kind == SpanKind::Server && s.attribute("url.path") == Some(&path)
+    };
+    let (relay, agent, trace) = traces
+        .wait_for(
+            "the relay's and the agent's spans of the request",
+            SPANS_DEADLINE,
+            |spans| {
+                let relay = spans.iter().find(|s| request(s, "hawser-relay"))?;
+                let trace: Vec<Span> = spans.iter().filter(|s| s.trace_id == relay.trace_id).cloned().collect();
+                let agent = trace
+                    .iter()
+                    .find(|s| request(s, "hawser-agent") && descends_from(s, relay, &trace))?
+                    .clone();
+                Some((relay.clone(), agent, trace))
+            },
+        )
+        .with_context(|| format!("the collector's files are in {}", tb.collector().dir().display()))?;
+    ensure!(
+        relay.attribute("request.id").is_some() && relay.attribute("request.id") == agent.attribute("request.id"),
+        "relay and agent name one request id: {relay:?} {agent:?}"
+    );
+    Ok(Relayed {
+        _hawser: hawser,
+        path,
+        relay,
+        agent,
+        trace,
+    })
 }
 
 /// Whether `span` is below `ancestor`, following parent ids through `trace` (their trace's spans).
