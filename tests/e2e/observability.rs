@@ -1,22 +1,23 @@
 //! The observability test bed proven with real data: kube-apiserver's own spans reach the
 //! shared OpenTelemetry Collector, and so do a relay's and an agent's spans and metrics;
 //! Prometheus scrapes real targets (kube-apiserver over TLS with a token, the collector's own
-//! metrics) and answers queries; a collector's metrics pushed over OTLP/HTTP are read back.
+//! metrics) and answers queries; a collector's metrics pushed over OTLP/HTTP are read back
+//! (`standalone`).
 
-use std::net::TcpStream;
+mod standalone;
+
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
-use crate::support::Testbed;
-use crate::support::hawser::Hawser;
-use crate::support::net::http;
-use crate::support::otelcol::otlp::{MetricKind, MetricPoint, Span, SpanKind};
+use crate::support::cluster::MONITORING_USER;
+use crate::support::hawser::{AgentCredential, CLUSTER, Hawser};
+use crate::support::otelcol::otlp::{MetricKind, Span, SpanKind};
 use crate::support::otelcol::received::Received;
-use crate::support::otelcol::{Collector, OwnMetrics};
 use crate::support::process::wait_for;
 use crate::support::prometheus::{Prometheus, Sample, ScrapeTarget};
+use crate::support::{Kubectl, Testbed};
 
 /// An observability test that needs the test bed.
 pub type Test = fn(&Testbed) -> Result<()>;
@@ -39,6 +40,10 @@ pub const TESTS: &[(&str, Test)] = &[
         "relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_collector",
         relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_collector,
     ),
+    (
+        "one_trace_from_relay_through_agent_into_kube_apiserver_with_the_agent_in_system_monitoring",
+        one_trace_from_relay_through_agent_into_kube_apiserver_with_the_agent_in_system_monitoring,
+    ),
 ];
 
 /// A test of the support alone, without the test bed.
@@ -47,7 +52,7 @@ pub type Standalone = fn() -> Result<()>;
 /// Every observability test of the support alone, by name.
 pub const STANDALONE: &[(&str, Standalone)] = &[(
     "otlp_http_spans_and_a_collectors_own_metrics_pushed_over_otlp_are_read_back",
-    otlp_http_spans_and_a_collectors_own_metrics_pushed_over_otlp_are_read_back,
+    standalone::otlp_http_spans_and_a_collectors_own_metrics_pushed_over_otlp_are_read_back,
 )];
 
 /// The `service.name` kube-apiserver gives its spans (k8s.io/apiserver's tracing options).
@@ -131,40 +136,18 @@ fn kube_apiserver_traces_a_kubectl_request_into_the_collector(tb: &Testbed) -> R
 fn relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_collector(tb: &Testbed) -> Result<()> {
     let collector = tb.collector();
     let (traces, metrics) = (collector.traces_from_now()?, collector.metrics_from_now()?);
-    let hawser = Hawser::start_exporting(tb, "sampling_ratio = 1.0\nmetrics_export_secs = 1\n")?;
-    let ns = tb.namespace("relayed")?;
-    hawser
-        .kubeconfig_route("hawser-admin", &[])?
-        .ok(&["get", "namespace", &ns, "-o", "name"])?;
+    let relayed = relayed_get(
+        tb,
+        &traces,
+        "sampling_ratio = 1.0\nmetrics_export_secs = 1\n",
+        AgentCredential::ServiceAccount,
+    )?;
 
-    let path = format!("/api/v1/namespaces/{ns}");
-    // Told apart by service, kind and path, not by name: the names are the product's to settle.
-    let request = |s: &Span, service: &str| {
-        s.service_name == service && s.kind == SpanKind::Server && s.attribute("url.path") == Some(&path)
-    };
-    let (relay, agent) = traces
-        .wait_for(
-            "the relay's and the agent's spans of the request",
-            SPANS_DEADLINE,
-            |spans| {
-                let relay = spans.iter().find(|s| request(s, "hawser-relay"))?;
-                let trace: Vec<Span> = spans.iter().filter(|s| s.trace_id == relay.trace_id).cloned().collect();
-                let agent = trace
-                    .iter()
-                    .find(|s| request(s, "hawser-agent") && descends_from(s, relay, &trace))?;
-                Some((relay.clone(), agent.clone()))
-            },
-        )
-        .with_context(|| format!("the collector's files are in {}", collector.dir().display()))?;
-    ensure!(
-        relay.attribute("request.id").is_some() && relay.attribute("request.id") == agent.attribute("request.id"),
-        "relay and agent name one request id: {relay:?} {agent:?}"
-    );
-
-    // The agent's service account is not in system:masters, so kube-apiserver starts a trace of
-    // its own and links it to the agent's span (docs/observability.md).
-    let apiserver = request_span(tb, &traces, "GET", &path)?;
-    let agent_span = (agent.trace_id.clone(), agent.span_id.clone());
+    // The agent's service account is in neither system:masters nor system:monitoring, so
+    // kube-apiserver starts a trace of its own and links it to the agent's span
+    // (docs/observability.md; the contrast is the test below).
+    let apiserver = request_span(tb, &traces, "GET", &relayed.path)?;
+    let agent_span = (relayed.agent.trace_id.clone(), relayed.agent.span_id.clone());
     traces.wait_for(
         "kube-apiserver's trace linked to the agent's span",
         SPANS_DEADLINE,
@@ -189,6 +172,124 @@ fn relay_agent_and_apiserver_spans_of_one_request_and_relay_metrics_reach_the_co
             .cloned()
     })?;
     Ok(())
+}
+
+/// The agent authenticating to kube-apiserver as a user in `system:monitoring` (and impersonating
+/// the caller, as always): kube-apiserver continues the agent's trace, so one `kubectl get` is ONE
+/// trace: the relay's request span its root, the relay's stream span below it, the agent's span
+/// below that, and kube-apiserver's server span a child of the agent's, not linked to it.
+fn one_trace_from_relay_through_agent_into_kube_apiserver_with_the_agent_in_system_monitoring(
+    tb: &Testbed,
+) -> Result<()> {
+    // The agent's credential: the test bed's user in system:monitoring, and in no group but the
+    // one every authenticated user is in.
+    let whoami = Kubectl::new(
+        tb.kubectl_bin(),
+        &tb.token_kubeconfig("monitoring", tb.monitoring_token())?,
+    )
+    .ok(&["auth", "whoami", "-o", "json"])?;
+    let user: serde_json::Value = serde_json::from_str(&whoami)?;
+    ensure!(
+        user["status"]["userInfo"]["username"] == json!(MONITORING_USER)
+            && user["status"]["userInfo"]["groups"] == json!(["system:monitoring", "system:authenticated"]),
+        "the agent's credential is {MONITORING_USER} in system:monitoring alone: {whoami}"
+    );
+    let traces = tb.collector().traces_from_now()?;
+    let Relayed {
+        path,
+        relay,
+        agent,
+        trace,
+        ..
+    } = relayed_get(tb, &traces, "sampling_ratio = 1.0\n", AgentCredential::Monitoring)?;
+
+    ensure!(
+        relay.parent_span_id.is_none(),
+        "the relay's request span is the trace's root: {relay:?}"
+    );
+    let stream = trace
+        .iter()
+        .find(|s| Some(&s.span_id) == agent.parent_span_id.as_ref())
+        .with_context(|| format!("the agent's parent span is in the trace: {agent:?}"))?;
+    ensure!(
+        stream.service_name == "hawser-relay"
+            && stream.parent_span_id.as_ref() == Some(&relay.span_id)
+            && stream.attribute("cluster") == Some(CLUSTER),
+        "the agent's parent is the relay's stream span, a child of the request span: {stream:?}"
+    );
+    // A link instead would mean the apiserver took the agent for an unprivileged user.
+    let apiserver = request_span(tb, &traces, "GET", &path)?;
+    ensure!(
+        apiserver.trace_id == relay.trace_id
+            && apiserver.parent_span_id.as_ref() == Some(&agent.span_id)
+            && apiserver.links.is_empty(),
+        "kube-apiserver's server span is in the relay's trace {}, a child of the agent's span {}, not \
+         linked to it: trace {} parent {:?} links {:?}",
+        relay.trace_id,
+        agent.span_id,
+        apiserver.trace_id,
+        apiserver.parent_span_id,
+        apiserver.links
+    );
+    Ok(())
+}
+
+/// A relay and an agent serving one `kubectl get namespace`, and their server spans of it.
+struct Relayed {
+    /// Runs until the test is done: its metrics go on being exported.
+    _hawser: Hawser,
+    /// The request's path, `/api/v1/namespaces/NAME`.
+    path: String,
+    /// The relay's server span of the request.
+    relay: Span,
+    /// The agent's server span, below the relay's in its trace, with the same request id.
+    agent: Span,
+    /// The spans of the relay's trace that had arrived, from the relay's to the agent's.
+    trace: Vec<Span>,
+}
+
+/// Starts a relay and an agent exporting to the test bed's collector (`[telemetry]` keys `keys`),
+/// the agent authenticating as `credential`, and has them serve one `kubectl get namespace` of a
+/// fresh namespace (kubectl sends no `traceparent`); waits in `traces` (read from before the start)
+/// for the relay's and the agent's server spans of it.
+fn relayed_get(tb: &Testbed, traces: &Received<Span>, keys: &str, credential: AgentCredential) -> Result<Relayed> {
+    let hawser = Hawser::start_exporting(tb, keys, credential)?;
+    let ns = tb.namespace("relayed")?;
+    hawser
+        .kubeconfig_route("hawser-admin", &[])?
+        .ok(&["get", "namespace", &ns, "-o", "name"])?;
+
+    let path = format!("/api/v1/namespaces/{ns}");
+    // Told apart by service, kind and path, not by name: the names are the product's to settle.
+    let request = |s: &Span, service: &str| {
+        s.service_name == service && s.kind == SpanKind::Server && s.attribute("url.path") == Some(&path)
+    };
+    let (relay, agent, trace) = traces
+        .wait_for(
+            "the relay's and the agent's spans of the request",
+            SPANS_DEADLINE,
+            |spans| {
+                let relay = spans.iter().find(|s| request(s, "hawser-relay"))?;
+                let trace: Vec<Span> = spans.iter().filter(|s| s.trace_id == relay.trace_id).cloned().collect();
+                let agent = trace
+                    .iter()
+                    .find(|s| request(s, "hawser-agent") && descends_from(s, relay, &trace))?
+                    .clone();
+                Some((relay.clone(), agent, trace))
+            },
+        )
+        .with_context(|| format!("the collector's files are in {}", tb.collector().dir().display()))?;
+    ensure!(
+        relay.attribute("request.id").is_some() && relay.attribute("request.id") == agent.attribute("request.id"),
+        "relay and agent name one request id: {relay:?} {agent:?}"
+    );
+    Ok(Relayed {
+        _hawser: hawser,
+        path,
+        relay,
+        agent,
+        trace,
+    })
 }
 
 /// Whether `span` is below `ancestor`, following parent ids through `trace` (their trace's spans).
@@ -323,107 +424,5 @@ fn prometheus_counts_at_least_the_spans_the_collector_wrote(tb: &Testbed) -> Res
             .any(|s| s.labels.get("transport").map(String::as_str) == Some("grpc") && s.value > 0.0),
         "spans accepted over gRPC: {samples:?}"
     );
-    Ok(())
-}
-
-/// One span with an attribute of each OTLP kind, as OTLP/HTTP's JSON encoding sends it.
-const PROBE_SPAN: &str = r#"{"resourceSpans":[{
-  "resource":{"attributes":[{"key":"service.name","value":{"stringValue":"probe"}}]},
-  "scopeSpans":[{"scope":{"name":"probe-scope"},"spans":[{
-    "traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"1112131415161718",
-    "parentSpanId":"2122232425262728","name":"probe span","kind":3,
-    "startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000500000000",
-    "links":[{"traceId":"3132333435363738393a3b3c3d3e3f40","spanId":"4142434445464748"}],
-    "attributes":[
-      {"key":"text","value":{"stringValue":"x"}},
-      {"key":"int","value":{"intValue":"9007199254740993"}},
-      {"key":"list","value":{"arrayValue":{"values":[{"boolValue":true},{"doubleValue":1.5}]}}},
-      {"key":"map","value":{"kvlistValue":{"values":[{"key":"n","value":{"stringValue":"v"}}]}}}]}]}]}]}"#;
-
-fn otlp_http_spans_and_a_collectors_own_metrics_pushed_over_otlp_are_read_back() -> Result<()> {
-    let receiving = Collector::start()?;
-    let pushing = Collector::start_with(OwnMetrics::PushTo(format!(
-        "{}/v1/metrics",
-        receiving.otlp_http_endpoint()
-    )))?;
-
-    // A span posted over OTLP/HTTP comes back from the file exporter field by field.
-    let (status, body) = http(pushing.otlp_http_addr().port(), "POST", "/v1/traces", PROBE_SPAN)?;
-    ensure!(
-        status == 200,
-        "the collector answered the posted span with {status}: {body}"
-    );
-    let span = pushing
-        .traces()
-        .wait_for("the posted span", SPANS_DEADLINE, |spans| spans.first().cloned())?;
-    let expected_attributes = json!({"text": "x", "int": 9007199254740993_i64, "list": [true, 1.5], "map": {"n": "v"}});
-    ensure!(
-        (
-            span.trace_id.as_str(),
-            span.span_id.as_str(),
-            span.parent_span_id.as_deref()
-        ) == (
-            "0102030405060708090a0b0c0d0e0f10",
-            "1112131415161718",
-            Some("2122232425262728")
-        ) && (
-            span.name.as_str(),
-            span.kind,
-            span.service_name.as_str(),
-            span.scope.as_str()
-        ) == ("probe span", SpanKind::Client, "probe", "probe-scope")
-            && (span.start_unix_nano, span.end_unix_nano) == (1_700_000_000_000_000_000, 1_700_000_000_500_000_000)
-            && span.links
-                == [(
-                    "3132333435363738393a3b3c3d3e3f40".to_owned(),
-                    "4142434445464748".to_owned()
-                )]
-            && serde_json::to_value(&span.attributes)? == expected_attributes,
-        "the span read back differs from the one posted: {span:?}"
-    );
-
-    // The pushing collector's own metrics about that request arrive at the receiving one: a
-    // counter with its attributes, and its HTTP server's duration histogram.
-    let arrived = |what: &str, matches: &dyn Fn(&MetricPoint) -> bool| {
-        let what = format!("the pusher's {what}");
-        receiving.metrics().wait_for(&what, SCRAPE_DEADLINE, |points| {
-            points.iter().find(|p| matches(p)).cloned()
-        })
-    };
-    let accepted = arrived("count of accepted spans", &|p| {
-        p.name == "otelcol_receiver_accepted_spans"
-            && p.kind == MetricKind::Sum
-            && p.attributes.get("transport") == Some(&json!("http"))
-            && p.value >= 1.0
-    })?;
-    ensure!(accepted.value == 1.0, "one span was posted: {accepted:?}");
-    arrived("HTTP request histogram", &|p| {
-        p.name == "http.server.request.duration"
-            && p.kind == MetricKind::Histogram
-            && p.attributes.get("http.route") == Some(&json!("/v1/traces"))
-            && p.attributes.get("http.response.status_code") == Some(&json!(200))
-            && p.count == Some(1)
-            && p.value > 0.0
-    })?;
-    // A gauge of whole bytes (OTLP's asInt).
-    arrived("resident memory", &|p| {
-        p.name == "otelcol_process_memory_rss" && p.kind == MetricKind::Gauge && p.value > 1e6
-    })?;
-    let points = receiving.metrics().all()?;
-    ensure!(
-        points.iter().all(|p| p.service_name == "otelcol"
-            && p.resource.contains_key("service.instance.id")
-            && p.time_unix_nano > 0),
-        "every point names the collector that sent it, and when: {points:?}"
-    );
-
-    // Dropping a collector stops it: its ports stop answering.
-    let grpc = pushing.otlp_grpc_endpoint();
-    drop(pushing);
-    wait_for(
-        "the dropped collector to stop listening",
-        Duration::from_secs(10),
-        || Ok(TcpStream::connect(&grpc).is_err().then_some(())),
-    )?;
     Ok(())
 }

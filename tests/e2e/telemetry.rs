@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 
 use crate::support::Testbed;
-use crate::support::hawser::{CLUSTER, Extra, Hawser};
+use crate::support::hawser::{AgentCredential, CLUSTER, Extra, Hawser};
 use crate::support::https;
 use crate::support::net::{free_port, http};
 use crate::support::process::wait_for;
@@ -132,7 +132,7 @@ fn a_callers_sampled_traceparent_is_continued_and_no_token_header_value_or_user_
 ) -> Result<()> {
     let collector = tb.collector();
     let traces = collector.traces_from_now()?;
-    let hawser = Hawser::start_exporting(tb, "sampling_ratio = 0.0\n")?;
+    let hawser = Hawser::start_exporting(tb, "sampling_ratio = 0.0\n", AgentCredential::ServiceAccount)?;
     let token = hawser.issue_token("hawser-admin", &[])?;
     let (trace_id, parent) = ("5e1ec7ed0000000000000000000c0ffe", "00000000000ca11e");
     let secret_header = "header-value-7d3f1a";

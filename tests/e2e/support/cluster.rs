@@ -1,7 +1,8 @@
 //! A real control plane on loopback: etcd, kube-apiserver (RBAC, service
-//! account tokens, every request traced into an OpenTelemetry Collector) and
-//! the test kubelet, each on free ports in a fresh temp dir, plus helpers for
-//! what tests set up as the administrator.
+//! account tokens, one static token of a `system:monitoring` user, every
+//! request traced into an OpenTelemetry Collector) and the test kubelet, each
+//! on free ports in a fresh temp dir, plus helpers for what tests set up as
+//! the administrator.
 
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -27,6 +28,10 @@ use super::process::{Supervised, wait_for};
 pub const NODE: &str = "testbed-node";
 /// How long the control plane may take to become ready.
 const START_DEADLINE: Duration = Duration::from_secs(120);
+/// The user of the test bed's static token ([`Testbed::monitoring_token`]), in the group
+/// `system:monitoring` alone: kube-apiserver continues the trace of a request this user
+/// authenticates (k8s.io/apiserver's `endpoints/filters/traces.go`), however it impersonates.
+pub const MONITORING_USER: &str = "hawser-agent-traced";
 
 /// A running control plane. Dropping it stops every process it started.
 pub struct Testbed {
@@ -44,6 +49,7 @@ pub struct Testbed {
     /// Kubeconfig of the administrator (client certificate, system:masters).
     pub admin_kubeconfig: PathBuf,
     kubelet_root: PathBuf,
+    monitoring_token: String,
 }
 
 /// What a test pod runs.
@@ -89,6 +95,19 @@ impl Testbed {
             ),
         )?;
 
+        // A static token (`--token-auth-file`, CSV: token, user, uid, groups) for a user in
+        // `system:monitoring`: no service account can be in that group. Written here, not under
+        // tests/testbed, so it is no input of the binaries' build stamp.
+        let monitoring_token = format!(
+            "monitoring-{}",
+            data_encoding::HEXLOWER.encode(&rand::random::<[u8; 16]>())
+        );
+        let token_file = dir.path().join("tokens.csv");
+        fs::write(
+            &token_file,
+            format!("{monitoring_token},{MONITORING_USER},{MONITORING_USER},system:monitoring\n"),
+        )?;
+
         let p = |path: &Path| path.display().to_string();
         let mut apiserver = Supervised::spawn_with_env(
             &bins.reaper,
@@ -102,6 +121,7 @@ impl Testbed {
                 &format!("--tls-cert-file={}", p(&pki.serving_cert)),
                 &format!("--tls-private-key-file={}", p(&pki.serving_key)),
                 &format!("--client-ca-file={}", p(&pki.ca_cert)),
+                &format!("--token-auth-file={}", p(&token_file)),
                 "--authorization-mode=Node,RBAC",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 &format!("--service-account-key-file={}", p(&pki.service_account_pub)),
@@ -149,6 +169,7 @@ impl Testbed {
             pki,
             admin_kubeconfig,
             kubelet_root,
+            monitoring_token,
         })
     }
 
@@ -160,6 +181,12 @@ impl Testbed {
     /// The collector that receives kube-apiserver's spans (their service.name is `apiserver`).
     pub fn collector(&self) -> &Collector {
         &self.collector
+    }
+
+    /// The static token of [`MONITORING_USER`], who has the rights of `system:monitoring` and
+    /// `system:authenticated` until a test binds more.
+    pub fn monitoring_token(&self) -> &str {
+        &self.monitoring_token
     }
 
     /// The test bed's kubectl binary.

@@ -1,7 +1,8 @@
 //! A Hawser deployment in front of the test bed: the built `hawser` binary
 //! runs a relay and an agent (real TLS, real QUIC) on free loopback ports,
-//! the agent reaching kube-apiserver with a service account allowed to
-//! impersonate. Callers get tokens from the relay's built-in issuer.
+//! the agent reaching kube-apiserver with a service account (or the test
+//! bed's `system:monitoring` user) allowed to impersonate. Callers get tokens
+//! from the relay's built-in issuer.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -17,7 +18,8 @@ use tempfile::TempDir;
 pub mod rbac;
 mod trust;
 
-use rbac::{agent_kubeconfig, bind_admin};
+pub use rbac::AgentCredential;
+use rbac::{agent_kubeconfig_as, bind_admin};
 pub use trust::{EXTERNAL_ISSUER, Trust, agent_callers, cluster_audience};
 use trust::{audience_line, relay_callers};
 
@@ -53,6 +55,8 @@ pub struct Extra<'a> {
     /// The relay's port (TCP and UDP), when something must know it first (a balancer); none: a
     /// free one.
     pub relay_port: Option<u16>,
+    /// Who the agent is to kube-apiserver.
+    pub agent_credential: AgentCredential,
 }
 
 /// A relay and an agent serving the test bed. Dropping it stops both.
@@ -80,8 +84,9 @@ impl Hawser {
     }
 
     /// Like [`Hawser::start`], relay and agent both exporting to the test bed's collector with
-    /// `[telemetry]` keys `keys` besides its endpoint.
-    pub fn start_exporting(tb: &Testbed, keys: &str) -> Result<Self> {
+    /// `[telemetry]` keys `keys` besides its endpoint, the agent authenticating with `credential`
+    /// (which decides whether kube-apiserver's spans join the agent's trace).
+    pub fn start_exporting(tb: &Testbed, keys: &str, credential: AgentCredential) -> Result<Self> {
         let telemetry = format!(
             "[telemetry]\notlp_endpoint = \"http://{}\"\n{keys}",
             tb.collector().otlp_grpc_endpoint()
@@ -91,6 +96,7 @@ impl Hawser {
             &Extra {
                 relay: &telemetry,
                 agent: &telemetry,
+                agent_credential: credential,
                 ..Extra::default()
             },
         )
@@ -106,6 +112,7 @@ impl Hawser {
             agent_relay,
             agent_env,
             relay_port,
+            agent_credential,
         } = *extra;
         let dir = tempfile::Builder::new()
             .prefix("hawser-system-")
@@ -159,7 +166,7 @@ output = "relay-audit.log"
             Ok((relay_ca.exists() && TcpStream::connect(("127.0.0.1", port)).is_ok()).then_some(()))
         })?;
 
-        let agent_kubeconfig = agent_kubeconfig(tb, dir.path())?;
+        let agent_kubeconfig = agent_kubeconfig_as(tb, dir.path(), agent_credential)?;
         let agent_config = dir.path().join("agent.toml");
         fs::write(
             &agent_config,

@@ -1,5 +1,6 @@
 //! The Kubernetes side of a deployment: the callers' administrator binding, and the agent's
-//! service account allowed to impersonate, with a kubeconfig for it.
+//! credential allowed to impersonate (a service account, or the test bed's `system:monitoring`
+//! user), with a kubeconfig for it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,10 +10,25 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::super::Testbed;
+use super::super::cluster::MONITORING_USER;
 
 /// The agent's service account.
 const AGENT_NAMESPACE: &str = "hawser-system";
 const AGENT_SA: &str = "hawser-agent";
+/// The ClusterRole with what the agent needs: impersonation, and TokenReviews for passthrough.
+const IMPERSONATOR: &str = "hawser-impersonator";
+
+/// Who the agent is to kube-apiserver. Both have the same rights (impersonation, TokenReviews).
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentCredential {
+    /// Service account `hawser-system:hawser-agent`: kube-apiserver starts a trace of its own for
+    /// each request and links it to the agent's span.
+    #[default]
+    ServiceAccount,
+    /// The test bed's static-token user in `system:monitoring` ([`MONITORING_USER`]):
+    /// kube-apiserver continues the agent's trace (docs/observability.md).
+    Monitoring,
+}
 
 /// Makes the callers' user `hawser-admin` a cluster administrator.
 pub fn bind_admin(tb: &Testbed) -> Result<()> {
@@ -25,17 +41,43 @@ pub fn bind_admin(tb: &Testbed) -> Result<()> {
     ])
 }
 
+/// A kubeconfig for the agent with `credential`, given the rights it needs first.
+pub fn agent_kubeconfig_as(tb: &Testbed, dir: &Path, credential: AgentCredential) -> Result<PathBuf> {
+    match credential {
+        AgentCredential::ServiceAccount => agent_kubeconfig(tb, dir),
+        AgentCredential::Monitoring => {
+            bind_impersonator(
+                tb,
+                "hawser-impersonator-monitoring",
+                &format!("--user={MONITORING_USER}"),
+            )?;
+            token_file_kubeconfig(tb, dir, MONITORING_USER, tb.monitoring_token())
+        }
+    }
+}
+
 /// A service account that may impersonate, and a kubeconfig for it.
 pub fn agent_kubeconfig(tb: &Testbed, dir: &Path) -> Result<PathBuf> {
+    tb.admin().create_or_exists(&["create", "namespace", AGENT_NAMESPACE])?;
+    bind_impersonator(
+        tb,
+        IMPERSONATOR,
+        &format!("--serviceaccount={AGENT_NAMESPACE}:{AGENT_SA}"),
+    )?;
+    service_account_kubeconfig(tb, dir, AGENT_SA)
+}
+
+/// Creates the impersonator ClusterRole (again, unchanged) and binds it to `subject` (a
+/// `kubectl create clusterrolebinding` flag) as `binding`.
+fn bind_impersonator(tb: &Testbed, binding: &str, subject: &str) -> Result<()> {
     // Deployments started at once on a fresh test bed would race to create the role (AlreadyExists).
     static SETUP: Mutex<()> = Mutex::new(());
     let _setup = SETUP.lock().unwrap_or_else(|e| e.into_inner());
     let admin = tb.admin();
-    admin.create_or_exists(&["create", "namespace", AGENT_NAMESPACE])?;
     let role = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
-        "metadata": {"name": "hawser-impersonator"},
+        "metadata": {"name": IMPERSONATOR},
         "rules": [
             {"apiGroups": [""], "resources": ["users", "groups", "serviceaccounts"], "verbs": ["impersonate"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["uids", "userextras/*"], "verbs": ["impersonate"]},
@@ -47,17 +89,22 @@ pub fn agent_kubeconfig(tb: &Testbed, dir: &Path) -> Result<PathBuf> {
     admin.create_or_exists(&[
         "create",
         "clusterrolebinding",
-        "hawser-impersonator",
-        "--clusterrole=hawser-impersonator",
-        &format!("--serviceaccount={AGENT_NAMESPACE}:{AGENT_SA}"),
-    ])?;
-    service_account_kubeconfig(tb, dir, AGENT_SA)
+        binding,
+        &format!("--clusterrole={IMPERSONATOR}"),
+        subject,
+    ])
 }
 
 /// A kubeconfig for the apiserver as service account `name` of the agent's
 /// namespace (created if needed), its token in a file beside it.
 pub fn service_account_kubeconfig(tb: &Testbed, dir: &Path, name: &str) -> Result<PathBuf> {
     let token = tb.service_account_token(AGENT_NAMESPACE, name)?;
+    token_file_kubeconfig(tb, dir, name, &token)
+}
+
+/// `NAME.kubeconfig` in `dir` for the apiserver with `token`, kept in `NAME.apiserver-token`
+/// beside it (the agent reads a kubeconfig's `tokenFile`).
+fn token_file_kubeconfig(tb: &Testbed, dir: &Path, name: &str, token: &str) -> Result<PathBuf> {
     let token_file = dir.join(format!("{name}.apiserver-token"));
     fs::write(&token_file, token)?;
     let kubeconfig = dir.join(format!("{name}.kubeconfig"));
