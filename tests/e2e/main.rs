@@ -8,6 +8,7 @@
 mod balancer;
 mod baseline;
 mod clusters;
+mod dashboard;
 mod doctor;
 mod fleet;
 mod h2flood;
@@ -140,6 +141,7 @@ fn main() -> ExitCode {
         ("telemetry", telemetry::TESTS),
         ("observability", observability::TESTS),
         ("doctor", doctor::TESTS),
+        ("dashboard", dashboard::TESTS),
     ] {
         for &(name, test) in tests {
             let fixture = fixture.clone();

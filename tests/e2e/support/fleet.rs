@@ -19,7 +19,7 @@ use tempfile::TempDir;
 use super::binaries::binaries;
 use super::etcd::Etcd;
 use super::hawser::hawser_bin;
-use super::net::{free_tcp_and_udp_port, retry_if_port_taken};
+use super::net::{free_port, free_tcp_and_udp_port, retry_if_port_taken};
 use super::nginx::Balancer;
 use super::process::{Supervised, run_with_deadline, wait_for};
 use super::{Kubectl, Testbed};
@@ -34,6 +34,8 @@ pub struct Ports {
     pub front: u16,
     /// The peer link (UDP).
     pub peer: u16,
+    /// The admin listener (`/metrics`), in a fleet started with [`Fleet::start_with_admin`].
+    pub admin: Option<u16>,
 }
 
 /// Relays, their etcd and their agents. Dropping it stops every process.
@@ -53,10 +55,15 @@ impl Fleet {
     /// Starts etcd and `relays` relays that know `clusters`, and waits until each listens (all
     /// again on other ports if a port picked free was taken before a relay bound it).
     pub fn start(tb: &Testbed, relays: usize, clusters: &[&str]) -> Result<Self> {
-        retry_if_port_taken("the fleet", || Self::start_once(tb, relays, clusters))
+        retry_if_port_taken("the fleet", || Self::start_once(tb, relays, clusters, false))
     }
 
-    fn start_once(tb: &Testbed, relays: usize, clusters: &[&str]) -> Result<Self> {
+    /// Like [`Fleet::start`], each relay with an admin listener of its own (`Ports::admin`).
+    pub fn start_with_admin(tb: &Testbed, relays: usize, clusters: &[&str]) -> Result<Self> {
+        retry_if_port_taken("the fleet", || Self::start_once(tb, relays, clusters, true))
+    }
+
+    fn start_once(tb: &Testbed, relays: usize, clusters: &[&str], admin: bool) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("hawser-fleet-")
             .disable_cleanup(std::env::var_os("HAWSER_E2E_KEEP").is_some())
@@ -69,6 +76,7 @@ impl Fleet {
                     // TCP for callers, UDP for QUIC agents.
                     front: free_tcp_and_udp_port()?,
                     peer: free_tcp_and_udp_port()?,
+                    admin: admin.then(free_port).transpose()?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -121,10 +129,11 @@ listen = "127.0.0.1:{peer}"
 ca_file = "fleet-ca.crt"
 cert_file = "relay-{i}-peer.crt"
 key_file = "relay-{i}-peer.key"
-"#,
+{admin}"#,
                     front = p.front,
                     peer = p.peer,
                     etcd = etcd.endpoint(),
+                    admin = admin_table(p.admin),
                 ),
             )?;
         }
@@ -193,6 +202,28 @@ key_file = "relay-{i}-peer.key"
     /// Starts an agent of `cluster` named `instance` that dials `address` (a relay or a
     /// balancer in front of them), with `relay_extra` in its `[relay]` table.
     pub fn start_agent_at(&self, cluster: &str, instance: &str, address: &str, relay_extra: &str) -> Result<()> {
+        self.spawn_agent(cluster, instance, address, relay_extra, "")
+    }
+
+    /// Starts an agent of `cluster` named `instance` that dials relay `i`, with `relay_extra` in
+    /// its `[relay]` table, `tables` after its own, and an admin listener (`/metrics`) on the
+    /// port it returns.
+    pub fn start_agent_with_admin(
+        &self,
+        cluster: &str,
+        instance: &str,
+        i: usize,
+        relay_extra: &str,
+        tables: &str,
+    ) -> Result<u16> {
+        let port = free_port()?;
+        let address = format!("127.0.0.1:{}", self.ports[i].front);
+        let tables = format!("{}{tables}", admin_table(Some(port)));
+        self.spawn_agent(cluster, instance, &address, relay_extra, &tables)?;
+        Ok(port)
+    }
+
+    fn spawn_agent(&self, cluster: &str, instance: &str, address: &str, relay_extra: &str, tables: &str) -> Result<()> {
         let config = self.dir.path().join(format!("{instance}.toml"));
         fs::write(
             &config,
@@ -216,7 +247,7 @@ initial_backoff_ms = 100
 max_backoff_ms = 1000
 [audit]
 output = "none"
-"#,
+{tables}"#,
                 kubeconfig = self.kubeconfig.display(),
             ),
         )?;
@@ -358,6 +389,12 @@ fn terminate(mut process: Supervised, what: &str) -> Result<()> {
     anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
     wait_for(what, Duration::from_secs(30), || Ok(process.exited()))?;
     Ok(())
+}
+
+/// An `[admin]` table listening on `port`, or nothing.
+fn admin_table(port: Option<u16>) -> String {
+    port.map(|port| format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"))
+        .unwrap_or_default()
 }
 
 fn agent_token(cluster: &str) -> String {
