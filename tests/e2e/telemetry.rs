@@ -122,8 +122,9 @@ fn relay_and_agent_metrics_count_requests_tunnels_and_refusals_on_the_admin_port
     Ok(())
 }
 
-/// Relay and agent export traces with a sampling ratio of 0: a request whose caller sent a
-/// sampled `traceparent` is traced anyway (parent-based), the relay's span a child of the
+/// Relay and agent export traces, the relay with a sampling ratio of 0, the agent with 1: a request
+/// without a `traceparent` is traced by neither (the agent follows the relay's decision); one whose
+/// caller sent a sampled `traceparent` is traced anyway (parent-based), the relay's span a child of the
 /// caller's, the agent's below it in the same trace, named `relay get` and `agent get` with the
 /// request's attributes; and nothing exported names the caller's token, a header's value or
 /// (without `record_user`) the caller.
@@ -132,8 +133,31 @@ fn a_callers_sampled_traceparent_is_continued_and_no_token_header_value_or_user_
 ) -> Result<()> {
     let collector = tb.collector();
     let traces = collector.traces_from_now()?;
-    let hawser = Hawser::start_exporting(tb, "sampling_ratio = 0.0\n", AgentCredential::ServiceAccount)?;
+    // The agent would trace everything it decided itself: it must follow the relay instead.
+    let telemetry = |ratio: &str| {
+        format!(
+            "[telemetry]\notlp_endpoint = \"http://{}\"\nsampling_ratio = {ratio}\n",
+            collector.otlp_grpc_endpoint()
+        )
+    };
+    let (relay_telemetry, agent_telemetry) = (telemetry("0.0"), telemetry("1.0"));
+    let hawser = Hawser::start_with(
+        tb,
+        &Extra {
+            relay: &relay_telemetry,
+            agent: &agent_telemetry,
+            ..Extra::default()
+        },
+    )?;
     let token = hawser.issue_token("hawser-admin", &[])?;
+    // First a request the relay does not sample (no traceparent, ratio 0).
+    let unsampled_path = "/api/v1/namespaces/kube-system";
+    let (status, body) = https::get(
+        &format!("{}/clusters/{CLUSTER}{unsampled_path}", hawser.relay_url),
+        &hawser.relay_ca,
+        &[("Authorization", &format!("Bearer {token}"))],
+    )?;
+    ensure!(status == 200, "the unsampled request: {status} {body}");
     let (trace_id, parent) = ("5e1ec7ed0000000000000000000c0ffe", "00000000000ca11e");
     let secret_header = "header-value-7d3f1a";
     let (status, body) = https::get(
@@ -175,9 +199,16 @@ fn a_callers_sampled_traceparent_is_continued_and_no_token_header_value_or_user_
             span.attributes
         );
     }
+    // Each process exports its spans in the order they end: the unsampled request's, had any been
+    // made, would have come before the traced request's.
+    let all = traces.all()?;
+    ensure!(
+        !all.iter()
+            .any(|s| s.service_name.starts_with("hawser-") && s.attribute("url.path") == Some(unsampled_path)),
+        "the agent (ratio 1) traced a request the relay (ratio 0) did not sample"
+    );
     // Hawser's spans only: kube-apiserver's own may name the user it was asked to impersonate.
-    let hawser_spans: Vec<_> = traces
-        .all()?
+    let hawser_spans: Vec<_> = all
         .into_iter()
         .filter(|s| s.service_name.starts_with("hawser-"))
         .collect();
