@@ -16,6 +16,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::idle::Activity;
+
 /// How long one scrape connection may stay idle before it is closed.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -61,7 +63,12 @@ impl Admin {
             };
             let service = service.clone();
             connections.spawn(async move {
+                // hyper's header timer starts only at a request's first byte: a connection that
+                // sends nothing is closed by this watch instead.
+                let activity = Activity::new();
+                let requests = activity.clone();
                 let serve = hyper::service::service_fn(move |req| {
+                    let _busy = requests.begin();
                     let (registry, ready) = &*service;
                     std::future::ready(Ok::<_, Infallible>(answer(&req, registry.as_ref(), ready)))
                 });
@@ -69,8 +76,15 @@ impl Admin {
                 http.http1()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT);
-                if let Err(e) = http.serve_connection(TokioIo::new(stream), serve).await {
-                    debug!(error = %e, %peer, "admin connection ended");
+                tokio::select! {
+                    served = http.serve_connection(TokioIo::new(stream), serve) => {
+                        if let Err(e) = served {
+                            debug!(error = %e, %peer, "admin connection ended");
+                        }
+                    }
+                    () = activity.expired(HEADER_READ_TIMEOUT, HEADER_READ_TIMEOUT) => {
+                        debug!(%peer, "admin connection closed: no request");
+                    }
                 }
             });
         }
@@ -92,7 +106,7 @@ fn answer(
     };
     let plain = "text/plain; charset=utf-8";
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into(), plain);
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n".into(), plain);
     }
     match req.uri().path() {
         "/metrics" => match registry {
@@ -115,5 +129,53 @@ fn answer(
             "the admin listener serves /metrics, /healthz and /readyz\n".into(),
             plain,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Serves an admin listener on a free port; the address, and the token that stops it.
+    async fn serving() -> (SocketAddr, CancellationToken) {
+        let admin = Admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = admin.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(admin.serve(None, Arc::new(|| None), stop.clone()));
+        (addr, stop)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_nothing_is_closed() {
+        let (addr, stop) = serving().await;
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 64];
+        // Paused time runs ahead while nothing else can happen: no real wait.
+        let read = tokio::time::timeout(HEADER_READ_TIMEOUT * 6, silent.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "still open: {read:?}");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn only_get_and_head_are_answered() {
+        let (addr, stop) = serving().await;
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"DELETE /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 405") && answer.ends_with("GET or HEAD only\n"),
+            "{answer}"
+        );
+        stop.cancel();
     }
 }

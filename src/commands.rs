@@ -97,6 +97,10 @@ fn observe(
 ) -> Result<Otel> {
     let otel = Otel::start(telemetry, admin.listen.is_some(), Service { name, instance })?;
     telemetry::init(format, Some(&otel));
+    if let Some(endpoint) = &telemetry.otlp_endpoint {
+        // The collector is dialled lazily: say at start where spans and metrics will go.
+        tracing::info!(%endpoint, sampling_ratio = telemetry.sampling_ratio, "exporting traces and metrics over OTLP/gRPC");
+    }
     Ok(otel)
 }
 

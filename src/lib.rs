@@ -20,6 +20,7 @@ pub mod doctor;
 pub mod duration;
 pub mod forward;
 pub mod headers;
+pub mod idle;
 pub mod impersonation;
 pub mod overview;
 pub mod proto;

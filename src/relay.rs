@@ -7,7 +7,6 @@ mod clusters;
 mod door;
 mod fleet;
 mod front;
-mod idle;
 mod keys;
 mod limits;
 mod observed;

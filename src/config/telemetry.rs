@@ -41,7 +41,9 @@ impl TelemetryConfig {
             let uri: http::Uri = endpoint
                 .parse()
                 .map_err(|_| format!("telemetry.otlp_endpoint: {endpoint:?} is not a URL"))?;
-            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            // A path is OTLP over HTTP's (`/v1/traces`, port 4318): gRPC would fail at every export.
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            if uri.scheme_str() != Some("http") || uri.host().is_none() || path != "/" {
                 return Err(format!(
                     "telemetry.otlp_endpoint: {endpoint:?}: use http://HOST:PORT (OTLP over gRPC; a collector next to \
                      the relay or agent, such as a sidecar or node agent)"
@@ -119,5 +121,24 @@ mod tests {
                 .is_ok()
         );
         assert!(admin("127.0.0.1:8443").validate(&[any]).is_ok());
+    }
+
+    #[test]
+    fn the_otlp_endpoint_is_a_grpc_collector_over_http_without_a_path() {
+        let endpoint = |e: &str| TelemetryConfig {
+            otlp_endpoint: Some(e.into()),
+            ..TelemetryConfig::default()
+        };
+        assert!(endpoint("http://127.0.0.1:4317").validate().is_ok());
+        assert!(endpoint("http://collector:4317/").validate().is_ok());
+        for bad in [
+            "https://collector:4317",
+            "collector:4317",
+            "http://127.0.0.1:4318/v1/traces",
+            "http://c:4317/?x=1",
+        ] {
+            let error = endpoint(bad).validate().unwrap_err();
+            assert!(error.contains("use http://HOST:PORT"), "{bad}: {error}");
+        }
     }
 }

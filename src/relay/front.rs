@@ -28,11 +28,11 @@ use tracing::{Instrument, debug, info_span};
 
 use super::RelayState;
 use super::door::Door;
-use super::idle::Activity;
 use super::path::{Peer, RequestPath, bounded, request_path};
 use super::refusal::Refusal;
 use super::stall::{Delivery, Stalls};
 use crate::body::{self, Body, full};
+use crate::idle::Activity;
 
 /// Where the relay publishes the public half of its assertion key, for agents to trust.
 pub const ASSERTION_JWKS_PATH: &str = "/.well-known/hawser/assertion-jwks.json";

@@ -50,9 +50,45 @@ pub fn observe(state: &Arc<RelayState>, stats: &Arc<ListenerStats>) -> Observed 
             .with_callback(move |observer| observer.observe(i64::from(fleet.registry_reachable()), &[]))
             .build()
     });
+    let clusters = state.clusters.clone();
     Observed {
-        _tunnels: observe_tunnels(move || registry.tunnel_counts()),
+        _tunnels: observe_tunnels(move || with_zeros(registry.tunnel_counts(), clusters.current().names())),
         _handshakes: handshakes,
         _registry: registry_up,
+    }
+}
+
+/// `counts` with a 0 for every configured cluster and transport it lacks: a series that vanished
+/// when a cluster's last tunnel ended would show a gap, and `hawser_tunnels == 0` could never alert.
+fn with_zeros<'a>(
+    counts: Vec<(String, &'static str, i64)>,
+    configured: impl Iterator<Item = &'a str>,
+) -> Vec<(String, &'static str, i64)> {
+    let mut all: std::collections::BTreeMap<(String, &'static str), i64> =
+        counts.into_iter().map(|(c, t, n)| ((c, t), n)).collect();
+    for cluster in configured {
+        for transport in ["quic", "tcp"] {
+            all.entry((cluster.to_owned(), transport)).or_insert(0);
+        }
+    }
+    all.into_iter().map(|((c, t), n)| (c, t, n)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_configured_cluster_and_transport_is_counted_even_at_zero() {
+        let counts = with_zeros(vec![("dev".into(), "quic", 2)], ["dev", "prod"].into_iter());
+        assert_eq!(
+            counts,
+            vec![
+                ("dev".into(), "quic", 2),
+                ("dev".into(), "tcp", 0),
+                ("prod".into(), "quic", 0),
+                ("prod".into(), "tcp", 0),
+            ]
+        );
     }
 }

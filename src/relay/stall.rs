@@ -3,7 +3,7 @@
 //! Threat: a caller that stops reading holds a connection, and every request on it, for as long as
 //! it likes. Over HTTP/2 it leaves its stream windows at 0; over HTTP/1.1 (or HTTP/2) it leaves its
 //! TCP window at 0. The responses cannot be delivered, so their requests stay in flight and
-//! [`super::idle::Activity`] never closes the connection; unauthenticated requests (401, 429) are
+//! [`crate::idle::Activity`] never closes the connection; unauthenticated requests (401, 429) are
 //! enough.
 //!
 //! Design: each response body is *waiting on the caller* from the moment it is handed to hyper

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 
 use crate::support::Testbed;
-use crate::support::hawser::{AgentCredential, CLUSTER, Extra, Hawser};
+use crate::support::hawser::{CLUSTER, Extra, Hawser};
 use crate::support::https;
 use crate::support::net::{free_port, http};
 use crate::support::process::wait_for;

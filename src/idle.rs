@@ -1,4 +1,4 @@
-//! Closes caller connections that hold no request for too long.
+//! Closes connections that hold no request for too long: the callers' and the admin listener's.
 //!
 //! hyper's `header_read_timeout` guards an HTTP/1.1 request head once its first bytes have
 //! arrived. It does not guard the bytes before that (a TLS connection that then sends nothing
