@@ -173,6 +173,7 @@ pub async fn serve(listener: Listener, stopping: watch::Receiver<bool>) {
         // spend another's budget.
         if sessions.hello_failures.is_spent(incoming.remote_address().ip()) {
             stats.throttled.fetch_add(1, Ordering::Relaxed);
+            sessions.refusal_log.throttled(incoming.remote_address().ip(), "quic");
             incoming.ignore();
             continue;
         }

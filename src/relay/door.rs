@@ -77,7 +77,7 @@ impl Door {
             return debug!("agent over tcp while stopping; closed");
         }
         if self.sessions.hello_failures.is_spent(peer.ip()) {
-            return debug!("agent source out of hello failures; closed before the handshake");
+            return self.sessions.refusal_log.throttled(peer.ip(), "tcp");
         }
         let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
             return debug!("handshake limit reached; agent over tcp closed");

@@ -13,6 +13,12 @@ use crate::config::AgentConfig;
 use crate::relay::close_code;
 use crate::tunnel::DialError;
 
+/// A relay ignores a source that failed too many hellos, doctor's runs with a bad token included:
+/// an ignored attempt looks like a relay that is not there.
+const THROTTLED: &str = "or this host's failed hellos (a wrong agent token, here or in earlier \
+    doctor runs) passed the relay's limits.agent_hello_failures_per_minute: wait a minute (the relay \
+    logs \"agent attempt ignored\")";
+
 /// How the relay's certificate was accepted, as the configuration asks.
 pub(super) fn trusted(config: &AgentConfig) -> &'static str {
     match (&config.relay.ca_file, config.relay.pinned_key_sha256.is_empty()) {
@@ -31,9 +37,10 @@ pub(super) fn quic(e: &SessionError, prober: &Prober, config: &AgentConfig, dead
                 "no QUIC handshake with {address} over UDP within {} s",
                 deadline.as_secs()
             ),
-            "check relay.address and that the relay listens there; where UDP to it is blocked, use \
-             relay.transport = \"tcp\" (or \"auto\", which falls back to TCP)"
-                .into(),
+            format!(
+                "check relay.address and that the relay listens there; where UDP to it is blocked, use \
+                 relay.transport = \"tcp\" (or \"auto\", which falls back to TCP); {THROTTLED}"
+            ),
         );
     }
     if let Some(refusal) = prober.refusals.last() {
@@ -66,7 +73,7 @@ pub(super) fn tcp(e: &SessionError, prober: &Prober, config: &AgentConfig) -> (S
         SessionError::Resolve(..) => (e.to_string(), "check relay.tcp_address (unset: relay.address)".into()),
         SessionError::Tls(error) => (
             format!("TLS handshake: {error}"),
-            "check that relay.tcp_address is the relay's callers' port (it takes ALPN hawser/1)".into(),
+            format!("check that relay.tcp_address is the relay's callers' port (it takes ALPN hawser/1); {THROTTLED}"),
         ),
         e => (e.to_string(), "check relay.tcp_address and relay.server_name".into()),
     }

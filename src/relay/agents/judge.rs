@@ -89,4 +89,17 @@ impl RefusalLog {
             warn!(cluster = %cluster, agent = %instance, reason = why, suppressed, "agent refused");
         }
     }
+
+    /// An attempt ignored because its source spent its hello failures: an agent (or `hawser
+    /// doctor`) there is locked out until they refill, which its operator cannot see otherwise.
+    pub(crate) fn throttled(&self, source: std::net::IpAddr, transport: &str) {
+        if let Some(suppressed) = self.0.take() {
+            warn!(
+                net.peer.address = %source,
+                transport,
+                suppressed,
+                "agent attempt ignored: this address spent its hello failures (limits.agent_hello_failures_per_minute)"
+            );
+        }
+    }
 }
