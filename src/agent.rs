@@ -218,6 +218,10 @@ pub async fn run(config: AgentConfig, metrics: Option<prometheus::Registry>) -> 
         }
     }
     let dialer = link::Dialer::new(&config, &token)?;
+    // The agent's counters over a fixed set start at 0, so that `rate()` sees their first event.
+    let counters = crate::telemetry::metrics::metrics();
+    crate::telemetry::metrics::start_at_zero::<failure::Reason>(&counters.refusals);
+    crate::telemetry::metrics::start_at_zero::<tunnels::Cause>(&counters.reconnects);
     let observed = state.clone();
     let _tunnels = crate::telemetry::metrics::observe_tunnels(move || {
         let [quic, tcp] = observed.tunnels();

@@ -1,11 +1,40 @@
 //! Every way the agent turns a request down or fails it, as one typed error, and the one function
 //! that decides each one's HTTP status, Kubernetes reason and failed-authentication mark
-//! ([`Failure::status`]).
+//! ([`Failure::status`]), and its reason in the `hawser.refusals` metric ([`Failure::reason`]).
 
 use std::time::Duration;
 
 use crate::auth::AuthError;
 use crate::status::{AuthFailure, HttpError};
+use crate::telemetry::metrics::attribute_values;
+
+attribute_values! {
+    /// The kind of an agent's own answer: `hawser.reason` of `hawser.refusals` at the agent.
+    pub enum Reason: "hawser.reason" {
+        /// 405.
+        MethodNotAllowed = "method_not_allowed",
+        /// 400.
+        BadRequest = "bad_request",
+        /// 401: a credential of the other trust model.
+        OtherCredential = "other_credential",
+        /// 401: the relay assertion or the caller's token failed its checks.
+        Unauthenticated = "unauthenticated",
+        /// 503: the issuer's keys are out of reach.
+        IssuerUnavailable = "issuer_unavailable",
+        /// 401: the cluster token is malformed, refused by TokenReview, or cannot be sent on.
+        ClusterTokenRefused = "cluster_token_refused",
+        /// 503: TokenReview could not be asked.
+        ReviewUnavailable = "review_unavailable",
+        /// 429: the caller's TokenReviews are used up for now.
+        ReviewsExhausted = "reviews_exhausted",
+        /// 403: a cluster token where the mode takes none, or none where it takes only those.
+        WrongMode = "wrong_mode",
+        /// 500.
+        Internal = "internal",
+        /// 502.
+        BadGateway = "bad_gateway",
+    }
+}
 
 /// Why the agent answers a request itself.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -88,6 +117,34 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// The kind of answer, for the `hawser.refusals` metric.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Connect => Reason::MethodNotAllowed,
+            Self::Undecodable(_) | Self::SeveralClusterTokens | Self::BadPath(_) => Reason::BadRequest,
+            Self::OtherCredential { .. } => Reason::OtherCredential,
+            Self::Unauthenticated {
+                error: AuthError::ProviderUnavailable(_),
+                ..
+            } => Reason::IssuerUnavailable,
+            Self::Unauthenticated { .. } => Reason::Unauthenticated,
+            Self::MalformedClusterToken | Self::ClusterTokenRefused(_) | Self::UnforwardableClusterToken(_) => {
+                Reason::ClusterTokenRefused
+            }
+            Self::ReviewUnavailable(_) => Reason::ReviewUnavailable,
+            Self::ReviewsExhausted { .. } => Reason::ReviewsExhausted,
+            Self::PassthroughOff | Self::IdentityOff => Reason::WrongMode,
+            Self::NoAgentCredential(_) | Self::Inexpressible(_) | Self::Miswired(_) => Reason::Internal,
+            Self::ApiserverSilent(_) | Self::UnaskedUpgrade => Reason::BadGateway,
+        }
+    }
+
+    /// The answer to the relay: the Status of [`Failure::status`], counted in `hawser.refusals`.
+    pub fn answer(&self) -> HttpError {
+        crate::telemetry::metrics::metrics().refused(self.reason());
+        self.status()
+    }
+
     /// The one place that decides each failure's status code, reason and mark.
     pub fn status(&self) -> HttpError {
         let message = self.to_string();
@@ -118,6 +175,8 @@ impl Failure {
 #[cfg(test)]
 mod tests {
     use http::StatusCode;
+
+    use crate::telemetry::metrics::Values;
 
     use super::*;
 
@@ -172,5 +231,77 @@ mod tests {
             let status = failure.status();
             assert_eq!((status.code, status.auth_failed), (code, mark), "{failure}");
         }
+    }
+
+    /// One failure of each kind; the match below fails to compile when a kind is added, so that
+    /// it gets a sample here too.
+    fn one_of_each() -> Vec<Failure> {
+        let x = || "x".to_owned();
+        let all = vec![
+            Failure::Connect,
+            Failure::Undecodable(x()),
+            Failure::OtherCredential { takes_assertions: true },
+            Failure::Unauthenticated {
+                error: AuthError::Expired,
+                caller_token: false,
+            },
+            Failure::Unauthenticated {
+                error: AuthError::ProviderUnavailable(x()),
+                caller_token: false,
+            },
+            Failure::SeveralClusterTokens,
+            Failure::MalformedClusterToken,
+            Failure::ClusterTokenRefused(x()),
+            Failure::ReviewUnavailable(x()),
+            Failure::ReviewsExhausted {
+                caller: x(),
+                per_minute: 1,
+                wait: Duration::from_secs(1),
+            },
+            Failure::PassthroughOff,
+            Failure::IdentityOff,
+            Failure::UnforwardableClusterToken(x()),
+            Failure::NoAgentCredential(x()),
+            Failure::Inexpressible(x()),
+            Failure::BadPath(x()),
+            Failure::ApiserverSilent(x()),
+            Failure::UnaskedUpgrade,
+            Failure::Miswired("x"),
+        ];
+        let mut kinds = std::collections::HashSet::new();
+        for failure in &all {
+            let kind = match failure {
+                Failure::Connect => 0,
+                Failure::Undecodable(_) => 1,
+                Failure::OtherCredential { .. } => 2,
+                Failure::Unauthenticated { .. } => 3,
+                Failure::SeveralClusterTokens => 4,
+                Failure::MalformedClusterToken => 5,
+                Failure::ClusterTokenRefused(_) => 6,
+                Failure::ReviewUnavailable(_) => 7,
+                Failure::ReviewsExhausted { .. } => 8,
+                Failure::PassthroughOff => 9,
+                Failure::IdentityOff => 10,
+                Failure::UnforwardableClusterToken(_) => 11,
+                Failure::NoAgentCredential(_) => 12,
+                Failure::Inexpressible(_) => 13,
+                Failure::BadPath(_) => 14,
+                Failure::ApiserverSilent(_) => 15,
+                Failure::UnaskedUpgrade => 16,
+                Failure::Miswired(_) => 17,
+            };
+            kinds.insert(kind);
+        }
+        assert_eq!(kinds.len(), 18, "a sample of every kind of failure");
+        all
+    }
+
+    #[test]
+    fn every_reason_is_some_failures_and_in_the_docs_at_the_agent() {
+        let given: Vec<Reason> = one_of_each().iter().map(Failure::reason).collect();
+        for reason in Reason::ALL {
+            assert!(given.contains(reason), "no failure has the reason {reason:?}");
+        }
+        crate::telemetry::metrics::tests::documented::<Reason>("agent");
     }
 }

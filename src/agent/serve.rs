@@ -123,7 +123,7 @@ async fn exchange<S: SendHalf, R: RecvHalf>(
         Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => match recv.filter(|_| upgrade) {
             Some(recv) => switch(resp, send, recv, audit).await,
             None => {
-                let e = Failure::UnaskedUpgrade.status();
+                let e = Failure::UnaskedUpgrade.answer();
                 audit.status(e.code.as_u16());
                 respond(e.into_response(), &mut send).await;
             }
@@ -133,7 +133,7 @@ async fn exchange<S: SendHalf, R: RecvHalf>(
             respond(resp.map(|body| audit.count(boxed(body), false)), &mut send).await;
         }
         Err(e) => {
-            let e = e.status();
+            let e = e.answer();
             audit.status(e.code.as_u16());
             respond(e.into_response(), &mut send).await;
         }

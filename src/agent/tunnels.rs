@@ -18,6 +18,7 @@ use super::backoff::{Backoff, QUICK_REDIALS, quick_redial_wait};
 use super::{AgentState, SessionError, link, serve};
 use crate::config::{AgentConfig, Transport};
 use crate::proto::Notice;
+use crate::telemetry::metrics::{self, attribute_values};
 use crate::tunnel;
 
 /// Which relay each of the agent's tunnels holds.
@@ -181,7 +182,7 @@ async fn keep(
                     gone,
                 });
                 same_relay = 0;
-                reconnect("moved");
+                reconnect(Cause::Moved);
                 continue;
             }
             Ok(Ended::Closed(reason)) => {
@@ -189,21 +190,21 @@ async fn keep(
                 same_relay = 0;
                 let wait = backoff.next_wait(uptime, &mut rand::rng());
                 info!(%reason, ?uptime, ?wait, "tunnel closed; reconnecting");
-                reconnect("closed");
+                reconnect(Cause::Closed);
                 wait
             }
             Err(e) if e.elsewhere() && same_relay < QUICK_REDIALS => {
                 same_relay += 1;
                 let wait = quick_redial_wait(&mut rand::rng());
                 debug!(error = %e, ?wait, "refused by a relay that is draining or holds another tunnel; dialling again");
-                reconnect("relay_elsewhere");
+                reconnect(Cause::RelayElsewhere);
                 wait
             }
             Err(e) => {
                 same_relay = 0;
                 let wait = backoff.next_wait(uptime, &mut rand::rng());
                 warn!(error = %e, ?wait, "tunnel attempt failed; retrying");
-                reconnect("failed");
+                reconnect(Cause::Failed);
                 wait
             }
         };
@@ -211,11 +212,23 @@ async fn keep(
     }
 }
 
+attribute_values! {
+    /// Why the agent dials again: `hawser.cause` of `hawser.agent.reconnects`.
+    pub enum Cause: "hawser.cause" {
+        /// A tunnel that was up ended.
+        Closed = "closed",
+        /// An attempt failed; the agent backs off.
+        Failed = "failed",
+        /// A relay that is draining or holds another of the agent's tunnels refused it.
+        RelayElsewhere = "relay_elsewhere",
+        /// The relay asked the tunnel to move.
+        Moved = "moved",
+    }
+}
+
 /// Counts an attempt after a tunnel ended or an attempt failed, by `cause`.
-fn reconnect(cause: &'static str) {
-    crate::telemetry::metrics::metrics()
-        .reconnects
-        .add(1, &[opentelemetry::KeyValue::new("hawser.cause", cause)]);
+fn reconnect(cause: Cause) {
+    metrics::count(&metrics::metrics().reconnects, cause);
 }
 
 /// Where a tunnel goes among the agent's others.

@@ -173,7 +173,12 @@ async fn connection(
 /// Only a forwarded long-running stream may reach the caller at its own pace (`Delivery`), so
 /// nothing the relay answers itself can.
 async fn handle(state: &RelayState, path: RequestPath, mut req: Request<Body>, peer: SocketAddr) -> Response<Body> {
-    let refused = |e: Refusal| bounded(e.status().into_response());
+    // Refusals before the request path are in `hawser.refusals` too (not in `hawser.requests`:
+    // no audit record is opened for them).
+    let refused = |e: Refusal| {
+        crate::telemetry::metrics::metrics().refused(e.reason());
+        bounded(e.status().into_response())
+    };
     if req.method() == http::Method::CONNECT {
         return refused(Refusal::Connect);
     }

@@ -1,6 +1,7 @@
 //! The relay's metrics read at each collection rather than recorded as they change: agent
 //! tunnels (from the session registry), agent handshakes (from the QUIC listener's counts) and,
-//! in a fleet, the registry's health. Nothing on the request path pays for them.
+//! in a fleet, the registry's health. Nothing on the request path pays for them. Also where the
+//! relay's counters over a fixed set start at 0.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,7 +11,9 @@ use opentelemetry::metrics::{ObservableCounter, ObservableGauge, ObservableUpDow
 
 use super::RelayState;
 use super::agents::ListenerStats;
-use crate::telemetry::metrics::{meter, observe_tunnels};
+use super::refusal::Reason;
+use super::route::Forward;
+use crate::telemetry::metrics::{meter, metrics, observe_tunnels, start_at_zero};
 
 /// The relay's observed instruments; their callbacks stay registered while it lives.
 pub struct Observed {
@@ -19,8 +22,14 @@ pub struct Observed {
     _registry: Option<ObservableGauge<i64>>,
 }
 
-/// Registers the relay's observed instruments.
+/// Registers the relay's observed instruments, and makes the series of its counters over a fixed
+/// set exist at 0 (refusals by reason; in a fleet, forwards by result).
 pub fn observe(state: &Arc<RelayState>, stats: &Arc<ListenerStats>) -> Observed {
+    let counters = metrics();
+    start_at_zero::<Reason>(&counters.refusals);
+    if state.fleet.is_some() {
+        start_at_zero::<Forward>(&counters.forwards);
+    }
     let registry = state.registry.clone();
     let stats = stats.clone();
     let handshakes = meter()

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::auth::AuthError;
 use crate::status::HttpError;
+use crate::telemetry::metrics::attribute_values;
 use crate::transport::StreamError;
 use crate::wire;
 
@@ -161,28 +162,66 @@ pub enum Refusal {
     Miswired(&'static str),
 }
 
+attribute_values! {
+    /// The kind of a relay's refusal: `hawser.reason` of `hawser.refusals` at the relay.
+    pub enum Reason: "hawser.reason" {
+        /// 405.
+        MethodNotAllowed = "method_not_allowed",
+        /// 404 for a path the relay does not serve.
+        NotFound = "not_found",
+        /// 400.
+        BadRequest = "bad_request",
+        /// 404 for a cluster nobody configured.
+        UnknownCluster = "unknown_cluster",
+        /// 429: the source failed to authenticate too often.
+        SourceThrottled = "source_throttled",
+        /// 503: the token's issuer's keys are out of reach.
+        IssuerUnavailable = "issuer_unavailable",
+        /// 401.
+        Unauthenticated = "unauthenticated",
+        /// 401: a token not for the cluster asked for.
+        TokenNotForCluster = "token_not_for_cluster",
+        /// 403.
+        Forbidden = "forbidden",
+        /// 500.
+        Internal = "internal",
+        /// 503: no agent anywhere.
+        Offline = "offline",
+        /// 429: the caller's requests in flight.
+        CallerBusy = "caller_busy",
+        /// 503: no stream free on the tunnel.
+        Saturated = "saturated",
+        /// 503: the stream to the agent failed.
+        Unreachable = "unreachable",
+        /// 503: the relays that hold the cluster did not answer.
+        PeerUnreachable = "peer_unreachable",
+        /// 502.
+        BadGateway = "bad_gateway",
+    }
+}
+
 impl Refusal {
-    /// A fixed name of the kind of refusal, for the `hawser.refusals` metric.
-    pub fn reason(&self) -> &'static str {
+    /// The kind of refusal, for the `hawser.refusals` metric.
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::Connect | Self::ReportMethod(_) => "method_not_allowed",
-            Self::NoIssuer | Self::NoAssertions | Self::NotAClusterPath(_) => "not_found",
-            Self::Undecodable | Self::MalformedPath | Self::Unsendable(_) => "bad_request",
-            Self::UnknownCluster(_) => "unknown_cluster",
-            Self::SourceThrottled(_) => "source_throttled",
-            Self::Auth(AuthError::ProviderUnavailable(_)) => "issuer_unavailable",
-            Self::Auth(_) => "unauthenticated",
+            Self::Connect | Self::ReportMethod(_) => Reason::MethodNotAllowed,
+            Self::NoIssuer | Self::NoAssertions | Self::NotAClusterPath(_) => Reason::NotFound,
+            Self::Undecodable | Self::MalformedPath | Self::Unsendable(_) => Reason::BadRequest,
+            Self::UnknownCluster(_) => Reason::UnknownCluster,
+            Self::SourceThrottled(_) => Reason::SourceThrottled,
+            Self::Auth(AuthError::ProviderUnavailable(_)) => Reason::IssuerUnavailable,
+            Self::Auth(_) => Reason::Unauthenticated,
             Self::NotForCluster { .. } | Self::AlsoGoodElsewhere { .. } | Self::BoundElsewhere { .. } => {
-                "token_not_for_cluster"
+                Reason::TokenNotForCluster
             }
-            Self::Forbidden { .. } | Self::NotAdmin { .. } => "forbidden",
-            Self::CannotVouch(_) | Self::CannotReport(_) | Self::Miswired(_) => "internal",
-            Self::Offline(_) => "offline",
-            Self::CallerBusy { .. } => "caller_busy",
-            Self::Saturated { .. } => "saturated",
-            Self::Unreachable { .. } | Self::AgentShutdown { .. } => "unreachable",
-            Self::PeerUnreachable { .. } => "peer_unreachable",
-            Self::NoAnswer { .. } | Self::UnaskedUpgrade(_) => "bad_gateway",
+            Self::Forbidden { .. } | Self::NotAdmin { .. } => Reason::Forbidden,
+            Self::CannotVouch(_) | Self::CannotReport(_) | Self::Miswired(_) => Reason::Internal,
+            Self::Offline(_) => Reason::Offline,
+            Self::CallerBusy { .. } => Reason::CallerBusy,
+            Self::Saturated { .. } => Reason::Saturated,
+            Self::Unreachable { .. } | Self::AgentShutdown { .. } => Reason::Unreachable,
+            Self::PeerUnreachable { .. } => Reason::PeerUnreachable,
+            Self::NoAnswer { .. } | Self::UnaskedUpgrade(_) => Reason::BadGateway,
         }
     }
 
@@ -225,6 +264,8 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use http::StatusCode;
+
+    use crate::telemetry::metrics::Values;
 
     use super::*;
 
@@ -309,5 +350,113 @@ mod tests {
         }
         let throttled = Refusal::SourceThrottled(Duration::from_secs(7)).status();
         assert_eq!(throttled.retry_after_secs, Some(7));
+    }
+
+    /// One refusal of each kind; the match below fails to compile when a kind is added, so that
+    /// it gets a sample here too.
+    fn one_of_each() -> Vec<Refusal> {
+        let c = || "prod".to_owned();
+        let all = vec![
+            Refusal::Connect,
+            Refusal::NoIssuer,
+            Refusal::NoAssertions,
+            Refusal::NotAClusterPath("/x".into()),
+            Refusal::Undecodable,
+            Refusal::MalformedPath,
+            Refusal::UnknownCluster(c()),
+            Refusal::SourceThrottled(Duration::from_secs(1)),
+            Refusal::Auth(AuthError::Missing),
+            Refusal::Auth(AuthError::ProviderUnavailable("down".into())),
+            Refusal::Forbidden {
+                cluster: c(),
+                user: "u".into(),
+            },
+            Refusal::NotAdmin { user: "u".into() },
+            Refusal::ReportMethod(http::Method::POST),
+            Refusal::CannotReport("x".into()),
+            Refusal::NotForCluster {
+                cluster: c(),
+                audience: "a".into(),
+            },
+            Refusal::AlsoGoodElsewhere {
+                cluster: c(),
+                other: "dev".into(),
+                audience: "a".into(),
+            },
+            Refusal::BoundElsewhere {
+                cluster: c(),
+                other: "dev".into(),
+            },
+            Refusal::CannotVouch("x".into()),
+            Refusal::Offline(c()),
+            Refusal::CallerBusy {
+                user: "u".into(),
+                limit: 1,
+            },
+            Refusal::Saturated {
+                cluster: c(),
+                wait: Duration::from_secs(1),
+            },
+            Refusal::Unreachable {
+                cluster: c(),
+                error: StreamError::Reset(1),
+            },
+            Refusal::Unsendable(wire::HeadError::Ended),
+            Refusal::AgentShutdown { cluster: c(), code: 3 },
+            Refusal::PeerUnreachable {
+                cluster: c(),
+                why: "x".into(),
+            },
+            Refusal::NoAnswer {
+                cluster: c(),
+                why: "x".into(),
+            },
+            Refusal::UnaskedUpgrade(c()),
+            Refusal::Miswired("x"),
+        ];
+        let mut kinds = std::collections::HashSet::new();
+        for refusal in &all {
+            let kind = match refusal {
+                Refusal::Connect => 0,
+                Refusal::NoIssuer => 1,
+                Refusal::NoAssertions => 2,
+                Refusal::NotAClusterPath(_) => 3,
+                Refusal::Undecodable => 4,
+                Refusal::MalformedPath => 5,
+                Refusal::UnknownCluster(_) => 6,
+                Refusal::SourceThrottled(_) => 7,
+                Refusal::Auth(_) => 8,
+                Refusal::Forbidden { .. } => 9,
+                Refusal::NotAdmin { .. } => 10,
+                Refusal::ReportMethod(_) => 11,
+                Refusal::CannotReport(_) => 12,
+                Refusal::NotForCluster { .. } => 13,
+                Refusal::AlsoGoodElsewhere { .. } => 14,
+                Refusal::BoundElsewhere { .. } => 15,
+                Refusal::CannotVouch(_) => 16,
+                Refusal::Offline(_) => 17,
+                Refusal::CallerBusy { .. } => 18,
+                Refusal::Saturated { .. } => 19,
+                Refusal::Unreachable { .. } => 20,
+                Refusal::Unsendable(_) => 21,
+                Refusal::AgentShutdown { .. } => 22,
+                Refusal::PeerUnreachable { .. } => 23,
+                Refusal::NoAnswer { .. } => 24,
+                Refusal::UnaskedUpgrade(_) => 25,
+                Refusal::Miswired(_) => 26,
+            };
+            kinds.insert(kind);
+        }
+        assert_eq!(kinds.len(), 27, "a sample of every kind of refusal");
+        all
+    }
+
+    #[test]
+    fn every_reason_is_some_refusals_and_in_the_docs_at_the_relay() {
+        let given: Vec<Reason> = one_of_each().iter().map(Refusal::reason).collect();
+        for reason in Reason::ALL {
+            assert!(given.contains(reason), "no refusal has the reason {reason:?}");
+        }
+        crate::telemetry::metrics::tests::documented::<Reason>("relay");
     }
 }

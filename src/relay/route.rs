@@ -19,7 +19,21 @@ use crate::auth::Caller;
 use crate::body::Body;
 use crate::proto::Credential;
 use crate::step::StepFuture;
+use crate::telemetry::metrics::{self, attribute_values};
 use crate::telemetry::trace_context::{Sampled, request_span};
+
+attribute_values! {
+    /// What became of a request for a cluster whose tunnels this relay does not hold:
+    /// `hawser.result` of `hawser.peer.forwards`.
+    pub enum Forward: "hawser.result" {
+        /// A peer relay took it.
+        Forwarded = "forwarded",
+        /// No relay holds the cluster (503 offline).
+        NoneHolds = "none_holds",
+        /// Relays hold it and none answered (503).
+        Unreachable = "unreachable",
+    }
+}
 
 /// Routes a request to its cluster's agent over a new stream.
 #[derive(Clone)]
@@ -76,13 +90,11 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
             let fleet = state.fleet.as_ref().ok_or_else(|| Refusal::Offline(cluster.clone()))?;
             let forwarded = fleet.forward(&cluster, wait).await;
             let result = match &forwarded {
-                Ok(_) => "forwarded",
-                Err(NoPeer::NoneHolds) => "none_holds",
-                Err(NoPeer::Unreachable(_)) => "unreachable",
+                Ok(_) => Forward::Forwarded,
+                Err(NoPeer::NoneHolds) => Forward::NoneHolds,
+                Err(NoPeer::Unreachable(_)) => Forward::Unreachable,
             };
-            crate::telemetry::metrics::metrics()
-                .forwards
-                .add(1, &[opentelemetry::KeyValue::new("hawser.result", result)]);
+            metrics::count(&metrics::metrics().forwards, result);
             let forwarded = forwarded.map_err(|no| match no {
                 NoPeer::NoneHolds => Refusal::Offline(cluster.clone()),
                 NoPeer::Unreachable(errors) => Refusal::PeerUnreachable {

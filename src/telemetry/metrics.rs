@@ -10,6 +10,49 @@ use std::sync::OnceLock;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableUpDownCounter, UpDownCounter};
 
+/// The values of a metric attribute that is a fixed set: a counter over it can show every value
+/// at 0 from the start ([`start_at_zero`]), so `rate()` sees its first event.
+pub trait Values: Copy + 'static {
+    /// The attribute's key.
+    const KEY: &'static str;
+    /// Every value.
+    const ALL: &'static [Self];
+    /// The value as exported.
+    fn as_str(self) -> &'static str;
+    /// The attribute.
+    fn attribute(self) -> KeyValue {
+        KeyValue::new(Self::KEY, self.as_str())
+    }
+}
+
+/// Defines an enum of an attribute's fixed values and its [`Values`]: `ALL` is written from the
+/// same list as the variants, so no value can be left out of it.
+macro_rules! attribute_values {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident: $key:literal {
+            $($(#[$vmeta:meta])* $variant:ident = $value:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $crate::telemetry::metrics::Values for $name {
+            const KEY: &'static str = $key;
+            const ALL: &'static [Self] = &[$(Self::$variant),+];
+            fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $value,)+
+                }
+            }
+        }
+    };
+}
+pub(crate) use attribute_values;
+
 /// The buckets of request durations, in seconds: 1 ms to 1 minute.
 const DURATION_BUCKETS: [f64; 16] = [
     0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 60.0,
@@ -141,9 +184,9 @@ pub struct Outcome<'a> {
 }
 
 impl Metrics {
-    /// Records a request the relay answered itself, for `reason`.
-    pub fn refused(&self, reason: &'static str) {
-        self.refusals.add(1, &[KeyValue::new("hawser.reason", reason)]);
+    /// Records a request the process answered itself, for `reason`.
+    pub fn refused(&self, reason: impl Values) {
+        self.refusals.add(1, &[reason.attribute()]);
     }
 
     /// Records a request that has begun.
@@ -184,6 +227,20 @@ impl Metrics {
     }
 }
 
+/// Counts one event of `value` in `counter`.
+pub fn count(counter: &Counter<u64>, value: impl Values) {
+    counter.add(1, &[value.attribute()]);
+}
+
+/// Makes `counter`'s series of every value of `V` exist at 0, so that a first event is a rise
+/// from 0 that `rate()` sees, not a new series at 1 (the SDK's cumulative sum keeps a series from
+/// its first `add`, of 0 too).
+pub fn start_at_zero<V: Values>(counter: &Counter<u64>) {
+    for value in V::ALL {
+        counter.add(0, &[value.attribute()]);
+    }
+}
+
 /// `verb` if it is one the apiserver knows, else `"other"`: a non-resource request's verb is its
 /// method, which a caller may make up.
 pub(crate) fn bounded_verb(verb: &str) -> &'static str {
@@ -206,8 +263,29 @@ pub(crate) fn bounded_verb(verb: &str) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Checks that every value of `V` is distinct and has its row in the refusal table of
+    /// docs/observability.md, `side` (`relay`, `agent`) among those that record it.
+    pub(crate) fn documented<V: Values + std::fmt::Debug>(side: &str) {
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/observability.md"))
+            .expect("docs/observability.md");
+        let mut seen = std::collections::HashSet::new();
+        for value in V::ALL {
+            let name = value.as_str();
+            assert!(seen.insert(name), "{name} twice in {}", V::KEY);
+            let row = docs
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{name}` |")))
+                .unwrap_or_else(|| panic!("{name} ({value:?}) has no row in docs/observability.md"));
+            let sides = row.split('|').nth(3).unwrap_or_default();
+            assert!(
+                sides.contains(side),
+                "{name}: docs/observability.md does not say the {side} records it"
+            );
+        }
+    }
 
     #[test]
     fn a_made_up_verb_is_other() {

@@ -33,19 +33,25 @@ const UNSERVED: &str = "unserved";
 /// How long Prometheus (scraping every second) may take to show what the load did.
 const SCRAPE_DEADLINE: Duration = Duration::from_secs(20);
 
-/// What a panel must show after the load, beyond some data: (panel id, target, label, value).
-/// Panel ids are stable in the dashboard.
-const EXPECTED: &[(u64, &str, &str, &str)] = &[
-    (2, "A", "hawser_cluster", SERVED),
-    (3, "A", "hawser_cluster", UNSERVED),
-    (3, "B", "hawser_cluster", SERVED),
-    (8, "A", "hawser_reason", "unauthenticated"),
-    (8, "A", "hawser_reason", "offline"),
-    (10, "A", "network_transport", "quic"),
-    (12, "A", "hawser_result", "accepted"),
-    (13, "A", "hawser_cause", "closed"),
-    (18, "A", "hawser_result", "forwarded"),
-    (18, "A", "hawser_result", "none_holds"),
+/// What a panel must show after the load, beyond some data: (panel id, target, label, value,
+/// whether that series must be above 0). Panel ids are stable in the dashboard. A refusal's rate
+/// is above 0 after a single one: its series was scraped at 0 before it.
+const EXPECTED: &[(u64, &str, &str, &str, bool)] = &[
+    (2, "A", "hawser_cluster", SERVED, false),
+    (3, "A", "hawser_cluster", UNSERVED, false),
+    (3, "B", "hawser_cluster", SERVED, false),
+    (8, "A", "hawser_reason", "unauthenticated", true),
+    (8, "A", "hawser_reason", "offline", true),
+    (8, "A", "hawser_reason", "caller_busy", false),
+    (8, "B", "hawser_reason", "wrong_mode", true),
+    (8, "B", "hawser_reason", "reviews_exhausted", false),
+    (10, "A", "network_transport", "quic", false),
+    (12, "A", "hawser_result", "accepted", false),
+    (13, "A", "hawser_cause", "closed", false),
+    (13, "A", "hawser_cause", "moved", false),
+    (18, "A", "hawser_result", "forwarded", false),
+    (18, "A", "hawser_result", "none_holds", false),
+    (18, "A", "hawser_result", "unreachable", false),
 ];
 /// The panel of open streams (its target A: at the relays).
 const STREAMS_PANEL: u64 = 5;
@@ -54,11 +60,13 @@ const STREAMS_PANEL: u64 = 5;
 /// that a real Prometheus scrapes every second. The load: the agent's tunnel cut by a relay
 /// restart (a reconnect), kubectl through relay-0 (forwarded to relay-1: a create that sends a
 /// body, a list) and through relay-1 (a get), a watch (while it is open, the streams panel shows
-/// it at relay-0), a request without a token (401) and one for a cluster no agent serves (503).
-/// Then every panel's every query, with Grafana's variables substituted as "All" and a rate
-/// interval of one minute, returns at least one sample, and the panels that name what the load
-/// did show it; every template variable's query finds values (the jobs, the instances and both
-/// clusters).
+/// it at relay-0), a request without a token (401), one for a cluster no agent serves (503) and
+/// one with a cluster token, which the identity-mode agent refuses (403). Then every panel's every
+/// query, with Grafana's variables substituted as "All" and a rate interval of one minute,
+/// returns at least one sample, and the panels that name what the load did show it (each
+/// refusal's rate above 0, at the relay or the agent, and reasons, causes and results that did
+/// not happen at 0); every template variable's query finds values (the jobs, the instances and
+/// both clusters).
 fn every_panel_and_variable_of_the_dashboard_has_data_on_prometheus_after_a_fleet_load(tb: &Testbed) -> Result<()> {
     let dashboard = Dashboard::load()?;
     // The dashboard's shape first: a broken one fails before anything starts.
@@ -131,6 +139,19 @@ fn every_panel_and_variable_of_the_dashboard_has_data_on_prometheus_after_a_flee
     let bearer = format!("Bearer {}", token.trim());
     let (status, _) = https::get(&url(UNSERVED), &fleet.ca_file(), &[("Authorization", &bearer)])?;
     ensure!(status == 503, "a request for a cluster no agent serves: {status}");
+    // The agent refuses a cluster token: it is in identity mode (reason wrong_mode).
+    let (status, body) = https::get(
+        &url(SERVED),
+        &fleet.ca_file(),
+        &[
+            ("Authorization", &bearer),
+            ("Hawser-Cluster-Authorization", "Bearer made-up"),
+        ],
+    )?;
+    ensure!(
+        status == 403,
+        "a cluster token to an identity-mode agent: {status} {body}"
+    );
 
     every_query_returns_data(&prometheus, &queries)?;
 
@@ -185,11 +206,16 @@ fn lacks(query: &Query, samples: &[Sample]) -> Option<String> {
     }
     EXPECTED
         .iter()
-        .filter(|&&(panel, target, _, _)| panel == query.panel_id && target == query.ref_id)
-        .find(|&&(_, _, label, value)| {
+        .filter(|&&(panel, target, ..)| panel == query.panel_id && target == query.ref_id)
+        .find(|&&(_, _, label, value, positive)| {
             !samples
                 .iter()
-                .any(|s| s.labels.get(label).map(String::as_str) == Some(value))
+                .any(|s| s.labels.get(label).map(String::as_str) == Some(value) && (!positive || s.value > 0.0))
         })
-        .map(|(_, _, label, value)| format!("no series with {label}={value:?}"))
+        .map(|&(_, _, label, value, positive)| {
+            format!(
+                "no series with {label}={value:?}{}",
+                if positive { " above 0" } else { "" }
+            )
+        })
 }

@@ -26,11 +26,16 @@ pub const TESTS: &[(&str, Test)] = &[
     ),
 ];
 
-/// A relay and an agent with admin listeners: after a list through the tunnel, a refused token
-/// and a request for a cluster nobody configured, the relay's `/metrics` counts the list by
-/// cluster and verb (with its latency), the agent's QUIC tunnel, the accepted handshake and both
-/// refusals by reason, and names neither the made-up cluster nor the token; the agent's counts
-/// the list and its tunnel. Both answer `/readyz`. The callers' port has no `/metrics`.
+/// A relay and an agent with admin listeners. Before any request, the relay's `/metrics` has a
+/// refusal series at 0 for every reason the relay records, and a handshake series for every
+/// result, and no peer forwards (no fleet); the agent's, every reason the agent records at 0 and
+/// every reconnect cause. After a list through the tunnel, a refused token, a request for a
+/// cluster nobody configured, one for a path the relay does not serve and one with a cluster
+/// token (which the identity-mode agent refuses), the relay's `/metrics` counts the list by
+/// cluster and verb (with its latency), the agent's QUIC tunnel, the accepted handshake and its
+/// three refusals by reason (not the agent's), and names neither the made-up cluster nor the
+/// token; the agent's counts the list, its tunnel and its refusal by reason. Both answer
+/// `/readyz`. The callers' port has no `/metrics`.
 fn relay_and_agent_metrics_count_requests_tunnels_and_refusals_on_the_admin_port_only(tb: &Testbed) -> Result<()> {
     let (relay_admin, agent_admin) = (free_port()?, free_port()?);
     let relay = format!("[admin]\nlisten = \"127.0.0.1:{relay_admin}\"\n");
@@ -43,6 +48,7 @@ fn relay_and_agent_metrics_count_requests_tunnels_and_refusals_on_the_admin_port
             ..Extra::default()
         },
     )?;
+    all_at_zero_from_the_start(relay_admin, agent_admin)?;
     let admin = hawser.kubeconfig_route("hawser-admin", &[])?;
     admin.ok(&["get", "namespaces", "-o", "name"])?;
     let bogus_token = "not-a-token-4b1d0c9e";
@@ -59,10 +65,24 @@ fn relay_and_agent_metrics_count_requests_tunnels_and_refusals_on_the_admin_port
         &[("Authorization", &format!("Bearer {token}"))],
     )?;
     ensure!(status == 404, "an unknown cluster: {status}");
+    let (status, _) = https::get(&format!("{}/nowhere", hawser.relay_url), &hawser.relay_ca, &[])?;
+    ensure!(status == 404, "a path outside /clusters/: {status}");
+    let (status, body) = https::get(
+        &format!("{}/clusters/{CLUSTER}/api/v1/namespaces", hawser.relay_url),
+        &hawser.relay_ca,
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Hawser-Cluster-Authorization", "Bearer made-up"),
+        ],
+    )?;
+    ensure!(
+        status == 403,
+        "a cluster token to an identity-mode agent: {status} {body}"
+    );
 
     let cluster = format!("hawser_cluster=\"{CLUSTER}\"");
     let relay_metrics = wait_for(
-        "the relay's metrics to count the list, the tunnel and both refusals",
+        "the relay's metrics to count the list, the tunnel and its three refusals",
         Duration::from_secs(10),
         || {
             let text = metrics(relay_admin)?;
@@ -81,6 +101,7 @@ fn relay_and_agent_metrics_count_requests_tunnels_and_refusals_on_the_admin_port
                 has(&text, "hawser_agent_handshakes_total", &["hawser_result=\"accepted\""]),
                 has(&text, "hawser_refusals_total", &["hawser_reason=\"unauthenticated\""]),
                 has(&text, "hawser_refusals_total", &["hawser_reason=\"unknown_cluster\""]),
+                has(&text, "hawser_refusals_total", &["hawser_reason=\"not_found\""]),
                 has(
                     &text,
                     "hawser_io_bytes_total",
@@ -98,14 +119,26 @@ fn relay_and_agent_metrics_count_requests_tunnels_and_refusals_on_the_admin_port
         relay_metrics.contains("hawser_cluster=\"(unknown)\""),
         "the unknown cluster's request is counted under (unknown)"
     );
+    // The agent's 403 passes through the relay as the agent's answer, not a refusal of the relay's.
+    ensure!(
+        value(&relay_metrics, "hawser_refusals_total", "hawser_reason=\"forbidden\"") == Some(0.0)
+            && !relay_metrics.contains("wrong_mode"),
+        "the relay counts the agent's refusal as its own"
+    );
     wait_for(
-        "the agent's metrics to count the list and its tunnel",
+        "the agent's metrics to count the list, its tunnel and its refusal",
         Duration::from_secs(10),
         || {
             let text = metrics(agent_admin)?;
             Ok(
                 (has(&text, "hawser_requests_total", &[&cluster, "hawser_verb=\"list\""])
-                    && has(&text, "hawser_tunnels", &[&cluster, "network_transport=\"quic\""]))
+                    && has(&text, "hawser_tunnels", &[&cluster, "network_transport=\"quic\""])
+                    && has(&text, "hawser_refusals_total", &["hawser_reason=\"wrong_mode\""])
+                    && has(
+                        &text,
+                        "hawser_requests_total",
+                        &[&cluster, "http_response_status_code=\"403\""],
+                    ))
                 .then_some(()),
             )
         },
@@ -221,6 +254,93 @@ fn a_callers_sampled_traceparent_is_continued_and_no_token_header_value_or_user_
         ensure!(!everything.contains(text), "{what} reached an exported span");
     }
     Ok(())
+}
+
+/// Every reason the relay records (`Refusal::reason`, docs/observability.md).
+const RELAY_REASONS: [&str; 16] = [
+    "method_not_allowed",
+    "not_found",
+    "bad_request",
+    "unknown_cluster",
+    "source_throttled",
+    "issuer_unavailable",
+    "unauthenticated",
+    "token_not_for_cluster",
+    "forbidden",
+    "internal",
+    "offline",
+    "caller_busy",
+    "saturated",
+    "unreachable",
+    "peer_unreachable",
+    "bad_gateway",
+];
+
+/// Every reason the agent records (`Failure::reason`, docs/observability.md).
+const AGENT_REASONS: [&str; 11] = [
+    "method_not_allowed",
+    "bad_request",
+    "other_credential",
+    "unauthenticated",
+    "issuer_unavailable",
+    "cluster_token_refused",
+    "review_unavailable",
+    "reviews_exhausted",
+    "wrong_mode",
+    "internal",
+    "bad_gateway",
+];
+
+/// Checks the fresh relay's and agent's counters over a fixed set: a series of every value, the
+/// refusals at 0 (nothing was refused yet), before the first scrape can have seen any event.
+fn all_at_zero_from_the_start(relay_admin: u16, agent_admin: u16) -> Result<()> {
+    let relay = metrics(relay_admin)?;
+    let agent = metrics(agent_admin)?;
+    let checks: [(&str, &str, &str, &[&str], bool); 4] = [
+        (&relay, "hawser_refusals_total", "hawser_reason", &RELAY_REASONS, true),
+        (
+            &relay,
+            "hawser_agent_handshakes_total",
+            "hawser_result",
+            &["accepted", "retried", "ignored", "throttled"],
+            false,
+        ),
+        (&agent, "hawser_refusals_total", "hawser_reason", &AGENT_REASONS, true),
+        (
+            &agent,
+            "hawser_agent_reconnects_total",
+            "hawser_cause",
+            &["closed", "failed", "relay_elsewhere", "moved"],
+            false,
+        ),
+    ];
+    for (text, name, key, values, zero) in checks {
+        for v in values {
+            let found = value(text, name, &format!("{key}=\"{v}\""));
+            ensure!(
+                found.is_some_and(|n| !zero || n == 0.0),
+                "{name} {key}={v} at the start: {found:?}\n{text}"
+            );
+        }
+    }
+    ensure!(
+        !relay.contains("hawser_peer_forwards_total{"),
+        "a relay without a fleet has peer forwards:\n{relay}"
+    );
+    let reasons = |text: &str| text.lines().filter(|l| l.starts_with("hawser_refusals_total{")).count();
+    ensure!(
+        (reasons(&relay), reasons(&agent)) == (RELAY_REASONS.len(), AGENT_REASONS.len()),
+        "refusal series beyond the reasons each side records:\n{relay}\n{agent}"
+    );
+    Ok(())
+}
+
+/// The value of the sample of `name` with `label`, if there is one.
+fn value(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')) && line.contains(label))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// The Prometheus text of the admin listener on `port`.
