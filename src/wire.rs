@@ -60,6 +60,12 @@ pub const MAX_HEAD: usize = 1024 * 1024 + 64 * 1024;
 /// Reads one length-prefixed head from `recv`: its payload, and whatever of the body came in the
 /// same chunk. A head that arrives in one chunk is sliced out of it without a copy.
 pub async fn read_head<R: RecvHalf>(recv: &mut R, max: usize) -> Result<(Bytes, Bytes), HeadError> {
+    let (framed, rest) = read_framed_head(recv, max).await?;
+    Ok((framed.slice(4..), rest))
+}
+
+/// Like [`read_head`], the head with its length prefix: as it came, to be passed on unchanged.
+pub async fn read_framed_head<R: RecvHalf>(recv: &mut R, max: usize) -> Result<(Bytes, Bytes), HeadError> {
     let mut acc = BytesMut::new();
     let mut len = None;
     loop {
@@ -67,8 +73,7 @@ pub async fn read_head<R: RecvHalf>(recv: &mut R, max: usize) -> Result<(Bytes, 
         if acc.is_empty() && chunk.len() >= 4 {
             let declared = declared_len(&chunk[..4], max)?;
             if chunk.len() >= 4 + declared {
-                let mut head = chunk.split_to(4 + declared);
-                let _ = head.split_to(4);
+                let head = chunk.split_to(4 + declared);
                 return Ok((head, chunk));
             }
         }
@@ -87,7 +92,7 @@ pub async fn read_head<R: RecvHalf>(recv: &mut R, max: usize) -> Result<(Bytes, 
             if let Some(n) = len
                 && acc.len() == 4 + n
             {
-                return Ok((acc.freeze().slice(4..), chunk));
+                return Ok((acc.freeze(), chunk));
             }
         }
     }

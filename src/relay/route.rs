@@ -72,7 +72,8 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
             audit.set(|f| f.agent = Some(session.instance.clone()));
             // No user here: span fields become trace attributes, which name users only where
             // configured (`telemetry.record_user`, the request span).
-            let span = request_span!(sampled, "stream", cluster = %cluster, session = session.id);
+            // Kind client, as below: this relay's side of the call to the next hop.
+            let span = request_span!(sampled, "stream", otel.kind = "client", cluster = %cluster, session = session.id);
             // Waits only while the agent's stream limit is reached; bounded so callers get an answer.
             let opened = tokio::time::timeout(wait, session.connection.open())
                 .await
@@ -103,7 +104,10 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
                 },
             })?;
             audit.set(|f| f.via = Some(forwarded.relay.clone()));
-            let span = request_span!(sampled, "stream", cluster = %cluster, via = %forwarded.relay);
+            // The peer relay's `forwarded` span (kind server) is this one's child, the agent's
+            // span that one's.
+            let span =
+                request_span!(sampled, "stream", otel.kind = "client", cluster = %cluster, via = %forwarded.relay);
             (forwarded.stream, span, Some(forwarded.relay), Some(forwarded.hop_end))
         }
     };

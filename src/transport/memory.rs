@@ -52,6 +52,22 @@ pub fn stream(capacity: usize) -> (MemSend, MemRecv) {
     )
 }
 
+/// The receiving half of a stream that gets `parts` as separate chunks, then its end (for tests
+/// of readers that must gather what arrives split).
+#[cfg(test)]
+pub fn sent(parts: Vec<Bytes>) -> MemRecv {
+    let (mut send, recv) = stream(4);
+    tokio::spawn(async move {
+        for part in parts {
+            if super::write_chunk(&mut send, part).await.is_err() {
+                return;
+            }
+        }
+        send.end();
+    });
+    recv
+}
+
 /// Both directions of a stream: `(a's send, a's recv)` and `(b's send, b's recv)`.
 pub fn bidi(capacity: usize) -> ((MemSend, MemRecv), (MemSend, MemRecv)) {
     let (a_send, b_recv) = stream(capacity);

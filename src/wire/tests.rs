@@ -5,7 +5,7 @@ use http_body_util::BodyExt;
 use super::body::{GATHER, PumpError, RecvBody, send_body};
 use super::*;
 use crate::proto::Credential;
-use crate::transport::memory::{self, MemSend};
+use crate::transport::memory;
 use crate::transport::{SendHalf, write_chunk};
 
 fn request() -> RequestHead {
@@ -153,26 +153,16 @@ fn a_head_larger_than_allowed_is_not_encoded() {
     assert!(matches!(head.encode(500), Err(HeadError::TooLarge(_))));
 }
 
-/// Writes `parts` as separate chunks, then finishes.
-async fn send_parts(mut send: MemSend, parts: Vec<Bytes>) {
-    for part in parts {
-        write_chunk(&mut send, part).await.unwrap();
-    }
-    send.end();
-}
-
 #[tokio::test]
 async fn a_head_split_anywhere_is_read_whole_and_the_rest_is_body() {
     let encoded = request().encode(MAX_HEAD).unwrap();
     let mut wire = encoded.to_vec();
     wire.extend_from_slice(b"body");
     for cut in 1..wire.len() {
-        let (send, mut recv) = memory::stream(4);
-        let parts = vec![
+        let mut recv = memory::sent(vec![
             Bytes::copy_from_slice(&wire[..cut]),
             Bytes::copy_from_slice(&wire[cut..]),
-        ];
-        tokio::spawn(send_parts(send, parts));
+        ]);
         let (payload, first) = read_head(&mut recv, MAX_HEAD).await.unwrap();
         assert_eq!(RequestHead::decode(&payload).unwrap(), request(), "cut at {cut}");
         let body = RecvBody::new(first, recv, None).collect().await.unwrap().to_bytes();
@@ -182,11 +172,9 @@ async fn a_head_split_anywhere_is_read_whole_and_the_rest_is_body() {
 
 #[tokio::test]
 async fn a_head_that_never_completes_is_an_error_not_a_wait() {
-    let (send, mut recv) = memory::stream(4);
-    tokio::spawn(send_parts(send, vec![Bytes::from_static(&[0, 0, 0, 9, 1])]));
+    let mut recv = memory::sent(vec![Bytes::from_static(&[0, 0, 0, 9, 1])]);
     assert!(matches!(read_head(&mut recv, MAX_HEAD).await, Err(HeadError::Ended)));
-    let (send, mut recv) = memory::stream(4);
-    tokio::spawn(send_parts(send, vec![Bytes::from_static(&[0, 0x10, 0, 0])]));
+    let mut recv = memory::sent(vec![Bytes::from_static(&[0, 0x10, 0, 0])]);
     assert!(matches!(
         read_head(&mut recv, 4096).await,
         Err(HeadError::TooLarge(0x0010_0000))

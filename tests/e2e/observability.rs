@@ -4,6 +4,7 @@
 //! metrics) and answers queries; a collector's metrics pushed over OTLP/HTTP are read back
 //! (`standalone`).
 
+mod hop;
 mod standalone;
 
 use std::time::Duration;
@@ -43,6 +44,10 @@ pub const TESTS: &[(&str, Test)] = &[
     (
         "one_trace_from_relay_through_agent_into_kube_apiserver_with_the_agent_in_system_monitoring",
         one_trace_from_relay_through_agent_into_kube_apiserver_with_the_agent_in_system_monitoring,
+    ),
+    (
+        "a_request_forwarded_between_relays_is_one_trace_through_both_relays_and_the_agent",
+        hop::a_request_forwarded_between_relays_is_one_trace_through_both_relays_and_the_agent,
     ),
 ];
 

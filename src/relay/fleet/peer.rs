@@ -15,6 +15,8 @@
 //!
 //! ```text
 //! peer stream = u8 version (1), u8 cluster length, cluster name, then the tunnel's own framing
+//!               (the request head, sent once acknowledged; the answering relay reads it for its
+//!               span and passes it on, with its own `traceparent` when the request is sampled)
 //! answer      = u8 ACK (1) once the answering relay opened a stream on its agent's tunnel, then
 //!               the agent's bytes; or a reset with NO_ROUTE before anything, if it holds none
 //! ```
@@ -41,6 +43,7 @@ use crate::tls::{self, TlsError};
 use crate::transport::{AnyRecv, AnySend, RecvHalf, SendHalf, StreamError, next_chunk, pipe, write_chunk};
 use crate::tunnel::{self, DialError, TunnelError};
 use crate::wire::reset;
+use hop::{PreambleError, read_preamble};
 
 /// ALPN of the peer link; nothing else is accepted on it.
 pub const PEER_ALPN: &[u8] = b"hawser-peer/1";
@@ -399,7 +402,8 @@ async fn connection_streams(connection: quinn::Connection, serving: Arc<Serving>
 }
 
 /// Reads a forwarded stream's preamble and joins the stream to one of this relay's own tunnels
-/// of its cluster; refuses it with [`reset::NO_ROUTE`] if there is none.
+/// of its cluster; refuses it with [`reset::NO_ROUTE`] if there is none. The request's head is
+/// read between the two, for this relay's span of the request ([`hop`]).
 async fn forward(mut send: quinn::SendStream, mut recv: quinn::RecvStream, serving: Arc<Serving>) {
     let read = tokio::time::timeout(PEER_TIMEOUT, read_preamble(&mut recv))
         .await
@@ -430,61 +434,35 @@ async fn forward(mut send: quinn::SendStream, mut recv: quinn::RecvStream, servi
     if write_chunk(&mut send, Bytes::from_static(&[ACK])).await.is_err() {
         return;
     }
-    if !rest.is_empty() && write_chunk(&mut agent_send, rest).await.is_err() {
+    // The forwarding relay sends the request head once acknowledged: read here to join the
+    // request's trace, bounded as the agent bounds it.
+    let mut recv = AnyRecv::Prefixed(Some(rest), recv);
+    let hop = match hop::read(&mut recv, PEER_TIMEOUT, &cluster, session.id).await {
+        Ok(hop) => hop,
+        Err(why) => {
+            debug!(%cluster, %why, "refused the head of a forwarded request");
+            recv.stop_reading(why.code());
+            send.cut(why.code());
+            agent_send.cut(reset::CANCELLED);
+            return;
+        }
+    };
+    let hop::Hop { head, first, span } = hop;
+    let mut chunks = vec![head];
+    if !first.is_empty() {
+        chunks.push(first);
+    }
+    if agent_send.send_chunks(&mut chunks).await.is_err() {
         recv.stop_reading(reset::CANCELLED);
         send.cut(reset::SOURCE_FAILED);
         return;
     }
     pipe::join((send, recv), (agent_send, agent_recv))
-        .instrument(info_span!("forwarded", %cluster, session = session.id))
+        .instrument(span)
         .await;
 }
 
-#[derive(Debug, thiserror::Error)]
-enum PreambleError {
-    #[error(transparent)]
-    Stream(#[from] StreamError),
-    #[error("the stream ended inside its preamble")]
-    Ended,
-    #[error("preamble version {0}, not {PREAMBLE_VERSION}")]
-    Version(u8),
-    #[error("the preamble's cluster is not a plain name")]
-    Cluster,
-    #[error("no preamble in time")]
-    Late,
-}
-
-/// The cluster a peer stream is for, and the bytes after the preamble that arrived with it.
-async fn read_preamble<R: RecvHalf>(recv: &mut R) -> Result<(String, Bytes), PreambleError> {
-    // Only a preamble split over chunks is gathered here: at most 257 bytes.
-    let mut partial = BytesMut::new();
-    loop {
-        let chunk = next_chunk(recv).await?.ok_or(PreambleError::Ended)?;
-        let whole = if partial.is_empty() {
-            // Usually the preamble and the head arrive in one chunk: sliced, not copied.
-            chunk
-        } else {
-            partial.extend_from_slice(&chunk);
-            partial.split().freeze()
-        };
-        if whole.len() >= 2 {
-            if whole[0] != PREAMBLE_VERSION {
-                return Err(PreambleError::Version(whole[0]));
-            }
-            let end = 2 + usize::from(whole[1]);
-            if whole.len() >= end {
-                let cluster = std::str::from_utf8(&whole[2..end])
-                    .ok()
-                    .filter(|c| crate::config::valid_cluster_name(c))
-                    .ok_or(PreambleError::Cluster)?
-                    .to_owned();
-                return Ok((cluster, whole.slice(end..)));
-            }
-        }
-        partial.extend_from_slice(&whole);
-    }
-}
-
+mod hop;
 mod own_cert;
 
 #[cfg(test)]

@@ -55,15 +55,20 @@ impl Fleet {
     /// Starts etcd and `relays` relays that know `clusters`, and waits until each listens (all
     /// again on other ports if a port picked free was taken before a relay bound it).
     pub fn start(tb: &Testbed, relays: usize, clusters: &[&str]) -> Result<Self> {
-        retry_if_port_taken("the fleet", || Self::start_once(tb, relays, clusters, false))
+        retry_if_port_taken("the fleet", || Self::start_once(tb, relays, clusters, false, ""))
     }
 
     /// Like [`Fleet::start`], each relay with an admin listener of its own (`Ports::admin`).
     pub fn start_with_admin(tb: &Testbed, relays: usize, clusters: &[&str]) -> Result<Self> {
-        retry_if_port_taken("the fleet", || Self::start_once(tb, relays, clusters, true))
+        retry_if_port_taken("the fleet", || Self::start_once(tb, relays, clusters, true, ""))
     }
 
-    fn start_once(tb: &Testbed, relays: usize, clusters: &[&str], admin: bool) -> Result<Self> {
+    /// Like [`Fleet::start`], with `tables` (e.g. `[telemetry]`) at the end of each relay's config.
+    pub fn start_with_tables(tb: &Testbed, relays: usize, clusters: &[&str], tables: &str) -> Result<Self> {
+        retry_if_port_taken("the fleet", || Self::start_once(tb, relays, clusters, false, tables))
+    }
+
+    fn start_once(tb: &Testbed, relays: usize, clusters: &[&str], admin: bool, tables: &str) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("hawser-fleet-")
             .disable_cleanup(std::env::var_os("HAWSER_E2E_KEEP").is_some())
@@ -129,7 +134,7 @@ listen = "127.0.0.1:{peer}"
 ca_file = "fleet-ca.crt"
 cert_file = "relay-{i}-peer.crt"
 key_file = "relay-{i}-peer.key"
-{admin}"#,
+{admin}{tables}"#,
                     front = p.front,
                     peer = p.peer,
                     etcd = etcd.endpoint(),
@@ -221,6 +226,13 @@ key_file = "relay-{i}-peer.key"
         let tables = format!("{}{tables}", admin_table(Some(port)));
         self.spawn_agent(cluster, instance, &address, relay_extra, &tables)?;
         Ok(port)
+    }
+
+    /// Starts an agent of `cluster` named `instance` that dials relay `i`, with `tables` (e.g.
+    /// `[telemetry]`) after its own.
+    pub fn start_agent_with_tables(&self, cluster: &str, instance: &str, i: usize, tables: &str) -> Result<()> {
+        let address = format!("127.0.0.1:{}", self.ports[i].front);
+        self.spawn_agent(cluster, instance, &address, "", tables)
     }
 
     fn spawn_agent(&self, cluster: &str, instance: &str, address: &str, relay_extra: &str, tables: &str) -> Result<()> {

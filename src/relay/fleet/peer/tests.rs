@@ -119,17 +119,18 @@ async fn a_fleet_peer_reaches_a_held_tunnel_and_a_cluster_held_elsewhere_is_refu
     .unwrap();
 
     let (mut send, mut recv) = a.open(&holder("relay-b", &b.peers), "alpha", WAIT).await.unwrap();
-    write_chunk(&mut send, Bytes::from_static(b"head and body"))
-        .await
-        .unwrap();
+    let mut sent = request_head().to_vec();
+    sent.extend_from_slice(b"and body");
+    write_chunk(&mut send, Bytes::from(sent.clone())).await.unwrap();
     send.end();
     let (mut agent_send, mut agent_recv) = tokio::time::timeout(WAIT, b.agent.accept()).await.unwrap().unwrap();
-    // The agent gets what followed the preamble, and its end.
+    // The agent gets what followed the preamble, the head as it came (no trace exporter here),
+    // and its end.
     let mut got = Vec::new();
     while let Some(chunk) = next_chunk(&mut agent_recv).await.unwrap() {
         got.extend_from_slice(&chunk);
     }
-    assert_eq!(got, b"head and body");
+    assert_eq!(got, sent);
     write_chunk(&mut agent_send, Bytes::from_static(b"answer"))
         .await
         .unwrap();
@@ -144,7 +145,33 @@ async fn a_fleet_peer_reaches_a_held_tunnel_and_a_cluster_held_elsewhere_is_refu
         "{:?}",
         refused.err()
     );
+
+    // A head B cannot decode: cut both ways as the agent would cut it, the agent's stream too.
+    let (mut send, mut recv) = a.open(&holder("relay-b", &b.peers), "alpha", WAIT).await.unwrap();
+    write_chunk(&mut send, Bytes::from_static(&[0, 0, 0, 2, 2, 0]))
+        .await
+        .unwrap();
+    let (_agent_send, mut agent_recv) = tokio::time::timeout(WAIT, b.agent.accept()).await.unwrap().unwrap();
+    let answer = tokio::time::timeout(WAIT, next_chunk(&mut recv)).await.unwrap();
+    assert_eq!(answer, Err(StreamError::Reset(u64::from(reset::BAD_HEAD))));
+    let agent_got = tokio::time::timeout(WAIT, next_chunk(&mut agent_recv)).await.unwrap();
+    assert!(agent_got.is_err(), "the agent's stream is cut: {agent_got:?}");
     b.stop.cancel();
+}
+
+/// An encoded request head, as a forwarding relay sends it.
+fn request_head() -> Bytes {
+    crate::wire::RequestHead {
+        request_id: "relay-a-x-1".into(),
+        credential: crate::proto::Credential::Assertion("a.b.c".into()),
+        method: http::Method::POST,
+        target: "/api/v1/namespaces".parse().unwrap(),
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        headers: http::HeaderMap::new(),
+        body: true,
+    }
+    .encode(crate::wire::MAX_HEAD)
+    .unwrap()
 }
 
 #[tokio::test]
