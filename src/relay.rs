@@ -225,8 +225,10 @@ impl Relay {
         let agent_tls = tls::server_config(&config.tls.cert_file, &config.tls.key_file, &[ALPN])?;
         let agent_tcp_tls = Arc::new(agent_tls.clone());
         let server_id = config.server_id();
-        let endpoint =
-            tunnel::relay_endpoint(agent_addr, agent_tls, &config.tunnel, server_id).map_err(|e| match e {
+        // The same after a restart as itself, so the new process can reset its old tunnels.
+        let reset_key = tunnel::reset::reset_key(&tls::load_key(&config.tls.key_file)?, server_id, &config.instance);
+        let endpoint = tunnel::relay_endpoint(agent_addr, agent_tls, &config.tunnel, server_id, reset_key).map_err(
+            |e| match e {
                 tunnel::TunnelError::Bind { addr, error } => RelayError::Bind {
                     // Agents' QUIC shares the callers' address unless it has its own.
                     key: if config.agent_listen.is_some() {
@@ -238,7 +240,8 @@ impl Relay {
                     error,
                 },
                 other => RelayError::Tunnel(other),
-            })?;
+            },
+        )?;
         // What to register at a balancer that routes QUIC by connection ID.
         info!(%server_id, "QUIC connection IDs carry this server id");
 

@@ -96,12 +96,14 @@ pub fn quic_idle_timeout(config: &TunnelConfig) -> Duration {
     Duration::from_secs(config.idle_timeout_secs.saturating_sub(config.keep_alive_secs))
 }
 
-/// The relay's QUIC listener; every connection ID it issues carries `server_id` (see [`cid`]).
+/// The relay's QUIC listener; every connection ID it issues carries `server_id` (see [`cid`]),
+/// and its stateless resets are signed with `reset_key` (see [`reset`]).
 pub fn relay_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
     config: &TunnelConfig,
     server_id: cid::ServerId,
+    reset_key: Arc<dyn quinn::crypto::HmacKey>,
 ) -> Result<Endpoint, TunnelError> {
     let quic_tls = QuicServerConfig::try_from(tls).map_err(|e| TunnelError::QuicTls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
@@ -110,7 +112,7 @@ pub fn relay_endpoint(
     server.transport_config(Arc::new(transport));
     let socket = udp_socket(addr, config.udp_buffer_bytes)?;
     let generator = cid::ServerIdGenerator::new(server_id, cid::ConfigRotation::default());
-    let mut endpoint = quinn::EndpointConfig::default();
+    let mut endpoint = quinn::EndpointConfig::new(reset_key);
     endpoint.cid_generator(move || Box::new(generator));
     Ok(Endpoint::new(
         endpoint,
@@ -244,5 +246,6 @@ pub async fn dial(
     }
 }
 
+pub mod reset;
 #[cfg(test)]
 mod tests;

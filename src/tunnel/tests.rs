@@ -47,6 +47,21 @@ impl Identity {
 /// A relay endpoint that presents `cert` and signs with `key` (which need
 /// not belong to it), accepting every handshake.
 fn relay(cert: &CertificateDer<'static>, key: &PrivateKeyDer<'static>) -> (Endpoint, SocketAddr) {
+    relay_on(
+        ([127, 0, 0, 1], 0).into(),
+        cert,
+        key,
+        super::reset::reset_key(key, SERVER_ID, "relay"),
+    )
+}
+
+/// [`relay`] on `addr`, resetting with `reset_key`.
+fn relay_on(
+    addr: SocketAddr,
+    cert: &CertificateDer<'static>,
+    key: &PrivateKeyDer<'static>,
+    reset_key: Arc<dyn quinn::crypto::HmacKey>,
+) -> (Endpoint, SocketAddr) {
     let provider = crate::tls::provider();
     let signing = provider.key_provider.load_private_key(key.clone_key()).unwrap();
     let certified = rustls::sign::CertifiedKey::new(vec![cert.clone()], signing);
@@ -56,7 +71,7 @@ fn relay(cert: &CertificateDer<'static>, key: &PrivateKeyDer<'static>) -> (Endpo
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let endpoint = relay_endpoint(([127, 0, 0, 1], 0).into(), tls, &TunnelConfig::default(), SERVER_ID).unwrap();
+    let endpoint = relay_endpoint(addr, tls, &TunnelConfig::default(), SERVER_ID, reset_key).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let accepting = endpoint.clone();
     tokio::spawn(async move {
@@ -226,12 +241,25 @@ async fn a_dial_nobody_answers_gives_up_at_its_deadline() {
 /// wherever the agent last sent from, and records the destination connection ID of each datagram
 /// the agent sends (its first packet's, as the long or short header gives it).
 async fn tap(relay: SocketAddr) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let (addr, seen, _) = tap_to(relay).await;
+    (addr, seen)
+}
+
+/// [`tap`], and where it sends the agent's datagrams, which can be changed: the agent's packets
+/// then reach another relay on the same address, as far as the agent can tell.
+async fn tap_to(
+    relay: SocketAddr,
+) -> (
+    SocketAddr,
+    Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    Arc<std::sync::Mutex<SocketAddr>>,
+) {
     let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    back.connect(relay).await.unwrap();
     let addr = front.local_addr().unwrap();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let record = seen.clone();
+    let target = Arc::new(std::sync::Mutex::new(relay));
+    let (record, to_relay) = (seen.clone(), target.clone());
     tokio::spawn(async move {
         let (mut up, mut down) = (vec![0; 65_536], vec![0; 65_536]);
         let mut agent = None;
@@ -242,17 +270,19 @@ async fn tap(relay: SocketAddr) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Vec<u8>
                     if let Some(cid) = destination_cid(&up[..n]) {
                         record.lock().unwrap().push(cid);
                     }
-                    let _ = back.send(&up[..n]).await;
+                    let relay = *to_relay.lock().unwrap();
+                    let _ = back.send_to(&up[..n], relay).await;
                 }
-                Ok(n) = back.recv(&mut down) => {
-                    if let Some(to) = agent {
+                Ok((n, from)) = back.recv_from(&mut down) => {
+                    // Only the current relay's: a relay the agent can no longer reach is silent.
+                    if let Some(to) = agent.filter(|_| from == *to_relay.lock().unwrap()) {
                         let _ = front.send_to(&down[..n], to).await;
                     }
                 }
             }
         }
     });
-    (addr, seen)
+    (addr, seen, target)
 }
 
 /// The destination connection ID of a datagram's first QUIC packet.
@@ -313,5 +343,48 @@ async fn the_agent_addresses_the_relay_by_its_server_id_also_after_it_moves() {
         assert_eq!(id.len(), cid::CID_LEN, "{id:02x?}");
         assert_eq!(id[0], 19, "config rotation 0, 19 octets follow: {id:02x?}");
         assert_eq!(id[cid::SERVER_ID_RANGE], SERVER_ID.octets(), "{id:02x?}");
+    }
+}
+
+/// A relay that dies takes its connections' state with it. The one started after it on the same
+/// port as the same relay (same serving key, instance and server id) answers the agent's next
+/// packet with a stateless reset the agent takes; one with another key (quinn's default, random
+/// per process) cannot, and the agent would wait for its idle timeout.
+#[tokio::test]
+async fn a_relay_restarted_as_itself_resets_the_tunnels_of_the_one_before() {
+    let identity = Identity::new(&["localhost"]);
+    let same = || super::reset::reset_key(&identity.key, SERVER_ID, "relay");
+    let random: Arc<dyn quinn::crypto::HmacKey> = {
+        let mut octets = [0; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut octets);
+        Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &octets))
+    };
+    for (restarted_with, reset) in [(same() as Arc<dyn quinn::crypto::HmacKey>, true), (random, false)] {
+        let (_old, old_addr) = relay_on(([127, 0, 0, 1], 0).into(), &identity.cert, &identity.key, same());
+        // The agent reaches the relay at the tap's address, which stays when the relay changes.
+        let (addr, _, relay_at) = tap_to(old_addr).await;
+        let agent = agent_endpoint(&pinned(&[identity.pin()]), &TunnelConfig::default(), addr).unwrap();
+        let connection = super::dial(&agent, addr, "localhost", HANDSHAKE_TIMEOUT).await.unwrap();
+        // The old relay dies as a killed process does, sending nothing (no CONNECTION_CLOSE), and
+        // a new one takes its address.
+        let (_new, new_addr) = relay_on(
+            ([127, 0, 0, 1], 0).into(),
+            &identity.cert,
+            &identity.key,
+            restarted_with,
+        );
+        *relay_at.lock().unwrap() = new_addr;
+        let (mut send, _recv) = connection.open_bi().await.unwrap();
+        // A packet of the old connection reaches the new relay.
+        send.write_all(b"anyone there?").await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
+        if reset {
+            assert!(
+                matches!(ended, Ok(quinn::ConnectionError::Reset)),
+                "the restarted relay's reset: {ended:?}"
+            );
+        } else {
+            assert!(ended.is_err(), "a reset with another key must not count: {ended:?}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! The agent's transports beyond the baseline routes: `auto` falling back to TCP and coming back
-//! to QUIC without cutting what is in flight, a hung agent noticed over TCP, and a relay restart
-//! on TCP.
+//! to QUIC without cutting what is in flight, a hung agent noticed over TCP, a relay restart
+//! on TCP, and a killed relay's QUIC tunnels reset by the relay restarted in its place.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,10 @@ pub const TESTS: &[(&str, Test)] = &[
     (
         "relay_restart_a_tcp_agent_reconnects",
         relay_restart_a_tcp_agent_reconnects,
+    ),
+    (
+        "a_killed_relay_restarted_resets_its_quic_tunnels_at_once",
+        a_killed_relay_restarted_resets_its_quic_tunnels_at_once,
     ),
     (
         "stalled_readers_on_tcp_slow_only_their_own_streams",
@@ -164,4 +168,43 @@ fn stalled_readers_on_tcp_slow_only_their_own_streams(tb: &Testbed, _: &Deployme
     hawser.expect_agent_log("transport=\"tcp\"")?;
     crate::tunnel::stalled_port_forward_beside_others(tb, &hawser)?;
     crate::tunnel::many_stalled_streams_on(tb, &hawser)
+}
+
+/// A relay killed (SIGKILL: it closes nothing) and started again on the same ports: the agent's
+/// next packet on its old QUIC tunnel (a keep-alive, every 2 s) reaches a process that does not
+/// know the connection and answers with a stateless reset, which the agent takes because the key
+/// is derived from the relay's serving key and identity, not drawn per process
+/// (`tunnel::reset`). The idle timeout is 60 s, so only the reset can bring the agent back
+/// within the deadline.
+fn a_killed_relay_restarted_resets_its_quic_tunnels_at_once(tb: &Testbed, _: &Deployment) -> Result<()> {
+    let hawser = Hawser::start_with(
+        tb,
+        &Extra {
+            tunnel: "[tunnel]\nkeep_alive_secs = 2\nidle_timeout_secs = 60\n",
+            ..Extra::default()
+        },
+    )?;
+    hawser.expect_agent_log("transport=\"quic\"")?;
+    ensure!(version_ok(&hawser)?, "not working before the kill");
+    hawser.kill_relay()?;
+    hawser.start_relay()?;
+    let port = hawser.relay_port();
+    wait_for("the restarted relay to listen", Duration::from_secs(30), || {
+        Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok().then_some(()))
+    })?;
+    let restarted = Instant::now();
+    // A keep-alive interval (2 s), the reset, the agent's first backoff and a new handshake.
+    wait_for(
+        "the agent to be back on the restarted relay well before its idle timeout (60 s)",
+        Duration::from_secs(10),
+        || Ok(version_ok(&hawser)?.then_some(())),
+    )?;
+    let back = restarted.elapsed();
+    ensure!(
+        hawser.agent_logged("reset by peer")?,
+        "the agent came back, but its log names no stateless reset (\"reset by peer\") as why its \
+         tunnel closed"
+    );
+    eprintln!("agent back {back:?} after the killed relay was restarted (idle timeout 60 s)");
+    Ok(())
 }

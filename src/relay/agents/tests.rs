@@ -97,6 +97,11 @@ fn relay_endpoint() -> (tempfile::TempDir, std::path::PathBuf, quinn::Endpoint) 
         tls,
         &TunnelConfig::default(),
         crate::cid::ServerId::from_instance("relay"),
+        tunnel::reset::reset_key(
+            &crate::tls::load_key(&key).unwrap(),
+            crate::cid::ServerId::from_instance("relay"),
+            "relay",
+        ),
     )
     .unwrap();
     (dir, cert, endpoint)

@@ -285,6 +285,15 @@ output = "agent-audit.log"
         drop(self.relay.lock().unwrap().take());
     }
 
+    /// Kills the relay with SIGKILL, as a crash would: it closes no tunnel.
+    pub fn kill_relay(&self) -> Result<()> {
+        let pid = self.relay_pid()?;
+        let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -KILL {pid} failed");
+        self.stop_relay();
+        Ok(())
+    }
+
     /// Starts the relay again with the same configuration, keys and ports.
     pub fn start_relay(&self) -> Result<()> {
         let relay = spawn_relay(&self.relay_config, self.dir.path())?;
