@@ -220,6 +220,8 @@ pub async fn run(config: AgentConfig, metrics: Option<prometheus::Registry>) -> 
     let dialer = link::Dialer::new(&config, &token)?;
     // The agent's counters over a fixed set start at 0, so that `rate()` sees their first event.
     let counters = crate::telemetry::metrics::metrics();
+    // Every agent has the series, idle or not: the dashboard's variables are read from it.
+    counters.active.add(0, &[]);
     crate::telemetry::metrics::start_at_zero::<failure::Reason>(&counters.refusals);
     crate::telemetry::metrics::start_at_zero::<tunnels::Cause>(&counters.reconnects);
     let observed = state.clone();

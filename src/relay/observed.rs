@@ -26,6 +26,8 @@ pub struct Observed {
 /// set exist at 0 (refusals by reason; in a fleet, forwards by result).
 pub fn observe(state: &Arc<RelayState>, stats: &Arc<ListenerStats>) -> Observed {
     let counters = metrics();
+    // Every relay has the series, idle or not: the dashboard's variables are read from it.
+    counters.active.add(0, &[]);
     start_at_zero::<Reason>(&counters.refusals);
     if state.fleet.is_some() {
         start_at_zero::<Forward>(&counters.forwards);
