@@ -20,6 +20,7 @@ pub struct Observed {
     _tunnels: ObservableUpDownCounter<i64>,
     _handshakes: ObservableCounter<u64>,
     _registry: Option<ObservableGauge<i64>>,
+    _peers: Option<ObservableGauge<i64>>,
 }
 
 /// Registers the relay's observed instruments, and makes the series of its counters over a fixed
@@ -53,12 +54,25 @@ pub fn observe(state: &Arc<RelayState>, stats: &Arc<ListenerStats>) -> Observed 
             }
         })
         .build();
-    let fleet = state.fleet.clone();
-    let registry_up = fleet.map(|fleet| {
+    let registry_up = state.fleet.clone().map(|fleet| {
         meter()
             .i64_observable_gauge("hawser.registry.up")
             .with_description("1 while the fleet's registry (etcd) answers within its lease TTL, else 0")
             .with_callback(move |observer| observer.observe(i64::from(fleet.registry_reachable()), &[]))
+            .build()
+    });
+    // Peer relays are the fleet's configured instances: a bounded set of names.
+    let peers_up = state.fleet.clone().map(|fleet| {
+        meter()
+            .i64_observable_gauge("hawser.peer.up")
+            .with_description(
+                "1 while this relay's connection to a peer relay it has forwarded to is up, else 0, by peer",
+            )
+            .with_callback(move |observer| {
+                for (peer, up) in fleet.peers.links() {
+                    observer.observe(i64::from(up), &[KeyValue::new("hawser.peer", peer)]);
+                }
+            })
             .build()
     });
     let clusters = state.clusters.clone();
@@ -66,6 +80,7 @@ pub fn observe(state: &Arc<RelayState>, stats: &Arc<ListenerStats>) -> Observed 
         _tunnels: observe_tunnels(move || with_zeros(registry.tunnel_counts(), clusters.current().names())),
         _handshakes: handshakes,
         _registry: registry_up,
+        _peers: peers_up,
     }
 }
 

@@ -54,6 +54,7 @@ const EXPECTED: &[(u64, &str, &str, &str, bool)] = &[
     (18, "A", "hawser_result", "forwarded", false),
     (18, "A", "hawser_result", "none_holds", false),
     (18, "A", "hawser_result", "unreachable", false),
+    (20, "A", "hawser_peer", "relay-1", false),
 ];
 /// The panel of open streams (its target A: at the relays).
 const STREAMS_PANEL: u64 = 5;

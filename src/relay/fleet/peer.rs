@@ -188,6 +188,21 @@ impl Peers {
         self.endpoint.local_addr()
     }
 
+    /// Each peer relay this relay has dialled, and whether its connection is up now: a live
+    /// pooled connection (one being dialled is not up yet).
+    pub fn links(&self) -> Vec<(String, bool)> {
+        self.pool
+            .iter()
+            .map(|entry| {
+                let up = entry
+                    .value()
+                    .try_lock()
+                    .is_ok_and(|slot| slot.as_ref().is_some_and(|c| c.close_reason().is_none()));
+                (entry.key().clone(), up)
+            })
+            .collect()
+    }
+
     /// Whether `relay` failed to take a stream within the last [`QUARANTINE`].
     pub fn recently_failed(&self, relay: &str) -> bool {
         self.failed.get(relay).is_some_and(|at| at.elapsed() < QUARANTINE)

@@ -119,6 +119,7 @@ async fn a_fleet_peer_reaches_a_held_tunnel_and_a_cluster_held_elsewhere_is_refu
     .unwrap();
 
     let (mut send, mut recv) = a.open(&holder("relay-b", &b.peers), "alpha", WAIT).await.unwrap();
+    assert_eq!(a.links(), vec![("relay-b".to_owned(), true)], "the link's health");
     let mut sent = request_head().to_vec();
     sent.extend_from_slice(b"and body");
     write_chunk(&mut send, Bytes::from(sent.clone())).await.unwrap();
@@ -379,6 +380,7 @@ fn a_peer_connection_lost_to_its_idle_timeout_is_logged_once_at_the_forwarding_r
             .await
             .expect("the connection ends at its idle timeout");
         assert!(matches!(reason, quinn::ConnectionError::TimedOut), "{reason}");
+        assert_eq!(a.links(), vec![("relay-b".to_owned(), false)], "a lost link is down");
         a.watchers.close();
         a.watchers.wait().await;
     });
