@@ -536,8 +536,26 @@ fn fleet_pki(dir: &Path, relays: usize) -> Result<()> {
     Ok(())
 }
 
-/// etcd on two free ports, its data in `dir/etcd`, waited for until healthy.
+/// etcd as [`start_etcd_once`] starts it, again on other ports if one it was given was taken
+/// before etcd bound it (a free port is free only until someone binds it; seen in CI).
 async fn start_etcd(bin: &Path, dir: &Path) -> Result<(Proc, u16)> {
+    let mut attempts = 1;
+    loop {
+        match start_etcd_once(bin, dir).await {
+            Err(_)
+                if attempts < 3
+                    && fs::read_to_string(dir.join("etcd.log")).is_ok_and(|l| l.contains("address already in use")) =>
+            {
+                attempts += 1;
+                let _ = fs::remove_dir_all(dir.join("etcd"));
+            }
+            started => return started,
+        }
+    }
+}
+
+/// etcd on two free ports, its data in `dir/etcd`, waited for until healthy.
+async fn start_etcd_once(bin: &Path, dir: &Path) -> Result<(Proc, u16)> {
     let (client, peer) = (free_tcp_port()?, free_tcp_port()?);
     let log_path = dir.join("etcd.log");
     let log = fs::File::create(&log_path)?;
