@@ -521,3 +521,19 @@ pub fn rss_kib(pid: u32) -> Result<(u64, u64)> {
     };
     Ok((field("VmRSS:"), field("RssAnon:")))
 }
+
+/// Starts `hawser agent` with `config`, its log in `dir/INSTANCE.log`.
+pub fn spawn_agent(hawser: &Path, config: &Path, dir: &Path, instance: &str) -> Result<Proc> {
+    let log = fs::File::create(dir.join(format!("{instance}.log")))?;
+    let child = Command::new(hawser)
+        .args(["--log-format", "json", "agent", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting hawser agent")?;
+    Proc::new(format!("agent {instance}"), child)
+}

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Empty};
 use tokio::process::{Child, Command};
 
 use super::registry::{self, PREFIX};
-use crate::system::{self, ASSERTION_ISSUER, Proc, SUBJECT};
+use crate::system::{self, ASSERTION_ISSUER, Proc, SUBJECT, spawn_agent};
 
 /// The stream module Debian's `libnginx-mod-stream` installs.
 const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
@@ -420,18 +420,7 @@ output = "none"
                 transport = self.transport,
             ),
         )?;
-        let log = fs::File::create(self.dir.join(format!("{instance}.log")))?;
-        let child = Command::new(&self.hawser)
-            .args(["--log-format", "json", "agent", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting hawser agent")?;
-        Proc::new(format!("agent {instance}"), child)
+        spawn_agent(&self.hawser, &config, &self.dir, instance)
     }
 }
 

@@ -4,13 +4,11 @@
 use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tokio::process::Command;
 
-use super::{ADMIN_LISTENING, ASSERTION_ISSUER, Proc, System};
+use super::{ADMIN_LISTENING, ASSERTION_ISSUER, Proc, System, spawn_agent};
 
 impl System {
     /// Starts an agent of `cluster` named `instance`.
@@ -53,18 +51,7 @@ output = "none"
                 extra = self.extra_toml,
             ),
         )?;
-        let log = fs::File::create(self.dir.join(format!("{instance}.log")))?;
-        let child = Command::new(&self.hawser)
-            .args(["--log-format", "json", "agent", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting hawser agent")?;
-        Proc::new(format!("agent {instance}"), child)
+        spawn_agent(&self.hawser, &config, &self.dir, instance)
     }
 
     /// The admin listeners (`[admin] listen` in `extra_toml`) of the relay and of every loaded
