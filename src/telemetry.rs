@@ -13,6 +13,7 @@
 mod budget;
 pub mod metrics;
 mod otel;
+mod tally;
 pub mod trace_context;
 
 use std::fmt::{self, Write as _};

@@ -5,10 +5,12 @@
 //! `hawser_requests_total`. Every attribute value comes from a bounded set: a configured
 //! cluster's name (never one a caller made up), a verb, a status code, a reason of the code's own.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableUpDownCounter, UpDownCounter};
+use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableCounter, ObservableUpDownCounter, UpDownCounter};
+
+use super::tally::{Series, Tally};
 
 /// The values of a metric attribute that is a fixed set: a counter over it can show every value
 /// at 0 from the start ([`start_at_zero`]), so `rate()` sees its first event.
@@ -65,15 +67,16 @@ pub const UNKNOWN_CLUSTER: &str = "(unknown)";
 
 /// Every instrument of the process.
 pub struct Metrics {
-    /// Requests by cluster, verb, status code and whether they were long-running.
-    pub requests: Counter<u64>,
+    /// Requests (by cluster, verb, status code and whether long-running) and body bytes (by
+    /// cluster and direction), read at each collection as `hawser.requests` and `hawser.io`.
+    tally: Arc<Tally>,
+    _requests: ObservableCounter<u64>,
+    _io: ObservableCounter<u64>,
     /// Durations of requests that are not long-running (watches, followed logs and upgrades are
     /// counted in `requests` only: their length is the caller's choice, not latency).
     pub duration: Histogram<f64>,
     /// Requests in flight, long-running ones included.
     pub active: UpDownCounter<i64>,
-    /// Body bytes by cluster and direction (`receive`: from the caller).
-    pub io: Counter<u64>,
     /// Requests the relay answered itself, by reason.
     pub refusals: Counter<u64>,
     /// An agent's tunnel attempts after the first, by cause.
@@ -84,11 +87,22 @@ pub struct Metrics {
 
 impl Metrics {
     fn new(meter: &Meter) -> Self {
+        let tally = Arc::new(Tally::default());
+        let requests = tally.clone();
+        let io = tally.clone();
         Self {
-            requests: meter
-                .u64_counter("hawser.requests")
+            tally,
+            _requests: meter
+                .u64_observable_counter("hawser.requests")
                 .with_description("Requests, by cluster, verb, status code and whether long-running")
                 .with_unit("{request}")
+                .with_callback(move |observer| requests.requests(|n, attributes| observer.observe(n, attributes)))
+                .build(),
+            _io: meter
+                .u64_observable_counter("hawser.io")
+                .with_description("Body bytes, by cluster and direction (receive: from the caller)")
+                .with_unit("By")
+                .with_callback(move |observer| io.io(|n, attributes| observer.observe(n, attributes)))
                 .build(),
             duration: meter
                 .f64_histogram("http.server.request.duration")
@@ -100,11 +114,6 @@ impl Metrics {
                 .i64_up_down_counter("http.server.active_requests")
                 .with_description("Requests in flight, watches, followed logs and upgrades included")
                 .with_unit("{request}")
-                .build(),
-            io: meter
-                .u64_counter("hawser.io")
-                .with_description("Body bytes, by cluster and direction (receive: from the caller)")
-                .with_unit("By")
                 .build(),
             refusals: meter
                 .u64_counter("hawser.refusals")
@@ -197,33 +206,24 @@ impl Metrics {
     /// Records a request's outcome; it is no longer in flight.
     pub fn end(&self, o: Outcome<'_>) {
         self.active.add(-1, &[]);
-        let cluster = KeyValue::new(CLUSTER, o.cluster.unwrap_or(UNKNOWN_CLUSTER).to_owned());
-        let verb = KeyValue::new("hawser.verb", bounded_verb(o.verb));
-        let status = KeyValue::new("http.response.status_code", i64::from(o.status.unwrap_or(0)));
-        self.requests.add(
-            1,
-            &[
-                cluster.clone(),
-                verb.clone(),
-                status.clone(),
-                KeyValue::new("hawser.long_running", o.long_running),
-            ],
-        );
-        if !o.long_running {
-            self.duration.record(o.seconds, &[cluster.clone(), verb, status]);
-        }
-        if o.bytes_in > 0 {
-            self.io.add(
-                o.bytes_in,
-                &[cluster.clone(), KeyValue::new("network.io.direction", "receive")],
-            );
-        }
-        if o.bytes_out > 0 {
-            self.io.add(
-                o.bytes_out,
-                &[cluster, KeyValue::new("network.io.direction", "transmit")],
-            );
-        }
+        let series = Series {
+            verb: bounded_verb(o.verb),
+            status: o.status.unwrap_or(0),
+            long_running: o.long_running,
+        };
+        let cluster = o.cluster.unwrap_or(UNKNOWN_CLUSTER);
+        self.tally.add(cluster, series, o.bytes_in, o.bytes_out, |cluster| {
+            if !o.long_running {
+                self.duration.record(
+                    o.seconds,
+                    &[
+                        cluster.clone(),
+                        KeyValue::new("hawser.verb", series.verb),
+                        KeyValue::new("http.response.status_code", i64::from(series.status)),
+                    ],
+                );
+            }
+        });
     }
 }
 

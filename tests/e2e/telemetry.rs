@@ -317,6 +317,9 @@ fn all_at_zero_from_the_start(relay_admin: u16, agent_admin: u16) -> Result<()> 
     for (text, name, key, values, zero) in checks {
         for v in values {
             let found = value(text, name, &format!("{key}=\"{v}\""));
+            // The start-up waits for the cluster to answer through the relay: on a busy machine a
+            // first try can come before the agent's tunnel and be refused as `offline`.
+            let zero = zero && *v != "offline";
             ensure!(
                 found.is_some_and(|n| !zero || n == 0.0),
                 "{name} {key}={v} at the start: {found:?}\n{text}"
