@@ -1,0 +1,112 @@
+//! The Helm charts (`helm/hawser-relay`, `helm/hawser-agent`) with a real helm built from its Go
+//! module: lint and render (default and HA values), then installed into the real kube-apiserver
+//! with the relay and agent running the configs they rendered, kubectl through them, and each
+//! rule of the agent's ClusterRole shown needed.
+
+mod helm;
+mod install;
+mod pod;
+mod rbac;
+mod render;
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+
+use crate::support::Testbed;
+use crate::support::hawser::hawser_bin;
+use crate::support::process::run_with_deadline;
+
+/// The cluster's name at the relay in these tests.
+const CLUSTER: &str = "charts";
+
+/// A chart test on the shared control plane.
+pub type Test = fn(&Testbed) -> Result<()>;
+/// A chart test that needs no control plane, or starts its own.
+pub type Standalone = fn() -> Result<()>;
+
+/// Tests on the shared control plane, by name.
+pub const TESTS: &[(&str, Test)] = &[(
+    "the_agent_charts_rbac_suffices_for_get_logs_and_exec",
+    install::the_agent_charts_rbac_suffices_for_get_logs_and_exec,
+)];
+
+/// Tests without it, by name.
+pub const STANDALONE: &[(&str, Standalone)] = &[
+    (
+        "both_charts_lint_and_refuse_bad_values",
+        render::both_charts_lint_and_refuse_bad_values,
+    ),
+    (
+        "rendered_objects_are_hardened_and_highly_available",
+        render::rendered_objects_are_hardened_and_highly_available,
+    ),
+    (
+        "each_rule_of_the_agent_role_is_named_when_missing",
+        rbac::each_rule_of_the_agent_role_is_named_when_missing,
+    ),
+];
+
+/// The relay's serving certificate, as PEM text for the chart's values and a CA file for callers.
+struct RelayPki {
+    ca: String,
+    ca_file: PathBuf,
+    cert: String,
+    key: String,
+}
+
+/// A CA and a serving certificate for `localhost` and 127.0.0.1 signed by it.
+fn relay_pki(dir: &Path) -> Result<RelayPki> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "hawser-charts-ca");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
+    let cert = params.signed_by(&key, &ca)?;
+    let ca_file = dir.join("relay-ca.crt");
+    fs::write(&ca_file, ca.pem())?;
+    Ok(RelayPki {
+        ca: ca.pem(),
+        ca_file,
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// A temp dir for a test's files, kept with `HAWSER_E2E_KEEP=1`.
+fn work_dir(name: &str) -> Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("hawser-{name}-"))
+        .disable_cleanup(std::env::var_os("HAWSER_E2E_KEEP").is_some())
+        .tempdir()?)
+}
+
+/// Runs `hawser ARGS`; its stdout, or an error with its stderr.
+fn hawser(args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new(hawser_bin());
+    cmd.args(args);
+    let out = run_with_deadline(cmd, None, Duration::from_secs(30))?;
+    ensure!(
+        out.status.success(),
+        "hawser {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A fresh EC P-256 key as PKCS#8 PEM, as the relay's signing keys must be.
+fn signing_key() -> Result<String> {
+    Ok(KeyPair::generate()?.serialize_pem())
+}
