@@ -3,6 +3,7 @@
 //! with the relay and agent running the configs they rendered, kubectl through them, and each
 //! rule of the agent's ClusterRole shown needed.
 
+mod fleet;
 mod helm;
 mod install;
 mod pod;
@@ -31,10 +32,16 @@ pub type Test = fn(&Testbed) -> Result<()>;
 pub type Standalone = fn() -> Result<()>;
 
 /// Tests on the shared control plane, by name.
-pub const TESTS: &[(&str, Test)] = &[(
-    "the_agent_charts_rbac_suffices_for_get_logs_and_exec",
-    install::the_agent_charts_rbac_suffices_for_get_logs_and_exec,
-)];
+pub const TESTS: &[(&str, Test)] = &[
+    (
+        "the_agent_charts_rbac_suffices_for_get_logs_and_exec",
+        install::the_agent_charts_rbac_suffices_for_get_logs_and_exec,
+    ),
+    (
+        "the_relay_charts_fleet_routes_through_either_relay",
+        fleet::the_relay_charts_fleet_routes_through_either_relay,
+    ),
+];
 
 /// Tests without it, by name.
 pub const STANDALONE: &[(&str, Standalone)] = &[
@@ -51,6 +58,68 @@ pub const STANDALONE: &[(&str, Standalone)] = &[
         rbac::each_rule_of_the_agent_role_is_named_when_missing,
     ),
 ];
+
+/// What a relay and an agent of cluster [`CLUSTER`] share, the relay (or the fleet's first) on
+/// 127.0.0.1:`port`: the relay's certificate and signing keys, the agent token.
+struct Setup {
+    pki: RelayPki,
+    relay_url: String,
+    port: u16,
+    agent_token: String,
+    issuer_key: String,
+    assertion_key: String,
+}
+
+impl Setup {
+    fn new(dir: &Path, port: u16) -> Result<Self> {
+        Ok(Self {
+            pki: relay_pki(dir)?,
+            relay_url: format!("https://127.0.0.1:{port}"),
+            port,
+            agent_token: format!("chart-agent-token-{port}-{}", std::process::id()),
+            issuer_key: signing_key()?,
+            assertion_key: signing_key()?,
+        })
+    }
+
+    /// The relay chart's values: certificate and keys as values (so as the chart's Secrets),
+    /// group dev may reach the cluster, whose agent token's digest is given.
+    fn relay_values(&self) -> Result<serde_json::Value> {
+        let url = &self.relay_url;
+        Ok(serde_json::json!({
+            "tls": {"cert": self.pki.cert, "key": self.pki.key},
+            "keys": {"issuerKey": self.issuer_key, "assertionKey": self.assertion_key},
+            "config": {
+                "issuer": {"issuer": url, "audience": "hawser"},
+                "assertions": {"issuer": format!("{url}/assertions")},
+                "access": [{"clusters": [CLUSTER], "groups": ["dev"]}],
+                "clusters": [{"name": CLUSTER, "agent_token_sha256": hawser::relay::token_digest_hex(&self.agent_token)}],
+            },
+        }))
+    }
+
+    /// The agent chart's values: the token, the relay's CA, its address and assertion key's URL,
+    /// `relay` keys besides.
+    fn agent_values(&self, relay: serde_json::Value) -> serde_json::Value {
+        let url = &self.relay_url;
+        let mut values = serde_json::json!({
+            "cluster": CLUSTER,
+            "token": {"value": self.agent_token},
+            "relayCA": self.pki.ca,
+            "config": {
+                "relay": {"address": format!("127.0.0.1:{}", self.port), "server_name": "localhost"},
+                "assertions": {
+                    "issuer": format!("{url}/assertions"),
+                    "jwks_url": format!("{url}/.well-known/hawser/assertion-jwks.json"),
+                },
+            },
+        });
+        if let (Some(table), Some(more)) = (values["config"]["relay"].as_object_mut(), relay.as_object()) {
+            table.extend(more.clone());
+        }
+        values
+    }
+}
 
 /// The relay's serving certificate, as PEM text for the chart's values and a CA file for callers.
 struct RelayPki {
@@ -82,6 +151,22 @@ fn relay_pki(dir: &Path) -> Result<RelayPki> {
         cert: cert.pem(),
         key: key.serialize_pem(),
     })
+}
+
+/// `helm template` of `release` with `values` (written as the values file `name`), applied to
+/// the test bed's apiserver as `helm install` would create it (`kubectl apply`): the rendering.
+fn install(
+    helm: &helm::Helm,
+    tb: &Testbed,
+    release: &helm::Release,
+    name: &str,
+    values: &serde_json::Value,
+) -> Result<helm::Rendered> {
+    let values = helm.values_file(name, values)?;
+    let rendered = helm.template(release, &[&values], &[])?;
+    tb.admin()
+        .ok_with_stdin(&["apply", "-n", release.namespace, "-f", "-"], rendered.text.as_bytes())?;
+    Ok(rendered)
 }
 
 /// A temp dir for a test's files, kept with `HAWSER_E2E_KEEP=1`.

@@ -9,8 +9,8 @@ use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
 use super::helm::{AGENT, Helm, RELAY, Release};
-use super::pod::{Agent, Relay};
-use super::{CLUSTER, hawser, relay_pki, signing_key, work_dir};
+use super::pod::{Agent, Ports, Relay};
+use super::{CLUSTER, Setup, hawser, install, work_dir};
 use crate::support::binaries::binaries;
 use crate::support::net::{free_port, http};
 use crate::support::process::wait_for;
@@ -24,64 +24,33 @@ use crate::support::{Kubectl, PodSpec, Testbed};
 pub fn the_agent_charts_rbac_suffices_for_get_logs_and_exec(tb: &Testbed) -> Result<()> {
     let (helm, namespace, dir) = (Helm::new()?, tb.namespace("charts")?, work_dir("charts")?);
     let (port, admin, agent_admin) = (free_port()?, free_port()?, free_port()?);
-    let relay_url = format!("https://127.0.0.1:{port}");
-    let pki = relay_pki(dir.path())?;
-    let agent_token = format!("chart-agent-token-{port}-{}", std::process::id());
-
-    let relay_values = helm.values_file(
-        "relay",
-        &json!({
-            "tls": {"cert": pki.cert, "key": pki.key},
-            "keys": {"issuerKey": signing_key()?, "assertionKey": signing_key()?},
-            "config": {
-                "issuer": {"issuer": relay_url, "audience": "hawser"},
-                "assertions": {"issuer": format!("{relay_url}/assertions")},
-                "access": [{"clusters": [CLUSTER], "groups": ["dev"]}],
-                "clusters": [{"name": CLUSTER, "agent_token_sha256": hawser::relay::token_digest_hex(&agent_token)}],
-            },
-        }),
-    )?;
+    let setup = Setup::new(dir.path(), port)?;
     let release = format!("hawser-agent-{namespace}");
-    let agent_values = helm.values_file(
-        "agent",
-        &json!({
-            "cluster": CLUSTER,
-            "token": {"value": agent_token},
-            "relayCA": pki.ca,
-            "config": {
-                "relay": {"address": format!("127.0.0.1:{port}"), "server_name": "localhost"},
-                "assertions": {
-                    "issuer": format!("{relay_url}/assertions"),
-                    "jwks_url": format!("{relay_url}/.well-known/hawser/assertion-jwks.json"),
-                },
-            },
-        }),
-    )?;
     let relay_release = format!("hawser-relay-{namespace}");
-    let relay = helm.template(
+    // Installed as helm would: every object accepted by the real apiserver.
+    let relay = install(
+        &helm,
+        tb,
         &Release {
             chart: RELAY,
             name: &relay_release,
             namespace: &namespace,
         },
-        &[&relay_values],
-        &[],
+        "relay",
+        &setup.relay_values()?,
     )?;
-    let agent = helm.template(
+    let agent = install(
+        &helm,
+        tb,
         &Release {
             chart: AGENT,
             name: &release,
             namespace: &namespace,
         },
-        &[&agent_values],
-        &[],
+        "agent",
+        &setup.agent_values(json!({})),
     )?;
-
-    // Installed as helm would: every object accepted by the real apiserver.
     let admin_kubectl = tb.admin();
-    for rendered in [&relay, &agent] {
-        admin_kubectl.ok_with_stdin(&["apply", "-n", &namespace, "-f", "-"], rendered.text.as_bytes())?;
-    }
     let account = agent.one("ServiceAccount")?["metadata"]["name"]
         .as_str()
         .context("a ServiceAccount without a name")?
@@ -92,7 +61,7 @@ pub fn the_agent_charts_rbac_suffices_for_get_logs_and_exec(tb: &Testbed) -> Res
         &format!("clusterrolebinding/{release}"),
     ])?;
 
-    let relay_process = Relay::start(dir.path(), &relay, port, admin)?;
+    let relay_process = Relay::start(dir.path(), &relay, "relay.toml", Ports { port, admin }, &[])?;
     let pod = format!("{release}-5d8f7c6b9-x2k4q");
     let mut agent_process = Agent::start(
         tb,
@@ -123,7 +92,7 @@ pub fn the_agent_charts_rbac_suffices_for_get_logs_and_exec(tb: &Testbed) -> Res
     tb.bind_role(&namespace, "cluster-admin", "alice")?;
     tb.running_pod(&namespace, "web", &PodSpec::default())?;
     tb.append_log(&namespace, "web", "main", "hello from the charts test\n")?;
-    let alice = caller(dir.path(), &relay_process.config, &relay_url, &pki.ca_file)?;
+    let alice = caller(dir.path(), &relay_process.config, &setup.relay_url, &setup.pki.ca_file)?;
     let got = alice.ok(&["get", "pods", "-n", &namespace, "-o", "name"])?;
     ensure!(
         got.lines().any(|l| l == "pod/web"),
@@ -150,7 +119,7 @@ pub fn the_agent_charts_rbac_suffices_for_get_logs_and_exec(tb: &Testbed) -> Res
 }
 
 /// kubectl through the relay as alice (group dev), with a token from the relay's built-in issuer.
-fn caller(dir: &Path, relay_config: &Path, relay_url: &str, ca: &Path) -> Result<Kubectl> {
+pub fn caller(dir: &Path, relay_config: &Path, relay_url: &str, ca: &Path) -> Result<Kubectl> {
     let config = relay_config.display().to_string();
     let token = hawser(&[
         "token",

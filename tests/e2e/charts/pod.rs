@@ -54,36 +54,47 @@ pub struct Relay {
     pub log: PathBuf,
 }
 
+/// Where a relay listens: its port (TCP and UDP) and its admin port, on 127.0.0.1.
+#[derive(Clone, Copy)]
+pub struct Ports {
+    /// Callers' and agents' port.
+    pub port: u16,
+    /// The admin listener's.
+    pub admin: u16,
+}
+
 impl Relay {
-    /// Starts it in `dir` and waits until its admin listener's `/readyz` (the readiness probe's
-    /// target) answers 200.
-    pub fn start(dir: &Path, rendered: &Rendered, port: u16, admin: u16) -> Result<Self> {
+    /// Starts the relay of the rendered ConfigMap's `file` (e.g. `relay.toml`) in `dir`, with
+    /// `more` rewrites besides the listeners and the certificate and key mounts, and waits until
+    /// its admin listener's `/readyz` (the readiness probe's target) answers 200.
+    pub fn start(dir: &Path, rendered: &Rendered, file: &str, ports: Ports, more: &[(String, String)]) -> Result<Self> {
+        let Ports { port, admin } = ports;
         let mounts = dir.join("relay-mounts");
         rendered.write_mounts(&mounts)?;
-        let text = rewrite(
-            &rendered.config_file("relay.toml")?,
-            &[
-                (
-                    "listen = \"0.0.0.0:8443\"".into(),
-                    format!("listen = \"127.0.0.1:{port}\""),
-                ),
-                (
-                    "listen = \"0.0.0.0:9090\"".into(),
-                    format!("listen = \"127.0.0.1:{admin}\""),
-                ),
-                (
-                    "/etc/hawser/tls/".into(),
-                    format!("{}/", secret_dir(rendered, &mounts, "-tls")?.display()),
-                ),
-                (
-                    "/etc/hawser/keys/".into(),
-                    format!("{}/", secret_dir(rendered, &mounts, "-keys")?.display()),
-                ),
-            ],
-        )?;
-        let config = dir.join("relay.toml");
+        let mut pairs = vec![
+            (
+                "listen = \"0.0.0.0:8443\"".into(),
+                format!("listen = \"127.0.0.1:{port}\""),
+            ),
+            (
+                "listen = \"0.0.0.0:9090\"".into(),
+                format!("listen = \"127.0.0.1:{admin}\""),
+            ),
+            (
+                "/etc/hawser/tls/".into(),
+                format!("{}/", secret_dir(rendered, &mounts, "-tls")?.display()),
+            ),
+            (
+                "/etc/hawser/keys/".into(),
+                format!("{}/", secret_dir(rendered, &mounts, "-keys")?.display()),
+            ),
+        ];
+        pairs.extend_from_slice(more);
+        let text = rewrite(&rendered.config_file(file)?, &pairs)?;
+        let stem = file.trim_end_matches(".toml");
+        let config = dir.join(file);
         fs::write(&config, text)?;
-        let log = dir.join("relay.log");
+        let log = dir.join(format!("{stem}.log"));
         let mut process = Supervised::spawn(
             &binaries()?.reaper,
             "hawser relay (chart)",
@@ -93,7 +104,7 @@ impl Relay {
             false,
         )?;
         wait_for(
-            "the chart's relay to be ready (/readyz on its admin port)",
+            &format!("the chart's relay {stem} to be ready (/readyz on its admin port)"),
             READY,
             || {
                 process.ensure_running()?;

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::helm::{AGENT, Helm, Release};
 use super::pod::Agent;
-use super::{CLUSTER, hawser, work_dir};
+use super::{CLUSTER, hawser, install, work_dir};
 use crate::support::Testbed;
 use crate::support::net::free_port;
 use crate::support::process::wait_for;
@@ -22,39 +22,36 @@ pub fn each_rule_of_the_agent_role_is_named_when_missing() -> Result<()> {
     let tb = Testbed::start()?;
     tb.admin().ok(&["delete", "clusterrolebinding", "system:basic-user"])?;
     let (helm, namespace, dir) = (Helm::new()?, tb.namespace("charts-rbac")?, work_dir("charts-rbac")?);
-    let values = helm.values_file(
-        "agent-rbac",
-        &json!({
-            "cluster": CLUSTER,
-            "mode": "both",
-            "token": {"value": "an agent token (no relay listens: only the start-up check matters)"},
-            "relayCA": std::fs::read_to_string(&tb.pki.ca_cert)?,
-            "config": {
-                "relay": {"address": format!("127.0.0.1:{}", free_port()?), "server_name": "localhost"},
-                "assertions": null,
-                "issuers": [{
-                    "issuer": "https://issuer.example",
-                    "audiences": [CLUSTER],
-                    "jwks": jwks(dir.path())?,
-                    "uid_claim": "uid",
-                    "extra_claims": {"scopes": "scp"},
-                    "allow_system_names": true,
-                }],
-            },
-        }),
-    )?;
+    let values = json!({
+        "cluster": CLUSTER,
+        "mode": "both",
+        "token": {"value": "an agent token (no relay listens: only the start-up check matters)"},
+        "relayCA": std::fs::read_to_string(&tb.pki.ca_cert)?,
+        "config": {
+            "relay": {"address": format!("127.0.0.1:{}", free_port()?), "server_name": "localhost"},
+            "assertions": null,
+            "issuers": [{
+                "issuer": "https://issuer.example",
+                "audiences": [CLUSTER],
+                "jwks": jwks(dir.path())?,
+                "uid_claim": "uid",
+                "extra_claims": {"scopes": "scp"},
+                "allow_system_names": true,
+            }],
+        },
+    });
     let release = "hawser-agent";
-    let rendered = helm.template(
+    let rendered = install(
+        &helm,
+        &tb,
         &Release {
             chart: AGENT,
             name: release,
             namespace: &namespace,
         },
-        &[&values],
-        &[],
+        "agent-rbac",
+        &values,
     )?;
-    tb.admin()
-        .ok_with_stdin(&["apply", "-n", &namespace, "-f", "-"], rendered.text.as_bytes())?;
     let account = format!("system:serviceaccount:{namespace}:{release}");
     let role = rendered.one("ClusterRole")?.clone();
     let rules = role["rules"].as_array().context("no rules")?.clone();
