@@ -153,8 +153,8 @@ fn relay_pki(dir: &Path) -> Result<RelayPki> {
     })
 }
 
-/// `helm template` of `release` with `values` (written as the values file `name`), applied to
-/// the test bed's apiserver as `helm install` would create it (`kubectl apply`): the rendering.
+/// `helm install` of `release` with `values` (written as the values file `name`) into the test
+/// bed's apiserver, as the administrator: what it installed (`helm get manifest`).
 fn install(
     helm: &helm::Helm,
     tb: &Testbed,
@@ -163,10 +163,7 @@ fn install(
     values: &serde_json::Value,
 ) -> Result<helm::Rendered> {
     let values = helm.values_file(name, values)?;
-    let rendered = helm.template(release, &[&values], &[])?;
-    tb.admin()
-        .ok_with_stdin(&["apply", "-n", release.namespace, "-f", "-"], rendered.text.as_bytes())?;
-    Ok(rendered)
+    helm.install(&tb.admin_kubeconfig, release, &values)
 }
 
 /// A temp dir for a test's files, kept with `HAWSER_E2E_KEEP=1`.

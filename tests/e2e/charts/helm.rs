@@ -107,6 +107,36 @@ impl Helm {
         self.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
+    /// `helm install` of `release` with the values file `values` into the cluster of
+    /// `kubeconfig` (no `--wait`: no controller makes pods here); what it installed, as
+    /// `helm get manifest` prints it.
+    pub fn install(&self, kubeconfig: &Path, release: &Release, values: &str) -> Result<Rendered> {
+        let chart = Self::chart(release.chart).display().to_string();
+        self.on_cluster(
+            kubeconfig,
+            release,
+            &["install", release.name, &chart, "--values", values],
+        )?;
+        Rendered::parse(self.on_cluster(kubeconfig, release, &["get", "manifest", release.name])?)
+    }
+
+    /// Runs `helm ARGS --kubeconfig K --namespace NS` for `release`'s namespace; fails unless it
+    /// succeeds. Its stdout.
+    pub fn on_cluster(&self, kubeconfig: &Path, release: &Release, args: &[&str]) -> Result<String> {
+        let kubeconfig = kubeconfig.display().to_string();
+        let mut all = args.to_vec();
+        all.extend(["--kubeconfig", &kubeconfig, "--namespace", release.namespace]);
+        let out = self.run(&all)?;
+        if !out.status.success() {
+            bail!(
+                "helm {} failed: {}",
+                all.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// Writes `values` (JSON, which is YAML) to a file of this helm's and returns its path.
     pub fn values_file(&self, name: &str, values: &Value) -> Result<String> {
         let path = self.home.path().join(format!("{name}.yaml"));
@@ -129,16 +159,15 @@ fn push_values(args: &mut Vec<String>, chart: &Path, values: &[&str], set: &[&st
     }
 }
 
-/// What `helm template` printed, and its objects.
+/// The objects `helm template` printed or `helm get manifest` said were installed.
 pub struct Rendered {
-    /// The manifests as helm printed them (for `kubectl apply`).
-    pub text: String,
     /// Every object, as JSON.
     pub objects: Vec<Value>,
 }
 
 impl Rendered {
     fn parse(text: String) -> Result<Self> {
+        // `text` is every manifest, `---`-separated, as helm prints them.
         let mut objects = Vec::new();
         for doc in serde_yaml_ng::Deserializer::from_str(&text) {
             let object = Value::deserialize(doc).context("helm template printed YAML that does not parse")?;
@@ -146,7 +175,7 @@ impl Rendered {
                 objects.push(object);
             }
         }
-        Ok(Self { text, objects })
+        Ok(Self { objects })
     }
 
     /// Every object of `kind`.

@@ -21,6 +21,7 @@ use crate::support::{Kubectl, PodSpec, Testbed};
 /// rendered ConfigMaps and Secrets, the agent with a token for the chart's ServiceAccount and no
 /// other right; both readiness probes' targets answer 200; then a caller bound to `cluster-admin` in one
 /// namespace gets, reads logs and execs there through them, and is refused elsewhere by name.
+/// Then `helm upgrade` to mode both grants tokenreviews, and `helm uninstall` removes the role.
 pub fn the_agent_charts_rbac_suffices_for_get_logs_and_exec(tb: &Testbed) -> Result<()> {
     let (helm, namespace, dir) = (Helm::new()?, tb.namespace("charts")?, work_dir("charts")?);
     let (port, admin, agent_admin) = (free_port()?, free_port()?, free_port()?);
@@ -39,17 +40,12 @@ pub fn the_agent_charts_rbac_suffices_for_get_logs_and_exec(tb: &Testbed) -> Res
         "relay",
         &setup.relay_values()?,
     )?;
-    let agent = install(
-        &helm,
-        tb,
-        &Release {
-            chart: AGENT,
-            name: &release,
-            namespace: &namespace,
-        },
-        "agent",
-        &setup.agent_values(json!({})),
-    )?;
+    let agent_release = Release {
+        chart: AGENT,
+        name: &release,
+        namespace: &namespace,
+    };
+    let agent = install(&helm, tb, &agent_release, "agent", &setup.agent_values(json!({})))?;
     let admin_kubectl = tb.admin();
     let account = agent.one("ServiceAccount")?["metadata"]["name"]
         .as_str()
@@ -114,6 +110,34 @@ pub fn the_agent_charts_rbac_suffices_for_get_logs_and_exec(tb: &Testbed) -> Res
     ensure!(
         !refused.status.success() && said.contains("\"alice\"") && said.contains("forbidden"),
         "alice outside her namespace was not refused as alice: {said}"
+    );
+
+    // The release's life goes on as helm users know it: an upgrade to mode both adds the
+    // tokenreviews rule (and only then), uninstalling removes the cluster-wide role.
+    let role = |what: &str| {
+        admin_kubectl
+            .ok(&["get", &format!("clusterrole/{release}"), "-o", "json"])
+            .context(what.to_owned())
+    };
+    ensure!(
+        !role("the role")?.contains("tokenreviews"),
+        "identity mode grants tokenreviews"
+    );
+    let (kubeconfig, chart) = (&tb.admin_kubeconfig, Helm::chart(AGENT).display().to_string());
+    helm.on_cluster(
+        kubeconfig,
+        &agent_release,
+        &["upgrade", &release, &chart, "--reuse-values", "--set", "mode=both"],
+    )?;
+    ensure!(
+        role("the upgraded role")?.contains("tokenreviews"),
+        "mode both did not grant tokenreviews"
+    );
+    helm.on_cluster(kubeconfig, &agent_release, &["uninstall", &release])?;
+    let gone = admin_kubectl.run(&["get", &format!("clusterrole/{release}")])?;
+    ensure!(
+        !gone.status.success() && String::from_utf8_lossy(&gone.stderr).contains("NotFound"),
+        "helm uninstall left the ClusterRole"
     );
     Ok(())
 }
