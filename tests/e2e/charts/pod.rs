@@ -65,7 +65,7 @@ pub struct Ports {
 
 impl Relay {
     /// Starts the relay of the rendered ConfigMap's `file` (e.g. `relay.toml`) in `dir`, with
-    /// `more` rewrites besides the listeners and the certificate and key mounts, and waits until
+    /// `more` rewrites besides the listeners and the mounts of the chart's Secrets, and waits until
     /// its admin listener's `/readyz` (the readiness probe's target) answers 200.
     pub fn start(dir: &Path, rendered: &Rendered, file: &str, ports: Ports, more: &[(String, String)]) -> Result<Self> {
         let Ports { port, admin } = ports;
@@ -80,15 +80,14 @@ impl Relay {
                 "listen = \"0.0.0.0:9090\"".into(),
                 format!("listen = \"127.0.0.1:{admin}\""),
             ),
-            (
-                "/etc/hawser/tls/".into(),
-                format!("{}/", secret_dir(rendered, &mounts, "-tls")?.display()),
-            ),
-            (
-                "/etc/hawser/keys/".into(),
-                format!("{}/", secret_dir(rendered, &mounts, "-keys")?.display()),
-            ),
         ];
+        // The chart's own Secrets, where it made them (a trial relay has none: it makes its
+        // certificate and keys in /var/lib/hawser, which `more` then names).
+        for (path, suffix) in [("/etc/hawser/tls/", "-tls"), ("/etc/hawser/keys/", "-keys")] {
+            if let Ok(secret) = secret_dir(rendered, &mounts, suffix) {
+                pairs.push((path.into(), format!("{}/", secret.display())));
+            }
+        }
         pairs.extend_from_slice(more);
         let text = rewrite(&rendered.config_file(file)?, &pairs)?;
         let stem = file.trim_end_matches(".toml");

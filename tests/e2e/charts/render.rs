@@ -10,6 +10,8 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
 use super::helm::{AGENT, Helm, RELAY, Release, Rendered};
+use super::pod::{Ports, Relay};
+use crate::support::net::free_port;
 
 /// The HA values file of each chart (relative to the chart, as users would use it).
 const HA: &str = "ci/ha-values.yaml";
@@ -54,7 +56,8 @@ pub fn both_charts_lint_and_refuse_bad_values() -> Result<()> {
     Ok(())
 }
 
-/// Default and HA renders of both charts: what each object must hold.
+/// Default and HA renders of both charts: what each object must hold; every rendered TOML loads
+/// as the binaries load it, and the default relay (a trial: no Secrets) starts and is ready.
 pub fn rendered_objects_are_hardened_and_highly_available() -> Result<()> {
     let helm = Helm::new()?;
     let relay = helm.template(&release(RELAY), &[], &[])?;
@@ -170,6 +173,24 @@ pub fn rendered_objects_are_hardened_and_highly_available() -> Result<()> {
         valid::<hawser::config::RelayConfig>(dir.path(), &file, &relay_ha.config_file(&file)?)?;
     }
     valid::<hawser::config::AgentConfig>(dir.path(), "agent.toml", &agent.config_file("agent.toml")?)?;
+
+    // The default relay is a working trial: it makes its certificate and keys in its state
+    // volume, and is ready.
+    let state = dir.path().join("state");
+    let ports = Ports {
+        port: free_port()?,
+        admin: free_port()?,
+    };
+    let _trial = Relay::start(
+        dir.path(),
+        &relay,
+        "relay.toml",
+        ports,
+        &[("/var/lib/hawser/".into(), format!("{}/", state.display()))],
+    )?;
+    for made in ["tls.crt", "tls.key", "issuer.key", "assertion.key"] {
+        ensure!(state.join(made).is_file(), "the trial relay did not make {made}");
+    }
     valid::<hawser::config::AgentConfig>(dir.path(), "agent-ha.toml", &agent_ha.config_file("agent.toml")?)?;
     Ok(())
 }
