@@ -174,6 +174,37 @@ pub fn rendered_objects_are_hardened_and_highly_available() -> Result<()> {
     }
     valid::<hawser::config::AgentConfig>(dir.path(), "agent.toml", &agent.config_file("agent.toml")?)?;
 
+    // Values become TOML as given: strings escaped, big whole numbers as integers (Helm reads
+    // numbers as floats), fractions as floats, maps with any keys as inline tables.
+    let odd = "we\"ird\\ \u{fc}\n<&>";
+    let values = helm.values_file(
+        "odd",
+        &json!({"config": {
+            "issuer": {"username_prefix": odd},
+            "limits": {"max_streams_per_caller": 4_194_304, "fraction": 1.5},
+            "issuers": [{"issuer": "i", "audiences": ["x", "y"], "extra_claims": {"a/b": "c", "q\"": "d"}}],
+        }}),
+    )?;
+    let text = helm
+        .template(&release(RELAY), &[&values], &[])?
+        .config_file("relay.toml")?;
+    let toml: toml::Table =
+        toml::from_str(&text).with_context(|| format!("the rendered TOML does not parse:\n{text}"))?;
+    let want = json!({
+        "prefix": odd, "streams": 4_194_304, "fraction": 1.5, "audiences": ["x", "y"], "claims": {"a/b": "c", "q\"": "d"},
+    });
+    let got = json!({
+        "prefix": toml["issuer"]["username_prefix"].as_str(),
+        "streams": toml["limits"]["max_streams_per_caller"].as_integer(),
+        "fraction": toml["limits"]["fraction"].as_float(),
+        "audiences": serde_json::to_value(&toml["issuers"][0]["audiences"])?,
+        "claims": serde_json::to_value(&toml["issuers"][0]["extra_claims"])?,
+    });
+    ensure!(
+        got == want,
+        "values rendered as TOML read back {got}, not {want}:\n{text}"
+    );
+
     // The default relay is a working trial: it makes its certificate and keys in its state
     // volume, and is ready.
     let state = dir.path().join("state");
