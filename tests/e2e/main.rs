@@ -7,6 +7,7 @@
 
 mod balancer;
 mod baseline;
+mod charts;
 mod clusters;
 mod dashboard;
 mod doctor;
@@ -142,6 +143,7 @@ fn main() -> ExitCode {
         ("observability", observability::TESTS),
         ("doctor", doctor::TESTS),
         ("dashboard", dashboard::TESTS),
+        ("charts", charts::TESTS),
     ] {
         for &(name, test) in tests {
             let fixture = fixture.clone();
@@ -154,6 +156,7 @@ fn main() -> ExitCode {
     for (suite, tests) in [
         ("balancer", balancer::STANDALONE),
         ("observability", observability::STANDALONE),
+        ("charts", charts::STANDALONE),
     ] {
         for &(name, test) in tests {
             trials.push(Trial::test(format!("{suite}::{name}"), move || {

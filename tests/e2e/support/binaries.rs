@@ -1,7 +1,7 @@
 //! Builds the test bed's Go binaries once, cached under `target/testbed`.
 //! A file lock serialises builds across test binaries running in parallel;
 //! a stamp of every input decides whether a rebuild is due: one for the
-//! Kubernetes binaries, one for the OpenTelemetry Collector.
+//! Kubernetes binaries, one for the OpenTelemetry Collector, one for helm.
 
 use std::fs::{self, File};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -29,6 +29,8 @@ pub struct Binaries {
     pub reaper: PathBuf,
     /// The OpenTelemetry Collector (tests/testbed/otelcol), built with its own stamp.
     pub otelcol: PathBuf,
+    /// helm (tests/testbed/helm), built with its own stamp.
+    pub helm: PathBuf,
 }
 
 /// The built binaries, building them first if any input changed.
@@ -68,11 +70,13 @@ fn build() -> Result<Binaries> {
         testkubelet: bin.join("testkubelet"),
         reaper: bin.join("reaper"),
         otelcol: bin.join("otelcol"),
+        helm: bin.join("helm"),
     };
     let go_version = go_version()?;
 
     let mut inputs = Vec::new();
-    collect_inputs(&source, &source.join(OTELCOL_SOURCE), &mut inputs)?;
+    let apart = [source.join(OTELCOL_SOURCE), source.join(HELM_SOURCE)];
+    collect_inputs(&source, &apart, &mut inputs)?;
     Step {
         what: "the test bed",
         duration: "a cold build takes about 7 minutes",
@@ -108,8 +112,25 @@ fn build() -> Result<Binaries> {
         outputs: vec![&binaries.otelcol],
     }
     .run(&go_version)?;
+
+    // helm too: its module pins its own Kubernetes libraries, apart from the test bed's.
+    let helm = source.join(HELM_SOURCE);
+    let inputs = ["build.sh", "go.mod", "go.sum"].map(|f| helm.join(f)).to_vec();
+    Step {
+        what: "helm",
+        duration: "about 2 minutes with empty Go caches",
+        script: helm.join("build.sh"),
+        args: vec![bin.clone()],
+        stamp: stamp(&source, inputs, &go_version)?,
+        stamp_file: cache.join("stamp-helm"),
+        outputs: vec![&binaries.helm],
+    }
+    .run(&go_version)?;
     Ok(binaries)
 }
+
+/// Where helm's module and build script live, under tests/testbed.
+const HELM_SOURCE: &str = "helm";
 
 /// Where the collector's manifest and build script live, under tests/testbed.
 const OTELCOL_SOURCE: &str = "otelcol";
@@ -176,11 +197,12 @@ fn stamp(source: &Path, mut files: Vec<PathBuf>, go_version: &str) -> Result<Str
 }
 
 /// The test bed's inputs: scripts, module files and Go sources of every module under
-/// tests/testbed (the kubectl-1.32 one included), except the collector's folder `skip`.
-fn collect_inputs(dir: &Path, skip: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// tests/testbed (the kubectl-1.32 one included), except the folders in `skip` (the collector's
+/// and helm's, built apart).
+fn collect_inputs(dir: &Path, skip: &[PathBuf], out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        if path == skip {
+        if skip.contains(&path) {
             continue;
         }
         if path.is_dir() {
