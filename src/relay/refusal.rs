@@ -146,6 +146,12 @@ pub enum Refusal {
         /// Each relay tried and its error.
         why: String,
     },
+    /// In a fleet, a relay that has not read the shared registry since it started cannot tell
+    /// which relay holds the cluster (a balancer sent a caller before `/readyz` passed).
+    #[error(
+        "cluster \"{0}\" cannot be routed yet: this relay has not read the fleet's registry (etcd) since it started"
+    )]
+    RegistryUnread(String),
     /// The agent gave no response head.
     #[error("cluster \"{cluster}\": the agent did not answer: {why}")]
     NoAnswer {
@@ -220,7 +226,7 @@ impl Refusal {
             Self::CallerBusy { .. } => Reason::CallerBusy,
             Self::Saturated { .. } => Reason::Saturated,
             Self::Unreachable { .. } | Self::AgentShutdown { .. } => Reason::Unreachable,
-            Self::PeerUnreachable { .. } => Reason::PeerUnreachable,
+            Self::PeerUnreachable { .. } | Self::RegistryUnread(_) => Reason::PeerUnreachable,
             Self::NoAnswer { .. } | Self::UnaskedUpgrade(_) => Reason::BadGateway,
         }
     }
@@ -247,7 +253,8 @@ impl Refusal {
             | Self::Saturated { .. }
             | Self::Unreachable { .. }
             | Self::AgentShutdown { .. }
-            | Self::PeerUnreachable { .. } => HttpError::unavailable(message),
+            | Self::PeerUnreachable { .. }
+            | Self::RegistryUnread(_) => HttpError::unavailable(message),
         }
     }
 
@@ -318,6 +325,7 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
                 false,
             ),
+            (Refusal::RegistryUnread(c()), StatusCode::SERVICE_UNAVAILABLE, false),
             (
                 Refusal::AgentShutdown { cluster: c(), code: 3 },
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -407,6 +415,7 @@ mod tests {
                 cluster: c(),
                 why: "x".into(),
             },
+            Refusal::RegistryUnread(c()),
             Refusal::NoAnswer {
                 cluster: c(),
                 why: "x".into(),
@@ -444,10 +453,11 @@ mod tests {
                 Refusal::NoAnswer { .. } => 24,
                 Refusal::UnaskedUpgrade(_) => 25,
                 Refusal::Miswired(_) => 26,
+                Refusal::RegistryUnread(_) => 27,
             };
             kinds.insert(kind);
         }
-        assert_eq!(kinds.len(), 27, "a sample of every kind of refusal");
+        assert_eq!(kinds.len(), 28, "a sample of every kind of refusal");
         all
     }
 

@@ -30,7 +30,7 @@ attribute_values! {
         Forwarded = "forwarded",
         /// No relay holds the cluster (503 offline).
         NoneHolds = "none_holds",
-        /// Relays hold it and none answered (503).
+        /// Relays hold it and none answered, or this relay has not read the registry yet (503).
         Unreachable = "unreachable",
     }
 }
@@ -93,11 +93,12 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
             let result = match &forwarded {
                 Ok(_) => Forward::Forwarded,
                 Err(NoPeer::NoneHolds) => Forward::NoneHolds,
-                Err(NoPeer::Unreachable(_)) => Forward::Unreachable,
+                Err(NoPeer::Unreachable(_) | NoPeer::Unread) => Forward::Unreachable,
             };
             metrics::count(&metrics::metrics().forwards, result);
             let forwarded = forwarded.map_err(|no| match no {
                 NoPeer::NoneHolds => Refusal::Offline(cluster.clone()),
+                NoPeer::Unread => Refusal::RegistryUnread(cluster.clone()),
                 NoPeer::Unreachable(errors) => Refusal::PeerUnreachable {
                     cluster: cluster.clone(),
                     why: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
