@@ -152,6 +152,15 @@ pub enum Refusal {
         "cluster \"{0}\" cannot be routed yet: this relay has not read the fleet's registry (etcd) since it started"
     )]
     RegistryUnread(String),
+    /// The tunnel the request went on was lost before a response head (here, or at the relay it
+    /// was forwarded to).
+    #[error("cluster \"{cluster}\": the agent's tunnel was lost before it answered: {why}")]
+    TunnelLost {
+        /// The cluster.
+        cluster: String,
+        /// What the stream said.
+        why: String,
+    },
     /// The agent gave no response head.
     #[error("cluster \"{cluster}\": the agent did not answer: {why}")]
     NoAnswer {
@@ -225,7 +234,7 @@ impl Refusal {
             Self::Offline(_) => Reason::Offline,
             Self::CallerBusy { .. } => Reason::CallerBusy,
             Self::Saturated { .. } => Reason::Saturated,
-            Self::Unreachable { .. } | Self::AgentShutdown { .. } => Reason::Unreachable,
+            Self::Unreachable { .. } | Self::AgentShutdown { .. } | Self::TunnelLost { .. } => Reason::Unreachable,
             Self::PeerUnreachable { .. } | Self::RegistryUnread(_) => Reason::PeerUnreachable,
             Self::NoAnswer { .. } | Self::UnaskedUpgrade(_) => Reason::BadGateway,
         }
@@ -254,8 +263,22 @@ impl Refusal {
             | Self::Unreachable { .. }
             | Self::AgentShutdown { .. }
             | Self::PeerUnreachable { .. }
-            | Self::RegistryUnread(_) => HttpError::unavailable(message),
+            | Self::RegistryUnread(_)
+            | Self::TunnelLost { .. } => HttpError::unavailable(message),
         }
+    }
+
+    /// Whether the tunnel the request went on was lost before any answer: a request that can be
+    /// sent again as it was may go on another tunnel.
+    pub fn lost_tunnel(&self) -> bool {
+        matches!(
+            self,
+            Self::TunnelLost { .. }
+                | Self::Unreachable {
+                    error: StreamError::Closed(_),
+                    ..
+                }
+        )
     }
 
     /// Whether this is the caller failing to authenticate (charged to its address).
@@ -326,6 +349,14 @@ mod tests {
                 false,
             ),
             (Refusal::RegistryUnread(c()), StatusCode::SERVICE_UNAVAILABLE, false),
+            (
+                Refusal::TunnelLost {
+                    cluster: c(),
+                    why: "lost".into(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+                false,
+            ),
             (
                 Refusal::AgentShutdown { cluster: c(), code: 3 },
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -416,6 +447,10 @@ mod tests {
                 why: "x".into(),
             },
             Refusal::RegistryUnread(c()),
+            Refusal::TunnelLost {
+                cluster: c(),
+                why: "x".into(),
+            },
             Refusal::NoAnswer {
                 cluster: c(),
                 why: "x".into(),
@@ -454,10 +489,11 @@ mod tests {
                 Refusal::UnaskedUpgrade(_) => 25,
                 Refusal::Miswired(_) => 26,
                 Refusal::RegistryUnread(_) => 27,
+                Refusal::TunnelLost { .. } => 28,
             };
             kinds.insert(kind);
         }
-        assert_eq!(kinds.len(), 28, "a sample of every kind of refusal");
+        assert_eq!(kinds.len(), 29, "a sample of every kind of refusal");
         all
     }
 
