@@ -38,6 +38,8 @@ pub mod reset {
     pub const NO_HEAD: u32 = 4;
     /// The relay a request was forwarded to holds no tunnel of its cluster (any more).
     pub const NO_ROUTE: u32 = 5;
+    /// The relay a request was forwarded to lost the agent's tunnel it put the stream on.
+    pub const TUNNEL_LOST: u32 = 6;
 
     /// What a reset code means, for a caller's Status and the logs.
     pub fn describe(code: u64) -> &'static str {
@@ -48,6 +50,7 @@ pub mod reset {
             3 => "the agent is shutting down",
             4 => "no request head arrived in time",
             5 => "the relay it was forwarded to holds no tunnel of the cluster",
+            6 => "the relay it was forwarded to lost the agent's tunnel",
             _ => "the stream was reset with an unknown code",
         }
     }

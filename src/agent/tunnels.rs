@@ -294,7 +294,8 @@ async fn session(
     };
     let avoid = place.moving.as_ref().map(|m| m.from.as_str());
     if !place.slots.claim(place.slot, &welcome.relay, avoid) {
-        link.close("another of this agent's tunnels holds this relay");
+        // Registered already, so possibly carrying requests: retired, not closed.
+        duplicate::retire(link, state, welcome.relay.as_str().into());
         return Err(SessionError::SameRelay(welcome.relay));
     }
     if welcome.fleet {
@@ -365,11 +366,17 @@ async fn session(
             let probe = async {
                 loop {
                     tokio::time::sleep(Duration::from_secs(relay.quic_probe_secs)).await;
+                    // Where the other tunnels are now, not when this one came up; and the relay
+                    // that welcomes QUIC is claimed as any other (it may differ from TCP's).
+                    let held = place.slots.elsewhere(place.slot, None);
                     match dialer
-                        .quic(Duration::from_secs(relay.quic_fallback_secs), n, held)
+                        .quic(Duration::from_secs(relay.quic_fallback_secs), n, &held)
                         .await
                     {
-                        Ok(up) => return up,
+                        Ok((link, welcome)) if place.slots.claim(place.slot, &welcome.relay, None) => {
+                            return (link, welcome);
+                        }
+                        Ok((link, welcome)) => duplicate::retire(link, state, welcome.relay.as_str().into()),
                         Err(e) => debug!(error = %e, "QUIC still unreachable"),
                     }
                 }
@@ -448,6 +455,8 @@ async fn read_notice(control: &mut quinn::RecvStream) -> Notice {
         }
     }
 }
+
+mod duplicate;
 
 #[cfg(test)]
 mod tests {

@@ -61,6 +61,8 @@ pub struct Forwarded {
 pub enum NoPeer {
     /// No relay of the fleet holds a tunnel of the cluster.
     NoneHolds,
+    /// This relay has not read the registry since it started (within the request's wait).
+    Unread,
     /// Some do, and none could be reached: each one's error.
     Unreachable(Vec<PeerError>),
 }
@@ -148,6 +150,15 @@ impl Fleet {
     pub async fn forward(&self, cluster: &str, wait: Duration) -> Result<Forwarded, NoPeer> {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let mut holders = self.view.holders(cluster, &self.me, turn);
+        if holders.is_empty() {
+            // A relay that just started has not read the registry yet, and a balancer that does
+            // not heed /readyz sends it callers already: "offline" would be a guess. Wait for the
+            // first read, within the request's wait.
+            if tokio::time::timeout(wait, self.health.first_sync()).await.is_err() {
+                return Err(NoPeer::Unread);
+            }
+            holders = self.view.holders(cluster, &self.me, turn);
+        }
         // A peer that failed lately goes last (a stable sort keeps the rest in order).
         holders.sort_by_key(|h| self.peers.recently_failed(&h.relay));
         if holders.is_empty() {

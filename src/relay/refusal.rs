@@ -146,6 +146,21 @@ pub enum Refusal {
         /// Each relay tried and its error.
         why: String,
     },
+    /// In a fleet, a relay that has not read the shared registry since it started cannot tell
+    /// which relay holds the cluster (a balancer sent a caller before `/readyz` passed).
+    #[error(
+        "cluster \"{0}\" cannot be routed yet: this relay has not read the fleet's registry (etcd) since it started"
+    )]
+    RegistryUnread(String),
+    /// The tunnel the request went on was lost before a response head (here, or at the relay it
+    /// was forwarded to).
+    #[error("cluster \"{cluster}\": the agent's tunnel was lost before it answered: {why}")]
+    TunnelLost {
+        /// The cluster.
+        cluster: String,
+        /// What the stream said.
+        why: String,
+    },
     /// The agent gave no response head.
     #[error("cluster \"{cluster}\": the agent did not answer: {why}")]
     NoAnswer {
@@ -219,8 +234,8 @@ impl Refusal {
             Self::Offline(_) => Reason::Offline,
             Self::CallerBusy { .. } => Reason::CallerBusy,
             Self::Saturated { .. } => Reason::Saturated,
-            Self::Unreachable { .. } | Self::AgentShutdown { .. } => Reason::Unreachable,
-            Self::PeerUnreachable { .. } => Reason::PeerUnreachable,
+            Self::Unreachable { .. } | Self::AgentShutdown { .. } | Self::TunnelLost { .. } => Reason::Unreachable,
+            Self::PeerUnreachable { .. } | Self::RegistryUnread(_) => Reason::PeerUnreachable,
             Self::NoAnswer { .. } | Self::UnaskedUpgrade(_) => Reason::BadGateway,
         }
     }
@@ -247,8 +262,23 @@ impl Refusal {
             | Self::Saturated { .. }
             | Self::Unreachable { .. }
             | Self::AgentShutdown { .. }
-            | Self::PeerUnreachable { .. } => HttpError::unavailable(message),
+            | Self::PeerUnreachable { .. }
+            | Self::RegistryUnread(_)
+            | Self::TunnelLost { .. } => HttpError::unavailable(message),
         }
+    }
+
+    /// Whether the tunnel the request went on was lost before any answer: a request that can be
+    /// sent again as it was may go on another tunnel.
+    pub fn lost_tunnel(&self) -> bool {
+        matches!(
+            self,
+            Self::TunnelLost { .. }
+                | Self::Unreachable {
+                    error: StreamError::Closed(_),
+                    ..
+                }
+        )
     }
 
     /// Whether this is the caller failing to authenticate (charged to its address).
@@ -314,6 +344,15 @@ mod tests {
                 Refusal::PeerUnreachable {
                     cluster: c(),
                     why: "relay-2: timed out".into(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+                false,
+            ),
+            (Refusal::RegistryUnread(c()), StatusCode::SERVICE_UNAVAILABLE, false),
+            (
+                Refusal::TunnelLost {
+                    cluster: c(),
+                    why: "lost".into(),
                 },
                 StatusCode::SERVICE_UNAVAILABLE,
                 false,
@@ -407,6 +446,11 @@ mod tests {
                 cluster: c(),
                 why: "x".into(),
             },
+            Refusal::RegistryUnread(c()),
+            Refusal::TunnelLost {
+                cluster: c(),
+                why: "x".into(),
+            },
             Refusal::NoAnswer {
                 cluster: c(),
                 why: "x".into(),
@@ -444,10 +488,12 @@ mod tests {
                 Refusal::NoAnswer { .. } => 24,
                 Refusal::UnaskedUpgrade(_) => 25,
                 Refusal::Miswired(_) => 26,
+                Refusal::RegistryUnread(_) => 27,
+                Refusal::TunnelLost { .. } => 28,
             };
             kinds.insert(kind);
         }
-        assert_eq!(kinds.len(), 27, "a sample of every kind of refusal");
+        assert_eq!(kinds.len(), 29, "a sample of every kind of refusal");
         all
     }
 

@@ -205,6 +205,17 @@ impl Registry {
         Some(sessions[i].clone())
     }
 
+    /// Like [`Self::pick`], but never session `avoid` (its tunnel just failed).
+    pub fn pick_other(&self, cluster: &str, avoid: u64) -> Option<Session> {
+        let sessions = self.clusters.get(cluster)?;
+        let others: Vec<&Session> = sessions.iter().filter(|s| s.id != avoid).collect();
+        if others.is_empty() {
+            return None;
+        }
+        let i = self.round_robin.fetch_add(1, Ordering::Relaxed) % others.len();
+        Some(others[i].clone())
+    }
+
     fn remove(&self, cluster: &str, id: u64) {
         // remove_if keeps the check and the removal under one shard lock.
         if let Some(mut sessions) = self.clusters.get_mut(cluster) {

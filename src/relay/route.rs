@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use tracing::Instrument;
+use tracing::{Instrument, debug};
 
 use super::RelayState;
 use super::clusters::ClusterTable;
@@ -30,7 +30,7 @@ attribute_values! {
         Forwarded = "forwarded",
         /// No relay holds the cluster (503 offline).
         NoneHolds = "none_holds",
-        /// Relays hold it and none answered (503).
+        /// Relays hold it and none answered, or this relay has not read the registry yet (503).
         Unreachable = "unreachable",
     }
 }
@@ -65,11 +65,83 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
         return Err(Refusal::UnknownCluster(cluster));
     }
     let credential = credential_for(&state, &table, &cluster, &caller, &token)?;
-    let wait = Duration::from_secs(state.limits.open_stream_timeout_secs);
+    let sending = Sending {
+        cluster,
+        upstream,
+        request_id,
+        sampled,
+        credential,
+        audit,
+        wait: Duration::from_secs(state.limits.open_stream_timeout_secs),
+    };
+    // A GET or HEAD without a body or upgrade can go again as it was: if the tunnel it went on
+    // is lost before any answer (an agent closing a duplicate tunnel, a relay losing one), it
+    // goes once more on another. Never a request whose body was sent, never after a head.
+    let again = replayable(&req).then(|| copy_of(&req));
+    match attempt(&state, req, &sending, None).await {
+        Err((refusal, failed)) if refusal.lost_tunnel() => match again {
+            Some(req) => {
+                debug!(cluster = %sending.cluster, error = %refusal, "tunnel lost before the answer; sending the request once more");
+                attempt(&state, req, &sending, failed)
+                    .await
+                    .map_err(|(refusal, _)| refusal)
+            }
+            None => Err(refusal),
+        },
+        done => done.map_err(|(refusal, _)| refusal),
+    }
+}
+
+/// What every attempt at sending a request needs.
+struct Sending {
+    cluster: String,
+    upstream: http::Uri,
+    request_id: String,
+    sampled: Sampled,
+    credential: Credential,
+    audit: Audit,
+    wait: Duration,
+}
+
+/// Whether `req` can be sent again as it was: a GET or HEAD with no body, asking no upgrade.
+fn replayable(req: &Request<Body>) -> bool {
+    matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+        && hyper::body::Body::is_end_stream(req.body())
+        && crate::headers::upgrade_protocol(req.headers()).is_none()
+}
+
+/// A body-less copy of `req`: all an exchange reads of it.
+fn copy_of(req: &Request<Body>) -> Request<Body> {
+    let mut copy = Request::new(crate::body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Sends `req` over a tunnel of this relay (not session `avoid`, whose tunnel just failed) or
+/// through a relay that holds one. A refusal comes with the session it was sent on, if local.
+async fn attempt(
+    state: &Arc<RelayState>,
+    req: Request<Body>,
+    sending: &Sending,
+    avoid: Option<u64>,
+) -> Result<Response<Body>, (Refusal, Option<u64>)> {
+    let (cluster, wait, audit, sampled) = (sending.cluster.clone(), sending.wait, &sending.audit, &sending.sampled);
+    let picked = match avoid {
+        Some(id) => state.registry.pick_other(&cluster, id),
+        None => state.registry.pick(&cluster),
+    };
+    let session_id = picked.as_ref().map(|s| s.id);
+    let failed = |refusal| (refusal, session_id);
     // This relay's own tunnel first; else, in a fleet, a relay that holds one.
-    let (stream, span, via, hop_end) = match state.registry.pick(&cluster) {
+    let (stream, span, via, hop_end) = match picked {
         Some(session) => {
-            audit.set(|f| f.agent = Some(session.instance.clone()));
+            audit.set(|f| {
+                f.agent = Some(session.instance.clone());
+                f.via = None;
+            });
             // No user here: span fields become trace attributes, which name users only where
             // configured (`telemetry.record_user`, the request span).
             // Kind client, as below: this relay's side of the call to the next hop.
@@ -77,33 +149,46 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
             // Waits only while the agent's stream limit is reached; bounded so callers get an answer.
             let opened = tokio::time::timeout(wait, session.connection.open())
                 .await
-                .map_err(|_| Refusal::Saturated {
-                    cluster: cluster.clone(),
-                    wait,
+                .map_err(|_| {
+                    failed(Refusal::Saturated {
+                        cluster: cluster.clone(),
+                        wait,
+                    })
                 })?;
-            let stream = opened.map_err(|error| Refusal::Unreachable {
-                cluster: cluster.clone(),
-                error,
+            let stream = opened.map_err(|error| {
+                failed(Refusal::Unreachable {
+                    cluster: cluster.clone(),
+                    error,
+                })
             })?;
             (stream, span, None, None)
         }
         None => {
-            let fleet = state.fleet.as_ref().ok_or_else(|| Refusal::Offline(cluster.clone()))?;
+            let fleet = state
+                .fleet
+                .as_ref()
+                .ok_or_else(|| failed(Refusal::Offline(cluster.clone())))?;
             let forwarded = fleet.forward(&cluster, wait).await;
             let result = match &forwarded {
                 Ok(_) => Forward::Forwarded,
                 Err(NoPeer::NoneHolds) => Forward::NoneHolds,
-                Err(NoPeer::Unreachable(_)) => Forward::Unreachable,
+                Err(NoPeer::Unreachable(_) | NoPeer::Unread) => Forward::Unreachable,
             };
             metrics::count(&metrics::metrics().forwards, result);
-            let forwarded = forwarded.map_err(|no| match no {
-                NoPeer::NoneHolds => Refusal::Offline(cluster.clone()),
-                NoPeer::Unreachable(errors) => Refusal::PeerUnreachable {
-                    cluster: cluster.clone(),
-                    why: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-                },
+            let forwarded = forwarded.map_err(|no| {
+                failed(match no {
+                    NoPeer::NoneHolds => Refusal::Offline(cluster.clone()),
+                    NoPeer::Unread => Refusal::RegistryUnread(cluster.clone()),
+                    NoPeer::Unreachable(errors) => Refusal::PeerUnreachable {
+                        cluster: cluster.clone(),
+                        why: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                    },
+                })
             })?;
-            audit.set(|f| f.via = Some(forwarded.relay.clone()));
+            audit.set(|f| {
+                f.agent = None;
+                f.via = Some(forwarded.relay.clone());
+            });
             // The peer relay's `forwarded` span (kind server) is this one's child, the agent's
             // span that one's.
             let span =
@@ -115,16 +200,18 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
         let (send, recv) = stream;
         let sent = Sent {
             cluster: &cluster,
-            target: upstream,
-            request_id,
-            sampled,
-            credential,
+            target: sending.upstream.clone(),
+            request_id: sending.request_id.clone(),
+            sampled: sampled.clone(),
+            credential: sending.credential.clone(),
             tasks: &state.tasks,
             via: via.as_deref(),
             drain: &state.streams_end,
             hop_end,
         };
-        let (mut resp, delivery) = super::stream::exchange(send, recv, req, sent, &audit).await?;
+        let (mut resp, delivery) = super::stream::exchange(send, recv, req, sent, audit)
+            .await
+            .map_err(failed)?;
         resp.extensions_mut().insert(delivery);
         Ok(resp)
     }

@@ -204,6 +204,14 @@ fn no_head(cluster: &str, error: StreamError) -> Refusal {
         },
         // The relay it was forwarded to lost the cluster's last tunnel meanwhile.
         StreamError::Reset(code) if code == u64::from(wire::reset::NO_ROUTE) => Refusal::Offline(cluster.to_owned()),
+        StreamError::Reset(code) if code == u64::from(wire::reset::TUNNEL_LOST) => Refusal::TunnelLost {
+            cluster: cluster.to_owned(),
+            why: wire::reset::describe(code).to_owned(),
+        },
+        StreamError::Closed(why) => Refusal::TunnelLost {
+            cluster: cluster.to_owned(),
+            why,
+        },
         StreamError::Reset(code) => Refusal::NoAnswer {
             cluster: cluster.to_owned(),
             why: wire::reset::describe(code).to_string(),

@@ -8,7 +8,8 @@ use super::{RecvHalf, SendHalf, StreamError, next_chunk};
 use crate::wire::reset;
 
 /// Moves `from` into `to` until `from` ends (passed on as an end), is reset (passed on as a
-/// reset with the same code), or `to` stops reading (passed back as a stop).
+/// reset with the same code), loses its connection (a reset with [`reset::TUNNEL_LOST`]), or
+/// `to` stops reading (passed back as a stop).
 pub async fn one_way<R: RecvHalf, S: SendHalf>(mut from: R, mut to: S) {
     let stopped = to.stopped();
     let mut stopped = pin!(stopped);
@@ -33,6 +34,11 @@ pub async fn one_way<R: RecvHalf, S: SendHalf>(mut from: R, mut to: S) {
             }
             Err(StreamError::Reset(code)) => {
                 to.cut(u32::try_from(code).unwrap_or(reset::SOURCE_FAILED));
+                return;
+            }
+            // Not the apiserver's answer breaking off: the far side may send a request again.
+            Err(StreamError::Closed(_)) => {
+                to.cut(reset::TUNNEL_LOST);
                 return;
             }
             Err(_) => {

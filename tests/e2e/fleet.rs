@@ -2,6 +2,7 @@
 //! to the relay that holds the cluster's agent, and what happens when a relay dies.
 
 mod drain;
+mod races;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,14 @@ pub const TESTS: &[(&str, Test)] = &[
     (
         "with_etcd_stopped_known_routes_work_and_registration_resumes_after",
         with_etcd_stopped_known_routes_work_and_registration_resumes_after,
+    ),
+    (
+        "a_relay_that_has_not_read_the_registry_says_so_rather_than_offline",
+        races::a_relay_that_has_not_read_the_registry_says_so_rather_than_offline,
+    ),
+    (
+        "two_tunnels_welcomed_by_one_relay_at_once_retire_the_duplicate_not_cut_it",
+        races::two_tunnels_welcomed_by_one_relay_at_once_retire_the_duplicate_not_cut_it,
     ),
     (
         "a_drained_relay_and_a_stopped_agent_say_so_and_their_sessions_end_on_record",

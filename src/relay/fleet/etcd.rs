@@ -37,6 +37,8 @@ const FIRST_RETRY: Duration = Duration::from_millis(500);
 pub struct Health {
     last_ok: Mutex<Option<Instant>>,
     within: Duration,
+    /// Turns true once the view was first read whole.
+    synced: watch::Sender<bool>,
 }
 
 impl Health {
@@ -44,11 +46,24 @@ impl Health {
         Self {
             last_ok: Mutex::new(None),
             within,
+            synced: watch::Sender::new(false),
         }
     }
 
     fn ok(&self) {
         *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Marks the view as read whole from etcd at least once.
+    fn synced(&self) {
+        self.synced.send_if_modified(|s| !std::mem::replace(s, true));
+    }
+
+    /// Resolves once the view was read whole from etcd at least once.
+    pub async fn first_sync(&self) {
+        let mut synced = self.synced.subscribe();
+        // The sender lives as long as `self`: this cannot fail while borrowed.
+        let _ = synced.wait_for(|s| *s).await;
     }
 
     /// Whether etcd answered within the lease TTL (so this relay's entries are still there).
@@ -212,6 +227,7 @@ impl Sync {
         )
         .await?;
         self.health.ok();
+        self.health.synced();
         info!(relays = self.view.snapshot().0.len(), "registry (etcd) in sync");
         let mut tick = tokio::time::interval(Duration::from_secs(self.config.lease_ttl_secs) / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -467,9 +467,10 @@ async fn forward(mut send: quinn::SendStream, mut recv: quinn::RecvStream, servi
     if !first.is_empty() {
         chunks.push(first);
     }
-    if agent_send.send_chunks(&mut chunks).await.is_err() {
+    if let Err(e) = agent_send.send_chunks(&mut chunks).await {
         recv.stop_reading(reset::CANCELLED);
-        send.cut(reset::SOURCE_FAILED);
+        let lost = matches!(e, crate::transport::StreamError::Closed(_));
+        send.cut(if lost { reset::TUNNEL_LOST } else { reset::SOURCE_FAILED });
         return;
     }
     pipe::join((send, recv), (agent_send, agent_recv))

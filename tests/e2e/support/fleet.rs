@@ -160,6 +160,15 @@ key_file = "relay-{i}-peer.key"
 
     /// Starts relay `i` (again: same config, keys and ports) and waits until it is ready.
     pub fn start_relay(&self, i: usize) -> Result<()> {
+        self.start_relay_until(i, "ready", |status| status == 200)
+    }
+
+    /// Starts relay `i` (again) and waits only until its `/readyz` answers, ready or not.
+    pub fn start_relay_unready(&self, i: usize) -> Result<()> {
+        self.start_relay_until(i, "answer /readyz", |_| true)
+    }
+
+    fn start_relay_until(&self, i: usize, what: &str, done: impl Fn(u16) -> bool) -> Result<()> {
         let config = self.dir.path().join(format!("relay-{i}.toml"));
         let mut relay = Supervised::spawn(
             &binaries()?.reaper,
@@ -170,9 +179,9 @@ key_file = "relay-{i}-peer.key"
             false,
         )?;
         let port = self.ports[i].front;
-        wait_for(&format!("relay-{i} to be ready"), Duration::from_secs(30), || {
+        wait_for(&format!("relay-{i} to {what}"), Duration::from_secs(30), || {
             relay.ensure_running()?;
-            Ok((self.readyz(i)? == Some(200)).then_some(()))
+            Ok(self.readyz(i)?.filter(|s| done(*s)).map(|_| ()))
         })?;
         *self.relays[i].lock().unwrap() = Some(relay);
         let _ = port;

@@ -327,3 +327,37 @@ async fn a_reconnect_takes_new_requests_while_the_old_session_finishes_its_own()
     assert_eq!(old.audit_line(&held).await["status"], 200);
     assert!(!new.audited_ids().contains(&held));
 }
+
+/// A session whose tunnel was closed (an agent closing a duplicate, a tunnel lost) is still
+/// registered: a GET that lands on it goes once more on the cluster's other tunnel and is
+/// answered; a request with a body is never sent again, and says the tunnel was lost.
+#[tokio::test]
+async fn a_get_on_a_lost_tunnel_goes_once_more_on_another_and_a_post_does_not() {
+    let world = World::new().await;
+    let _lost = world.register_closed("dev");
+    let agent = world.agent("dev", "dev", "idp.pem");
+    let _session = world.register("dev", &agent);
+    let token = world.token(USER, "dev");
+    // Two sessions picked in turn: of two requests in a row, one lands on the lost tunnel.
+    for i in 0..4 {
+        let req = request(Method::GET, &format!("/clusters/dev{CONFIGMAP_PATH}"), Some(&token));
+        let resp = world.send(req).await;
+        assert_eq!(resp.status(), StatusCode::OK, "GET {i}");
+    }
+    let mut lost = 0;
+    for _ in 0..2 {
+        let mut req = request(
+            Method::POST,
+            "/clusters/dev/api/v1/namespaces/default/configmaps",
+            Some(&token),
+        );
+        *req.body_mut() = crate::body::full(Bytes::from_static(b"{}"));
+        let resp = world.send(req).await;
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            let body = String::from_utf8_lossy(&body_of(resp).await).into_owned();
+            assert!(body.contains("tunnel"), "{body}");
+            lost += 1;
+        }
+    }
+    assert_eq!(lost, 1, "the POST that landed on the lost tunnel was not sent again");
+}

@@ -182,6 +182,21 @@ output = "{}"
     /// once an agent proved its cluster (so a second one replaces the first).
     pub fn register(&self, cluster: &str, agent: &Agent) -> Session {
         let (tunnel, acceptor) = memory::tunnel(([127, 0, 0, 1], 50000).into());
+        let guard = self.register_tunnel(cluster, INSTANCE, tunnel);
+        let served = tokio::spawn(crate::agent::serve_memory(acceptor, agent.state.clone(), RELAY.into()));
+        Session { _guard: guard, served }
+    }
+
+    /// Registers a session of another instance (`agent-lost`) for `cluster` whose tunnel is
+    /// closed already, as the agent closes one: it stays registered while the guard lives, as in
+    /// the moment before the relay sees the close.
+    pub fn register_closed(&self, cluster: &str) -> SessionGuard {
+        let (tunnel, _acceptor) = memory::tunnel(([127, 0, 0, 1], 50001).into());
+        tunnel.close(0, b"closed by the agent");
+        self.register_tunnel(cluster, "agent-lost", tunnel)
+    }
+
+    fn register_tunnel(&self, cluster: &str, instance: &str, tunnel: memory::Tunnel) -> SessionGuard {
         let table = self.relay.clusters.current();
         let admitted = Admission {
             token_digest: table.verify(cluster, &format!("token-{cluster}")).unwrap(),
@@ -191,12 +206,11 @@ output = "{}"
         let (guard, _) = registry.register(
             registry.new_id(),
             cluster,
-            (INSTANCE, 0),
+            (instance, 0),
             Tunnel::Memory(tunnel),
             admitted,
         );
-        let served = tokio::spawn(crate::agent::serve_memory(acceptor, agent.state.clone(), RELAY.into()));
-        Session { _guard: guard, served }
+        guard
     }
 
     /// A token of the callers' issuer for `user`, bound to `cluster`, in group `dev-team`.
