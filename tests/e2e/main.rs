@@ -13,6 +13,7 @@ mod doctor;
 mod fleet;
 mod h2flood;
 mod observability;
+mod onboard;
 mod passthrough;
 mod routes;
 mod security;
@@ -141,6 +142,7 @@ fn main() -> ExitCode {
         ("telemetry", telemetry::TESTS),
         ("observability", observability::TESTS),
         ("doctor", doctor::TESTS),
+        ("onboard", onboard::TESTS),
         ("dashboard", dashboard::TESTS),
     ] {
         for &(name, test) in tests {
