@@ -70,6 +70,25 @@ fn a_client_certificate_agent_serves_kubectl_and_never_lends_it_to_passthrough(t
     let out = admin.ok(&["exec", "-n", &ns, "box", "--", "echo", "through a client certificate"])?;
     ensure!(out.contains("through a client certificate"), "exec: {out}");
 
+    // `hawser doctor` checks with the same credential: the apiserver names it, both rights pass.
+    let mut cmd = Command::new(hawser_bin());
+    cmd.arg("doctor").arg("--config").arg(hawser.agent_config());
+    let out = run_with_deadline(cmd, None, Duration::from_secs(60))?;
+    let report = String::from_utf8(out.stdout)?;
+    for (check, text) in [
+        ("apiserver", "as client certificate "),
+        ("impersonation rights", "may impersonate"),
+        ("tokenreview rights", "may create tokenreviews"),
+    ] {
+        ensure!(
+            report
+                .lines()
+                .any(|l| l.starts_with(&format!("ok    {check}: ")) && l.contains(text)),
+            "doctor's {check} line with a client certificate:\n{report}"
+        );
+    }
+    ensure!(out.status.success(), "doctor failed:\n{report}");
+
     // Passthrough: the cluster token alone. kube-apiserver tries client certificates first, so a
     // connection presenting the agent's would make this caller the agent.
     let token_file = hawser.unique_path("nobody.cluster-token");
