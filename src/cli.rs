@@ -253,6 +253,19 @@ pub struct ClusterAddArgs {
     /// The agent chart, as helm names it in the printed command.
     #[arg(long, default_value = "helm/hawser-agent")]
     pub chart: String,
+    /// How to print the relay's entry: a TOML [[clusters]] table (the relay's file), or a YAML
+    /// item for the relay chart's config.clusters.
+    #[arg(long, value_enum, default_value_t = EntryArg::Toml)]
+    pub entry: EntryArg,
+}
+
+/// `hawser cluster add --entry`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EntryArg {
+    /// A `[[clusters]]` table, to append to the relay's TOML.
+    Toml,
+    /// An item of the relay chart's `config.clusters` list.
+    Yaml,
 }
 
 /// The agent's `mode`.

@@ -5,11 +5,11 @@ use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::LogFormat;
 use crate::cli::{
     ClusterAddArgs, ClusterCommand, ClustersArgs, Command, KubeconfigArgs, ModeArg, Output, ProxyArgs, SigningKeyArgs,
     TokenArgs, TokenCommand,
 };
+use crate::cli::{EntryArg, LogFormat};
 use crate::client::kubeconfig::{self, Entry, User};
 use crate::client::{clusters, proxy, token};
 use crate::config::{self, AgentConfig, RelayConfig, Secret};
@@ -267,6 +267,10 @@ fn cluster_add(args: ClusterAddArgs) -> Result<()> {
         assertions_issuer: args.assertions_issuer,
         assertions_jwks_url: args.assertions_jwks_url,
         chart: args.chart,
+        entry_format: match args.entry {
+            EntryArg::Toml => crate::onboard::EntryFormat::Toml,
+            EntryArg::Yaml => crate::onboard::EntryFormat::Yaml,
+        },
     };
     let onboarded = onboarding.render()?;
     let out = args.out.unwrap_or_else(|| onboarding.cluster.clone().into());
@@ -275,7 +279,8 @@ fn cluster_add(args: ClusterAddArgs) -> Result<()> {
     std::io::stdout().flush()?;
     eprintln!(
         "wrote {} (the agent chart's values) and {} (the token alone), both mode 0600\n\
-         1. add the [[clusters]] entry above to the relay's config, then `kill -HUP` the relay (or restart it)\n\
+         1. add the entry above to every relay's config ([[clusters]]; with the relay chart, its \
+         config.clusters and `helm upgrade`), then `kill -HUP` the relay (or restart it)\n\
          2. with kubectl's context on cluster {}: {}",
         values.display(),
         token.display(),

@@ -61,6 +61,17 @@ pub struct Onboarding {
     pub assertions_jwks_url: Option<String>,
     /// The agent chart, as `helm install` names it.
     pub chart: String,
+    /// How the relay's entry is written.
+    pub entry_format: EntryFormat,
+}
+
+/// How the relay's `[[clusters]]` entry is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryFormat {
+    /// A TOML table, to append to the relay's config file.
+    Toml,
+    /// A YAML list item, for the relay chart's `config.clusters`.
+    Yaml,
 }
 
 /// What onboarding produced: the agent token and the texts to print and write.
@@ -89,11 +100,14 @@ impl Onboarding {
             return invalid("--assertions-issuer: the relay's [assertions] issuer, not empty".into());
         }
         let token = mint_token();
-        let relay_entry = format!(
-            "[[clusters]]\nname = \"{}\"\nagent_token_sha256 = \"{}\"\n",
-            self.cluster,
-            crate::relay::token_digest_hex(token.expose())
-        );
+        let digest = crate::relay::token_digest_hex(token.expose());
+        let relay_entry = match self.entry_format {
+            EntryFormat::Toml => format!(
+                "[[clusters]]\nname = \"{}\"\nagent_token_sha256 = \"{digest}\"\n",
+                self.cluster
+            ),
+            EntryFormat::Yaml => format!("- name: \"{}\"\n  agent_token_sha256: \"{digest}\"\n", self.cluster),
+        };
         let jwks_url = self
             .assertions_jwks_url
             .clone()

@@ -12,6 +12,7 @@ fn onboarding(trust: RelayTrust) -> Onboarding {
         assertions_issuer: "https://relay.example.com/assertions".into(),
         assertions_jwks_url: None,
         chart: "helm/hawser-agent".into(),
+        entry_format: EntryFormat::Toml,
     }
 }
 
@@ -143,4 +144,19 @@ fn a_ca_file_must_hold_a_certificate() {
     std::fs::write(&path, "not pem").unwrap();
     assert!(read_ca(&path).err().unwrap().to_string().contains("no CERTIFICATE"));
     assert!(read_ca(&dir.path().join("missing")).is_err());
+}
+
+#[test]
+fn the_entry_in_yaml_is_an_item_of_the_relay_charts_clusters() {
+    let mut onboarding = onboarding(RelayTrust::Pins(vec![]));
+    onboarding.entry_format = EntryFormat::Yaml;
+    let onboarded = onboarding.render().unwrap();
+    let items: serde_json::Value = serde_yaml_ng::from_str(&onboarded.relay_entry).unwrap();
+    assert_eq!(
+        items,
+        serde_json::json!([{
+            "name": "prod-eu",
+            "agent_token_sha256": crate::relay::token_digest_hex(onboarded.token.expose()),
+        }])
+    );
 }
