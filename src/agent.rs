@@ -55,6 +55,20 @@ pub enum AgentError {
     /// The admin listener.
     #[error("admin listener: {0}")]
     Admin(String),
+    /// kube-apiserver refused the agent's own credential (401): no request could work.
+    #[error(
+        "kube-apiserver {server} refused the agent's credential ({credential}): {message}; a client certificate \
+         must be signed by the apiserver's --client-ca-file CA and be valid now, a token must be current and for \
+         this cluster (docs/configuration.md, The agent's credential)"
+    )]
+    CredentialRefused {
+        /// The apiserver's URL.
+        server: String,
+        /// What the credential is (never the secret).
+        credential: String,
+        /// The apiserver's answer.
+        message: String,
+    },
 }
 
 /// Why one tunnel attempt ended.
@@ -190,11 +204,31 @@ pub(crate) fn read_token(path: &std::path::Path) -> Result<Secret, AgentError> {
     Ok(token)
 }
 
+/// Stops the start when kube-apiserver answered 401: the agent's credential is not one it
+/// accepts, and every request would fail (an unreachable apiserver, by contrast, may come back).
+fn refused(apiserver: &apiserver::Apiserver, e: &apiserver::ApiCallError) -> Result<(), AgentError> {
+    match e {
+        apiserver::ApiCallError::Status { status, message } if *status == http::StatusCode::UNAUTHORIZED => {
+            Err(AgentError::CredentialRefused {
+                server: apiserver.base().to_string().trim_end_matches('/').to_owned(),
+                credential: apiserver.credential(),
+                message: if message.is_empty() {
+                    status.to_string()
+                } else {
+                    message.clone()
+                },
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: AgentConfig, metrics: Option<prometheus::Registry>) -> Result<(), AgentError> {
     let token = read_token(&config.token_file)?;
     let state = Arc::new(AgentState::new(&config)?);
     let apiserver = &state.apiserver;
+    info!(credential = %apiserver.credential(), apiserver = %apiserver.base(), "the agent's credential for kube-apiserver");
     if config.mode.allows_identity() {
         match apiserver.missing_impersonation_rights(&config.impersonates()).await {
             Ok(missing) if missing.is_empty() => info!("the agent may impersonate what its issuers map"),
@@ -203,7 +237,10 @@ pub async fn run(config: AgentConfig, metrics: Option<prometheus::Registry>) -> 
                 "the agent's credential lacks these rights; callers will get Forbidden \
                  (grant them: docs/configuration.md)"
             ),
-            Err(e) => warn!(error = %e, "could not check the agent's impersonation rights"),
+            Err(e) => {
+                refused(apiserver, &e)?;
+                warn!(error = %e, "could not check the agent's impersonation rights");
+            }
         }
     }
     if config.mode.allows_passthrough() {
@@ -214,7 +251,10 @@ pub async fn run(config: AgentConfig, metrics: Option<prometheus::Registry>) -> 
                 "the agent's credential cannot review cluster tokens; passthrough requests will get 503 \
                  (grant create on tokenreviews.authentication.k8s.io: docs/configuration.md)"
             ),
-            Err(e) => warn!(error = %e, "could not check the agent's passthrough rights"),
+            Err(e) => {
+                refused(apiserver, &e)?;
+                warn!(error = %e, "could not check the agent's passthrough rights");
+            }
         }
     }
     let dialer = link::Dialer::new(&config, &token)?;

@@ -61,6 +61,12 @@ pub enum Command {
     /// List every cluster, its connected agents and the relays holding them (for callers an
     /// admin access rule names).
     Clusters(ClustersArgs),
+    /// Onboard a cluster: `hawser cluster add NAME`.
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Print a certificate's key pin, for the agent's `relay.pinned_key_sha256`.
     Pin {
         /// PEM certificate (of a chain, the first: the relay's own).
@@ -199,4 +205,76 @@ pub enum Output {
     Table,
     /// The relay's answer, as JSON.
     Json,
+}
+
+/// `hawser cluster`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Mint a fresh agent token; print the relay's [[clusters]] entry (its SHA-256 only) on stdout,
+    /// write the agent chart's values and the token into --out (mode 0600), and print the
+    /// `helm install` to run on stderr.
+    Add(ClusterAddArgs),
+}
+
+/// `hawser cluster add`.
+#[derive(Debug, Args)]
+pub struct ClusterAddArgs {
+    /// The cluster's name at the relay: a DNS-1123 label.
+    pub name: String,
+    /// The relay's HOST:PORT for agents (its load balancer's, for a fleet).
+    #[arg(long)]
+    pub relay: String,
+    /// The name the relay's certificate carries, if not the host of --relay.
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// PEM CA that signs the relay's certificate (put in the values as relayCA).
+    #[arg(long, required_unless_present = "pins", conflicts_with = "pins")]
+    pub ca_file: Option<PathBuf>,
+    /// Pin of the relay's key (`hawser pin --cert FILE`); repeat for several.
+    #[arg(long = "pin", value_name = "SHA256_BASE64")]
+    pub pins: Vec<crate::tls::Pin>,
+    /// identity (impersonate callers), passthrough (callers' own cluster tokens) or both.
+    #[arg(long, value_enum, default_value_t = ModeArg::Identity)]
+    pub mode: ModeArg,
+    /// The relay's [assertions] issuer, which the agent trusts for callers.
+    #[arg(long)]
+    pub assertions_issuer: String,
+    /// Where the agent fetches the relay's assertion key (default:
+    /// https://RELAY/.well-known/hawser/assertion-jwks.json).
+    #[arg(long)]
+    pub assertions_jwks_url: Option<String>,
+    /// Directory for values.yaml and agent-token (default: ./NAME).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace values.yaml and agent-token if they exist (the old token stops working once the
+    /// relay's entry is replaced).
+    #[arg(long)]
+    pub force: bool,
+    /// The agent chart, as helm names it in the printed command.
+    #[arg(long, default_value = "helm/hawser-agent")]
+    pub chart: String,
+    /// How to print the relay's entry: a TOML [[clusters]] table (the relay's file), or a YAML
+    /// item for the relay chart's config.clusters.
+    #[arg(long, value_enum, default_value_t = EntryArg::Toml)]
+    pub entry: EntryArg,
+}
+
+/// `hawser cluster add --entry`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EntryArg {
+    /// A `[[clusters]]` table, to append to the relay's TOML.
+    Toml,
+    /// An item of the relay chart's `config.clusters` list.
+    Yaml,
+}
+
+/// The agent's `mode`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// Impersonate the caller the relay vouches for.
+    Identity,
+    /// Forward the caller's own cluster token.
+    Passthrough,
+    /// Passthrough when a cluster token comes, identity otherwise.
+    Both,
 }

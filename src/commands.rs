@@ -5,8 +5,11 @@ use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::LogFormat;
-use crate::cli::{ClustersArgs, Command, KubeconfigArgs, Output, ProxyArgs, SigningKeyArgs, TokenArgs, TokenCommand};
+use crate::cli::{
+    ClusterAddArgs, ClusterCommand, ClustersArgs, Command, KubeconfigArgs, ModeArg, Output, ProxyArgs, SigningKeyArgs,
+    TokenArgs, TokenCommand,
+};
+use crate::cli::{EntryArg, LogFormat};
 use crate::client::kubeconfig::{self, Entry, User};
 use crate::client::{clusters, proxy, token};
 use crate::config::{self, AgentConfig, RelayConfig, Secret};
@@ -80,6 +83,9 @@ pub async fn run(command: Command, format: LogFormat) -> Result<()> {
         Command::Kubeconfig(args) => kubeconfig_command(args),
         Command::Proxy(args) => proxy_command(args).await,
         Command::Clusters(args) => clusters_command(args).await,
+        Command::Cluster {
+            command: ClusterCommand::Add(args),
+        } => cluster_add(args),
         Command::Pin { cert } => {
             println!("{}", crate::tls::Pin::of_pem_file(&cert)?);
             Ok(())
@@ -237,6 +243,50 @@ async fn proxy_command(args: ProxyArgs) -> Result<()> {
     );
     std::io::stdout().flush()?;
     proxy.run().await;
+    Ok(())
+}
+
+/// `hawser cluster add`: the relay's entry on stdout (so `>> relay.toml` appends it), the files
+/// written and the next steps on stderr.
+fn cluster_add(args: ClusterAddArgs) -> Result<()> {
+    use crate::onboard::{Onboarding, RelayTrust};
+    let trust = match &args.ca_file {
+        Some(path) => RelayTrust::Ca(crate::onboard::read_ca(path)?),
+        None => RelayTrust::Pins(args.pins),
+    };
+    let onboarding = Onboarding {
+        cluster: args.name,
+        relay: args.relay,
+        server_name: args.server_name,
+        trust,
+        mode: match args.mode {
+            ModeArg::Identity => config::AccessMode::Identity,
+            ModeArg::Passthrough => config::AccessMode::Passthrough,
+            ModeArg::Both => config::AccessMode::Both,
+        },
+        assertions_issuer: args.assertions_issuer,
+        assertions_jwks_url: args.assertions_jwks_url,
+        chart: args.chart,
+        entry_format: match args.entry {
+            EntryArg::Toml => crate::onboard::EntryFormat::Toml,
+            EntryArg::Yaml => crate::onboard::EntryFormat::Yaml,
+        },
+    };
+    let onboarded = onboarding.render()?;
+    let out = args.out.unwrap_or_else(|| onboarding.cluster.clone().into());
+    let [values, token] = crate::onboard::write(&out, &onboarded, args.force)?;
+    print!("{}", onboarded.relay_entry);
+    std::io::stdout().flush()?;
+    eprintln!(
+        "wrote {} (the agent chart's values) and {} (the token alone), both mode 0600\n\
+         1. add the entry above to every relay's config ([[clusters]]; with the relay chart, its \
+         config.clusters and `helm upgrade`), then `kill -HUP` the relay (or restart it)\n\
+         2. with kubectl's context on cluster {}: {}",
+        values.display(),
+        token.display(),
+        onboarding.cluster,
+        onboarding.helm_install(&values),
+    );
     Ok(())
 }
 

@@ -181,6 +181,16 @@ pub fn apply(
     identity: &Identity,
     agent_bearer: &str,
 ) -> Result<Sanitized, ImpersonationError> {
+    apply_with(headers, identity, Some(agent_bearer), sanitize)
+}
+
+/// [`apply`] for an agent whose bearer token may be absent (it presents a client certificate in
+/// the TLS handshake instead): without one, `Authorization` is stripped and none is set.
+pub fn apply_as_agent(
+    headers: &mut HeaderMap,
+    identity: &Identity,
+    agent_bearer: Option<&str>,
+) -> Result<Sanitized, ImpersonationError> {
     apply_with(headers, identity, agent_bearer, sanitize)
 }
 
@@ -270,11 +280,13 @@ fn strip_websocket_bearer(headers: &mut HeaderMap) {
 fn apply_with(
     headers: &mut HeaderMap,
     identity: &Identity,
-    agent_bearer: &str,
+    agent_bearer: Option<&str>,
     strip: impl FnOnce(&mut HeaderMap) -> Result<Sanitized, ImpersonationError>,
 ) -> Result<Sanitized, ImpersonationError> {
     let result = impersonation_headers(identity).and_then(|mut expected| {
-        expected.push((AUTHORIZATION, bearer_value(agent_bearer)?));
+        if let Some(bearer) = agent_bearer {
+            expected.push((AUTHORIZATION, bearer_value(bearer)?));
+        }
         strip_set_assert(headers, expected, strip)
     });
     if result.is_err() {

@@ -162,6 +162,20 @@ pub fn client_config(roots: rustls::RootCertStore, alpn: &[&[u8]]) -> Result<rus
     Ok(config)
 }
 
+/// A client configuration trusting `roots` that presents the client certificate `resolver` gives.
+pub fn client_config_presenting(
+    roots: rustls::RootCertStore,
+    resolver: Arc<dyn rustls::client::ResolvesClientCert>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(resolver);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// A client configuration whose server certificates `verifier` judges, with the given ALPN protocols.
 pub fn client_config_with(
     verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,

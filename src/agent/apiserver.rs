@@ -1,17 +1,27 @@
 //! The agent's client for kube-apiserver: the cluster CA is verified, the
-//! agent's own bearer token is re-read from its file so rotation works, and
-//! the only host it ever dials is the apiserver of its configuration.
+//! agent's own credential (a bearer token, a client certificate, or both) is
+//! re-read from its files so rotation works, and the only host it ever dials
+//! is the apiserver of its configuration.
+//!
+//! A client certificate is presented only on requests made as the agent
+//! (its own calls, impersonated requests): kube-apiserver tries client
+//! certificates before bearer tokens, so a passthrough request carrying a
+//! caller's cluster token over a connection that presented the agent's
+//! certificate would run as the agent. Those go over connections of their own
+//! that present none ([`Apiserver::client`]).
 //!
 //! Ordinary requests share HTTP/2 connections; upgrades and long-running
 //! requests (watch, follow) use HTTP/1.1 connections of their own so they
 //! never queue behind an HTTP/2 connection's stream limit.
 
-use std::path::{Path, PathBuf};
+mod client_cert;
+mod kubeconfig;
+
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use http::Uri;
-use serde::Deserialize;
 
 use crate::config::ApiserverConfig;
 use crate::forward::{HttpsClient, https_client};
@@ -62,9 +72,18 @@ pub enum ApiCallError {
 /// The apiserver and the agent's credential for it.
 pub struct Apiserver {
     base: Uri,
-    shared: HttpsClient,
-    dedicated: HttpsClient,
-    token: TokenSource,
+    /// Connections presenting the agent's client certificate, if it has one: shared, dedicated.
+    as_agent: [HttpsClient; 2],
+    /// Connections presenting no certificate, for requests with a caller's own credential (the
+    /// same clients as `as_agent` when the agent has no certificate).
+    as_caller: [HttpsClient; 2],
+    credential: Credential,
+}
+
+/// Who the agent is to the apiserver: a bearer token, a client certificate, or both.
+pub(crate) struct Credential {
+    bearer: Option<TokenSource>,
+    cert: Option<Arc<client_cert::ClientCert>>,
 }
 
 enum TokenSource {
@@ -72,11 +91,24 @@ enum TokenSource {
     File(TokenFile),
 }
 
+/// Whose credential a forwarded request carries, which decides the connection it may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acting {
+    /// The agent's own (impersonation): its client certificate may be presented.
+    Agent,
+    /// The caller's own cluster token (passthrough): no client certificate.
+    Caller,
+}
+
 impl Apiserver {
     /// From a kubeconfig's current context, or the in-cluster service account.
     pub fn from_config(config: &ApiserverConfig) -> Result<Self, ApiserverError> {
-        let (server, roots, token) = match &config.kubeconfig {
-            Some(path) => from_kubeconfig(path)?,
+        let kubeconfig::Target {
+            server,
+            roots,
+            credential,
+        } = match &config.kubeconfig {
+            Some(path) => kubeconfig::from_kubeconfig(path)?,
             None => in_cluster()?,
         };
         let base: Uri = server
@@ -87,14 +119,18 @@ impl Apiserver {
                 "the apiserver must be https, not {server}"
             )));
         }
-        let tls = crate::tls::client_config(roots, &[])?;
-        let shared = https_client(tls.clone(), true);
-        let dedicated = https_client(tls, false);
+        let plain = crate::tls::client_config(roots.clone(), &[])?;
+        let clients = |tls: rustls::ClientConfig| [https_client(tls.clone(), true), https_client(tls, false)];
+        let as_caller = clients(plain);
+        let as_agent = match &credential.cert {
+            Some(cert) => clients(crate::tls::client_config_presenting(roots, cert.clone(), &[])?),
+            None => as_caller.clone(),
+        };
         Ok(Self {
             base,
-            shared,
-            dedicated,
-            token,
+            as_agent,
+            as_caller,
+            credential,
         })
     }
 
@@ -109,9 +145,28 @@ impl Apiserver {
         crate::headers::rebase(&self.base, uri).map_err(|e| ApiserverError::Config(e.to_string()))
     }
 
-    /// The client for a request: dedicated connections for upgrades and long-running requests.
-    pub fn client(&self, long_running: bool) -> &HttpsClient {
-        if long_running { &self.dedicated } else { &self.shared }
+    /// The client for a request made with `acting`'s credential: dedicated connections for
+    /// upgrades and long-running requests.
+    pub fn client(&self, long_running: bool, acting: Acting) -> &HttpsClient {
+        let clients = match acting {
+            Acting::Agent => &self.as_agent,
+            Acting::Caller => &self.as_caller,
+        };
+        &clients[usize::from(long_running)]
+    }
+
+    /// What the agent's credential is, for log lines and errors (never the secret itself).
+    pub fn credential(&self) -> String {
+        let bearer = self.credential.bearer.as_ref().map(|token| match token {
+            TokenSource::Static(_) => "the kubeconfig's token".to_owned(),
+            TokenSource::File(file) => format!("token file {}", file.path().display()),
+        });
+        let cert = self.credential.cert.as_ref().map(|cert| cert.describe());
+        match (cert, bearer) {
+            (Some(cert), Some(bearer)) => format!("{cert} and {bearer}"),
+            (Some(one), None) | (None, Some(one)) => one,
+            (None, None) => "no credential".into(),
+        }
     }
 
     /// Asks the apiserver which impersonation rights the agent lacks (SelfSubjectAccessReview
@@ -210,14 +265,13 @@ impl Apiserver {
         path: &'static str,
         body: Option<&serde_json::Value>,
     ) -> Result<(http::StatusCode, serde_json::Value), ApiCallError> {
-        let token = self.token()?;
         let uri = self.uri_for(&Uri::from_static(path))?;
-        let mut bearer = http::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| ApiCallError::Token)?;
-        bearer.set_sensitive(true);
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(http::header::AUTHORIZATION, bearer);
+        let mut req = http::Request::builder().method(method).uri(uri);
+        if let Some(token) = self.bearer()? {
+            let mut bearer = http::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| ApiCallError::Token)?;
+            bearer.set_sensitive(true);
+            req = req.header(http::header::AUTHORIZATION, bearer);
+        }
         if body.is_some() {
             req = req.header(http::header::CONTENT_TYPE, "application/json");
         }
@@ -226,7 +280,11 @@ impl Apiserver {
             .body(crate::body::full(body))
             .map_err(|e| ApiCallError::Answer(e.to_string()))?;
         let exchange = async {
-            let resp = self.shared.request(req).await.map_err(ApiCallError::Request)?;
+            let resp = self
+                .client(false, Acting::Agent)
+                .request(req)
+                .await
+                .map_err(ApiCallError::Request)?;
             let status = resp.status();
             let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024);
             let body = http_body_util::BodyExt::collect(body)
@@ -241,107 +299,31 @@ impl Apiserver {
             .map_err(|_| ApiCallError::Timeout)?
     }
 
-    /// The agent's bearer token, re-read from file when stale.
-    pub fn token(&self) -> Result<String, ApiserverError> {
-        match &self.token {
-            TokenSource::Static(token) => Ok(token.clone()),
-            TokenSource::File(file) => file.get().map_err(|e| ApiserverError::Config(e.to_string())),
+    /// The agent's bearer token, re-read from file when stale; none when it authenticates with
+    /// a client certificate alone.
+    pub fn bearer(&self) -> Result<Option<String>, ApiserverError> {
+        match &self.credential.bearer {
+            None => Ok(None),
+            Some(TokenSource::Static(token)) => Ok(Some(token.clone())),
+            Some(TokenSource::File(file)) => file.get().map(Some).map_err(|e| ApiserverError::Config(e.to_string())),
         }
     }
 }
 
-/// Whether a path segment is `.` or `..`, also when its dots or an inner slash are percent-encoded.
-fn in_cluster() -> Result<(String, rustls::RootCertStore, TokenSource), ApiserverError> {
+/// The pod's service account: its token and CA as mounted, the apiserver from the environment.
+fn in_cluster() -> Result<kubeconfig::Target, ApiserverError> {
     let host = std::env::var("KUBERNETES_SERVICE_HOST")
         .map_err(|_| ApiserverError::Config("not in a pod (KUBERNETES_SERVICE_HOST unset) and no kubeconfig".into()))?;
     let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
     let host = if host.contains(':') { format!("[{host}]") } else { host };
-    let roots = crate::tls::root_store(Path::new(IN_CLUSTER_CA))?;
-    let token = TokenSource::File(TokenFile::new(IN_CLUSTER_TOKEN));
-    Ok((format!("https://{host}:{port}"), roots, token))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "kebab-case")]
-struct Kubeconfig {
-    #[serde(default)]
-    clusters: Vec<Named<KubeCluster>>,
-    #[serde(default)]
-    users: Vec<Named<KubeUser>>,
-    #[serde(default)]
-    contexts: Vec<Named<KubeContext>>,
-    current_context: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Named<T> {
-    name: String,
-    #[serde(alias = "cluster", alias = "user", alias = "context")]
-    value: T,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "kebab-case")]
-struct KubeCluster {
-    server: String,
-    certificate_authority: Option<PathBuf>,
-    certificate_authority_data: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct KubeUser {
-    token: Option<String>,
-    token_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-struct KubeContext {
-    cluster: String,
-    user: String,
-}
-
-fn from_kubeconfig(path: &Path) -> Result<(String, rustls::RootCertStore, TokenSource), ApiserverError> {
-    let bad = |m: String| ApiserverError::Config(format!("kubeconfig {}: {m}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let kc: Kubeconfig = serde_yaml_ng::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let current = kc
-        .current_context
-        .as_deref()
-        .ok_or_else(|| bad("no current-context".into()))?;
-    let context = find(&kc.contexts, current).ok_or_else(|| bad(format!("no context {current}")))?;
-    let cluster = find(&kc.clusters, &context.cluster).ok_or_else(|| bad(format!("no cluster {}", context.cluster)))?;
-    let user = find(&kc.users, &context.user).ok_or_else(|| bad(format!("no user {}", context.user)))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-
-    let roots = match (&cluster.certificate_authority, &cluster.certificate_authority_data) {
-        (_, Some(data)) => {
-            let pem = base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .map_err(|e| bad(e.to_string()))?;
-            crate::tls::roots_of(crate::tls::parse_certs(&pem, "certificate-authority-data")?)?
-        }
-        (Some(file), None) => crate::tls::root_store(&base.join(file))?,
-        (None, None) => {
-            return Err(bad(
-                "the cluster has no certificate-authority: refusing to trust the system roots".into(),
-            ));
-        }
-    };
-    let token = match (&user.token, &user.token_file) {
-        (Some(token), _) => TokenSource::Static(token.clone()),
-        (None, Some(file)) => TokenSource::File(TokenFile::new(base.join(file))),
-        (None, None) => {
-            return Err(bad(
-                "the user has no token or tokenFile (the agent impersonates with a bearer token)".into(),
-            ));
-        }
-    };
-    Ok((cluster.server.clone(), roots, token))
-}
-
-fn find<'a, T>(items: &'a [Named<T>], name: &str) -> Option<&'a T> {
-    items.iter().find(|i| i.name == name).map(|i| &i.value)
+    Ok(kubeconfig::Target {
+        server: format!("https://{host}:{port}"),
+        roots: crate::tls::root_store(Path::new(IN_CLUSTER_CA))?,
+        credential: Credential {
+            bearer: Some(TokenSource::File(TokenFile::new(IN_CLUSTER_TOKEN))),
+            cert: None,
+        },
+    })
 }
 
 #[cfg(test)]

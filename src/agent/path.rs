@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use tower::ServiceBuilder;
 use tracing::debug;
 
+use super::apiserver::Acting;
 use super::failure::Failure;
 use super::{AgentState, passthrough};
 use crate::audit::Audit;
@@ -140,10 +141,12 @@ impl Step for Impersonate {
                 }
                 let agent_token = state
                     .apiserver
-                    .token()
+                    .bearer()
                     .map_err(|e| Failure::NoAgentCredential(e.to_string()))?;
-                crate::impersonation::apply(req.headers_mut(), &identity, &agent_token)
+                crate::impersonation::apply_as_agent(req.headers_mut(), &identity, agent_token.as_deref())
                     .map_err(|e| Failure::Inexpressible(e.to_string()))?;
+                // Only now may the request present the agent's client certificate (Upstream).
+                req.extensions_mut().insert(Acting::Agent);
             }
         }
         next.run(req).await
@@ -178,7 +181,10 @@ async fn upstream(state: Arc<AgentState>, mut req: Request<Body>) -> Answer {
         .map_err(|e| Failure::BadPath(e.to_string()))?;
     // The client sets Host from the apiserver URI.
     req.headers_mut().remove(HOST);
-    let client = state.apiserver.client(long_running);
+    // Fail closed: without the mark Impersonate sets, the request goes as the caller's own, over a
+    // connection that presents no client certificate of the agent's.
+    let acting = req.extensions().get::<Acting>().copied().unwrap_or(Acting::Caller);
+    let client = state.apiserver.client(long_running, acting);
     // Copied only for the debug line below, and only when it will be written.
     let shown = tracing::enabled!(tracing::Level::DEBUG).then(|| (req.method().clone(), req.uri().path().to_owned()));
     let resp = client

@@ -85,3 +85,23 @@ fn token_issue_never_generates_the_relays_key() {
         assert!(line.contains(advice), "{line}");
     }
 }
+
+#[test]
+fn cluster_add_needs_a_way_to_trust_the_relay_and_takes_one() {
+    use clap::Parser;
+    let parse = |extra: &[&str]| {
+        let mut args = vec!["hawser", "cluster", "add", "prod", "--relay", "r.example.com:443"];
+        args.extend_from_slice(&["--assertions-issuer", "https://r.example.com/assertions"]);
+        args.extend_from_slice(extra);
+        crate::cli::Cli::try_parse_from(args)
+    };
+    let neither = parse(&[]).unwrap_err().to_string();
+    assert!(neither.contains("--ca-file"), "{neither}");
+    let pin = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+    let both = parse(&["--ca-file", "ca.crt", "--pin", pin]).unwrap_err().to_string();
+    assert!(both.contains("cannot be used with"), "{both}");
+    let bad_pin = parse(&["--pin", "abc"]).unwrap_err().to_string();
+    assert!(bad_pin.contains("hawser pin --cert FILE"), "{bad_pin}");
+    assert!(parse(&["--pin", pin, "--pin", pin, "--mode", "both"]).is_ok());
+    assert!(parse(&["--ca-file", "ca.crt"]).is_ok());
+}

@@ -27,7 +27,8 @@ pub(super) async fn check(config: &AgentConfig) -> Vec<Check> {
                 APISERVER,
                 e.to_string(),
                 "set apiserver.kubeconfig to a kubeconfig whose current context names the apiserver, its CA \
-                 and a token (or run the agent in a pod with a service account)",
+                 and a credential: token, tokenFile, or client-certificate and client-key (or run the agent \
+                 in a pod with a service account)",
             )];
             lines.extend(rights_skipped("the apiserver"));
             return lines;
@@ -35,20 +36,27 @@ pub(super) async fn check(config: &AgentConfig) -> Vec<Check> {
     };
     let base = apiserver.base().to_string();
     let base = base.trim_end_matches('/');
+    let credential = apiserver.credential();
     let started = Instant::now();
     let version = apiserver.call(http::Method::GET, "/version", None).await;
     let took = started.elapsed();
     let version = match version {
         Ok(version) => version,
         Err(e) => {
-            let (detail, fix) = failure(&e, base);
+            let (detail, fix) = failure(&e, base, &credential);
             let mut lines = vec![Check::fail(APISERVER, detail, fix).took(took)];
             lines.extend(rights_skipped("the apiserver"));
             return lines;
         }
     };
     let release = version["gitVersion"].as_str().unwrap_or("(no gitVersion)");
-    let mut lines = vec![Check::ok(APISERVER, format!("{base} answered GET /version: {release}")).took(took)];
+    let mut lines = vec![
+        Check::ok(
+            APISERVER,
+            format!("{base} answered GET /version: {release}, as {credential}"),
+        )
+        .took(took),
+    ];
 
     lines.push(if config.mode.allows_identity() {
         let impersonates = config.impersonates();
@@ -68,6 +76,7 @@ pub(super) async fn check(config: &AgentConfig) -> Vec<Check> {
              userextras/KEY in authentication.k8s.io where its issuers map them, on serviceaccounts with \
              allow_system_names (docs/configuration.md, The agent's credential)",
             base,
+            &credential,
         )
     } else {
         Check::skip(
@@ -83,6 +92,7 @@ pub(super) async fn check(config: &AgentConfig) -> Vec<Check> {
             "grant the agent's credential create on tokenreviews.authentication.k8s.io (the ClusterRole \
              system:auth-delegator has it), or set mode = \"identity\"",
             base,
+            &credential,
         )
     } else {
         Check::skip(
@@ -100,6 +110,7 @@ fn rights_line(
     granted: String,
     grant: &str,
     base: &str,
+    credential: &str,
 ) -> Check {
     match missing {
         Ok(missing) if missing.is_empty() => Check::ok(name, granted),
@@ -109,14 +120,14 @@ fn rights_line(
             grant,
         ),
         Err(e) => {
-            let (detail, fix) = failure(&e, base);
+            let (detail, fix) = failure(&e, base, credential);
             Check::fail(name, format!("asking the apiserver: {detail}"), fix)
         }
     }
 }
 
 /// What a failed request to the apiserver means, and what to change.
-fn failure(e: &ApiCallError, base: &str) -> (String, String) {
+fn failure(e: &ApiCallError, base: &str, credential: &str) -> (String, String) {
     let server = "the kubeconfig's server (apiserver.kubeconfig), or KUBERNETES_SERVICE_HOST/PORT in a pod";
     match e {
         ApiCallError::Request(cause) => {
@@ -136,9 +147,10 @@ fn failure(e: &ApiCallError, base: &str) -> (String, String) {
             (format!("{base}: {e}"), fix)
         }
         ApiCallError::Status { status, .. } if status.as_u16() == 401 => (
-            format!("{base} refused the agent's credential: {e}"),
-            "the agent's token is expired, revoked or for another cluster: renew it (the kubeconfig user's \
-             token or tokenFile; in a pod, the service account token)"
+            format!("{base} refused the agent's credential ({credential}): {e}"),
+            "a token must be current, not revoked and for this cluster (the kubeconfig user's token or \
+             tokenFile; in a pod, the service account token); a client certificate must be valid now and \
+             signed by the CA of the apiserver's --client-ca-file: renew it"
                 .into(),
         ),
         ApiCallError::Timeout => (format!("{base}: {e}"), format!("check {server} and the network to it")),

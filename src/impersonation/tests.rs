@@ -376,10 +376,30 @@ fn websocket_protocol_bearer_entries_are_removed_and_subprotocols_kept() {
 #[test]
 fn a_websocket_bearer_that_survives_is_caught_by_the_assertion() {
     let mut headers = map(&[("Sec-WebSocket-Protocol", "base64url.bearer.authorization.k8s.io.ZXZpbA")]);
-    let err = apply_with(&mut headers, &identity(), AGENT_TOKEN, |_| Ok(Sanitized::default()))
-        .expect_err("a surviving WebSocket bearer must be refused");
+    let err = apply_with(&mut headers, &identity(), Some(AGENT_TOKEN), |_| {
+        Ok(Sanitized::default())
+    })
+    .expect_err("a surviving WebSocket bearer must be refused");
     assert_eq!(err, ImpersonationError::WebSocketBearer);
     assert!(headers.get("sec-websocket-protocol").is_none(), "scrubbed on error");
+}
+
+#[test]
+fn an_agent_with_a_client_certificate_sends_no_authorization_and_keeps_none_of_the_callers() {
+    let mut headers = map(&[
+        ("Authorization", "Bearer caller-relay-token"),
+        ("authorization", "Basic eDp5"),
+        ("Impersonate-Group", "system:masters"),
+    ]);
+    apply_as_agent(&mut headers, &identity(), None).expect("apply without a bearer");
+    assert!(headers.get("authorization").is_none(), "{headers:?}");
+    assert_eq!(values(&headers, "impersonate-user"), ["alice@example.com"]);
+    assert_eq!(values(&headers, "impersonate-group"), ["dev", "ops"]);
+
+    // With a token, the same as apply.
+    let mut headers = map(&[("Authorization", "Bearer caller-relay-token")]);
+    apply_as_agent(&mut headers, &identity(), Some(AGENT_TOKEN)).expect("apply with a bearer");
+    assert_eq!(values(&headers, "authorization"), [format!("Bearer {AGENT_TOKEN}")]);
 }
 
 mod identity;

@@ -14,6 +14,7 @@ mod doctor;
 mod fleet;
 mod h2flood;
 mod observability;
+mod onboard;
 mod passthrough;
 mod routes;
 mod security;
@@ -142,6 +143,7 @@ fn main() -> ExitCode {
         ("telemetry", telemetry::TESTS),
         ("observability", observability::TESTS),
         ("doctor", doctor::TESTS),
+        ("onboard", onboard::TESTS),
         ("dashboard", dashboard::TESTS),
         ("charts", charts::TESTS),
     ] {

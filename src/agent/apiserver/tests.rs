@@ -71,3 +71,121 @@ fn the_apiserver_must_be_https_with_a_ca() {
     .unwrap();
     assert!(err.to_string().contains("refusing to trust the system roots"), "{err}");
 }
+
+/// `from_config` of a kubeconfig in `dir` with this `cluster` and `user` (JSON, kubeconfig keys).
+fn with_user(dir: &Path, cluster: serde_json::Value, user: serde_json::Value) -> Result<Apiserver, ApiserverError> {
+    let kubeconfig = dir.join("kubeconfig");
+    let config = serde_json::json!({
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "u", "user": user}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    });
+    std::fs::write(&kubeconfig, config.to_string()).unwrap();
+    Apiserver::from_config(&ApiserverConfig {
+        kubeconfig: Some(kubeconfig),
+    })
+}
+
+#[test]
+fn client_certificates_load_from_files_or_inline_data() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("agent.crt"), dir.path().join("agent.key"));
+    crate::tls::ensure_self_signed(&cert, &key, &["agent".into()]).unwrap();
+    let cluster = serde_json::json!({"server": "https://10.0.0.1", "certificate-authority": "agent.crt"});
+
+    // Relative to the kubeconfig's directory, as kubectl reads them.
+    let api = with_user(
+        dir.path(),
+        cluster.clone(),
+        serde_json::json!({"client-certificate": "agent.crt", "client-key": "agent.key"}),
+    )
+    .unwrap();
+    assert_eq!(api.bearer().unwrap(), None, "no token: the certificate alone");
+    assert_eq!(api.credential(), format!("client certificate {}", cert.display()));
+
+    let b64 = |path: &Path| base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap());
+    let api = with_user(
+        dir.path(),
+        cluster.clone(),
+        serde_json::json!({
+            "client-certificate-data": b64(&cert), "client-key-data": b64(&key), "token": "t",
+        }),
+    )
+    .unwrap();
+    assert_eq!(
+        api.bearer().unwrap().as_deref(),
+        Some("t"),
+        "both, as kubectl sends both"
+    );
+    assert_eq!(
+        api.credential(),
+        "client certificate client-certificate-data (inline) and the kubeconfig's token"
+    );
+}
+
+#[test]
+fn credentials_the_agent_cannot_use_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("agent.crt"), dir.path().join("agent.key"));
+    crate::tls::ensure_self_signed(&cert, &key, &["agent".into()]).unwrap();
+    let ca = serde_json::json!({"server": "https://10.0.0.1", "certificate-authority": cert});
+    let cases = [
+        (
+            serde_json::json!({"server": "https://10.0.0.1", "insecure-skip-tls-verify": true}),
+            serde_json::json!({"token": "t"}),
+            "there is no insecure mode",
+        ),
+        (
+            serde_json::json!({"server": "https://10.0.0.1", "certificate-authority": cert, "insecure-skip-tls-verify": true}),
+            serde_json::json!({"token": "t"}),
+            "insecure-skip-tls-verify",
+        ),
+        (
+            ca.clone(),
+            serde_json::json!({"client-certificate": cert}),
+            "client-certificate without client-key",
+        ),
+        (
+            ca.clone(),
+            serde_json::json!({"client-key": key}),
+            "client-key without client-certificate",
+        ),
+        (
+            ca.clone(),
+            serde_json::json!({"client-certificate-data": "%%%", "client-key": key}),
+            "client-certificate-data is not base64",
+        ),
+        (
+            ca.clone(),
+            serde_json::json!({"client-certificate": cert, "client-key": "missing.key"}),
+            "missing.key",
+        ),
+        (
+            ca.clone(),
+            serde_json::json!({"exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1"}}),
+            "an exec credential plugin, which the agent does not run",
+        ),
+        (
+            ca.clone(),
+            serde_json::json!({"auth-provider": {"name": "oidc"}}),
+            "an auth-provider",
+        ),
+        (
+            ca.clone(),
+            serde_json::json!({"token": "t", "as": "admin"}),
+            "the agent impersonates each caller itself",
+        ),
+        (
+            ca.clone(),
+            serde_json::json!({}),
+            "user u: no credential: give it a token, tokenFile, or client-certificate",
+        ),
+    ];
+    for (cluster, user, expected) in cases {
+        let err = with_user(dir.path(), cluster, user.clone()).err().unwrap().to_string();
+        assert!(err.contains(expected), "{user}: {err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+}

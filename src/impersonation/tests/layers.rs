@@ -63,7 +63,7 @@ fn set_step_replaces_even_when_strip_misses_a_header() {
         ("Impersonate-User", "root"),
         ("Authorization", "Bearer caller-token"),
     ]);
-    apply_with(&mut headers, &identity(), AGENT_TOKEN, forgetful_strip).expect("set replaces what strip missed");
+    apply_with(&mut headers, &identity(), Some(AGENT_TOKEN), forgetful_strip).expect("set replaces what strip missed");
     assert_eq!(values(&headers, "impersonate-group"), ["dev", "ops"]);
     assert_eq!(values(&headers, "impersonate-user"), ["alice@example.com"]);
     assert_eq!(values(&headers, "authorization"), [format!("Bearer {AGENT_TOKEN}")]);
@@ -78,7 +78,7 @@ fn assert_step_catches_what_strip_missed_and_scrubs() {
         "upgrade",
     ] {
         let mut headers = map(&[(name, "x"), ("Accept", "*/*")]);
-        let result = apply_with(&mut headers, &identity(), AGENT_TOKEN, forgetful_strip);
+        let result = apply_with(&mut headers, &identity(), Some(AGENT_TOKEN), forgetful_strip);
         assert_eq!(
             result,
             Err(ImpersonationError::UnexpectedHeader {

@@ -28,7 +28,12 @@ pub enum AgentCredential {
     /// The test bed's static-token user in `system:monitoring` ([`MONITORING_USER`]):
     /// kube-apiserver continues the agent's trace (docs/observability.md).
     Monitoring,
+    /// User [`CERT_USER`], a client certificate of the test bed's CA (no bearer token).
+    ClientCertificate,
 }
+
+/// The user of [`AgentCredential::ClientCertificate`].
+pub const CERT_USER: &str = "hawser-agent-cert";
 
 /// Makes the callers' user `hawser-admin` a cluster administrator.
 pub fn bind_admin(tb: &Testbed) -> Result<()> {
@@ -52,6 +57,16 @@ pub fn agent_kubeconfig_as(tb: &Testbed, dir: &Path, credential: AgentCredential
                 &format!("--user={MONITORING_USER}"),
             )?;
             token_file_kubeconfig(tb, dir, MONITORING_USER, tb.monitoring_token())
+        }
+        AgentCredential::ClientCertificate => {
+            bind_impersonator(tb, "hawser-impersonator-cert", &format!("--user={CERT_USER}"))?;
+            let (cert, key) = tb.pki.client_cert(dir, CERT_USER, &[])?;
+            kubeconfig(
+                tb,
+                dir,
+                CERT_USER,
+                json!({"client-certificate": cert, "client-key": key}),
+            )
         }
     }
 }
@@ -107,11 +122,16 @@ pub fn service_account_kubeconfig(tb: &Testbed, dir: &Path, name: &str) -> Resul
 fn token_file_kubeconfig(tb: &Testbed, dir: &Path, name: &str, token: &str) -> Result<PathBuf> {
     let token_file = dir.join(format!("{name}.apiserver-token"));
     fs::write(&token_file, token)?;
+    kubeconfig(tb, dir, name, json!({ "tokenFile": token_file }))
+}
+
+/// `NAME.kubeconfig` in `dir` for the apiserver as kubeconfig user `user`.
+pub fn kubeconfig(tb: &Testbed, dir: &Path, name: &str, user: serde_json::Value) -> Result<PathBuf> {
     let kubeconfig = dir.join(format!("{name}.kubeconfig"));
     let config = json!({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "testbed", "cluster": {"server": tb.server, "certificate-authority": tb.pki.ca_cert}}],
-        "users": [{"name": "agent", "user": {"tokenFile": token_file}}],
+        "users": [{"name": "agent", "user": user}],
         "contexts": [{"name": "testbed", "context": {"cluster": "testbed", "user": "agent"}}],
         "current-context": "testbed",
     });
