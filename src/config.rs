@@ -35,10 +35,12 @@ pub enum ConfigError {
         error: std::io::Error,
     },
     /// The file is not valid TOML for this configuration.
-    #[error("parsing {path}: {message}")]
+    #[error("parsing {path}{at}: {message}")]
     Parse {
         /// The file.
         path: PathBuf,
+        /// Where in it, as `:LINE:COLUMN` (1-based; empty when the parser gave no place).
+        at: String,
         /// What the parser said.
         message: String,
     },
@@ -62,7 +64,10 @@ pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigErro
     })?;
     let mut config: T = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
-        message: one_line(&text, &e),
+        at: place(&text, &e)
+            .map(|(line, column)| format!(":{line}:{column}"))
+            .unwrap_or_default(),
+        message: e.message().trim().replace('\n', " "),
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     config.resolve_paths(base);
@@ -73,18 +78,13 @@ pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigErro
     Ok(config)
 }
 
-/// A TOML error as one line: where, then what.
-fn one_line(text: &str, e: &toml::de::Error) -> String {
-    let what = e.message().trim();
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {what}")
-        }
-        None => what.to_owned(),
-    }
+/// Where a TOML error is: its line and column, counted from 1 (the column in characters).
+fn place(text: &str, e: &toml::de::Error) -> Option<(usize, usize)> {
+    let start = e.span()?.start.min(text.len());
+    let before = text.get(..start)?;
+    let line = before.matches('\n').count() + 1;
+    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..].chars().count() + 1;
+    Some((line, column))
 }
 
 /// A configuration that can resolve its paths and check itself.

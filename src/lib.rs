@@ -25,6 +25,7 @@ pub mod impersonation;
 pub mod overview;
 pub mod proto;
 pub mod relay;
+pub mod reload;
 pub mod request_info;
 pub mod shutdown;
 pub mod status;

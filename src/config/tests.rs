@@ -169,7 +169,7 @@ fn malformed_pins_are_refused_at_start() {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("pinned_key_sha256") && err.contains(why) && err.contains("line 6") && !err.contains('\n'),
+            err.contains("pinned_key_sha256") && err.contains(why) && err.contains(":6:") && !err.contains('\n'),
             "{pin}: {err}"
         );
     }
@@ -413,7 +413,7 @@ fn the_relays_server_id_is_configured_or_derived_from_its_instance() {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains(why) && err.contains("line 15") && !err.contains('\n'),
+            err.contains(why) && err.contains(":15:") && !err.contains('\n'),
             "{value}: {err}"
         );
     }

@@ -65,7 +65,7 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
         return Err(Refusal::UnknownCluster(cluster));
     }
     let credential = credential_for(&state, &table, &cluster, &caller, &token)?;
-    let wait = Duration::from_secs(state.limits.open_stream_timeout_secs);
+    let wait = Duration::from_secs(state.live.current().limits.open_stream_timeout_secs);
     // This relay's own tunnel first; else, in a fleet, a relay that holds one.
     let (stream, span, via, hop_end) = match state.registry.pick(&cluster) {
         Some(session) => {
