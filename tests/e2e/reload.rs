@@ -62,6 +62,15 @@ fn wait_line(hawser: &Hawser, file: &str, words: &[&str], before: usize) -> Resu
     })
 }
 
+/// Runs `change`, then waits until `log` says the configuration was reloaded by `trigger`
+/// (`SIGHUP` or `file changed`) once more.
+fn reloaded_by(hawser: &Hawser, log: &str, trigger: &str, change: impl FnOnce() -> Result<()>) -> Result<()> {
+    let words = ["configuration reloaded", trigger];
+    let before = lines_with(hawser, log, &words);
+    change()?;
+    wait_line(hawser, log, &words, before)
+}
+
 /// Replaces `path` at once (written beside it, then renamed), as editors and tools do.
 fn replace_file(path: &Path, text: &str) -> Result<()> {
     let scratch = path.with_extension("toml.new");
@@ -83,21 +92,27 @@ fn before_clusters(config: String, text: &str) -> String {
     config.replacen("[[clusters]]", &format!("{text}\n[[clusters]]"), 1)
 }
 
-fn sighup_applies_an_access_rule(tb: &Testbed, _: &Deployment) -> Result<()> {
-    let hawser = Hawser::start(tb)?;
+/// Checks that group `ops` is refused, applies `change` (reloaded by `trigger`), then that the
+/// rule it added lets `ops` in.
+fn lets_ops_in(hawser: &Hawser, trigger: &str, change: impl FnOnce() -> Result<()>) -> Result<()> {
     let ops = hawser.issue_token("ops-user", &["ops"])?;
     ensure!(
-        status(&hawser, "/version", &ops)? == 403,
+        status(hawser, "/version", &ops)? == 403,
         "no rule lets group ops in yet"
     );
-    // Written in place (no rename), then the signal: the reload it makes is logged as SIGHUP's.
-    let reloads = lines_with(&hawser, "relay.log", &["configuration reloaded", "SIGHUP"]);
-    hawser.rewrite_relay_config(|text| before_clusters(text, OPS_RULE))?;
-    hawser.hup_relay()?;
-    wait_line(&hawser, "relay.log", &["configuration reloaded", "SIGHUP"], reloads)?;
-    let got = status(&hawser, "/version", &ops)?;
+    reloaded_by(hawser, "relay.log", trigger, change)?;
+    let got = status(hawser, "/version", &ops)?;
     ensure!(got == 200, "the new access rule lets group ops in: got {got}");
     Ok(())
+}
+
+fn sighup_applies_an_access_rule(tb: &Testbed, _: &Deployment) -> Result<()> {
+    let hawser = Hawser::start(tb)?;
+    // Written in place (no rename), then the signal: the reload it makes is logged as SIGHUP's.
+    lets_ops_in(&hawser, "SIGHUP", || {
+        hawser.rewrite_relay_config(|text| before_clusters(text, OPS_RULE))?;
+        hawser.hup_relay()
+    })
 }
 
 fn a_file_change_applies_a_limit_and_a_watch_in_flight_survives(tb: &Testbed, _: &Deployment) -> Result<()> {
@@ -114,16 +129,11 @@ fn a_file_change_applies_a_limit_and_a_watch_in_flight_survives(tb: &Testbed, _:
     );
 
     // No signal: the file's new content alone is the reload.
-    let reloads = lines_with(&hawser, "relay.log", &["configuration reloaded", "file changed"]);
-    change_relay(&hawser, |text| {
-        format!("{text}\n[limits]\nmax_streams_per_caller = 1\n")
+    reloaded_by(&hawser, "relay.log", "file changed", || {
+        change_relay(&hawser, |text| {
+            format!("{text}\n[limits]\nmax_streams_per_caller = 1\n")
+        })
     })?;
-    wait_line(
-        &hawser,
-        "relay.log",
-        &["configuration reloaded", "file changed"],
-        reloads,
-    )?;
     // The watch holds the caller's one slot now allowed; another exchange is refused.
     let got = status(&hawser, "/version", &admin)?;
     ensure!(got == 429, "the new per-caller limit applies: got {got}");
@@ -149,22 +159,9 @@ fn a_configmap_symlink_swap_is_picked_up(tb: &Testbed, _: &Deployment) -> Result
     std::os::unix::fs::symlink("..data/relay.toml", dir.join("relay.toml.link"))?;
     std::fs::rename(dir.join("relay.toml.link"), dir.join("relay.toml"))?;
 
-    let ops = hawser.issue_token("ops-user", &["ops"])?;
-    ensure!(
-        status(&hawser, "/version", &ops)? == 403,
-        "no rule lets group ops in yet"
-    );
-    let reloads = lines_with(&hawser, "relay.log", &["configuration reloaded", "file changed"]);
-    publish("..2026_12_01_20_01_00.2", &before_clusters(config, OPS_RULE))?;
-    wait_line(
-        &hawser,
-        "relay.log",
-        &["configuration reloaded", "file changed"],
-        reloads,
-    )?;
-    let got = status(&hawser, "/version", &ops)?;
-    ensure!(got == 200, "the swapped-in rule lets group ops in: got {got}");
-    Ok(())
+    lets_ops_in(&hawser, "file changed", || {
+        publish("..2026_12_01_20_01_00.2", &before_clusters(config, OPS_RULE))
+    })
 }
 
 fn an_invalid_file_is_refused_with_its_line_and_the_old_config_serves(tb: &Testbed, _: &Deployment) -> Result<()> {
@@ -269,8 +266,9 @@ fn an_agent_side_change_is_applied(tb: &Testbed, _: &Deployment) -> Result<()> {
         .replace("output = \"agent-audit.log\"", "output = \"agent-audit-2.log\"")
         .replace("max_backoff_ms = 2000", "max_backoff_ms = 3000")
         .replace("token_file = ", "mode = \"passthrough\"\ntoken_file = ");
-    replace_file(hawser.agent_config(), &changed)?;
-    wait_line(&hawser, "agent.log", &["configuration reloaded", "file changed"], 0)?;
+    reloaded_by(&hawser, "agent.log", "file changed", || {
+        replace_file(hawser.agent_config(), &changed)
+    })?;
     ensure!(
         lines_with(&hawser, "agent.log", &["take effect only at a restart", "reconnect"]) == 1,
         "the agent names the one restart-only change"
