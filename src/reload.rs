@@ -39,6 +39,21 @@ impl<T> Snapshot<T> {
     }
 }
 
+crate::telemetry::metrics::attribute_values! {
+    /// How a reload ended (`hawser.config.reloads`).
+    pub enum Outcome: "hawser.result" {
+        /// The file was applied (restart-only settings aside).
+        Applied = "applied",
+        /// The file was refused; the running configuration stays.
+        Refused = "refused",
+    }
+}
+
+/// Counts a reload that ended with `outcome`.
+pub fn counted(outcome: Outcome) {
+    crate::telemetry::metrics::count(&crate::telemetry::metrics::metrics().reloads, outcome);
+}
+
 /// Why a reload is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -80,6 +95,7 @@ impl Reloads {
                 None
             }
         };
+        crate::telemetry::metrics::start_at_zero::<Outcome>(&crate::telemetry::metrics::metrics().reloads);
         Self {
             path: path.to_owned(),
             seen: digest(path),

@@ -23,7 +23,7 @@ use super::passthrough::TokenReviewer;
 use super::{AgentError, AgentState, link};
 use crate::auth::Authenticator;
 use crate::config::{AccessMode, AgentConfig};
-use crate::reload::{Reloads, Trigger};
+use crate::reload::{Outcome, Reloads, Trigger, counted};
 
 /// The reloadable part of the agent's state, replaced whole.
 pub(crate) struct Live {
@@ -110,6 +110,7 @@ pub(crate) async fn watch(path: Option<PathBuf>, state: &AgentState, dialer: &li
 /// Applies the file at `path`, or keeps everything if it is not valid.
 fn reload(path: &Path, state: &AgentState, dialer: &link::Dialer, fixed: &Fixed, trigger: Trigger) {
     let refused = |error: &dyn std::fmt::Display| {
+        counted(Outcome::Refused);
         error!(trigger = trigger.as_str(), error = %error, "reload refused; the running configuration stays");
     };
     let config: AgentConfig = match crate::config::load(path) {
@@ -142,6 +143,7 @@ fn reload(path: &Path, state: &AgentState, dialer: &link::Dialer, fixed: &Fixed,
     let mode = live.mode;
     state.live.replace(live);
     dialer.set_token_file(config.token_file.clone());
+    counted(Outcome::Applied);
     info!(
         trigger = trigger.as_str(),
         ?mode,

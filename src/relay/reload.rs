@@ -20,7 +20,7 @@ use super::clusters::ClusterTable;
 use super::{RelayError, RelayState, keys, live};
 use crate::audit::AgentEvent;
 use crate::config::RelayConfig;
-use crate::reload::{Reloads, Trigger};
+use crate::reload::{Outcome, Reloads, Trigger, counted};
 
 /// The settings that take effect only at a restart, each as its key and its value as written.
 pub(super) struct Fixed(Vec<(&'static str, String)>);
@@ -82,6 +82,7 @@ pub(super) fn reload(path: &std::path::Path, state: &RelayState, fixed: &Fixed, 
     let config: RelayConfig = match crate::config::load(path) {
         Ok(config) => config,
         Err(e) => {
+            counted(Outcome::Refused);
             return error!(trigger = trigger.as_str(), error = %e, "reload refused; the running configuration stays");
         }
     };
@@ -93,6 +94,7 @@ pub(super) fn reload(path: &std::path::Path, state: &RelayState, fixed: &Fixed, 
     let live = match built {
         Ok(live) => live,
         Err(e) => {
+            counted(Outcome::Refused);
             return error!(
                 trigger = trigger.as_str(), file = %path.display(), error = %e,
                 "reload refused; the running configuration stays"
@@ -109,6 +111,7 @@ pub(super) fn reload(path: &std::path::Path, state: &RelayState, fixed: &Fixed, 
     state.live.replace(live);
     state.clusters.replace(ClusterTable::new(&config.clusters));
     let closed = close_unadmitted(state);
+    counted(Outcome::Applied);
     info!(
         trigger = trigger.as_str(),
         clusters = config.clusters.len(),
