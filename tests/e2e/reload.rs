@@ -39,6 +39,10 @@ pub const TESTS: &[(&str, Test)] = &[
         a_rotated_agent_token_disconnects_the_old_and_the_agent_returns_with_the_new,
     ),
     ("an_agent_side_change_is_applied", an_agent_side_change_is_applied),
+    (
+        "an_agent_trust_model_change_is_refused_and_its_tunnel_serves_on",
+        an_agent_trust_model_change_is_refused_and_its_tunnel_serves_on,
+    ),
 ];
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -279,5 +283,31 @@ fn an_agent_side_change_is_applied(tb: &Testbed, _: &Deployment) -> Result<()> {
         "passthrough only refuses a caller without a cluster token: got {got}"
     );
     wait_line(&hawser, "agent-audit-2.log", &["\"status\":403"], 0)?;
+    Ok(())
+}
+
+fn an_agent_trust_model_change_is_refused_and_its_tunnel_serves_on(tb: &Testbed, _: &Deployment) -> Result<()> {
+    let hawser = Hawser::start(tb)?;
+    let admin = hawser.issue_token("hawser-admin", &[])?;
+    // Another assertion issuer: the relay was told the old one at the hello, so this needs a
+    // restart; nothing of the file applies, not even the audit output beside it.
+    let config = std::fs::read_to_string(hawser.agent_config())?;
+    let changed = config
+        .replace("/assertions\"", "/other-assertions\"")
+        .replace("output = \"agent-audit.log\"", "output = \"agent-audit-2.log\"");
+    ensure!(
+        changed.contains("/other-assertions"),
+        "the agent's file has no assertion issuer"
+    );
+    replace_file(hawser.agent_config(), &changed)?;
+    wait_line(&hawser, "agent.log", &["reload refused", "restart the agent"], 0)?;
+    ensure!(
+        status(&hawser, "/version", &admin)? == 200,
+        "the running agent stopped serving"
+    );
+    ensure!(
+        !hawser.dir().join("agent-audit-2.log").exists(),
+        "a part of the refused file was applied"
+    );
     Ok(())
 }
