@@ -9,6 +9,7 @@ mod failure;
 pub(crate) mod link;
 mod passthrough;
 mod path;
+mod reload;
 mod serve;
 mod tunnels;
 
@@ -19,7 +20,6 @@ use std::time::Duration;
 use tracing::Instrument;
 use tracing::{info, warn};
 
-use crate::auth::Authenticator;
 use crate::config::{AgentConfig, Secret};
 use crate::{shutdown, tls, tunnel};
 
@@ -139,12 +139,11 @@ impl AgentState {
 
 /// What every stream handler shares.
 pub(crate) struct AgentState {
-    auth: Authenticator,
-    /// Relay assertions (`true`) or callers' own tokens.
+    /// Issuers, mode and passthrough reviews: swapped whole by a reload.
+    live: reload::Current,
+    /// Relay assertions (`true`) or callers' own tokens (fixed: the hello told the relay).
     takes_assertions: bool,
     apiserver: apiserver::Apiserver,
-    mode: crate::config::AccessMode,
-    reviewer: passthrough::TokenReviewer,
     audit: Arc<crate::audit::AuditLog>,
     cluster: String,
     instance: String,
@@ -171,11 +170,9 @@ impl AgentState {
     /// (so tests can serve streams in-process).
     pub(crate) fn new(config: &AgentConfig) -> Result<Self, AgentError> {
         Ok(Self {
-            auth: Authenticator::new(config.caller_issuers()).map_err(|e| AgentError::Auth(e.to_string()))?,
+            live: reload::Current::new(reload::Live::new(config, None)?),
             takes_assertions: config.assertions.is_some(),
             apiserver: apiserver::Apiserver::from_config(&config.apiserver)?,
-            mode: config.mode,
-            reviewer: passthrough::TokenReviewer::new(&config.passthrough),
             audit: {
                 let audit = crate::audit::AuditLog::open(&config.audit, "agent", &config.instance)?;
                 audit.name_users_in_spans(config.telemetry.record_user);
@@ -223,8 +220,13 @@ fn refused(apiserver: &apiserver::Apiserver, e: &apiserver::ApiCallError) -> Res
     }
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
-pub async fn run(config: AgentConfig, metrics: Option<prometheus::Registry>) -> Result<(), AgentError> {
+/// Runs the agent until SIGINT or SIGTERM; with `config_path`, reloads it on SIGHUP and when it
+/// changes (`agent::reload`).
+pub async fn run(
+    config: AgentConfig,
+    config_path: Option<std::path::PathBuf>,
+    metrics: Option<prometheus::Registry>,
+) -> Result<(), AgentError> {
     let token = read_token(&config.token_file)?;
     let state = Arc::new(AgentState::new(&config)?);
     let apiserver = &state.apiserver;
@@ -289,8 +291,10 @@ pub async fn run(config: AgentConfig, metrics: Option<prometheus::Registry>) -> 
     };
 
     let dial = tunnels::hold(&config, &dialer, &state);
+    let reloads = reload::watch(config_path, &state, &dialer, reload::Fixed::of(&config));
     tokio::select! {
         _ = dial => {}
+        () = reloads => {}
         signal = shutdown::signal() => info!(%signal, "agent shutting down: closing its tunnels"),
     }
     // TCP tunnels end at once (their connections drop); the relay fails their streams.

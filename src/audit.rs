@@ -20,7 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, Method, Uri};
@@ -85,12 +85,8 @@ pub const QUEUE_LINES: usize = 4096;
 
 enum Sink {
     None,
-    /// The writer thread's queue, the lines in it, and the gauge that reports them.
-    Writer(
-        SyncSender<Message>,
-        Arc<AtomicU64>,
-        opentelemetry::metrics::ObservableGauge<u64>,
-    ),
+    /// The writer thread's queue.
+    Writer(SyncSender<Message>),
 }
 
 enum Message {
@@ -119,7 +115,12 @@ fn write_lines(mut out: Box<dyn Write + Send>, queue: Receiver<Message>, queued:
 
 /// Writes audit lines for one component (relay or agent).
 pub struct AuditLog {
-    sink: Sink,
+    /// Swapped by [`AuditLog::reopen`]; lines go to the sink current when they are written.
+    sink: RwLock<Arc<Sink>>,
+    /// Lines queued and not yet written, over every sink this log had.
+    queued: Arc<AtomicU64>,
+    /// The gauge of `queued`, made with the first writer.
+    gauge: OnceLock<opentelemetry::metrics::ObservableGauge<u64>>,
     component: &'static str,
     instance: String,
     /// Whether request spans carry the caller's username (`[telemetry] record_user`).
@@ -129,14 +130,26 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens the configured output for `component` (`relay` or `agent`) named `instance`.
     pub fn open(config: &AuditConfig, component: &'static str, instance: &str) -> Result<Arc<Self>, AuditError> {
+        let log = Self {
+            sink: RwLock::new(Arc::new(Sink::None)),
+            queued: Arc::default(),
+            gauge: OnceLock::new(),
+            component,
+            instance: instance.to_owned(),
+            user_in_spans: Default::default(),
+        };
+        log.reopen(config)?;
+        Ok(Arc::new(log))
+    }
+
+    /// Opens `config`'s output (again) and sends every later line there: a reload, or a rotated
+    /// file. Lines queued before it are still written to the old output; on an error the old
+    /// output stays.
+    pub fn reopen(&self, config: &AuditConfig) -> Result<(), AuditError> {
         let out: Box<dyn Write + Send> = match config.output.as_str() {
             "none" => {
-                return Ok(Arc::new(Self {
-                    sink: Sink::None,
-                    component,
-                    instance: instance.to_owned(),
-                    user_in_spans: Default::default(),
-                }));
+                *self.sink.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Sink::None);
+                return Ok(());
             }
             "stdout" => Box::new(std::io::stdout()),
             path => {
@@ -158,29 +171,31 @@ impl AuditLog {
             }
         };
         let (queue, lines) = std::sync::mpsc::sync_channel(QUEUE_LINES);
-        let queued = Arc::new(AtomicU64::new(0));
-        let written = queued.clone();
+        let written = self.queued.clone();
         std::thread::Builder::new()
-            .name(format!("{component}-audit"))
+            .name(format!("{}-audit", self.component))
             .spawn(move || write_lines(out, lines, written))
             .map_err(|source| AuditError {
                 path: config.output.clone(),
                 source,
             })?;
-        let depth = queued.clone();
-        let gauge = crate::telemetry::metrics::meter()
-            .u64_observable_gauge("hawser.audit.queue")
-            .with_description("Audit lines waiting for the writer; at the queue's bound requests wait for room")
-            .with_unit("{line}")
-            .with_callback(move |observer| observer.observe(depth.load(Ordering::Relaxed), &[]))
-            .build();
-        let sink = Sink::Writer(queue, queued, gauge);
-        Ok(Arc::new(Self {
-            sink,
-            component,
-            instance: instance.to_owned(),
-            user_in_spans: Default::default(),
-        }))
+        self.gauge.get_or_init(|| {
+            let depth = self.queued.clone();
+            crate::telemetry::metrics::meter()
+                .u64_observable_gauge("hawser.audit.queue")
+                .with_description("Audit lines waiting for the writer; at the queue's bound requests wait for room")
+                .with_unit("{line}")
+                .with_callback(move |observer| observer.observe(depth.load(Ordering::Relaxed), &[]))
+                .build()
+        });
+        // The old writer thread ends once the lines already sent to it are written.
+        *self.sink.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Sink::Writer(queue));
+        Ok(())
+    }
+
+    /// The sink now.
+    fn sink(&self) -> Arc<Sink> {
+        self.sink.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Starts the record of one request; the line is written when the last handle drops.
@@ -214,9 +229,11 @@ impl AuditLog {
     }
 
     fn write<T: Serialize>(&self, line: &T) {
-        let Sink::Writer(queue, queued, _) = &self.sink else {
+        let sink = self.sink();
+        let Sink::Writer(queue) = &*sink else {
             return;
         };
+        let queued = &self.queued;
         let Ok(mut text) = serde_json::to_vec(line) else {
             return;
         };
@@ -244,7 +261,7 @@ impl AuditLog {
 
     /// Waits until every line recorded so far is written (at shutdown, and in tests).
     pub fn flush(&self) {
-        if let Sink::Writer(queue, _, _) = &self.sink {
+        if let Sink::Writer(queue) = &*self.sink() {
             let (done, wait) = std::sync::mpsc::sync_channel(1);
             if queue.send(Message::Flush(done)).is_ok() {
                 let _ = wait.recv();
@@ -259,7 +276,7 @@ impl AuditLog {
 
     /// Whether lines go anywhere (`false` for `output = "none"`).
     pub fn is_enabled(&self) -> bool {
-        matches!(self.sink, Sink::Writer(..))
+        matches!(*self.sink(), Sink::Writer(..))
     }
 }
 

@@ -56,8 +56,8 @@ pub async fn run(command: Command, format: LogFormat) -> Result<()> {
             otel.shutdown();
             Ok(())
         }
-        Command::Agent { config } => {
-            let config: AgentConfig = config::load(&config)?;
+        Command::Agent { config: path } => {
+            let config: AgentConfig = config::load(&path)?;
             let otel = observe(
                 format,
                 &config.telemetry,
@@ -65,7 +65,7 @@ pub async fn run(command: Command, format: LogFormat) -> Result<()> {
                 "hawser-agent",
                 &config.instance,
             )?;
-            let ran = crate::agent::run(config, otel.prometheus()).await;
+            let ran = crate::agent::run(config, Some(path), otel.prometheus()).await;
             otel.shutdown();
             Ok(ran?)
         }

@@ -35,18 +35,22 @@ pub enum ConfigError {
         error: std::io::Error,
     },
     /// The file is not valid TOML for this configuration.
-    #[error("parsing {path}: {message}")]
+    #[error("parsing {path}{at}: {message}")]
     Parse {
         /// The file.
         path: PathBuf,
+        /// Where in it, as `:LINE:COLUMN` (1-based; empty when the parser gave no place).
+        at: String,
         /// What the parser said.
         message: String,
     },
     /// A value is out of range or inconsistent.
-    #[error("{path}: {message}")]
+    #[error("{path}{at}: {message}")]
     Invalid {
         /// The file.
         path: PathBuf,
+        /// The line the message most likely speaks of, as `:LINE` (empty when no one line is).
+        at: String,
         /// What is wrong.
         message: String,
     },
@@ -62,29 +66,67 @@ pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigErro
     })?;
     let mut config: T = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
-        message: one_line(&text, &e),
+        at: place(&text, &e)
+            .map(|(line, column)| format!(":{line}:{column}"))
+            .unwrap_or_default(),
+        message: e.message().trim().replace('\n', " "),
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     config.resolve_paths(base);
     config.validate().map_err(|message| ConfigError::Invalid {
         path: path.to_owned(),
+        at: locate(&text, &message)
+            .map(|line| format!(":{line}"))
+            .unwrap_or_default(),
         message,
     })?;
     Ok(config)
 }
 
-/// A TOML error as one line: where, then what.
-fn one_line(text: &str, e: &toml::de::Error) -> String {
-    let what = e.message().trim();
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {what}")
+/// Where a TOML error is: its line and column, counted from 1 (the column in characters).
+fn place(text: &str, e: &toml::de::Error) -> Option<(usize, usize)> {
+    let start = e.span()?.start.min(text.len());
+    let before = text.get(..start)?;
+    let line = before.matches('\n').count() + 1;
+    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..].chars().count() + 1;
+    Some((line, column))
+}
+
+/// The line a validation message most likely speaks of, counted from 1: the one line holding a
+/// value it quotes, else the one line setting a key it names (`limits.max_header_bytes` is
+/// `max_header_bytes = ...`). A candidate on several lines (a key every `[[clusters]]` has) is
+/// no answer: no line is better than a wrong one.
+fn locate(text: &str, message: &str) -> Option<usize> {
+    let quoted = message
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|q| !q.is_empty())
+        .map(|q| format!("\"{q}\""));
+    let sets = |key: &str| {
+        let key = key.rsplit('.').next().unwrap_or(key).to_owned();
+        move |line: &str| {
+            line.trim_start()
+                .strip_prefix(key.as_str())
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
         }
-        None => what.to_owned(),
-    }
+    };
+    let keys = message
+        .split(|c: char| !(c.is_ascii_lowercase() || c == '_' || c == '.'))
+        .map(|w| w.trim_matches('.'))
+        .filter(|w| !w.is_empty());
+    let only_line = |holds: &dyn Fn(&str) -> bool| {
+        let mut lines = text.lines().enumerate().filter(|(_, l)| holds(l));
+        match (lines.next(), lines.next()) {
+            (Some((i, _)), None) => Some(i + 1),
+            _ => None,
+        }
+    };
+    quoted
+        .map(|q| only_line(&|l: &str| l.contains(q.as_str())))
+        .chain(keys.map(|k| only_line(&sets(k))))
+        .flatten()
+        .next()
 }
 
 /// A configuration that can resolve its paths and check itself.

@@ -26,6 +26,7 @@ pub mod onboard;
 pub mod overview;
 pub mod proto;
 pub mod relay;
+pub mod reload;
 pub mod request_info;
 pub mod shutdown;
 pub mod status;

@@ -9,6 +9,7 @@ mod fleet;
 mod front;
 mod keys;
 mod limits;
+mod live;
 mod observed;
 mod overview;
 mod path;
@@ -26,8 +27,8 @@ pub use clusters::token_digest_hex;
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::auth::SigningKey;
 use crate::auth::assertion::AssertionMinter;
-use crate::auth::{AccessRules, Authenticator, BuiltinIssuer, SigningKey};
 use crate::config::RelayConfig;
 use crate::proto::ALPN;
 use crate::{shutdown, tls, tunnel};
@@ -80,16 +81,13 @@ pub enum RelayError {
 /// What every request handler shares.
 pub(crate) struct RelayState {
     instance: String,
-    auth: Authenticator,
-    access: AccessRules,
-    issuer: Option<BuiltinIssuer>,
+    /// Issuers, access rules and limits: swapped whole by a reload.
+    live: live::Current,
     minter: Option<AssertionMinter>,
     clusters: Arc<clusters::Clusters>,
     registry: Arc<registry::Registry>,
     audit: Arc<crate::audit::AuditLog>,
-    limits: crate::config::LimitsConfig,
     caller_streams: Arc<limits::CallerStreams>,
-    auth_failures: Arc<limits::AuthFailures>,
     /// This relay's part in a fleet (`[registry] kind = "etcd"`).
     fleet: Option<Arc<fleet::Fleet>>,
     /// Set once the relay stops taking new work: `/readyz` then fails.
@@ -107,15 +105,7 @@ impl RelayState {
     /// Loads the keys and issuers, checks the access rules and opens the audit log: all a
     /// request needs, without the listeners (so tests can drive the request path in-process).
     fn new(config: &RelayConfig) -> Result<Self, RelayError> {
-        let issuer = match &config.issuer {
-            Some(c) => Some(c.load().map_err(|e| RelayError::Issuer(e.to_string()))?),
-            None => None,
-        };
-        let mut issuers = config.issuers.clone();
-        if let Some(issuer) = &issuer {
-            issuers.push(issuer.issuer_config());
-        }
-        let auth = Authenticator::new(issuers).map_err(|e| RelayError::Auth(e.to_string()))?;
+        let live = live::Live::new(config, None)?;
         let minter = match &config.assertions {
             Some(a) => {
                 let key = SigningKey::load_or_generate(&a.signing_key_file, a.generate)
@@ -124,8 +114,7 @@ impl RelayState {
             }
             None => None,
         };
-        keys::check_distinct(&config.tls.cert_file, issuer.as_ref(), minter.as_ref())?;
-        let access = AccessRules::new(config.access.clone()).map_err(|e| RelayError::Auth(e.to_string()))?;
+        keys::check_distinct(&config.tls.cert_file, live.issuer.as_ref(), minter.as_ref())?;
         let started = std::time::SystemTime::now();
         let fleet = fleet::Fleet::new(config, started)?.map(Arc::new);
         let registry = match &fleet {
@@ -134,9 +123,7 @@ impl RelayState {
         };
         Ok(Self {
             instance: config.instance.clone(),
-            auth,
-            access,
-            issuer,
+            live: live::Current::new(live),
             minter,
             clusters: Arc::new(clusters::Clusters::new(clusters::ClusterTable::new(&config.clusters))),
             registry,
@@ -150,8 +137,6 @@ impl RelayState {
                 audit
             },
             caller_streams: Arc::default(),
-            auth_failures: Arc::new(limits::AuthFailures::new(config.limits.auth_failures_per_minute)),
-            limits: config.limits.clone(),
             tasks: tokio_util::task::TaskTracker::new(),
         })
     }
@@ -180,6 +165,8 @@ pub struct Relay {
     state: Arc<RelayState>,
     sessions: Arc<agents::Sessions>,
     config_path: Option<PathBuf>,
+    /// The running values of what a reload cannot change.
+    fixed: reload::Fixed,
     drain: crate::config::DrainConfig,
     /// The admin listener, and the metrics it renders.
     admin: Option<(crate::admin::Admin, Option<prometheus::Registry>)>,
@@ -267,14 +254,15 @@ impl Relay {
             state,
             sessions,
             config_path: None,
+            fixed: reload::Fixed::of(&config),
             drain: config.drain.clone(),
             admin,
         })
     }
 
-    /// Re-reads `path` on SIGHUP and applies its `[[clusters]]`: agent tokens added, rotated or
-    /// revoked, a cluster's trust model changed; sessions no longer admitted are closed, every
-    /// other tunnel stays up.
+    /// Re-reads `path` on SIGHUP and whenever its content changes, and applies its clusters,
+    /// access rules, issuers, limits and audit output; sessions no longer admitted are closed,
+    /// every other tunnel and exchange goes on (`relay::reload`).
     pub fn reload_from(mut self, path: PathBuf) -> Self {
         self.config_path = Some(path);
         self
@@ -317,6 +305,7 @@ impl Relay {
             state,
             sessions,
             config_path,
+            fixed,
             drain,
             admin,
         } = self;
@@ -363,7 +352,8 @@ impl Relay {
             tokio_util::task::TaskTracker::new(),
         );
         if let Some(fleet) = &state.fleet {
-            let open_stream_timeout = std::time::Duration::from_secs(state.limits.open_stream_timeout_secs);
+            let open_stream_timeout =
+                std::time::Duration::from_secs(state.live.current().limits.open_stream_timeout_secs);
             fleet.start(state.registry.clone(), open_stream_timeout, &fleet_tasks, &fleet_stop);
         }
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -379,7 +369,7 @@ impl Relay {
         ));
         tokio::select! {
             () = &mut front => {}
-            () = reload::on_hangup(config_path, &state) => {}
+            () = reload::watch(config_path, &state, fixed) => {}
             signal = shutdown::signal() => info!(
                 %signal, grace_secs = drain.grace_secs, timeout_secs = drain.timeout_secs,
                 "draining: /readyz fails and agents are told to move (in a fleet); callers are still taken for \

@@ -49,6 +49,9 @@ pub(crate) struct Dialer {
     tls: Arc<rustls::ClientConfig>,
     tunnel: crate::config::TunnelConfig,
     hello: Hello,
+    /// Where the agent token is read again at every dial (a rotated Secret is used at the next
+    /// reconnect), and the last token read; a probe has no file and sends the hello's.
+    token: Mutex<(Option<std::path::PathBuf>, Secret)>,
     proxy: Option<connect::Proxy>,
     /// The QUIC endpoints that may still carry a tunnel, so shutdown can close them instead of
     /// leaving the relay to notice by idle timeout.
@@ -106,9 +109,27 @@ impl Dialer {
                 held: Vec::new(),
                 probe,
             },
+            token: Mutex::new(((!probe).then(|| config.token_file.clone()), token.clone())),
             proxy,
             current: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Reads the agent token from `file` from the next dial on (a reload).
+    pub(crate) fn set_token_file(&self, file: std::path::PathBuf) {
+        self.token.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(file);
+    }
+
+    /// The agent token for a dial now: the file's, or the last one read if it cannot be read.
+    fn token(&self) -> String {
+        let mut token = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = &token.0 {
+            match super::read_token(file) {
+                Ok(read) => token.1 = read,
+                Err(e) => tracing::warn!(error = %e, "dialing with the agent token read before"),
+            }
+        }
+        token.1.expose().to_owned()
     }
 
     /// The proxy the TCP transport goes through, as shown in logs, if one applies.
@@ -131,6 +152,7 @@ impl Dialer {
         Hello {
             link,
             held: held.to_vec(),
+            token: self.token(),
             ..self.hello.clone()
         }
     }

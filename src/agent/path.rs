@@ -92,14 +92,17 @@ impl Step for Authenticate {
         // A caller's own token refused here is the caller's failure; a relay assertion refused
         // here is not (the caller's token passed at the relay): `Failure::status` marks only the
         // former.
-        let identity = state
-            .auth
-            .authenticate(token)
-            .await
-            .map_err(|error| Failure::Unauthenticated {
-                error,
-                caller_token: !state.takes_assertions,
-            })?;
+        let identity =
+            state
+                .live
+                .current()
+                .auth
+                .authenticate(token)
+                .await
+                .map_err(|error| Failure::Unauthenticated {
+                    error,
+                    caller_token: !state.takes_assertions,
+                })?;
         audit.set(|f| {
             f.caller = Some(identity.user.clone());
             f.groups = identity.groups.clone();
@@ -119,14 +122,15 @@ impl Step for Impersonate {
 
     async fn run(self, mut req: Request<Body>, next: Next<Self>) -> Answer {
         let state = &self.0;
+        let live = state.live.current();
         let identity: Identity = take(&mut req)?;
         match passthrough::cluster_token(req.headers())? {
             Some(cluster_token) => {
-                if !state.mode.allows_passthrough() {
+                if !live.mode.allows_passthrough() {
                     return Err(Failure::PassthroughOff);
                 }
                 let audit = audit(&req)?;
-                let reviewed = state
+                let reviewed = live
                     .reviewer
                     .review(&state.apiserver, &identity.user, &cluster_token)
                     .await?;
@@ -136,7 +140,7 @@ impl Step for Impersonate {
                     .map_err(|e| Failure::UnforwardableClusterToken(e.to_string()))?;
             }
             None => {
-                if !state.mode.allows_identity() {
+                if !live.mode.allows_identity() {
                     return Err(Failure::IdentityOff);
                 }
                 let agent_token = state

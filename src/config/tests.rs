@@ -169,7 +169,7 @@ fn malformed_pins_are_refused_at_start() {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("pinned_key_sha256") && err.contains(why) && err.contains("line 6") && !err.contains('\n'),
+            err.contains("pinned_key_sha256") && err.contains(why) && err.contains(":6:") && !err.contains('\n'),
             "{pin}: {err}"
         );
     }
@@ -413,7 +413,7 @@ fn the_relays_server_id_is_configured_or_derived_from_its_instance() {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains(why) && err.contains("line 15") && !err.contains('\n'),
+            err.contains(why) && err.contains(":15:") && !err.contains('\n'),
             "{value}: {err}"
         );
     }
@@ -440,4 +440,26 @@ fn what_an_agent_impersonates_follows_its_issuers() {
     let impersonates = agent.impersonates();
     assert!(impersonates.uids && impersonates.service_accounts);
     assert_eq!(impersonates.extra_keys, ["acme.io/team"]);
+}
+
+#[test]
+fn a_validation_error_names_the_line_it_speaks_of_when_one_line_is_meant() {
+    let line_of = |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let cluster = format!(
+        "{MINIMAL}[[clusters]]\nname = \"Not A Name\"\nagent_token_sha256 = \"{}\"\n",
+        "0".repeat(64)
+    );
+    let limits = format!("{MINIMAL}[limits]\nmax_header_bytes = 10\n");
+    for (text, needle) in [(&cluster, "Not A Name"), (&limits, "max_header_bytes")] {
+        let err = parse_relay(text).unwrap_err().to_string();
+        let at = format!("relay.toml:{}: ", line_of(text, needle));
+        assert!(err.contains(&at), "{at} in {err}");
+    }
+    // A key every cluster has is no one line: the file alone, never a wrong line.
+    let two = format!(
+        "{MINIMAL}[[clusters]]\nname = \"a\"\nagent_token_sha256 = \"{}\"\n[[clusters]]\nname = \"b\"\nagent_token_sha256 = \"00\"\n",
+        "0".repeat(64)
+    );
+    let err = parse_relay(&two).unwrap_err().to_string();
+    assert!(err.contains("relay.toml: cluster b: agent_token_sha256"), "{err}");
 }

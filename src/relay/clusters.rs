@@ -8,7 +8,6 @@
 //! the cluster the agent names).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -121,25 +120,7 @@ impl ClusterTable {
 }
 
 /// The current table, swapped whole on a reload.
-#[derive(Debug, Default)]
-pub struct Clusters(RwLock<Arc<ClusterTable>>);
-
-impl Clusters {
-    /// Holds `table`.
-    pub fn new(table: ClusterTable) -> Self {
-        Self(RwLock::new(Arc::new(table)))
-    }
-
-    /// The table now (a request keeps its snapshot for its whole routing decision).
-    pub fn current(&self) -> Arc<ClusterTable> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Replaces the table.
-    pub fn replace(&self, table: ClusterTable) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
-    }
-}
+pub type Clusters = crate::reload::Snapshot<ClusterTable>;
 
 #[cfg(test)]
 mod tests {

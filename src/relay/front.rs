@@ -111,7 +111,7 @@ async fn connection(
     let Some(tls) = door.enter(stalls.socket(tcp), peer).await else {
         return;
     };
-    let limits = state.limits.clone();
+    let limits = state.live.current().limits.clone();
     let activity = Activity::new();
     let service = {
         let (activity, stalls) = (activity.clone(), stalls.clone());
@@ -183,7 +183,7 @@ async fn handle(state: &RelayState, path: RequestPath, mut req: Request<Body>, p
         return refused(Refusal::Connect);
     }
     match req.uri().path() {
-        "/.well-known/jwks.json" => match &state.issuer {
+        "/.well-known/jwks.json" => match &state.live.current().issuer {
             Some(issuer) => bounded(json_response(issuer.jwks().to_string())),
             None => refused(Refusal::NoIssuer),
         },

@@ -240,7 +240,7 @@ impl Step for FailedAuthLimit {
     type Path = RelayPath;
 
     async fn run(self, mut req: Request<Body>, next: Next<Self>) -> Answer {
-        let limiter = &self.0.auth_failures;
+        let limiter = self.0.live.current().auth_failures.clone();
         let &Peer(peer) = ext(&req)?;
         let attempt = limiter
             .attempt(peer.ip())
@@ -279,6 +279,8 @@ impl Step for Authenticate {
         let authenticated = match crate::auth::bearer_token(req.headers()) {
             Ok(token) => self
                 .0
+                .live
+                .current()
                 .auth
                 .authenticate_caller(token)
                 .await
@@ -325,7 +327,7 @@ impl Step for Access {
     async fn run(self, req: Request<Body>, next: Next<Self>) -> Answer {
         let identity = &ext::<Authenticated>(&req)?.caller.identity;
         let Target { cluster, .. } = ext(&req)?;
-        if !self.0.access.allows(identity, cluster) {
+        if !self.0.live.current().access.allows(identity, cluster) {
             return Err(Refusal::Forbidden {
                 cluster: cluster.clone(),
                 user: identity.user.clone(),
@@ -344,7 +346,7 @@ impl Step for Admin {
 
     async fn run(self, req: Request<Body>, next: Next<Self>) -> Answer {
         let identity = &ext::<Authenticated>(&req)?.caller.identity;
-        if !self.0.access.admin(identity) {
+        if !self.0.live.current().access.admin(identity) {
             return Err(Refusal::NotAdmin {
                 user: identity.user.clone(),
             });
@@ -364,7 +366,7 @@ impl Step for CallerLimit {
     async fn run(self, req: Request<Body>, next: Next<Self>) -> Answer {
         let state = &self.0;
         let user = &ext::<Authenticated>(&req)?.caller.identity.user;
-        let limit = state.limits.max_streams_per_caller;
+        let limit = state.live.current().limits.max_streams_per_caller;
         let lease = state
             .caller_streams
             .acquire(user, limit)

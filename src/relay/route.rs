@@ -72,7 +72,7 @@ async fn route(state: Arc<RelayState>, mut req: Request<Body>) -> Result<Respons
         sampled,
         credential,
         audit,
-        wait: Duration::from_secs(state.limits.open_stream_timeout_secs),
+        wait: Duration::from_secs(state.live.current().limits.open_stream_timeout_secs),
     };
     // A GET or HEAD without a body or upgrade can go again as it was: if the tunnel it went on
     // is lost before any answer (an agent closing a duplicate tunnel, a relay losing one), it

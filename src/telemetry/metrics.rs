@@ -83,6 +83,8 @@ pub struct Metrics {
     pub reconnects: Counter<u64>,
     /// Requests forwarded to a peer relay, by result.
     pub forwards: Counter<u64>,
+    /// Configuration reloads, by result.
+    pub reloads: Counter<u64>,
 }
 
 impl Metrics {
@@ -131,6 +133,11 @@ impl Metrics {
                 .u64_counter("hawser.peer.forwards")
                 .with_description("Requests forwarded to a peer relay of the fleet, by result")
                 .with_unit("{request}")
+                .build(),
+            reloads: meter
+                .u64_counter("hawser.config.reloads")
+                .with_description("Configuration reloads (SIGHUP or a changed file), by result")
+                .with_unit("{reload}")
                 .build(),
         }
     }

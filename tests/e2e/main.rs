@@ -16,6 +16,7 @@ mod h2flood;
 mod observability;
 mod onboard;
 mod passthrough;
+mod reload;
 mod routes;
 mod security;
 mod stall;
@@ -123,6 +124,14 @@ fn main() -> ExitCode {
     for &(name, test) in security::TESTS {
         let (fixture, deployment) = (fixture.clone(), deployment.clone());
         trials.push(Trial::test(format!("security::{name}"), move || {
+            let testbed = fixture.get()?;
+            test(&testbed, &deployment).map_err(|e| format!("{e:#}").into())
+        }));
+    }
+
+    for &(name, test) in reload::TESTS {
+        let (fixture, deployment) = (fixture.clone(), deployment.clone());
+        trials.push(Trial::test(format!("reload::{name}"), move || {
             let testbed = fixture.get()?;
             test(&testbed, &deployment).map_err(|e| format!("{e:#}").into())
         }));

@@ -296,7 +296,7 @@ const AGENT_REASONS: [&str; 11] = [
 fn all_at_zero_from_the_start(relay_admin: u16, agent_admin: u16) -> Result<()> {
     let relay = metrics(relay_admin)?;
     let agent = metrics(agent_admin)?;
-    let checks: [(&str, &str, &str, &[&str], bool); 4] = [
+    let checks: [(&str, &str, &str, &[&str], bool); 6] = [
         (&relay, "hawser_refusals_total", "hawser_reason", &RELAY_REASONS, true),
         (
             &relay,
@@ -312,6 +312,20 @@ fn all_at_zero_from_the_start(relay_admin: u16, agent_admin: u16) -> Result<()> 
             "hawser_cause",
             &["closed", "failed", "relay_elsewhere", "moved"],
             false,
+        ),
+        (
+            &relay,
+            "hawser_config_reloads_total",
+            "hawser_result",
+            &["applied", "refused"],
+            true,
+        ),
+        (
+            &agent,
+            "hawser_config_reloads_total",
+            "hawser_result",
+            &["applied", "refused"],
+            true,
         ),
     ];
     for (text, name, key, values, zero) in checks {

@@ -144,7 +144,10 @@ async fn a_token_the_agent_refuses_is_a_401_charged_to_the_source() {
     let peer: std::net::SocketAddr = "192.0.2.77:5000".parse().unwrap();
     let uri = format!("/clusters/rogue{CONFIGMAP_PATH}");
     for attempt in 1..=FAILURES_PER_MINUTE {
-        assert!(!world.relay.auth_failures.is_spent(peer.ip()), "attempt {attempt}");
+        assert!(
+            !world.relay.live.current().auth_failures.is_spent(peer.ip()),
+            "attempt {attempt}"
+        );
         let resp = world
             .send_from(peer, request(Method::GET, &uri, Some(&world.token(USER, "rogue"))))
             .await;
@@ -155,7 +158,7 @@ async fn a_token_the_agent_refuses_is_a_401_charged_to_the_source() {
         );
     }
     assert!(
-        world.relay.auth_failures.is_spent(peer.ip()),
+        world.relay.live.current().auth_failures.is_spent(peer.ip()),
         "each refusal was charged"
     );
     // The source is now refused before any token is checked, a good one included.
