@@ -6,9 +6,11 @@
 //
 //   node loadtest/k6/check/check.mjs            # the checks (CI runs this: .ci/run)
 //   node loadtest/k6/check/check.mjs --paths    # the mix's paths as JSON (the Rust driver's test reads it)
+//   node loadtest/k6/check/check.mjs --live     # one iteration of each scenario against a real relay,
+//                                               # k6's HTTP done by curl; settings as for k6 (README.md)
 
 import { execFileSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { register } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -163,10 +165,39 @@ async function paths(file) {
   return { list_pods: p.listPods, get_pod: p.getPod('NAME'), list_configmaps: p.listConfigmaps, watch: p.watchPods };
 }
 
+/** k6's http.get done by curl, synchronously as k6 does it; status 0 when curl fails. */
+function curl(url, params) {
+  const args = ['-sS', '-o', '-', '-w', '\n%{http_code} %{time_total}', '--max-time', String(parseInt(params.timeout, 10))];
+  for (const [k, v] of Object.entries(params.headers)) args.push('-H', `${k}: ${v}`);
+  if (process.env.SSL_CERT_FILE) args.push('--cacert', process.env.SSL_CERT_FILE);
+  let out;
+  try {
+    out = execFileSync('curl', [...args, url], { encoding: 'utf8', maxBuffer: 1 << 28, stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (e) {
+    return { status: 0, body: String(e.stderr || e.message) };
+  }
+  const cut = out.lastIndexOf('\n');
+  const [code, secs] = out.slice(cut + 1).split(' ');
+  return { status: Number(code), body: out.slice(0, cut), duration: Number(secs) * 1000 };
+}
+
 const files = readdirSync(scripts)
   .filter((f) => f.endsWith('.js'))
   .map((f) => join(scripts, f));
-if (process.argv.includes('--paths')) {
+if (process.argv.includes('--live')) {
+  globalThis.open = (path) => readFileSync(path, 'utf8');
+  globalThis.k6stub = { requests: [], checks: [], metrics: {}, answer: curl };
+  globalThis.__ENV = process.env;
+  const mix = await import(pathToFileURL(join(scripts, 'kubectl-mix.js')).href);
+  const data = mix.setup();
+  mix.kubectl(data);
+  mix.watch();
+  for (const r of globalThis.k6stub.requests) console.log(`${r.params.tags.kind}: GET ${r.url}`);
+  const failed = globalThis.k6stub.checks.filter((c) => !c.ok);
+  for (const c of globalThis.k6stub.checks) console.log(`check ${c.ok ? 'ok    ' : 'FAILED'} ${c.name}`);
+  console.log(`watch_events: ${globalThis.k6stub.metrics.watch_events}`);
+  if (failed.length > 0) process.exit(1);
+} else if (process.argv.includes('--paths')) {
   console.log(JSON.stringify(await paths(join(scripts, 'kubectl-mix.js'))));
 } else {
   expect(files.length > 0, `no k6 scripts in ${scripts}`);
