@@ -9,6 +9,7 @@
 //! - `GET /watch?interval_ms=N`: a never-ending watch, one ~90-byte JSON event
 //!   line every N ms stamped with the time it was sent (`crate::watches`);
 //! - `GET /stats`: `/bulk` bytes produced so far (to see a stalled reader's stream stop);
+//! - `GET /api/v1/...`: the pods and configmaps `k6mix` asks for (`crate::k6mix::canned`);
 //! - `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`: allowed,
 //!   so the agent's start-up check of its impersonation rights passes.
 //!
@@ -128,8 +129,10 @@ fn answer(req: &Request<Incoming>, chunk: Bytes) -> Response<Body> {
         },
         (&Method::GET, "/watch") => crate::watches::watch_body(req.uri().query()),
         (&Method::GET, "/stats") => crate::watches::stats_body(),
+        (&Method::GET, path) if path.starts_with("/api/v1/") => crate::k6mix::canned::answer(path, req.uri().query()),
         (&Method::POST, "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews") => json(
-            br#"{"kind":"SelfSubjectAccessReview","apiVersion":"authorization.k8s.io/v1","status":{"allowed":true}}"#,
+            br#"{"kind":"SelfSubjectAccessReview","apiVersion":"authorization.k8s.io/v1","status":{"allowed":true}}"#
+                .as_slice(),
         ),
         _ => status(StatusCode::NOT_FOUND, "no such route"),
     }
@@ -144,8 +147,9 @@ fn bulk_size(query: Option<&str>) -> Option<u64> {
         .filter(|n| *n <= MAX_BULK)
 }
 
-fn json(body: &'static [u8]) -> Response<Body> {
-    let mut resp = Response::new(Body::Once(Some(Bytes::from_static(body))));
+/// A 200 with a JSON body.
+pub(crate) fn json(body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Body::Once(Some(body.into())));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
@@ -153,7 +157,8 @@ fn json(body: &'static [u8]) -> Response<Body> {
     resp
 }
 
-fn status(code: StatusCode, message: &'static str) -> Response<Body> {
+/// An error answer with a plain-text message.
+pub(crate) fn status(code: StatusCode, message: &'static str) -> Response<Body> {
     let mut resp = Response::new(Body::Once(Some(Bytes::from_static(message.as_bytes()))));
     *resp.status_mut() = code;
     resp
@@ -172,6 +177,8 @@ pub enum Body {
     },
     /// A watch: one small event per tick, never ending.
     Watch(Box<tokio::time::Interval>),
+    /// A watch that ends when its timer fires (kube-apiserver's `timeoutSeconds`).
+    WatchUntil(Box<tokio::time::Interval>, Pin<Box<tokio::time::Sleep>>),
 }
 
 impl hyper::body::Body for Body {
@@ -184,6 +191,14 @@ impl hyper::body::Body for Body {
             Body::Watch(ticker) => {
                 std::task::ready!(ticker.poll_tick(cx));
                 Some(Ok(Frame::data(crate::watches::event())))
+            }
+            Body::WatchUntil(ticker, end) => {
+                if end.as_mut().poll(cx).is_ready() {
+                    None
+                } else {
+                    std::task::ready!(ticker.poll_tick(cx));
+                    Some(Ok(Frame::data(crate::watches::event())))
+                }
             }
             Body::Once(data) => data.take().map(|d| Ok(Frame::data(d))),
             Body::Bulk { chunk, remaining } => {
@@ -203,7 +218,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Once(data) => data.is_none(),
             Body::Bulk { remaining, .. } => *remaining == 0,
-            Body::Watch(_) => false,
+            Body::Watch(_) | Body::WatchUntil(..) => false,
         }
     }
 
@@ -211,7 +226,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Once(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Body::Bulk { remaining, .. } => SizeHint::with_exact(*remaining),
-            Body::Watch(_) => SizeHint::default(),
+            Body::Watch(_) | Body::WatchUntil(..) => SizeHint::default(),
         }
     }
 }

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::{fleet, peers, scale, telemetry};
+use crate::{fleet, k6mix, peers, scale, telemetry};
 
 /// Load driver for Hawser: a real relay and real agents (separate `hawser`
 /// processes) against a trivial HTTPS backend, with the same load sent
@@ -86,6 +86,8 @@ pub struct Cli {
     pub fleet: fleet::FleetArgs,
     #[command(flatten)]
     pub telemetry: telemetry::TelemetryArgs,
+    #[command(flatten)]
+    pub k6mix: k6mix::K6MixArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +126,9 @@ pub enum Scenario {
     /// `small` with telemetry off and on (1 % of traces to a collector, /metrics scraped),
     /// interleaved: what telemetry costs.
     Telemetry,
+    /// The k6 script's kubectl-like mix (loadtest/k6/kubectl-mix.js): list pods, get a pod,
+    /// list configmaps in all namespaces, and watches held to their timeoutSeconds.
+    K6mix,
 }
 
 /// How the agents reach the relay (the agent's `relay.transport`).
@@ -225,6 +230,8 @@ pub struct Settings {
     pub fleet: fleet::FleetSettings,
     /// `telemetry`.
     pub telemetry: telemetry::TelemetrySettings,
+    /// `k6mix`.
+    pub k6mix: k6mix::K6MixSettings,
 }
 
 impl Settings {
@@ -239,6 +246,7 @@ impl Settings {
                     Scenario::Small,
                     Scenario::Rate,
                     Scenario::Bulk,
+                    Scenario::K6mix,
                     Scenario::Swarm,
                     Scenario::Watch,
                     Scenario::Storm,
@@ -260,6 +268,7 @@ impl Settings {
             Scenario::Small => 1,
             Scenario::Rate => 2,
             Scenario::Bulk => 3,
+            Scenario::K6mix => 3,
         };
         scenarios.sort_by_key(order);
         scenarios.dedup();
@@ -288,6 +297,7 @@ impl Settings {
             peers: peers::PeerSettings::from(&cli.peers, smoke)?,
             fleet: fleet::FleetSettings::from(&cli.fleet, smoke)?,
             telemetry: telemetry::TelemetrySettings::from(&cli.telemetry)?,
+            k6mix: k6mix::K6MixSettings::from(&cli.k6mix, smoke)?,
             scenarios,
         };
         if settings.clusters == 0 || settings.agents_per_cluster == 0 {

@@ -9,6 +9,7 @@ mod ceiling;
 mod cli;
 mod client;
 mod fleet;
+mod k6mix;
 mod peers;
 mod progress;
 mod report;
@@ -234,6 +235,12 @@ async fn measure(settings: &Settings, sys: &mut system::System, report: &mut Rep
             let h = scenario::bulk(&hawser, streams, settings.bulk_bytes, &meter).await?;
             report.bulk.push(Compared::bulk(d, h));
         }
+    }
+    if settings.runs(Scenario::K6mix) {
+        let (duration, warmup) = (secs(settings.duration_s), secs(settings.warmup_s));
+        let d = k6mix::run(&direct, &settings.k6mix, duration, warmup, &meter).await?;
+        let h = k6mix::run(&hawser, &settings.k6mix, duration, warmup, &meter).await?;
+        report.k6mix = Some(Compared::k6mix(d, h));
     }
     peers::measure(settings, sys, report).await?;
     scale::after(settings, sys, &mut report.scale, &meter).await?;

@@ -47,6 +47,8 @@ pub struct Report {
     pub fleet: Option<crate::fleet::FleetResult>,
     /// `telemetry`.
     pub telemetry: Option<crate::telemetry::TelemetryResult>,
+    /// `k6mix`.
+    pub k6mix: Option<Compared<crate::k6mix::K6MixResult>>,
     /// Failed requests over every measurement.
     pub failed_requests: u64,
 }
@@ -223,6 +225,7 @@ impl Report {
             peers: Default::default(),
             fleet: None,
             telemetry: None,
+            k6mix: None,
             failed_requests: 0,
         })
     }
@@ -243,6 +246,10 @@ impl Report {
         }
         failed += self.fleet.as_ref().map_or(0, |f| f.failures());
         failed += self.telemetry.as_ref().map_or(0, |t| t.failures());
+        failed += self
+            .k6mix
+            .as_ref()
+            .map_or(0, |k| k.direct.failures.count + k.hawser.failures.count);
         self.failed_requests = failed + self.scale.failures() + self.peers.failures();
     }
 
@@ -289,6 +296,9 @@ impl Report {
             );
             t.row(&label, "MB/s", b.direct.mb_per_sec, b.hawser.mb_per_sec, 0);
             t.failures(&b.direct.failures.count, &b.hawser.failures.count);
+        }
+        if let Some(k) = &self.k6mix {
+            k.rows(&mut t);
         }
         let mut out = String::new();
         let _ = writeln!(
@@ -374,6 +384,9 @@ impl Report {
         if let Some(t) = &self.telemetry {
             out.extend(t.failure_messages());
         }
+        if let Some(k) = &self.k6mix {
+            out.extend(k.failure_messages());
+        }
         out
     }
 
@@ -412,6 +425,22 @@ impl Report {
                 None,
             ));
         }
+        if let Some(k) = &self.k6mix {
+            let requests =
+                |r: &crate::k6mix::K6MixResult| r.list_pods.count + r.get_pod.count + r.list_configmaps.count;
+            rows.push((
+                "k6mix direct".into(),
+                k.direct.elapsed_s,
+                &k.direct.cpu,
+                Some(requests(&k.direct) as u64),
+            ));
+            rows.push((
+                "k6mix hawser".into(),
+                k.hawser.elapsed_s,
+                &k.hawser.cpu,
+                Some(requests(&k.hawser) as u64),
+            ));
+        }
         let mut out = String::from(
             "\nCPU seconds (user+system) during each measurement; µs/req = (relay+agents) CPU per request; \
              udp drops = datagrams dropped for a full socket receive buffer (machine-wide)\n",
@@ -440,12 +469,12 @@ impl Report {
 
 /// The comparison table's rows.
 #[derive(Default)]
-struct Table {
+pub(crate) struct Table {
     rows: Vec<[String; 5]>,
 }
 
 impl Table {
-    fn row(&mut self, scenario: &str, figure: &str, direct: f64, hawser: f64, decimals: usize) {
+    pub(crate) fn row(&mut self, scenario: &str, figure: &str, direct: f64, hawser: f64, decimals: usize) {
         self.rows.push([
             scenario.to_owned(),
             figure.to_owned(),
@@ -487,7 +516,7 @@ impl Table {
         }
     }
 
-    fn failures(&mut self, direct: &u64, hawser: &u64) {
+    pub(crate) fn failures(&mut self, direct: &u64, hawser: &u64) {
         if *direct > 0 || *hawser > 0 {
             self.row("", "FAILED requests", *direct as f64, *hawser as f64, 0);
         }

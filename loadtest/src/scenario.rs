@@ -46,7 +46,7 @@ impl Failures {
         }
     }
 
-    fn merge(&mut self, other: Failures) {
+    pub(crate) fn merge(&mut self, other: Failures) {
         self.count += other.count;
         for m in other.messages {
             if self.messages.len() < KEEP_ERRORS && !self.messages.contains(&m) {
