@@ -6,6 +6,7 @@
 mod fleet;
 mod helm;
 mod install;
+mod onboard;
 mod pod;
 mod rbac;
 mod render;
@@ -40,6 +41,10 @@ pub const TESTS: &[(&str, Test)] = &[
     (
         "the_relay_charts_fleet_routes_through_either_relay",
         fleet::the_relay_charts_fleet_routes_through_either_relay,
+    ),
+    (
+        "cluster_add_onboards_two_clusters_with_both_charts",
+        onboard::cluster_add_onboards_two_clusters_with_both_charts,
     ),
 ];
 

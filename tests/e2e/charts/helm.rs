@@ -120,6 +120,18 @@ impl Helm {
         Rendered::parse(self.on_cluster(kubeconfig, release, &["get", "manifest", release.name])?)
     }
 
+    /// `helm upgrade` of `release` with the values files `values` (later ones win, as helm merges
+    /// them); what is installed after it, as `helm get manifest` prints it.
+    pub fn upgrade(&self, kubeconfig: &Path, release: &Release, values: &[&str]) -> Result<Rendered> {
+        let chart = Self::chart(release.chart).display().to_string();
+        let mut args = vec!["upgrade", release.name, &chart];
+        for file in values {
+            args.extend(["--values", file]);
+        }
+        self.on_cluster(kubeconfig, release, &args)?;
+        Rendered::parse(self.on_cluster(kubeconfig, release, &["get", "manifest", release.name])?)
+    }
+
     /// Runs `helm ARGS --kubeconfig K --namespace NS` for `release`'s namespace; fails unless it
     /// succeeds. Its stdout.
     pub fn on_cluster(&self, kubeconfig: &Path, release: &Release, args: &[&str]) -> Result<String> {

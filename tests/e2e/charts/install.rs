@@ -2,7 +2,7 @@
 //! kubectl get, logs and exec through a relay and an agent that run exactly the configs the
 //! charts rendered, the agent as the chart's ServiceAccount.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -144,34 +144,37 @@ pub fn the_agent_charts_rbac_suffices_for_get_logs_and_exec(tb: &Testbed) -> Res
 
 /// kubectl through the relay as alice (group dev), with a token from the relay's built-in issuer.
 pub fn caller(dir: &Path, relay_config: &Path, relay_url: &str, ca: &Path) -> Result<Kubectl> {
-    let config = relay_config.display().to_string();
-    let token = hawser(&[
-        "token",
-        "issue",
-        "--config",
-        &config,
-        "--subject",
-        "alice",
-        "--group",
-        "dev",
-        "--ttl",
-        "1h",
-    ])?;
+    let token_file = alice_token(dir, &["--config", &relay_config.display().to_string()])?;
+    kubectl_at(dir, relay_url, ca, &token_file, CLUSTER)
+}
+
+/// A token for alice of group dev from `hawser token issue` with `signer` (its options that say
+/// how to sign), written to a file of `dir`.
+pub fn alice_token(dir: &Path, signer: &[&str]) -> Result<PathBuf> {
+    let mut args = vec!["token", "issue"];
+    args.extend_from_slice(signer);
+    args.extend(["--subject", "alice", "--group", "dev", "--ttl", "1h"]);
     let token_file = dir.join("alice.token");
-    std::fs::write(&token_file, token)?;
+    std::fs::write(&token_file, hawser(&args)?)?;
+    Ok(token_file)
+}
+
+/// kubectl to `cluster` through the relay at `relay_url` with the token in `token_file`, from
+/// the kubeconfig `hawser kubeconfig` prints.
+pub fn kubectl_at(dir: &Path, relay_url: &str, ca: &Path, token_file: &Path, cluster: &str) -> Result<Kubectl> {
     let (ca, token_file) = (ca.display().to_string(), token_file.display().to_string());
     let kubeconfig = hawser(&[
         "kubeconfig",
         "--relay",
         relay_url,
         "--cluster",
-        CLUSTER,
+        cluster,
         "--ca-file",
         &ca,
         "--token-file",
         &token_file,
     ])?;
-    let path = dir.join("alice.kubeconfig");
+    let path = dir.join(format!("{cluster}.kubeconfig"));
     std::fs::write(&path, kubeconfig)?;
     Ok(Kubectl::new(&binaries()?.kubectl, &path))
 }
