@@ -77,6 +77,19 @@ impl Activity {
         }
     }
 
+    /// Completes once the connection has had its first request (at once if it has had one).
+    pub async fn first_request(&self) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.snapshot().served > 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     fn snapshot(&self) -> State {
         *self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -125,6 +138,24 @@ mod tests {
         drop(busy);
         assert!(!expires_within(&activity, IDLE - Duration::from_millis(10)).await);
         assert!(expires_within(&activity, Duration::from_millis(20)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_request_waits_for_one_then_completes_at_once() {
+        let activity = Activity::new();
+        let waiter = {
+            let activity = activity.clone();
+            tokio::spawn(async move { activity.first_request().await })
+        };
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!waiter.is_finished(), "no request yet");
+        drop(activity.begin());
+        tokio::time::timeout(Duration::from_millis(10), waiter)
+            .await
+            .expect("the first request ends the wait")
+            .expect("the waiter ran");
+        let again = tokio::time::timeout(Duration::from_millis(10), activity.first_request()).await;
+        assert!(again.is_ok(), "a connection that has had a request waits for nothing");
     }
 
     #[tokio::test(start_paused = true)]

@@ -33,9 +33,6 @@ use crate::config::RelayConfig;
 use crate::proto::ALPN;
 use crate::{shutdown, tls, tunnel};
 
-/// How long connections accepted just before a relay stopped accepting get to send their first
-/// request before idle ones are closed.
-const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long closed agent tunnels get to tell their agents (a few round trips suffice).
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -356,15 +353,14 @@ impl Relay {
                 std::time::Duration::from_secs(state.live.current().limits.open_stream_timeout_secs);
             fleet.start(state.registry.clone(), open_stream_timeout, &fleet_tasks, &fleet_stop);
         }
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let connections = front::Connections::default();
         let audit = state.audit.clone();
         let accepting = tokio_util::sync::CancellationToken::new();
-        // Boxed, so it can be dropped (and `graceful` unborrowed) before the drain.
         let mut front = Box::pin(front::serve(
             listener,
             door,
             state.clone(),
-            &graceful,
+            connections.clone(),
             accepting.clone(),
         ));
         tokio::select! {
@@ -395,15 +391,12 @@ impl Relay {
         (&mut front).await;
         drop(front);
         // Drain: HTTP/1.1 connections close after their current exchange, HTTP/2 ones get
-        // GOAWAY; a connection accepted a moment ago gets to send its first request first.
-        info!(connections = graceful.count(), "relay draining caller connections");
-        if graceful.count() > 0 {
-            tokio::time::sleep(FIRST_REQUEST_GRACE).await;
-        }
+        // GOAWAY; a connection accepted a moment ago is served its first request first.
+        info!(connections = connections.count(), "relay draining caller connections");
         let timeout = std::time::Duration::from_secs(drain.timeout_secs);
         let drained = tokio::time::timeout(timeout, async {
             let callers = async {
-                graceful.shutdown().await;
+                connections.drain().await;
                 // Upgraded streams (exec, port-forward) live outside their connections.
                 state.tasks.close();
                 state.tasks.wait().await;

@@ -16,14 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use http::header::HeaderValue;
-use http::{Request, Response};
+use http::header::{CONNECTION, HeaderValue};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span};
 
 use super::RelayState;
@@ -40,15 +40,39 @@ pub const ASSERTION_JWKS_PATH: &str = "/.well-known/hawser/assertion-jwks.json";
 /// HTTP/2 pings find callers that went away without closing (a laptop lid).
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
+/// The caller connections being served (TLS handshakes included), and the signal that drains
+/// them.
+#[derive(Clone, Default)]
+pub struct Connections {
+    tasks: TaskTracker,
+    drain: CancellationToken,
+}
+
+impl Connections {
+    /// How many are open.
+    pub fn count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Closes each connection once it holds no request, but not before its first one (see
+    /// `connection`): HTTP/1.1 after its current exchange, HTTP/2 with GOAWAY; then waits until
+    /// all have ended.
+    pub async fn drain(&self) {
+        self.drain.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
 /// Accepts caller connections until `stop`; then takes the connections the kernel has already
 /// completed (a balancer may have sent a request on them) and closes the listener, so that no
-/// connection it accepted for us is reset. Every connection is watched by `graceful`, so
+/// connection it accepted for us is reset. Every connection is one of `connections`, so
 /// shutdown can drain them.
 pub async fn serve(
     listener: TcpListener,
     door: Arc<Door>,
     state: Arc<RelayState>,
-    graceful: &GracefulShutdown,
+    connections: Connections,
     stop: CancellationToken,
 ) {
     let path = request_path(state.clone());
@@ -57,7 +81,7 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             () = stop.cancelled() => {
                 while let Some(Ok((tcp, peer))) = listener.accept().now_or_never() {
-                    start(tcp, peer, &door, &state, &path, graceful);
+                    start(tcp, peer, &door, &state, &path, &connections);
                 }
                 return;
             }
@@ -71,18 +95,18 @@ pub async fn serve(
                 continue;
             }
         };
-        start(tcp, peer, &door, &state, &path, graceful);
+        start(tcp, peer, &door, &state, &path, &connections);
     }
 }
 
-/// Serves one accepted caller connection in a task of its own, watched by `graceful`.
+/// Serves one accepted caller connection in a task of its own, one of `connections`.
 fn start(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     door: &Arc<Door>,
     state: &Arc<RelayState>,
     path: &RequestPath,
-    graceful: &GracefulShutdown,
+    connections: &Connections,
 ) {
     let _ = tcp.set_nodelay(true);
     // TCP keep-alive finds dead HTTP/1.1 callers holding exec or port-forward streams.
@@ -91,9 +115,9 @@ fn start(
             .with_time(Duration::from_secs(60))
             .with_interval(Duration::from_secs(15)),
     );
-    let (door, state, watcher) = (door.clone(), state.clone(), graceful.watcher());
-    tokio::spawn(
-        connection(tcp, peer, door, (state, path.clone()), watcher)
+    let (door, state, drain) = (door.clone(), state.clone(), connections.drain.clone());
+    connections.tasks.spawn(
+        connection(tcp, peer, door, (state, path.clone()), drain)
             .instrument(info_span!("caller_connection", net.peer.address = %peer)),
     );
 }
@@ -103,24 +127,29 @@ async fn connection(
     peer: SocketAddr,
     door: Arc<Door>,
     (state, path): (Arc<RelayState>, RequestPath),
-    watcher: Watcher,
+    drain: CancellationToken,
 ) {
     // Under TLS, so the stall watch sees what the kernel takes, not what rustls buffers.
     let stalls = Stalls::new();
-    // An agent over TCP goes its own way here, and this connection's drain watcher with it.
+    // An agent over TCP goes its own way here (the drain does not wait for it: it has its own).
     let Some(tls) = door.enter(stalls.socket(tcp), peer).await else {
         return;
     };
     let limits = state.live.current().limits.clone();
     let activity = Activity::new();
     let service = {
-        let (activity, stalls) = (activity.clone(), stalls.clone());
+        let (activity, stalls, drain) = (activity.clone(), stalls.clone(), drain.clone());
         service_fn(move |req: Request<Incoming>| {
             let (state, stalls, busy, version) = (state.clone(), stalls.clone(), activity.begin(), req.version());
-            let path = path.clone();
+            let (path, drain) = (path.clone(), drain.clone());
             async move {
                 let req: Request<Body> = req.map(body::boxed);
                 let mut resp = handle(&state, path, req, peer).await;
+                // The drain closes this connection after this answer: an HTTP/1.1 caller is told
+                // so, and does not send its next request on it (an upgrade says `Upgrade`).
+                if drain.is_cancelled() && version < Version::HTTP_2 && !resp.headers().contains_key(CONNECTION) {
+                    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                }
                 let delivery = resp.extensions_mut().remove().unwrap_or(Delivery::Bounded);
                 let watched = |body| stalls.watch(body, delivery, version);
                 Ok::<_, Infallible>(resp.map(|body| body::hold_until_done(watched(body), busy)))
@@ -145,13 +174,31 @@ async fn connection(
         .keep_alive_interval(H2_KEEP_ALIVE)
         .keep_alive_timeout(Duration::from_secs(20));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    // At the drain a connection closes once it holds no request, but not before its first: one
+    // accepted just before the relay stopped accepting may still be in its TLS handshake, or
+    // its client slow under load to send its request (kubectl saw EOF when the drain closed it
+    // after a fixed second). The first request is answered, then the connection closes (HTTP/1.1
+    // `Connection: close`, HTTP/2 GOAWAY); `activity` below and the door's TLS handshake timeout
+    // bound the wait for it.
+    let served = async {
+        tokio::pin!(conn);
+        let drained = async {
+            drain.cancelled().await;
+            activity.first_request().await;
+        };
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            () = drained => conn.as_mut().graceful_shutdown(),
+        }
+        conn.await
+    };
     let (first, idle, stall) = (
         Duration::from_secs(limits.header_read_timeout_secs),
         Duration::from_secs(limits.idle_connection_timeout_secs),
         Duration::from_secs(limits.response_stall_timeout_secs),
     );
     tokio::select! {
-        result = watcher.watch(conn) => {
+        result = served => {
             if let Err(e) = result {
                 debug!(error = %e, "caller connection ended with an error");
             }

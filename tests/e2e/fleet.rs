@@ -60,6 +60,10 @@ pub const TESTS: &[(&str, Test)] = &[
         "a_drained_relay_and_a_stopped_agent_say_so_and_their_sessions_end_on_record",
         drain::a_drained_relay_and_a_stopped_agent_say_so_and_their_sessions_end_on_record,
     ),
+    (
+        "a_connection_accepted_before_a_drain_gets_its_first_request_answered",
+        drain::a_connection_accepted_before_a_drain_gets_its_first_request_answered,
+    ),
 ];
 
 /// Three relays, two clusters whose agents hold one relay each: every relay reaches both, as
