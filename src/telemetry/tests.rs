@@ -34,6 +34,11 @@ impl<'a> MakeWriter<'a> for Captured {
 
 /// Runs `log` under a subscriber formatting as the binary does in `format`, and returns the output.
 pub(crate) fn capture(format: LogFormat, log: impl FnOnce()) -> String {
+    capture_watched(format, |_| log())
+}
+
+/// Like [`capture`], `log` seeing the output so far (to wait for a line instead of sleeping).
+pub(crate) fn capture_watched(format: LogFormat, log: impl FnOnce(&Captured)) -> String {
     let out = Captured::default();
     let builder = tracing_subscriber::fmt()
         .with_writer(out.clone())
@@ -43,7 +48,7 @@ pub(crate) fn capture(format: LogFormat, log: impl FnOnce()) -> String {
         LogFormat::Text => tracing::Dispatch::new(builder.fmt_fields(escaping_fields()).finish()),
         LogFormat::Json => tracing::Dispatch::new(builder.json().flatten_event(true).with_current_span(true).finish()),
     };
-    tracing::dispatcher::with_default(&dispatch, log);
+    tracing::dispatcher::with_default(&dispatch, || log(&out));
     out.text()
 }
 

@@ -416,11 +416,11 @@ fn hostile_session_logs(format: crate::cli::LogFormat) -> String {
             if let Some(crate::transport::Tunnel::Quic(connection)) = session.map(|s| s.connection) {
                 connection.closed().await;
             }
-            // The relay logs the departure after the close reaches it.
-            for _ in 0..100 {
-                if relay.audit_lines().iter().any(|l| l["event"] == "agent_gone") {
-                    break;
-                }
+            // The relay logs the departure after the close reaches it (10 s: a busy machine).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !relay.audit_lines().iter().any(|l| l["event"] == "agent_gone")
+                && tokio::time::Instant::now() < deadline
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });

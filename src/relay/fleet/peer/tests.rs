@@ -323,26 +323,15 @@ fn logs_of(run: impl std::future::Future<Output = ()>) -> String {
 #[test]
 fn failed_peer_handshakes_are_warned_at_both_ends_within_a_budget() {
     const ATTEMPTS: usize = 25;
-    let logs = logs_of(async {
-        let dir = tempfile::tempdir().unwrap();
-        let fleet = ca();
-        let b = answering(&config(dir.path(), "relay-b", &fleet, &fleet.pem()));
-        let a = Peers::bind(
-            &config(dir.path(), "relay-a", &fleet, &fleet.pem()),
-            "relay-a",
-            &TunnelConfig::default(),
-        )
-        .unwrap();
-        // The registry names relay-c at relay-b's address: B's certificate does not name it.
-        for _ in 0..ATTEMPTS {
-            let misnamed = a.open(&holder("relay-c", &b.peers), "alpha", WAIT).await;
-            assert!(matches!(misnamed, Err(PeerError::Dial { .. })), "{:?}", misnamed.err());
-        }
-        // B judges each refusal as it arrives; let it see the last.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        b.stop.cancel();
+    let logs = crate::telemetry::tests::capture_watched(crate::cli::LogFormat::Text, |out| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(failed_handshakes(ATTEMPTS, out));
     });
     let dialling = lines_at(&logs, "WARN", "TLS handshake with a peer relay failed");
+
     assert!(
         (1..=HANDSHAKE_FAILURES_LOGGED_PER_MINUTE as usize).contains(&dialling),
         "the dialling relay warns, within its budget: {dialling}\n{logs}"
@@ -353,6 +342,29 @@ fn failed_peer_handshakes_are_warned_at_both_ends_within_a_budget() {
         (1..=HANDSHAKE_FAILURES_LOGGED_PER_MINUTE as usize).contains(&dialled),
         "the dialled relay warns within its budget, not once per attempt: {dialled}\n{logs}"
     );
+}
+
+/// Dials relay-b `attempts` times as relay-c, a name B's certificate does not have, and waits
+/// (10 s at most) until B has logged a failed handshake: it judges each as it arrives.
+async fn failed_handshakes(attempts: usize, out: &crate::telemetry::tests::Captured) {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = ca();
+    let b = answering(&config(dir.path(), "relay-b", &fleet, &fleet.pem()));
+    let a = Peers::bind(
+        &config(dir.path(), "relay-a", &fleet, &fleet.pem()),
+        "relay-a",
+        &TunnelConfig::default(),
+    )
+    .unwrap();
+    for _ in 0..attempts {
+        let misnamed = a.open(&holder("relay-c", &b.peers), "alpha", WAIT).await;
+        assert!(matches!(misnamed, Err(PeerError::Dial { .. })), "{:?}", misnamed.err());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while lines_at(&out.text(), "WARN", "peer handshake failed") == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.stop.cancel();
 }
 
 #[test]
