@@ -19,7 +19,9 @@
 //!    `jku`, `jwk`, `x5u` and `x5c` headers are ignored.
 //! 4. Registered claims: exact `iss`, `aud` containing a configured audience, `exp` required and
 //!    checked without leeway, `nbf` with at most 30 s of leeway.
-//! 5. Identity: username, groups, uid and extras from configured claims, with prefixes; values
+//! 5. Claim rules: each of the issuer's `required_claims` present and matching one of its
+//!    patterns (a CI job's `repository`, `ref`), else refused naming the claim, not its value.
+//! 6. Identity: username, groups, uid and extras from configured claims, with prefixes; values
 //!    with control characters are refused (they would become `Impersonate-*` header values), and
 //!    so are `system:` users and groups unless the issuer is explicitly allowed them.
 //!
@@ -67,6 +69,7 @@ mod config;
 mod error;
 mod keys;
 mod remote;
+mod rules;
 mod signing;
 pub mod token;
 mod verified;
@@ -84,6 +87,7 @@ pub use builtin::{BuiltinIssuer, IssuerError};
 pub use claims::{Caller, Identity};
 pub use config::{DEFAULT_MAX_TOKEN_LIFETIME, IssuerConfig};
 pub use error::{AuthError, ConfigError, bearer_token};
+pub use rules::{ClaimNames, ClaimPatterns, RequiredClaims};
 pub use signing::SigningKey;
 
 /// The SHA-256 of a token: what caches remember it by (never the token).

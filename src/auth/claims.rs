@@ -167,6 +167,7 @@ pub(crate) fn check_registered(
 
 /// Map verified claims to an identity following the issuer's claim configuration.
 pub(crate) fn identity_from(claims: &Map<String, Value>, config: &IssuerConfig) -> Result<Identity, AuthError> {
+    super::rules::check_required(claims, &config.required_claims)?;
     let name = &config.username_claim;
     let username = match claims.get(name) {
         Some(Value::String(s)) if !s.is_empty() => s,
@@ -184,12 +185,14 @@ pub(crate) fn identity_from(claims: &Map<String, Value>, config: &IssuerConfig) 
     check_system(&user, "username", config)?;
 
     let mut groups = Vec::new();
-    for group in strings(claims, &config.groups_claim)? {
-        let group = format!("{}{group}", config.groups_prefix);
-        check_value(&group, "group")?;
-        check_system(&group, "group", config)?;
-        if !groups.contains(&group) {
-            groups.push(group);
+    for claim in &config.groups_claim.0 {
+        for group in strings(claims, claim)? {
+            let group = format!("{}{group}", config.groups_prefix);
+            check_value(&group, "group")?;
+            check_system(&group, "group", config)?;
+            if !groups.contains(&group) {
+                groups.push(group);
+            }
         }
     }
 

@@ -9,6 +9,7 @@ use jsonwebtoken::AlgorithmFamily;
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::rules::{ClaimNames, RequiredClaims};
 
 /// One trusted token issuer: who signs, for whom, with which keys, and how claims become an identity.
 #[derive(Debug, Clone, Deserialize)]
@@ -39,9 +40,10 @@ pub struct IssuerConfig {
     /// Prefix put before every username.
     #[serde(default)]
     pub username_prefix: String,
-    /// Claim holding the groups (a string or an array of strings).
+    /// Claim(s) holding the groups, each a string or an array of strings: `"groups"`, or a list
+    /// such as `["repository", "environment"]`, whose values all become groups.
     #[serde(default = "default_groups_claim")]
-    pub groups_claim: String,
+    pub groups_claim: ClaimNames,
     /// Prefix put before every group.
     #[serde(default)]
     pub groups_prefix: String,
@@ -51,6 +53,10 @@ pub struct IssuerConfig {
     /// Extra identity attributes: extra key -> claim name.
     #[serde(default)]
     pub extra_claims: BTreeMap<String, String>,
+    /// Claims a token must carry, each matching one of its patterns (`*`, `?`): a CI job's
+    /// `repository = "org/repo"`, `ref = ["refs/heads/main", "refs/tags/v*"]`.
+    #[serde(default)]
+    pub required_claims: RequiredClaims,
     /// Accept `system:` users and groups from this issuer (off by default).
     #[serde(default)]
     pub allow_system_names: bool,
@@ -86,8 +92,8 @@ fn default_username_claim() -> String {
     "sub".to_owned()
 }
 
-fn default_groups_claim() -> String {
-    "groups".to_owned()
+fn default_groups_claim() -> ClaimNames {
+    ClaimNames(vec!["groups".to_owned()])
 }
 
 impl IssuerConfig {
@@ -107,6 +113,7 @@ impl IssuerConfig {
             groups_prefix: String::new(),
             uid_claim: None,
             extra_claims: BTreeMap::new(),
+            required_claims: RequiredClaims::new(),
             allow_system_names: false,
             max_token_lifetime: default_max_token_lifetime(),
             inline_jwks: None,
@@ -136,12 +143,15 @@ impl IssuerConfig {
         self.validate_key_source()?;
         self.parsed_algorithms()?;
         self.max_lifetime_secs()?;
-        for (name, claim) in [
-            ("username_claim", &self.username_claim),
-            ("groups_claim", &self.groups_claim),
-        ] {
-            if claim.is_empty() {
-                return Err(field(name, "is empty"));
+        if self.username_claim.is_empty() {
+            return Err(field("username_claim", "is empty"));
+        }
+        if self.groups_claim.0.is_empty() || self.groups_claim.0.iter().any(String::is_empty) {
+            return Err(field("groups_claim", "is empty or names an empty claim"));
+        }
+        for (claim, patterns) in &self.required_claims {
+            if claim.is_empty() || patterns.raw.is_empty() {
+                return Err(field("required_claims", "names an empty claim or lists no pattern"));
             }
         }
         if self.uid_claim.as_deref() == Some("") {
@@ -276,7 +286,8 @@ mod tests {
             toml::from_str("issuer = \"https://idp.example\"\naudiences = [\"a\"]\njwks_file = \"/k.json\"\n")
                 .expect("parses");
         assert_eq!(config.username_claim, "sub");
-        assert_eq!(config.groups_claim, "groups");
+        assert_eq!(config.groups_claim.0, ["groups"]);
+        assert!(config.required_claims.is_empty());
         assert!(config.algorithms.iter().any(|a| a == "EdDSA"));
         assert!(!config.allow_system_names);
         config.validate().expect("valid");

@@ -11,8 +11,10 @@ mod charts;
 mod clusters;
 mod dashboard;
 mod doctor;
+mod federation;
 mod fleet;
 mod h2flood;
+mod login;
 mod observability;
 mod onboard;
 mod passthrough;
@@ -155,6 +157,8 @@ fn main() -> ExitCode {
         ("onboard", onboard::TESTS),
         ("dashboard", dashboard::TESTS),
         ("charts", charts::TESTS),
+        ("federation", federation::TESTS),
+        ("login", login::TESTS),
     ] {
         for &(name, test) in tests {
             let fixture = fixture.clone();

@@ -17,7 +17,7 @@ use crate::support::certs::Pki;
 use crate::support::hawser::rbac::CERT_USER;
 use crate::support::hawser::{AgentCredential, Extra, Hawser, hawser_bin};
 use crate::support::process::{run_with_deadline, wait_for};
-use crate::support::{Kubectl, PodSpec, Testbed, binaries::binaries};
+use crate::support::{Kubectl, PodSpec, Testbed};
 use crate::tunnel::whoami;
 
 /// An onboarding test.
@@ -246,25 +246,5 @@ fn agent_config_from_values(hawser: &Hawser, values: &Value, token_file: &Path) 
 /// kubectl to `cluster` through the relay as `hawser-admin`.
 fn kubectl_for(hawser: &Hawser, cluster: &str) -> Result<Kubectl> {
     let token_file = hawser.token_file("hawser-admin", &[])?;
-    let mut cmd = Command::new(hawser_bin());
-    cmd.args([
-        "kubeconfig",
-        "--relay",
-        &hawser.relay_url,
-        "--cluster",
-        cluster,
-        "--ca-file",
-    ])
-    .arg(&hawser.relay_ca)
-    .arg("--token-file")
-    .arg(&token_file);
-    let out = run_with_deadline(cmd, None, Duration::from_secs(30))?;
-    ensure!(
-        out.status.success(),
-        "hawser kubeconfig: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = hawser.unique_path(&format!("{cluster}.kubeconfig"));
-    fs::write(&path, &out.stdout)?;
-    Ok(Kubectl::new(&binaries()?.kubectl, &path))
+    hawser.kubeconfig_with(&hawser.relay_url, cluster, &token_file, cluster)
 }

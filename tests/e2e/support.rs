@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod fleet;
 pub mod hawser;
 pub mod https;
+pub mod idp;
 pub mod kubectl;
 pub mod net;
 pub mod nginx;

@@ -1,7 +1,8 @@
 //! Builds the test bed's Go binaries once, cached under `target/testbed`.
 //! A file lock serialises builds across test binaries running in parallel;
 //! a stamp of every input decides whether a rebuild is due: one for the
-//! Kubernetes binaries, one for the OpenTelemetry Collector, one for helm.
+//! Kubernetes binaries, one for the OpenTelemetry Collector, one for helm, one for the test
+//! OpenID provider.
 
 use std::fs::{self, File};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -31,6 +32,8 @@ pub struct Binaries {
     pub otelcol: PathBuf,
     /// helm (tests/testbed/helm), built with its own stamp.
     pub helm: PathBuf,
+    /// The test OpenID provider (tests/testbed/idp), built with its own stamp.
+    pub idp: PathBuf,
 }
 
 /// The built binaries, building them first if any input changed.
@@ -71,11 +74,16 @@ fn build() -> Result<Binaries> {
         reaper: bin.join("reaper"),
         otelcol: bin.join("otelcol"),
         helm: bin.join("helm"),
+        idp: bin.join("hawser-test-idp"),
     };
     let go_version = go_version()?;
 
     let mut inputs = Vec::new();
-    let apart = [source.join(OTELCOL_SOURCE), source.join(HELM_SOURCE)];
+    let apart = [
+        source.join(OTELCOL_SOURCE),
+        source.join(HELM_SOURCE),
+        source.join(IDP_SOURCE),
+    ];
     collect_inputs(&source, &apart, &mut inputs)?;
     Step {
         what: "the test bed",
@@ -126,8 +134,27 @@ fn build() -> Result<Binaries> {
         outputs: vec![&binaries.helm],
     }
     .run(&go_version)?;
+
+    // The OpenID provider: a module of its own (zitadel/oidc), seconds to build.
+    let idp = source.join(IDP_SOURCE);
+    let inputs = ["build.sh", "go.mod", "go.sum", "main.go"]
+        .map(|f| idp.join(f))
+        .to_vec();
+    Step {
+        what: "the test OpenID provider",
+        duration: "under a minute with empty Go caches",
+        script: idp.join("build.sh"),
+        args: vec![bin.clone()],
+        stamp: stamp(&source, inputs, &go_version)?,
+        stamp_file: cache.join("stamp-idp"),
+        outputs: vec![&binaries.idp],
+    }
+    .run(&go_version)?;
     Ok(binaries)
 }
+
+/// Where the test OpenID provider's module lives, under tests/testbed.
+const IDP_SOURCE: &str = "idp";
 
 /// Where helm's module and build script live, under tests/testbed.
 const HELM_SOURCE: &str = "helm";

@@ -307,7 +307,7 @@ impl Testbed {
         let admin = self.admin();
         let binding = format!(
             "{cluster_role}-{}",
-            subject.trim_start_matches("--").replace([':', '='], "-")
+            subject.trim_start_matches("--").replace([':', '=', '/'], "-")
         );
         let role = format!("--clusterrole={cluster_role}");
         admin.ok(&["create", "rolebinding", &binding, &role, subject, "-n", namespace])?;
@@ -318,7 +318,11 @@ impl Testbed {
             Duration::from_secs(30),
             || {
                 let out = admin.run(&can_i)?;
-                Ok(String::from_utf8_lossy(&out.stdout).trim().eq("yes").then_some(()))
+                let answer = String::from_utf8_lossy(&out.stdout);
+                if answer.trim() == "yes" {
+                    return Ok(Some(()));
+                }
+                bail!("kubectl {can_i:?}: {answer} {}", String::from_utf8_lossy(&out.stderr))
             },
         )
     }

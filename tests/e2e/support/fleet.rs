@@ -154,7 +154,7 @@ key_file = "relay-{i}-peer.key"
         for i in 0..relays {
             fleet.start_relay(i)?;
         }
-        super::hawser::rbac::bind_admin(tb)?;
+        super::hawser::rbac::bind_admin(tb, "hawser-admin")?;
         Ok(fleet)
     }
 

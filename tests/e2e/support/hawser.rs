@@ -57,6 +57,9 @@ pub struct Extra<'a> {
     pub relay_port: Option<u16>,
     /// Who the agent is to kube-apiserver.
     pub agent_credential: AgentCredential,
+    /// Username and group prefix of the test's own callers' issuer, for a deployment that trusts
+    /// further issuers (`relay` tables); access rules and the admin binding follow it.
+    pub caller_prefix: &'a str,
 }
 
 /// A relay and an agent serving the test bed. Dropping it stops both.
@@ -113,6 +116,7 @@ impl Hawser {
             agent_env,
             relay_port,
             agent_credential,
+            caller_prefix: p,
         } = *extra;
         let dir = tempfile::Builder::new()
             .prefix("hawser-system-")
@@ -136,10 +140,10 @@ key_file = "relay.key"
 generate_self_signed = true
 {callers}[[access]]
 clusters = ["{CLUSTER}"]
-groups = ["dev"]
+groups = ["{p}dev"]
 [[access]]
 clusters = ["*"]
-users = ["hawser-admin"]
+users = ["{p}hawser-admin"]
 [[clusters]]
 name = "{CLUSTER}"
 agent_token_sha256 = "{digest}"
@@ -154,7 +158,7 @@ output = "relay-audit.log"
 {tunnel}
 "#,
                 other = hawser::relay::token_digest_hex("elsewhere-token"),
-                callers = relay_callers(trust, &relay_url, dir.path())?,
+                callers = relay_callers(trust, &relay_url, dir.path(), p)?,
                 testbed_audience = audience_line(trust, CLUSTER),
                 elsewhere_audience = audience_line(trust, "elsewhere"),
             ),
@@ -190,7 +194,7 @@ output = "agent-audit.log"
 {tunnel}
 "#,
                 kubeconfig = agent_kubeconfig.display(),
-                callers = agent_callers(trust, &relay_url, CLUSTER),
+                callers = agent_callers(trust, &relay_url, CLUSTER, p),
                 relay_where = if agent_relay.is_empty() {
                     format!("address = \"127.0.0.1:{port}\"")
                 } else {
@@ -213,7 +217,7 @@ output = "agent-audit.log"
         hawser.start_agent()?;
 
         // Callers: an administrator everywhere; members of `dev` get their own bindings.
-        bind_admin(tb)?;
+        bind_admin(tb, &format!("{p}hawser-admin"))?;
         let admin = hawser.kubeconfig_route("hawser-admin", &[])?;
         wait_for(
             "the cluster to answer through the relay",
@@ -445,16 +449,22 @@ output = "agent-audit.log"
     /// Like [`Hawser::kubeconfig_route`], reaching the relay at `relay_url` (e.g. a balancer's).
     pub fn kubeconfig_route_at(&self, relay_url: &str, subject: &str, groups: &[&str]) -> Result<Kubectl> {
         let token_file = self.token_file(subject, groups)?;
+        self.kubeconfig_with(relay_url, CLUSTER, &token_file, subject)
+    }
+
+    /// kubectl to `cluster` at `relay_url` with a `hawser kubeconfig` whose exec plugin reads
+    /// `token_file`; the kubeconfig is named after `name`.
+    pub fn kubeconfig_with(&self, relay_url: &str, cluster: &str, token_file: &Path, name: &str) -> Result<Kubectl> {
         let mut cmd = Command::new(hawser_bin());
-        cmd.args(["kubeconfig", "--relay", relay_url, "--cluster", CLUSTER, "--ca-file"])
+        cmd.args(["kubeconfig", "--relay", relay_url, "--cluster", cluster, "--ca-file"])
             .arg(&self.relay_ca)
             .arg("--token-file")
-            .arg(&token_file);
+            .arg(token_file);
         let out = run_with_deadline(cmd, None, Duration::from_secs(30))?;
         if !out.status.success() {
             bail!("hawser kubeconfig failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let path = self.unique_path(&format!("{subject}.kubeconfig"));
+        let path = self.unique_path(&format!("{name}.kubeconfig"));
         fs::write(&path, &out.stdout)?;
         Ok(Kubectl::new(&binaries()?.kubectl, &path))
     }

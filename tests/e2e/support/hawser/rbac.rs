@@ -35,14 +35,17 @@ pub enum AgentCredential {
 /// The user of [`AgentCredential::ClientCertificate`].
 pub const CERT_USER: &str = "hawser-agent-cert";
 
-/// Makes the callers' user `hawser-admin` a cluster administrator.
-pub fn bind_admin(tb: &Testbed) -> Result<()> {
+/// Makes the callers' user `user` (`hawser-admin`, after its issuer's prefix) a cluster
+/// administrator.
+pub fn bind_admin(tb: &Testbed, user: &str) -> Result<()> {
+    // Binding names are DNS subdomains: a prefix's `:` becomes `.`.
+    let name = user.replace(':', ".");
     tb.admin().create_or_exists(&[
         "create",
         "clusterrolebinding",
-        "hawser-admin",
+        &name,
         "--clusterrole=cluster-admin",
-        "--user=hawser-admin",
+        &format!("--user={user}"),
     ])
 }
 

@@ -31,7 +31,8 @@ pub fn cluster_audience(cluster: &str) -> String {
 }
 
 /// The relay's callers' issuers and how it vouches for them, for `trust`.
-pub(super) fn relay_callers(trust: Trust, relay_url: &str, dir: &Path) -> Result<String> {
+pub(super) fn relay_callers(trust: Trust, relay_url: &str, dir: &Path, prefix: &str) -> Result<String> {
+    let prefixes = prefix_lines(prefix);
     Ok(match trust {
         Trust::Assertions => format!(
             r#"[issuer]
@@ -39,7 +40,7 @@ issuer = "{relay_url}"
 audience = "hawser"
 signing_key_file = "issuer.key"
 generate = true
-[assertions]
+{prefixes}[assertions]
 issuer = "{relay_url}/assertions"
 signing_key_file = "assertion.key"
 generate = true
@@ -62,7 +63,7 @@ generate = true
 issuer = "{EXTERNAL_ISSUER}"
 audiences = ["{testbed}", "{elsewhere}"]
 jwks_file = "external-jwks.json"
-"#,
+{prefixes}"#,
                 testbed = cluster_audience(CLUSTER),
                 elsewhere = cluster_audience("elsewhere"),
             )
@@ -79,7 +80,7 @@ pub(super) fn audience_line(trust: Trust, cluster: &str) -> String {
 }
 
 /// How the agent of `cluster` learns who the caller is, for `trust`.
-pub fn agent_callers(trust: Trust, relay_url: &str, cluster: &str) -> String {
+pub fn agent_callers(trust: Trust, relay_url: &str, cluster: &str, prefix: &str) -> String {
     match trust {
         Trust::Assertions => format!(
             r#"[assertions]
@@ -93,8 +94,18 @@ jwks_ca_file = "relay.crt"
 issuer = "{EXTERNAL_ISSUER}"
 audiences = ["{}"]
 jwks_file = "external-jwks.json"
-"#,
-            cluster_audience(cluster)
+{}"#,
+            cluster_audience(cluster),
+            prefix_lines(prefix),
         ),
     }
+}
+
+/// The callers' issuer's prefixes, when a deployment trusts further issuers beside it (a relay
+/// refuses two issuers that could produce the same username).
+fn prefix_lines(prefix: &str) -> String {
+    if prefix.is_empty() {
+        return String::new();
+    }
+    format!("username_prefix = \"{prefix}\"\ngroups_prefix = \"{prefix}\"\n")
 }

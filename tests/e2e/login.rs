@@ -1,0 +1,472 @@
+//! People log in with their own identity provider (issue #15): `hawser login` in a browser (the
+//! test submits the real provider's login form) or with a device code, then kubectl through the
+//! exec plugin or `hawser proxy` as the provider's user and groups, refreshed before expiry;
+//! an expired login or a provider that is down fails with one line, never another identity.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+
+use crate::support::hawser::{CLUSTER, Extra, Hawser, hawser_bin};
+use crate::support::idp::{CLIENT_ID, Idp, IdpOptions, User};
+use crate::support::process::{Background, run_with_deadline, wait_for};
+use crate::support::{Kubectl, Testbed, binaries::binaries, https};
+use crate::tunnel::whoami;
+
+/// A login test.
+pub type Test = fn(&Testbed) -> Result<()>;
+
+/// Every login test, by name.
+pub const TESTS: &[(&str, Test)] = &[
+    (
+        "a_browser_login_gives_kubectl_the_providers_user_and_groups_until_logout",
+        a_browser_login_gives_kubectl_the_providers_user_and_groups_until_logout,
+    ),
+    (
+        "a_device_login_serves_hawser_proxy_without_a_token_file",
+        a_device_login_serves_hawser_proxy_without_a_token_file,
+    ),
+    (
+        "the_exec_plugin_refreshes_the_id_token_and_tells_kubectl_its_expiry",
+        the_exec_plugin_refreshes_the_id_token_and_tells_kubectl_its_expiry,
+    ),
+    (
+        "an_expired_refresh_token_or_a_provider_down_fails_with_one_line",
+        an_expired_refresh_token_or_a_provider_down_fails_with_one_line,
+    ),
+    (
+        "a_login_to_a_wrong_or_unreachable_issuer_says_why",
+        a_login_to_a_wrong_or_unreachable_issuer_says_why,
+    ),
+];
+
+const USERS: &[User] = &[
+    User("alice", "alice-password", &["dev", "ops"]),
+    User("bob", "bob-password", &["dev"]),
+];
+
+const BROWSER_PROMPT: &str = "Open this URL to log in: ";
+const DEVICE_PROMPT: &str = "To log in, visit ";
+const WITHIN: Duration = Duration::from_secs(60);
+
+fn provider(id_token_lifetime: &str, refresh_token_lifetime: &str) -> Result<Idp> {
+    Idp::start(&IdpOptions {
+        users: USERS,
+        id_token_lifetime,
+        refresh_token_lifetime,
+    })
+}
+
+/// A relay and agent that trust the provider's ID tokens for the `hawser` client, as
+/// docs/configuration.md shows; the provider's `dev` group reaches the test bed.
+fn deployment(tb: &Testbed, idp: &Idp) -> Result<Hawser> {
+    let relay = format!(
+        r#"
+[[access]]
+clusters = ["{CLUSTER}"]
+groups = ["oidc:dev"]
+[[issuers]]
+issuer = "{issuer}"
+audiences = ["{CLIENT_ID}"]
+jwks_url = "{issuer}keys"
+jwks_ca_file = "{ca}"
+username_prefix = "oidc:"
+groups_prefix = "oidc:"
+"#,
+        issuer = idp.issuer,
+        ca = idp.ca.display(),
+    );
+    Hawser::start_with(
+        tb,
+        &Extra {
+            relay: &relay,
+            caller_prefix: "local:",
+            ..Extra::default()
+        },
+    )
+}
+
+/// A person's machine: the directory `hawser login` keeps its tokens in.
+struct Person {
+    config_dir: tempfile::TempDir,
+}
+
+impl Person {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            config_dir: tempfile::Builder::new().prefix("hawser-person-").tempdir()?,
+        })
+    }
+
+    fn hawser(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(hawser_bin());
+        cmd.env("HAWSER_CONFIG_DIR", self.config_dir.path()).args(args);
+        cmd
+    }
+
+    fn login_args(idp: &Idp) -> Vec<&str> {
+        vec![
+            "--issuer",
+            &idp.issuer,
+            "--client-id",
+            CLIENT_ID,
+            "--ca-file",
+            path_str(&idp.ca),
+        ]
+    }
+
+    /// `hawser login` as `user`, in the browser or with a device code; its stderr.
+    fn login(&self, idp: &Idp, device: bool, user: &str, password: &str) -> Result<String> {
+        let mut args = vec!["login"];
+        args.extend(Self::login_args(idp));
+        args.push("--no-browser");
+        if device {
+            args.push("--device");
+        }
+        let mut login = Background::spawn(self.hawser(&args))?;
+        let prompt = if device { DEVICE_PROMPT } else { BROWSER_PROMPT };
+        let line = wait_for("hawser login's prompt", WITHIN, || {
+            Ok(login
+                .stderr()
+                .lines()
+                .find(|l| l.starts_with(prompt))
+                .map(str::to_owned))
+        })?;
+        let rest = &line[prompt.len()..];
+        if device {
+            let (uri, code) = rest
+                .split_once(" and enter the code ")
+                .with_context(|| format!("the device prompt: {line}"))?;
+            ensure!(
+                uri.starts_with(&idp.issuer),
+                "the verification URI is the provider's: {uri}"
+            );
+            idp.approve_device(code.trim(), user, password)?;
+        } else {
+            let (status, page) = idp.log_in_browser(rest.trim(), user, password)?;
+            ensure!(status == 200, "the loopback callback answered {status}: {page}");
+        }
+        let status = login.wait_exit(WITHIN)?;
+        let stderr = login.stderr();
+        ensure!(status.success(), "hawser login failed ({status}): {stderr}");
+        ensure!(
+            stderr.contains(&format!("Logged in to {} as {user} until ", idp.issuer)),
+            "hawser login did not say who: {stderr}"
+        );
+        Ok(stderr)
+    }
+
+    /// `hawser token` in login mode, as kubectl runs it.
+    fn token(&self, idp: &Idp) -> Result<Output> {
+        let mut args = vec!["token"];
+        args.extend(Self::login_args(idp));
+        run_with_deadline(self.hawser(&args), None, WITHIN)
+    }
+
+    /// kubectl with a `hawser kubeconfig` whose exec plugin uses the login.
+    fn kubectl(&self, hawser: &Hawser, idp: &Idp) -> Result<Kubectl> {
+        let mut args = vec!["kubeconfig", "--relay", &hawser.relay_url, "--cluster", CLUSTER];
+        args.extend(["--ca-file", path_str(&hawser.relay_ca)]);
+        args.extend([
+            "--issuer",
+            &idp.issuer,
+            "--client-id",
+            CLIENT_ID,
+            "--oidc-ca-file",
+            path_str(&idp.ca),
+        ]);
+        let out = run_with_deadline(self.hawser(&args), None, WITHIN)?;
+        ensure!(
+            out.status.success(),
+            "hawser kubeconfig: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = self.config_dir.path().join("kubeconfig");
+        fs::write(&path, &out.stdout)?;
+        Ok(Kubectl::new(&binaries()?.kubectl, &path).with_env("HAWSER_CONFIG_DIR", path_str(self.config_dir.path())))
+    }
+
+    fn login_files(&self) -> Result<Vec<PathBuf>> {
+        let dir = self.config_dir.path().join("logins");
+        let mut files = Vec::new();
+        if dir.exists() {
+            for entry in fs::read_dir(&dir)? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "json") {
+                    files.push(path);
+                }
+            }
+        }
+        Ok(files)
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+fn groups(user: &Value) -> Vec<String> {
+    user["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The ExecCredential `hawser token` printed: token and expiry (Unix seconds).
+fn credential(out: &Output) -> Result<(String, u64)> {
+    ensure!(
+        out.status.success(),
+        "hawser token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let credential: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        credential["kind"] == "ExecCredential",
+        "not an ExecCredential: {credential}"
+    );
+    let token = credential["status"]["token"]
+        .as_str()
+        .context("no status.token")?
+        .to_owned();
+    let stamp = credential["status"]["expirationTimestamp"]
+        .as_str()
+        .context("no status.expirationTimestamp: kubectl would not know when to ask again")?;
+    let expiry = time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)?;
+    let exp = claims(&token)?["exp"].as_u64().context("the ID token has no exp")?;
+    ensure!(
+        expiry.unix_timestamp() as u64 == exp,
+        "expirationTimestamp {stamp} is not the token's exp {exp}"
+    );
+    Ok((token, exp))
+}
+
+fn claims(token: &str) -> Result<Value> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).context("not a JWT")?;
+    Ok(serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?,
+    )?)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One line on stderr saying `says`, and a failure exit.
+fn one_line_failure(out: &Output, says: &str) -> Result<String> {
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    ensure!(
+        !out.status.success(),
+        "it succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    ensure!(
+        out.stdout.is_empty(),
+        "a failure printed a credential: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    ensure!(
+        stderr.lines().count() == 1 && stderr.contains(says),
+        "wanted one line saying {says:?}, got: {stderr}"
+    );
+    Ok(stderr)
+}
+
+fn a_browser_login_gives_kubectl_the_providers_user_and_groups_until_logout(tb: &Testbed) -> Result<()> {
+    let idp = provider("1h", "5h")?;
+    let hawser = deployment(tb, &idp)?;
+    let ns = tb.namespace("oidc")?;
+    let elsewhere = tb.namespace("oidc-not")?;
+    tb.bind_group_role(&ns, "cluster-admin", "oidc:ops")?;
+
+    let alice = Person::new()?;
+    alice.login(&idp, false, "alice", "alice-password")?;
+    let files = alice.login_files()?;
+    ensure!(files.len() == 1, "one stored login: {files:?}");
+    let mode = fs::metadata(&files[0])?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "the stored login is mode {mode:o}, not 0600");
+
+    let kubectl = alice.kubectl(&hawser, &idp)?;
+    for kubectl in [kubectl.clone(), kubectl.with_bin(&binaries()?.kubectl_1_32)] {
+        let user = whoami(&kubectl, &[])?;
+        ensure!(
+            user["username"] == "oidc:alice",
+            "kubectl is the provider's user: {user}"
+        );
+        let groups = groups(&user);
+        ensure!(
+            groups.contains(&"oidc:dev".to_owned()) && groups.contains(&"oidc:ops".to_owned()),
+            "the provider's groups, prefixed: {groups:?}"
+        );
+    }
+    // RBAC decides: alice's group is admin in one namespace only.
+    kubectl.ok(&["get", "pods", "-n", &ns])?;
+    let denied = kubectl.run(&["get", "pods", "-n", &elsewhere])?;
+    ensure!(
+        !denied.status.success() && String::from_utf8_lossy(&denied.stderr).contains("Forbidden"),
+        "alice listed pods in {elsewhere}: {}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+
+    let mut logout = vec!["logout"];
+    logout.extend(["--issuer", &idp.issuer, "--client-id", CLIENT_ID]);
+    let out = run_with_deadline(alice.hawser(&logout), None, WITHIN)?;
+    ensure!(
+        out.status.success(),
+        "hawser logout: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(alice.login_files()?.is_empty(), "logout left the login behind");
+    one_line_failure(&alice.token(&idp)?, "not logged in")?;
+    let out = kubectl.run(&["auth", "whoami"])?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not logged in"),
+        "kubectl after logout: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn a_device_login_serves_hawser_proxy_without_a_token_file(tb: &Testbed) -> Result<()> {
+    let idp = provider("1h", "5h")?;
+    let hawser = deployment(tb, &idp)?;
+    let bob = Person::new()?;
+    bob.login(&idp, true, "bob", "bob-password")?;
+
+    let kubeconfig = bob.config_dir.path().join("proxy.kubeconfig");
+    let mut args = vec!["proxy", "--relay", &hawser.relay_url, "--cluster", CLUSTER];
+    args.extend([
+        "--ca-file",
+        path_str(&hawser.relay_ca),
+        "--kubeconfig",
+        path_str(&kubeconfig),
+    ]);
+    args.extend([
+        "--issuer",
+        &idp.issuer,
+        "--client-id",
+        CLIENT_ID,
+        "--oidc-ca-file",
+        path_str(&idp.ca),
+    ]);
+    let mut proxy = Background::spawn(bob.hawser(&args))?;
+    proxy.wait_for_line("the proxy's listening line", WITHIN, |l| {
+        l.starts_with("hawser proxy listening on 127.0.0.1:")
+    })?;
+    let kubectl = Kubectl::new(&binaries()?.kubectl, &kubeconfig);
+    let user = whoami(&kubectl, &[])?;
+    ensure!(
+        user["username"] == "oidc:bob",
+        "through the proxy, kubectl is bob: {user}"
+    );
+    ensure!(groups(&user) == ["oidc:dev"], "bob's groups: {user}");
+    Ok(())
+}
+
+fn the_exec_plugin_refreshes_the_id_token_and_tells_kubectl_its_expiry(tb: &Testbed) -> Result<()> {
+    // ID tokens live 20 s: every one kubectl gets is within the plugin's refresh margin.
+    let idp = provider("20s", "5h")?;
+    let hawser = deployment(tb, &idp)?;
+    let alice = Person::new()?;
+    alice.login(&idp, false, "alice", "alice-password")?;
+    let kubectl = alice.kubectl(&hawser, &idp)?;
+
+    let (first, first_exp) = credential(&alice.token(&idp)?)?;
+    ensure!(
+        whoami(&kubectl, &[])?["username"] == "oidc:alice",
+        "kubectl works at once"
+    );
+    wait_for("the first ID token to expire", Duration::from_secs(40), || {
+        Ok((now() > first_exp).then_some(()))
+    })?;
+    // The relay refuses the old token now; kubectl, through the plugin, never sees that.
+    let url = format!("{}/clusters/{CLUSTER}/version", hawser.relay_url);
+    let (code, body) = https::get(&url, &hawser.relay_ca, &[("Authorization", &format!("Bearer {first}"))])?;
+    ensure!(
+        code == 401 && body.contains("expired"),
+        "the first token after its exp: {code} {body}"
+    );
+    ensure!(
+        whoami(&kubectl, &[])?["username"] == "oidc:alice",
+        "kubectl after the first token expired"
+    );
+    let (second, second_exp) = credential(&alice.token(&idp)?)?;
+    ensure!(
+        second != first && second_exp > first_exp,
+        "the plugin hands out a fresh token"
+    );
+    ensure!(claims(&second)?["sub"] == "alice", "the same person");
+    Ok(())
+}
+
+fn an_expired_refresh_token_or_a_provider_down_fails_with_one_line(tb: &Testbed) -> Result<()> {
+    // The login ends 3 s after it began; ID tokens live 20 s, inside the refresh margin.
+    let idp = provider("20s", "3s")?;
+    let hawser = deployment(tb, &idp)?;
+    let alice = Person::new()?;
+    alice.login(&idp, false, "alice", "alice-password")?;
+    let kubectl = alice.kubectl(&hawser, &idp)?;
+    let stderr = wait_for("the refresh token to expire", Duration::from_secs(30), || {
+        let out = alice.token(&idp)?;
+        if out.status.success() {
+            return Ok(None);
+        }
+        one_line_failure(&out, "has expired").map(Some)
+    })?;
+    ensure!(stderr.contains("hawser login"), "the error says what to do: {stderr}");
+    let out = kubectl.run(&["auth", "whoami", "-o", "json"])?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && text.contains("has expired")
+            && !String::from_utf8_lossy(&out.stdout).contains("oidc:"),
+        "kubectl with an expired login: {text}"
+    );
+
+    // Provider down at refresh: another person's fresh login, then the provider stops.
+    let mut idp = provider("20s", "5h")?;
+    let bob = Person::new()?;
+    bob.login(&idp, false, "bob", "bob-password")?;
+    idp.stop();
+    one_line_failure(&bob.token(&idp)?, "cannot refresh the login to")?;
+    drop(hawser);
+    Ok(())
+}
+
+fn a_login_to_a_wrong_or_unreachable_issuer_says_why(_tb: &Testbed) -> Result<()> {
+    let idp = provider("1h", "5h")?;
+    let person = Person::new()?;
+    // The issuer without its trailing slash is another issuer: discovery must say so.
+    let trimmed = idp.issuer.trim_end_matches('/');
+    let args = [
+        "login",
+        "--issuer",
+        trimmed,
+        "--client-id",
+        CLIENT_ID,
+        "--ca-file",
+        path_str(&idp.ca),
+        "--no-browser",
+    ];
+    let out = run_with_deadline(person.hawser(&args), None, WITHIN)?;
+    one_line_failure(&out, "issuer")?;
+
+    let port = crate::support::net::free_port()?;
+    let nowhere = format!("https://127.0.0.1:{port}/");
+    let args = ["login", "--issuer", &nowhere, "--client-id", CLIENT_ID, "--no-browser"];
+    let out = run_with_deadline(person.hawser(&args), None, WITHIN)?;
+    one_line_failure(&out, &nowhere)?;
+    ensure!(person.login_files()?.is_empty(), "a failed login stored something");
+    Ok(())
+}
