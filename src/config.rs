@@ -5,6 +5,7 @@
 
 mod agent;
 mod fleet;
+pub mod login;
 mod relay;
 mod telemetry;
 
@@ -15,6 +16,7 @@ pub use agent::{
     RelayEndpoint, Transport,
 };
 pub use fleet::{EtcdConfig, PeersConfig, RegistryConfig};
+pub use login::LoginConfig;
 pub use relay::{
     AssertionsConfig, BuiltinIssuerConfig, ClusterConfig, DEMO_AGENT_TOKEN_SHA256, Digests, DrainConfig, LimitsConfig,
     RelayConfig, TlsConfig, valid_cluster_name, valid_instance_name,

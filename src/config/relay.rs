@@ -32,6 +32,9 @@ pub struct RelayConfig {
     /// Who may reach which clusters; nobody may without a rule.
     #[serde(default)]
     pub access: Vec<AccessRule>,
+    /// `[login]`: the identity provider `hawser login --relay` discovers here.
+    #[serde(default)]
+    pub login: Option<super::LoginConfig>,
     /// The clusters whose agents may connect.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
@@ -358,6 +361,9 @@ impl Validate for RelayConfig {
                 .map_err(|e| format!("issuer {}: {e}", issuer.issuer))?;
         }
         crate::auth::AccessRules::new(self.access.clone()).map_err(|e| format!("access rules: {e}"))?;
+        if let Some(login) = &self.login {
+            login.validate(&self.issuers)?;
+        }
         valid_instance_name(&self.instance)
             .then_some(())
             .ok_or("instance: use 1-253 of A-Z, a-z, 0-9, '.', '_' and '-'")?;

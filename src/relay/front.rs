@@ -234,6 +234,10 @@ async fn handle(state: &RelayState, path: RequestPath, mut req: Request<Body>, p
             Some(issuer) => bounded(json_response(issuer.jwks().to_string())),
             None => refused(Refusal::NoIssuer),
         },
+        crate::config::login::PATH => match &state.live.current().login {
+            Some(login) => bounded(json_response(login.clone())),
+            None => refused(Refusal::NoLogin),
+        },
         ASSERTION_JWKS_PATH => match &state.minter {
             Some(minter) => bounded(json_response(minter.jwks().to_string())),
             None => refused(Refusal::NoAssertions),

@@ -1,4 +1,5 @@
-//! What a reload changes while the relay runs: its callers' issuers, access rules and limits.
+//! What a reload changes while the relay runs: its callers' issuers, access rules, limits and
+//! the login it publishes.
 //!
 //! Each request takes one snapshot ([`Current::current`]) at each step that needs it, so a reload
 //! never changes the rules under a decision half made; exchanges already admitted keep going
@@ -25,6 +26,8 @@ pub(crate) struct Live {
     pub limits: LimitsConfig,
     /// Failed authentications per source, kept across a reload unless its rate changed.
     pub auth_failures: Arc<AuthFailures>,
+    /// `[login]`'s document, served at `/.well-known/hawser/login`.
+    pub login: Option<String>,
 }
 
 impl Live {
@@ -52,6 +55,7 @@ impl Live {
             issuer,
             limits: config.limits.clone(),
             auth_failures,
+            login: config.login.as_ref().map(crate::config::LoginConfig::document),
         })
     }
 }

@@ -19,6 +19,11 @@ pub enum Refusal {
     /// `/.well-known/jwks.json` on a relay without a built-in issuer.
     #[error("this relay has no built-in issuer")]
     NoIssuer,
+    /// The login document on a relay without `[login]`.
+    #[error(
+        "this relay names no identity provider to log in with ([login] in its config): ask its operator for the issuer and client id"
+    )]
+    NoLogin,
     /// The assertion JWKS on a relay without `[assertions]`.
     #[error("this relay has no [assertions]")]
     NoAssertions,
@@ -220,7 +225,7 @@ impl Refusal {
     pub fn reason(&self) -> Reason {
         match self {
             Self::Connect | Self::ReportMethod(_) => Reason::MethodNotAllowed,
-            Self::NoIssuer | Self::NoAssertions | Self::NotAClusterPath(_) => Reason::NotFound,
+            Self::NoIssuer | Self::NoLogin | Self::NoAssertions | Self::NotAClusterPath(_) => Reason::NotFound,
             Self::Undecodable | Self::MalformedPath | Self::Unsendable(_) => Reason::BadRequest,
             Self::UnknownCluster(_) => Reason::UnknownCluster,
             Self::SourceThrottled(_) => Reason::SourceThrottled,
@@ -251,9 +256,11 @@ impl Refusal {
                 HttpError::unauthorized(message)
             }
             Self::Forbidden { .. } | Self::NotAdmin { .. } => HttpError::forbidden(message),
-            Self::NoIssuer | Self::NoAssertions | Self::NotAClusterPath(_) | Self::UnknownCluster(_) => {
-                HttpError::not_found(message)
-            }
+            Self::NoIssuer
+            | Self::NoLogin
+            | Self::NoAssertions
+            | Self::NotAClusterPath(_)
+            | Self::UnknownCluster(_) => HttpError::not_found(message),
             Self::SourceThrottled(after) => HttpError::too_many_requests(message).retry_after(after),
             Self::CallerBusy { .. } => HttpError::too_many_requests(message),
             Self::CannotVouch(_) | Self::CannotReport(_) | Self::Miswired(_) => HttpError::internal(message),

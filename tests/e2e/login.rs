@@ -53,6 +53,8 @@ const USERS: &[User] = &[
 const BROWSER_PROMPT: &str = "Open this URL to log in: ";
 const DEVICE_PROMPT: &str = "To log in, visit ";
 const WITHIN: Duration = Duration::from_secs(60);
+/// The lifetime of the short ID tokens some tests ask for, plus a second.
+const SHORT: u64 = 21;
 
 fn provider(id_token_lifetime: &str, refresh_token_lifetime: &str) -> Result<Idp> {
     Idp::start(&IdpOptions {
@@ -339,7 +341,8 @@ fn a_browser_login_gives_kubectl_the_providers_user_and_groups_until_logout(tb: 
 }
 
 fn a_device_login_serves_hawser_proxy_without_a_token_file(tb: &Testbed) -> Result<()> {
-    let idp = provider("1h", "5h")?;
+    // ID tokens live 20 s: the proxy must refresh before the first one expires.
+    let idp = provider("20s", "5h")?;
     let hawser = deployment(tb, &idp)?;
     let bob = Person::new()?;
     bob.login(&idp, true, "bob", "bob-password")?;
@@ -371,6 +374,15 @@ fn a_device_login_serves_hawser_proxy_without_a_token_file(tb: &Testbed) -> Resu
         "through the proxy, kubectl is bob: {user}"
     );
     ensure!(groups(&user) == ["oidc:dev"], "bob's groups: {user}");
+    let first_exp = now() + SHORT;
+    wait_for("the first ID token to expire", Duration::from_secs(40), || {
+        Ok((now() > first_exp).then_some(()))
+    })?;
+    let user = whoami(&kubectl, &[])?;
+    ensure!(
+        user["username"] == "oidc:bob",
+        "through the proxy after the first token expired: {user}"
+    );
     Ok(())
 }
 

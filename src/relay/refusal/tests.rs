@@ -162,6 +162,7 @@ fn one_of_each() -> Vec<Refusal> {
         },
         Refusal::UnaskedUpgrade(c()),
         Refusal::Miswired("x"),
+        Refusal::NoLogin,
     ];
     let mut kinds = std::collections::HashSet::new();
     for refusal in &all {
@@ -195,10 +196,11 @@ fn one_of_each() -> Vec<Refusal> {
             Refusal::Miswired(_) => 26,
             Refusal::RegistryUnread(_) => 27,
             Refusal::TunnelLost { .. } => 28,
+            Refusal::NoLogin => 29,
         };
         kinds.insert(kind);
     }
-    assert_eq!(kinds.len(), 29, "a sample of every kind of refusal");
+    assert_eq!(kinds.len(), 30, "a sample of every kind of refusal");
     all
 }
 
