@@ -225,6 +225,10 @@ fn a_ci_token_with_a_wrong_claim_audience_or_issuer_gets_a_401_status(tb: &Testb
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // A relay without [login] says so at its login path.
+    let url = format!("{}/.well-known/hawser/login", hawser.relay_url);
+    let (code, body) = https::get(&url, &hawser.relay_ca, &[])?;
+    ensure!(code == 404 && body.contains("[login]"), "no [login]: {code} {body}");
     // And the job on main is in.
     let (code, _) = refusal(&hawser, &ci_token(&idp, CI_AUDIENCE, &job_claims(MAIN))?)?;
     ensure!(

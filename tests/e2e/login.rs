@@ -65,7 +65,8 @@ fn provider(id_token_lifetime: &str, refresh_token_lifetime: &str) -> Result<Idp
 }
 
 /// A relay and agent that trust the provider's ID tokens for the `hawser` client, as
-/// docs/configuration.md shows; the provider's `dev` group reaches the test bed.
+/// docs/configuration.md shows, and publish it as their `[login]`; the provider's `dev` group
+/// reaches the test bed.
 fn deployment(tb: &Testbed, idp: &Idp) -> Result<Hawser> {
     let relay = format!(
         r#"
@@ -79,6 +80,9 @@ jwks_url = "{issuer}keys"
 jwks_ca_file = "{ca}"
 username_prefix = "oidc:"
 groups_prefix = "oidc:"
+[login]
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
 "#,
         issuer = idp.issuer,
         ca = idp.ca.display(),
@@ -124,8 +128,24 @@ impl Person {
 
     /// `hawser login` as `user`, in the browser or with a device code; its stderr.
     fn login(&self, idp: &Idp, device: bool, user: &str, password: &str) -> Result<String> {
+        self.login_at(idp, None, device, user, password)
+    }
+
+    /// `hawser login`, told the provider by its issuer, or by `relay` (`--relay`: the relay's
+    /// `[login]`).
+    fn login_at(&self, idp: &Idp, relay: Option<&Hawser>, device: bool, user: &str, password: &str) -> Result<String> {
         let mut args = vec!["login"];
-        args.extend(Self::login_args(idp));
+        match relay {
+            None => args.extend(Self::login_args(idp)),
+            Some(relay) => args.extend([
+                "--relay",
+                &relay.relay_url,
+                "--relay-ca-file",
+                path_str(&relay.relay_ca),
+                "--ca-file",
+                path_str(&idp.ca),
+            ]),
+        }
         args.push("--no-browser");
         if device {
             args.push("--device");
@@ -172,16 +192,20 @@ impl Person {
 
     /// kubectl with a `hawser kubeconfig` whose exec plugin uses the login.
     fn kubectl(&self, hawser: &Hawser, idp: &Idp) -> Result<Kubectl> {
+        self.kubectl_at(hawser, idp, false)
+    }
+
+    /// Like [`Person::kubectl`]; with `discover`, the kubeconfig takes the provider from the
+    /// relay's `[login]` (`--login`) instead of `--issuer` and `--client-id`.
+    fn kubectl_at(&self, hawser: &Hawser, idp: &Idp, discover: bool) -> Result<Kubectl> {
         let mut args = vec!["kubeconfig", "--relay", &hawser.relay_url, "--cluster", CLUSTER];
         args.extend(["--ca-file", path_str(&hawser.relay_ca)]);
-        args.extend([
-            "--issuer",
-            &idp.issuer,
-            "--client-id",
-            CLIENT_ID,
-            "--oidc-ca-file",
-            path_str(&idp.ca),
-        ]);
+        if discover {
+            args.push("--login");
+        } else {
+            args.extend(["--issuer", &idp.issuer, "--client-id", CLIENT_ID]);
+        }
+        args.extend(["--oidc-ca-file", path_str(&idp.ca)]);
         let out = run_with_deadline(self.hawser(&args), None, WITHIN)?;
         ensure!(
             out.status.success(),
@@ -292,14 +316,25 @@ fn a_browser_login_gives_kubectl_the_providers_user_and_groups_until_logout(tb: 
     let elsewhere = tb.namespace("oidc-not")?;
     tb.bind_group_role(&ns, "cluster-admin", "oidc:ops")?;
 
+    // The relay tells `hawser login` and `hawser kubeconfig` which provider and client.
+    let (code, body) = https::get(
+        &format!("{}/.well-known/hawser/login", hawser.relay_url),
+        &hawser.relay_ca,
+        &[],
+    )?;
+    let published: Value = serde_json::from_str(body.trim())?;
+    ensure!(
+        code == 200 && published["issuer"] == idp.issuer.as_str() && published["client_id"] == CLIENT_ID,
+        "the relay's [login]: {code} {body}"
+    );
     let alice = Person::new()?;
-    alice.login(&idp, false, "alice", "alice-password")?;
+    alice.login_at(&idp, Some(&hawser), false, "alice", "alice-password")?;
     let files = alice.login_files()?;
     ensure!(files.len() == 1, "one stored login: {files:?}");
     let mode = fs::metadata(&files[0])?.permissions().mode() & 0o777;
     ensure!(mode == 0o600, "the stored login is mode {mode:o}, not 0600");
 
-    let kubectl = alice.kubectl(&hawser, &idp)?;
+    let kubectl = alice.kubectl_at(&hawser, &idp, true)?;
     for kubectl in [kubectl.clone(), kubectl.with_bin(&binaries()?.kubectl_1_32)] {
         let user = whoami(&kubectl, &[])?;
         ensure!(
