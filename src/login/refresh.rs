@@ -53,8 +53,21 @@ async fn refresh(provider: &Provider, login: &StoredLogin) -> Result<StoredLogin
     let Some(refresh_token) = &login.refresh_token else {
         return Err(expired("the provider gave no refresh token".into()));
     };
+    // What the command line leaves out, the login remembers: the CA and secret it was made with.
+    let client_secret = match (&provider.client_secret, &login.client_secret_file) {
+        (Some(secret), _) => Some(secret.clone()),
+        (None, Some(file)) => Some(crate::config::Secret::new(
+            crate::token_file::read(file).map_err(|e| failed(e.to_string()))?,
+        )),
+        (None, None) => None,
+    };
+    let provider = Provider {
+        ca_file: provider.ca_file.clone().or_else(|| login.ca_file.clone()),
+        client_secret,
+        ..provider.clone()
+    };
     let http = Http::new(provider.ca_file.as_deref())?;
-    let client = oauth::client(provider, &login.token_endpoint)?;
+    let client = oauth::client(&provider, &login.token_endpoint)?;
     let token = RefreshToken::new(refresh_token.expose().to_owned());
     let response = client
         .exchange_refresh_token(&token)
