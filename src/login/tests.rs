@@ -7,6 +7,7 @@ use super::store::{Masked, Store, StoredLogin};
 use super::*;
 
 mod fake;
+mod logout;
 
 fn provider(issuer: &str) -> Provider {
     Provider::new(issuer.to_owned(), "kubectl".into(), None, None).unwrap()

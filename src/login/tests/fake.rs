@@ -33,12 +33,28 @@ impl Fake {
     }
 }
 
-/// Starts a fake whose `answer(path, form)` gives each response's status and JSON body.
-pub(crate) async fn start(
-    answer: impl Fn(&str, &HashMap<String, String>) -> (u16, String) + Send + Sync + 'static,
-) -> Fake {
+/// How a fake answers: `answer(path, form)` gives a response's status and JSON body.
+pub(crate) trait Answer: Fn(&str, &HashMap<String, String>) -> (u16, String) + Send + Sync + 'static {}
+impl<T: Fn(&str, &HashMap<String, String>) -> (u16, String) + Send + Sync + 'static> Answer for T {}
+
+/// Starts a fake on plain http (allowed on loopback).
+pub(crate) async fn start(answer: impl Answer) -> Fake {
+    serve(answer, None).await
+}
+
+/// Starts a fake on https with a self-signed certificate written to `dir/cert.pem` (the CA file
+/// to trust), for the endpoints the oauth2 crate wants on https.
+pub(crate) async fn start_tls(answer: impl Answer, dir: &std::path::Path) -> Fake {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    crate::tls::ensure_self_signed(&cert, &key, &["127.0.0.1".to_owned()]).unwrap();
+    let config = crate::tls::server_config(&cert, &key, &[b"http/1.1"]).unwrap();
+    serve(answer, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+}
+
+async fn serve(answer: impl Answer, tls: Option<tokio_rustls::TlsAcceptor>) -> Fake {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let answer = Arc::new(answer);
     let recorded = seen.clone();
@@ -48,7 +64,7 @@ pub(crate) async fn start(
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
-            let (answer, recorded) = (answer.clone(), recorded.clone());
+            let (answer, recorded, tls) = (answer.clone(), recorded.clone(), tls.clone());
             connections.spawn(async move {
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let (answer, recorded) = (answer.clone(), recorded.clone());
@@ -68,9 +84,14 @@ pub(crate) async fn start(
                         )
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                let _ = match tls {
+                    Some(tls) => match tls.accept(tcp).await {
+                        Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                        Err(_) => return,
+                    },
+                    None => http.serve_connection(TokioIo::new(tcp), service).await,
+                };
             });
         }
     });
