@@ -120,7 +120,11 @@ pub(crate) async fn wait_for_code(listener: TcpListener, state: &str) -> Result<
         tokio::select! {
             Some(outcome) = rx.recv() => break outcome,
             accepted = listener.accept() => {
-                let Ok((tcp, _)) = accepted else { continue };
+                let Ok((tcp, _)) = accepted else {
+                    // Out of file descriptors, typically: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
                 let (state, tx) = (state.to_owned(), tx.clone());
                 connections.spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
