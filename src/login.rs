@@ -113,7 +113,15 @@ pub async fn login(
             )
             .await
         } else {
-            browser::authorize(&http, provider, &discovery, &scopes, &options.browser).await
+            browser::authorize(
+                &http,
+                provider,
+                &discovery,
+                &scopes,
+                &options.browser,
+                browser::print_url,
+            )
+            .await
         }
     };
     let response = tokio::time::timeout(options.timeout, flow)

@@ -35,13 +35,15 @@ pub struct BrowserOptions {
     pub open_browser: bool,
 }
 
-/// Runs the browser flow to a token response (the caller bounds it in time).
+/// Runs the browser flow to a token response (the caller bounds it in time); `show` tells the
+/// person the URL to open ([`print_url`]).
 pub async fn authorize(
     http: &Http,
     provider: &Provider,
     discovery: &Discovery,
     scopes: &[String],
     options: &BrowserOptions,
+    show: impl FnOnce(&str),
 ) -> Result<IdTokenResponse, LoginError> {
     let auth_endpoint = discovery.authorization_endpoint.as_deref().ok_or_else(|| {
         LoginError::Provider("the provider has no authorization_endpoint: log in with --device".into())
@@ -65,7 +67,7 @@ pub async fn authorize(
         .set_pkce_challenge(challenge)
         .add_extra_param("nonce", nonce.secret())
         .url();
-    eprintln!("{OPEN_PREFIX}{url}");
+    show(url.as_str());
     if options.open_browser {
         open_browser(url.as_str());
     }
@@ -88,6 +90,11 @@ pub async fn authorize(
         return Err(LoginError::Provider("the ID token's nonce is not this login's".into()));
     }
     Ok(response)
+}
+
+/// Prints `Open this URL to log in: URL` on stderr.
+pub fn print_url(url: &str) {
+    eprintln!("{OPEN_PREFIX}{url}");
 }
 
 /// Tries `$BROWSER` (a `:`-separated list), else the desktop's opener; failing is not an error:

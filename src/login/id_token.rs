@@ -59,12 +59,14 @@ pub fn claims(token: &str) -> Result<Claims, LoginError> {
 
 #[cfg(test)]
 pub(crate) fn fake(exp: i64, sub: &str) -> String {
+    fake_with(&serde_json::json!({"exp": exp, "sub": sub}))
+}
+
+/// An unsigned JWT with these claims, for tests.
+#[cfg(test)]
+pub(crate) fn fake_with(claims: &serde_json::Value) -> String {
     let b64 = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    format!(
-        "{}.{}.sig",
-        b64(&serde_json::json!({"alg": "RS256"})),
-        b64(&serde_json::json!({"exp": exp, "sub": sub}))
-    )
+    format!("{}.{}.sig", b64(&serde_json::json!({"alg": "RS256"})), b64(claims))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use super::id_token::fake as id_token;
 use super::store::{Masked, Store, StoredLogin};
 use super::*;
 
+mod browser_flow;
 mod fake;
 mod logout;
 

@@ -70,9 +70,13 @@ async fn serve(answer: impl Answer, tls: Option<tokio_rustls::TlsAcceptor>) -> F
                     let (answer, recorded) = (answer.clone(), recorded.clone());
                     async move {
                         let path = req.uri().path().to_owned();
+                        let query = req.uri().query().unwrap_or_default().to_owned();
                         let body = req.into_body().collect().await?.to_bytes();
-                        let form: HashMap<String, String> =
-                            oauth2::url::form_urlencoded::parse(&body).into_owned().collect();
+                        // The form, and the query's fields beside it.
+                        let form: HashMap<String, String> = oauth2::url::form_urlencoded::parse(&body)
+                            .chain(oauth2::url::form_urlencoded::parse(query.as_bytes()))
+                            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                            .collect();
                         let (status, json) = answer(&path, &form);
                         recorded.lock().unwrap().push((path, form));
                         Ok::<_, hyper::Error>(
