@@ -52,6 +52,11 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Log in to an OIDC provider (browser, or --device) and keep the login for `hawser token`,
+    /// `hawser kubeconfig --issuer` and `hawser proxy --issuer`.
+    Login(LoginArgs),
+    /// Forget stored logins, revoking their refresh tokens at the provider.
+    Logout(LogoutArgs),
     /// Print the caller's token as a kubectl exec credential, or issue a token.
     Token(TokenArgs),
     /// Print a kubeconfig whose server is the relay and whose user runs `hawser token`.
@@ -85,6 +90,84 @@ pub struct TokenArgs {
     /// File holding the caller's token (else the HAWSER_TOKEN variable).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Print the ID token of your `hawser login` to this issuer (refreshed when it nears expiry).
+    #[arg(long, conflicts_with = "token_file", requires = "client_id")]
+    pub issuer: Option<String>,
+    /// The client id of the login (with --issuer).
+    #[arg(long, requires = "issuer")]
+    pub client_id: Option<String>,
+    /// PEM CA that signs the provider's certificate (else the system's CAs; with --issuer).
+    #[arg(long, requires = "issuer")]
+    pub ca_file: Option<PathBuf>,
+    /// File holding the client secret, for a confidential client (with --issuer).
+    #[arg(long, requires = "issuer")]
+    pub client_secret_file: Option<PathBuf>,
+}
+
+/// `hawser login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The provider's issuer URL, exactly as its ID tokens say it.
+    #[arg(long)]
+    pub issuer: String,
+    /// The OAuth2 client id (the ID token's audience, listed in the relay's issuer `audiences`).
+    #[arg(long)]
+    pub client_id: String,
+    /// PEM CA that signs the provider's certificate (else the system's CAs).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// A scope to ask for beside `openid offline_access`; repeat for several.
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// Use the device authorization grant: print a URL and a code to enter on any device.
+    #[arg(long)]
+    pub device: bool,
+    /// Do not try to open a browser; only print the URL.
+    #[arg(long)]
+    pub no_browser: bool,
+    /// The loopback port the provider redirects to (0: a free port; a fixed one when the
+    /// provider allows only fixed redirect URIs).
+    #[arg(long, default_value_t = 0, conflicts_with = "device")]
+    pub callback_port: u16,
+    /// How long you have to log in, such as 5m.
+    #[arg(long, default_value = "5m")]
+    pub timeout: String,
+    /// File holding the client secret, for a confidential client.
+    #[arg(long)]
+    pub client_secret_file: Option<PathBuf>,
+}
+
+/// `hawser logout`.
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// The issuer of the login to forget.
+    #[arg(
+        long,
+        required_unless_present = "all",
+        requires = "client_id",
+        conflicts_with = "all"
+    )]
+    pub issuer: Option<String>,
+    /// The client id of the login to forget.
+    #[arg(long, requires = "issuer")]
+    pub client_id: Option<String>,
+    /// Forget every stored login.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// The caller's identity from a `hawser login`, for `hawser kubeconfig` and `hawser proxy`.
+#[derive(Debug, Args)]
+pub struct OidcLoginArgs {
+    /// Use your `hawser login` to this issuer as the relay token.
+    #[arg(long, conflicts_with = "token_file", requires = "client_id")]
+    pub issuer: Option<String>,
+    /// The client id of that login.
+    #[arg(long, requires = "issuer")]
+    pub client_id: Option<String>,
+    /// PEM CA that signs the provider's certificate (else the system's CAs).
+    #[arg(long, requires = "issuer")]
+    pub oidc_ca_file: Option<PathBuf>,
 }
 
 /// `hawser token issue` and `hawser token jwks`.
@@ -151,6 +234,9 @@ pub struct KubeconfigArgs {
     /// Token file the exec plugin reads (else it reads HAWSER_TOKEN at run time).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Or your `hawser login`: the exec plugin runs `hawser token --issuer ...`.
+    #[command(flatten)]
+    pub login: OidcLoginArgs,
 }
 
 /// `hawser proxy`.
@@ -175,6 +261,9 @@ pub struct ProxyArgs {
     /// CA certificate that signs the relay's certificate (else the system's CAs).
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
+    /// Or your `hawser login`, refreshed near its expiry.
+    #[command(flatten)]
+    pub login: OidcLoginArgs,
     /// Your own cluster token (passthrough mode), as CLUSTER=FILE (or FILE with a single --cluster); repeatable.
     /// Re-read every 10 s; sent beside the relay token, which never reaches the cluster.
     #[arg(long = "cluster-token-file", value_name = "[CLUSTER=]FILE")]

@@ -6,8 +6,8 @@ use std::io::Write;
 use anyhow::{Context, Result, bail};
 
 use crate::cli::{
-    ClusterAddArgs, ClusterCommand, ClustersArgs, Command, KubeconfigArgs, ModeArg, Output, ProxyArgs, SigningKeyArgs,
-    TokenArgs, TokenCommand,
+    ClusterAddArgs, ClusterCommand, ClustersArgs, Command, KubeconfigArgs, LoginArgs, LogoutArgs, ModeArg,
+    OidcLoginArgs, Output, ProxyArgs, SigningKeyArgs, TokenArgs, TokenCommand,
 };
 use crate::cli::{EntryArg, LogFormat};
 use crate::client::kubeconfig::{self, Entry, User};
@@ -79,7 +79,9 @@ pub async fn run(command: Command, format: LogFormat) -> Result<()> {
                 n => bail!("{n} checks failed"),
             }
         }
-        Command::Token(args) => token_command(args),
+        Command::Login(args) => login_command(args).await,
+        Command::Logout(args) => logout_command(args).await,
+        Command::Token(args) => token_command(args).await,
         Command::Kubeconfig(args) => kubeconfig_command(args),
         Command::Proxy(args) => proxy_command(args).await,
         Command::Clusters(args) => clusters_command(args).await,
@@ -110,8 +112,89 @@ fn observe(
     Ok(otel)
 }
 
-fn token_command(args: TokenArgs) -> Result<()> {
+async fn login_command(args: LoginArgs) -> Result<()> {
+    use crate::login::{LoginOptions, Provider, browser::BrowserOptions, store::Store};
+    let timeout = config::parse_duration(&args.timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    let provider = Provider::new(
+        args.issuer,
+        args.client_id,
+        args.ca_file,
+        args.client_secret_file.as_deref(),
+    )?;
+    let options = LoginOptions {
+        scopes: args.scopes,
+        device: args.device,
+        browser: BrowserOptions {
+            callback_port: args.callback_port,
+            open_browser: !args.no_browser,
+        },
+        timeout,
+        client_secret_file: args.client_secret_file,
+    };
+    let (login, claims) = crate::login::login(&Store::from_env()?, &provider, &options).await?;
+    eprintln!(
+        "Logged in to {} as {} until {}.",
+        login.issuer,
+        crate::login::provider_text(&claims.sub),
+        crate::login::rfc3339(login.expiry)
+    );
+    Ok(())
+}
+
+async fn logout_command(args: LogoutArgs) -> Result<()> {
+    use crate::login::{logout, store::Store};
+    let store = Store::from_env()?;
+    let done = match (&args.issuer, &args.client_id) {
+        (Some(issuer), Some(client_id)) if !args.all => match logout::one(&store, issuer, client_id).await? {
+            Some(done) => vec![done],
+            None => {
+                eprintln!("Not logged in to {issuer} (client {client_id}).");
+                return Ok(());
+            }
+        },
+        _ => logout::all(&store).await?,
+    };
+    if done.is_empty() {
+        eprintln!("Not logged in anywhere.");
+    }
+    for logged_out in done {
+        if let Some(warning) = &logged_out.warning {
+            eprintln!("hawser: warning: {warning}");
+        }
+        eprintln!("Logged out of {}.", logged_out.issuer);
+    }
+    Ok(())
+}
+
+/// The login `--issuer`/`--client-id` name, as a token source for kubeconfig and proxy.
+fn login_provider(login: &OidcLoginArgs) -> Result<Option<crate::login::Provider>> {
+    let (Some(issuer), Some(client_id)) = (&login.issuer, &login.client_id) else {
+        return Ok(None);
+    };
+    Ok(Some(crate::login::Provider::new(
+        issuer.clone(),
+        client_id.clone(),
+        login.oidc_ca_file.clone(),
+        None,
+    )?))
+}
+
+async fn token_command(args: TokenArgs) -> Result<()> {
     match args.issue {
+        None if args.issuer.is_some() => {
+            let provider = crate::login::Provider::new(
+                args.issuer.unwrap_or_default(),
+                args.client_id.unwrap_or_default(),
+                args.ca_file,
+                args.client_secret_file.as_deref(),
+            )?;
+            let store = crate::login::store::Store::from_env()?;
+            let login = crate::login::refresh::fresh(&store, &provider, crate::login::unix_now()).await?;
+            println!(
+                "{}",
+                token::exec_credential_until(login.id_token.expose(), &crate::login::rfc3339(login.expiry))
+            );
+        }
         None => {
             let token = token::caller_token(args.token_file.as_deref())?;
             println!("{}", token::exec_credential(&token));
@@ -189,11 +272,7 @@ fn kubeconfig_command(args: KubeconfigArgs) -> Result<()> {
         None => None,
     };
     let command = std::env::current_exe().context("finding the hawser binary for the exec plugin")?;
-    let mut plugin_args = vec!["token".to_owned()];
-    if let Some(file) = &args.token_file {
-        let file = std::path::absolute(file).with_context(|| format!("resolving {}", file.display()))?;
-        plugin_args.extend(["--token-file".to_owned(), file.display().to_string()]);
-    }
+    let plugin_args = plugin_args(&args)?;
     let mut entries = Vec::new();
     for cluster in &args.clusters {
         if !config::valid_cluster_name(cluster) {
@@ -213,6 +292,27 @@ fn kubeconfig_command(args: KubeconfigArgs) -> Result<()> {
     Ok(())
 }
 
+/// The exec plugin's arguments: `token` with the login, else with the token file.
+fn plugin_args(args: &KubeconfigArgs) -> Result<Vec<String>> {
+    let mut plugin_args = vec!["token".to_owned()];
+    if let Some(provider) = login_provider(&args.login)? {
+        plugin_args.extend([
+            "--issuer".to_owned(),
+            provider.issuer,
+            "--client-id".to_owned(),
+            provider.client_id,
+        ]);
+        if let Some(ca) = &provider.ca_file {
+            let ca = std::path::absolute(ca).with_context(|| format!("resolving {}", ca.display()))?;
+            plugin_args.extend(["--ca-file".to_owned(), ca.display().to_string()]);
+        }
+    } else if let Some(file) = &args.token_file {
+        let file = std::path::absolute(file).with_context(|| format!("resolving {}", file.display()))?;
+        plugin_args.extend(["--token-file".to_owned(), file.display().to_string()]);
+    }
+    Ok(plugin_args)
+}
+
 async fn proxy_command(args: ProxyArgs) -> Result<()> {
     let options = proxy::ProxyOptions {
         relay: args
@@ -223,7 +323,7 @@ async fn proxy_command(args: ProxyArgs) -> Result<()> {
         clusters: args.clusters,
         port: args.port,
         kubeconfig: kubeconfig::default_path(args.kubeconfig.as_deref())?,
-        token: Secret::new(token::caller_token(args.token_file.as_deref())?),
+        token: relay_token(&args.login, args.token_file.as_deref()).await?,
         relay_ca: args.ca_file,
         cluster_tokens: args.cluster_token_files,
     };
@@ -244,6 +344,17 @@ async fn proxy_command(args: ProxyArgs) -> Result<()> {
     std::io::stdout().flush()?;
     proxy.run().await;
     Ok(())
+}
+
+/// The proxy's relay token: the login's (checked now, so a missing login fails at start), else
+/// the token file's or HAWSER_TOKEN.
+async fn relay_token(login: &OidcLoginArgs, token_file: Option<&std::path::Path>) -> Result<proxy::RelayToken> {
+    let Some(provider) = login_provider(login)? else {
+        return Ok(proxy::RelayToken::Fixed(Secret::new(token::caller_token(token_file)?)));
+    };
+    let source = crate::login::refresh::LoginToken::new(crate::login::store::Store::from_env()?, provider);
+    source.get().await?;
+    Ok(proxy::RelayToken::Login(std::sync::Arc::new(source)))
 }
 
 /// `hawser cluster add`: the relay's entry on stdout (so `>> relay.toml` appends it), the files

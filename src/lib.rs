@@ -22,6 +22,7 @@ pub mod forward;
 pub mod headers;
 pub mod idle;
 pub mod impersonation;
+pub mod login;
 pub mod onboard;
 pub mod overview;
 pub mod proto;

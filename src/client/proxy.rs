@@ -50,16 +50,45 @@ pub struct ProxyOptions {
     /// The kubeconfig to merge contexts into.
     pub kubeconfig: PathBuf,
     /// The caller's relay token.
-    pub token: crate::config::Secret,
+    pub token: RelayToken,
     /// CA that signs the relay's certificate; the system roots if absent.
     pub relay_ca: Option<PathBuf>,
     /// `CLUSTER=FILE` (or `FILE` with one cluster): the caller's own cluster tokens (passthrough).
     pub cluster_tokens: Vec<String>,
 }
 
+/// Where the proxy's relay token comes from.
+#[derive(Debug)]
+pub enum RelayToken {
+    /// A token given at start (file or HAWSER_TOKEN).
+    Fixed(crate::config::Secret),
+    /// A `hawser login`, refreshed near its expiry.
+    Login(Arc<crate::login::refresh::LoginToken>),
+}
+
+impl RelayToken {
+    /// The `Authorization` value for the relay now.
+    async fn bearer(&self) -> Result<HeaderValue, HttpError> {
+        let value = match self {
+            Self::Fixed(secret) => format!("Bearer {}", secret.expose()),
+            Self::Login(login) => {
+                let token = login.get().await.map_err(|e| match e {
+                    crate::login::LoginError::RefreshFailed { .. } => HttpError::bad_gateway(e.to_string()),
+                    _ => HttpError::unauthorized(e.to_string()),
+                })?;
+                format!("Bearer {}", token.expose())
+            }
+        };
+        let mut bearer = HeaderValue::from_str(&value)
+            .map_err(|_| HttpError::internal("the caller's token is not a valid header value"))?;
+        bearer.set_sensitive(true);
+        Ok(bearer)
+    }
+}
+
 struct ProxyState {
     secret: String,
-    token: crate::config::Secret,
+    token: RelayToken,
     cluster_tokens: ClusterTokens,
     shared: HttpsClient,
     dedicated: HttpsClient,
@@ -327,9 +356,7 @@ async fn handle(state: &ProxyState, served: &Served, req: Request<Incoming>) -> 
     *req.version_mut() = http::Version::HTTP_11;
     headers::strip_hop_by_hop(req.headers_mut());
     req.headers_mut().remove(HOST);
-    let mut bearer = HeaderValue::from_str(&format!("Bearer {}", state.token.expose()))
-        .map_err(|_| HttpError::internal("the caller's token is not a valid header value"))?;
-    bearer.set_sensitive(true);
+    let bearer = state.token.bearer().await?;
     req.headers_mut().insert(AUTHORIZATION, bearer);
     // Ours alone: a header the caller sent is never forwarded as a cluster token.
     req.headers_mut().remove(CLUSTER_AUTHORIZATION);

@@ -34,6 +34,17 @@ pub fn exec_credential(token: &str) -> String {
     .to_string()
 }
 
+/// The ExecCredential for a token that expires at `expiry` (RFC 3339): kubectl runs the plugin
+/// again then instead of sending an expired token.
+pub fn exec_credential_until(token: &str, expiry: &str) -> String {
+    json!({
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "kind": "ExecCredential",
+        "status": {"token": token, "expirationTimestamp": expiry},
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +54,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&exec_credential("abc")).unwrap();
         assert_eq!(v["kind"], "ExecCredential");
         assert_eq!(v["apiVersion"], "client.authentication.k8s.io/v1");
+        assert_eq!(v["status"]["token"], "abc");
+        assert!(v["status"].get("expirationTimestamp").is_none());
+        let v: serde_json::Value = serde_json::from_str(&exec_credential_until("abc", "2026-12-01T10:00:00Z")).unwrap();
+        assert_eq!(v["status"]["expirationTimestamp"], "2026-12-01T10:00:00Z");
         assert_eq!(v["status"]["token"], "abc");
     }
 }

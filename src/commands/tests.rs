@@ -105,3 +105,90 @@ fn cluster_add_needs_a_way_to_trust_the_relay_and_takes_one() {
     assert!(parse(&["--pin", pin, "--pin", pin, "--mode", "both"]).is_ok());
     assert!(parse(&["--ca-file", "ca.crt"]).is_ok());
 }
+
+fn parse(line: &str) -> Result<Command, clap::Error> {
+    use clap::Parser as _;
+    crate::cli::Cli::try_parse_from(line.split_whitespace()).map(|cli| cli.command)
+}
+
+#[test]
+fn the_login_command_lines_parse_as_the_e2e_tests_write_them() {
+    let Command::Login(login) = parse(
+        "hawser login --issuer https://idp.example.com --client-id kubectl --ca-file ca.pem --scope groups \
+         --scope email --no-browser --callback-port 8000 --timeout 2m --client-secret-file s",
+    )
+    .unwrap() else {
+        panic!("not login")
+    };
+    assert_eq!(
+        (login.issuer.as_str(), login.client_id.as_str()),
+        ("https://idp.example.com", "kubectl")
+    );
+    assert_eq!(login.scopes, ["groups", "email"]);
+    assert!(login.no_browser && !login.device);
+    assert_eq!((login.callback_port, login.timeout.as_str()), (8000, "2m"));
+    assert!(parse("hawser login --issuer https://i --client-id c --device").is_ok());
+    assert!(
+        parse("hawser login --issuer https://i").is_err(),
+        "--client-id is required"
+    );
+
+    let Command::Token(token) = parse("hawser token --issuer https://i --client-id c --ca-file ca.pem").unwrap() else {
+        panic!("not token")
+    };
+    assert_eq!(token.issuer.as_deref(), Some("https://i"));
+    assert!(parse("hawser token --issuer https://i --client-id c --token-file t").is_err());
+    assert!(
+        parse("hawser token --issuer https://i").is_err(),
+        "--issuer needs --client-id"
+    );
+    assert!(parse("hawser token --token-file t").is_ok());
+    assert!(
+        parse("hawser token issue --signing-key k --issuer https://i --audience a --subject s").is_ok(),
+        "token issue keeps its own --issuer"
+    );
+
+    assert!(parse("hawser logout --all").is_ok());
+    assert!(parse("hawser logout --issuer https://i --client-id c").is_ok());
+    assert!(parse("hawser logout").is_err(), "says which login, or --all");
+    assert!(parse("hawser logout --issuer https://i --client-id c --all").is_err());
+
+    let proxy = "hawser proxy --relay https://r --cluster dev --issuer https://i --client-id c --oidc-ca-file ca.pem";
+    assert!(parse(proxy).is_ok());
+    assert!(parse(&format!("{proxy} --token-file t")).is_err());
+}
+
+#[test]
+fn a_kubeconfig_with_a_login_runs_hawser_token_with_it() {
+    let Command::Kubeconfig(args) = parse(
+        "hawser kubeconfig --relay https://r --cluster dev --issuer https://idp.example.com --client-id kubectl \
+         --oidc-ca-file /etc/idp-ca.pem",
+    )
+    .unwrap() else {
+        panic!("not kubeconfig")
+    };
+    assert_eq!(
+        plugin_args(&args).unwrap(),
+        [
+            "token",
+            "--issuer",
+            "https://idp.example.com",
+            "--client-id",
+            "kubectl",
+            "--ca-file",
+            "/etc/idp-ca.pem"
+        ]
+    );
+    let Command::Kubeconfig(args) =
+        parse("hawser kubeconfig --relay https://r --cluster dev --issuer http://idp.example.com --client-id c")
+            .unwrap()
+    else {
+        panic!("not kubeconfig")
+    };
+    let err = plugin_args(&args).unwrap_err().to_string();
+    assert!(err.contains("must be an https:// URL"), "{err}");
+    assert!(
+        parse("hawser kubeconfig --relay https://r --cluster dev --issuer https://i --client-id c --token-file t")
+            .is_err()
+    );
+}
