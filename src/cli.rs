@@ -108,13 +108,24 @@ pub struct TokenArgs {
 #[derive(Debug, Args)]
 pub struct LoginArgs {
     /// The provider's issuer URL, exactly as its ID tokens say it.
-    #[arg(long)]
-    pub issuer: String,
+    #[arg(
+        long,
+        required_unless_present = "relay",
+        conflicts_with = "relay",
+        requires = "client_id"
+    )]
+    pub issuer: Option<String>,
     /// The OAuth2 client id (the ID token's audience, listed in the relay's issuer `audiences`).
+    #[arg(long, requires = "issuer")]
+    pub client_id: Option<String>,
+    /// Or the relay's base URL: log in to the provider its `[login]` names.
     #[arg(long)]
-    pub client_id: String,
+    pub relay: Option<String>,
+    /// CA certificate that signs the relay's certificate, with --relay (else the system's CAs).
+    #[arg(long, requires = "relay", conflicts_with = "issuer")]
+    pub relay_ca_file: Option<PathBuf>,
     /// PEM CA that signs the provider's certificate (else the system's CAs).
-    #[arg(long)]
+    #[arg(long, visible_alias = "oidc-ca-file")]
     pub ca_file: Option<PathBuf>,
     /// A scope to ask for beside `openid offline_access`; repeat for several.
     #[arg(long = "scope")]
@@ -165,8 +176,11 @@ pub struct OidcLoginArgs {
     /// The client id of that login.
     #[arg(long, requires = "issuer")]
     pub client_id: Option<String>,
+    /// Use your `hawser login` to the provider the relay names (its `[login]`).
+    #[arg(long, conflicts_with_all = ["token_file", "issuer"])]
+    pub login: bool,
     /// PEM CA that signs the provider's certificate (else the system's CAs).
-    #[arg(long, requires = "issuer")]
+    #[arg(long)]
     pub oidc_ca_file: Option<PathBuf>,
 }
 

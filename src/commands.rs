@@ -82,7 +82,7 @@ pub async fn run(command: Command, format: LogFormat) -> Result<()> {
         Command::Login(args) => login_command(args).await,
         Command::Logout(args) => logout_command(args).await,
         Command::Token(args) => token_command(args).await,
-        Command::Kubeconfig(args) => kubeconfig_command(args),
+        Command::Kubeconfig(args) => kubeconfig_command(args).await,
         Command::Proxy(args) => proxy_command(args).await,
         Command::Clusters(args) => clusters_command(args).await,
         Command::Cluster {
@@ -115,14 +115,22 @@ fn observe(
 async fn login_command(args: LoginArgs) -> Result<()> {
     use crate::login::{LoginOptions, Provider, browser::BrowserOptions, store::Store};
     let timeout = config::parse_duration(&args.timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
-    let provider = Provider::new(
-        args.issuer,
-        args.client_id,
-        args.ca_file,
-        args.client_secret_file.as_deref(),
-    )?;
+    let (issuer, client_id, mut scopes) = match (args.issuer, args.client_id, &args.relay) {
+        (Some(issuer), Some(client_id), _) => (issuer, client_id, Vec::new()),
+        (_, _, Some(relay)) => {
+            let named = crate::login::relay::discover(relay, args.relay_ca_file.as_deref()).await?;
+            (named.issuer, named.client_id, named.scopes)
+        }
+        _ => bail!("give --relay, or --issuer and --client-id"),
+    };
+    for scope in args.scopes {
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    let provider = Provider::new(issuer, client_id, args.ca_file, args.client_secret_file.as_deref())?;
     let options = LoginOptions {
-        scopes: args.scopes,
+        scopes,
         device: args.device,
         browser: BrowserOptions {
             callback_port: args.callback_port,
@@ -166,14 +174,25 @@ async fn logout_command(args: LogoutArgs) -> Result<()> {
     Ok(())
 }
 
-/// The login `--issuer`/`--client-id` name, as a token source for kubeconfig and proxy.
-fn login_provider(login: &OidcLoginArgs) -> Result<Option<crate::login::Provider>> {
-    let (Some(issuer), Some(client_id)) = (&login.issuer, &login.client_id) else {
-        return Ok(None);
+/// The login `--issuer`/`--client-id` name, or `--login` asks the relay for, as a token source
+/// for kubeconfig and proxy.
+async fn login_provider(
+    login: &OidcLoginArgs,
+    relay: &str,
+    relay_ca: Option<&std::path::Path>,
+) -> Result<Option<crate::login::Provider>> {
+    let (issuer, client_id) = match (&login.issuer, &login.client_id) {
+        (Some(issuer), Some(client_id)) => (issuer.clone(), client_id.clone()),
+        _ if login.login => {
+            let named = crate::login::relay::discover(relay, relay_ca).await?;
+            (named.issuer, named.client_id)
+        }
+        _ if login.oidc_ca_file.is_some() => bail!("--oidc-ca-file goes with --login or --issuer"),
+        _ => return Ok(None),
     };
     Ok(Some(crate::login::Provider::new(
-        issuer.clone(),
-        client_id.clone(),
+        issuer,
+        client_id,
         login.oidc_ca_file.clone(),
         None,
     )?))
@@ -262,7 +281,7 @@ fn signing_issuer(
     )?)
 }
 
-fn kubeconfig_command(args: KubeconfigArgs) -> Result<()> {
+async fn kubeconfig_command(args: KubeconfigArgs) -> Result<()> {
     let relay = args.relay.trim_end_matches('/');
     if !relay.starts_with("https://") {
         bail!("--relay must be an https:// URL, not {relay}");
@@ -272,7 +291,7 @@ fn kubeconfig_command(args: KubeconfigArgs) -> Result<()> {
         None => None,
     };
     let command = std::env::current_exe().context("finding the hawser binary for the exec plugin")?;
-    let plugin_args = plugin_args(&args)?;
+    let plugin_args = plugin_args(&args).await?;
     let mut entries = Vec::new();
     for cluster in &args.clusters {
         if !config::valid_cluster_name(cluster) {
@@ -293,9 +312,9 @@ fn kubeconfig_command(args: KubeconfigArgs) -> Result<()> {
 }
 
 /// The exec plugin's arguments: `token` with the login, else with the token file.
-fn plugin_args(args: &KubeconfigArgs) -> Result<Vec<String>> {
+async fn plugin_args(args: &KubeconfigArgs) -> Result<Vec<String>> {
     let mut plugin_args = vec!["token".to_owned()];
-    if let Some(provider) = login_provider(&args.login)? {
+    if let Some(provider) = login_provider(&args.login, &args.relay, args.ca_file.as_deref()).await? {
         plugin_args.extend([
             "--issuer".to_owned(),
             provider.issuer,
@@ -323,7 +342,13 @@ async fn proxy_command(args: ProxyArgs) -> Result<()> {
         clusters: args.clusters,
         port: args.port,
         kubeconfig: kubeconfig::default_path(args.kubeconfig.as_deref())?,
-        token: relay_token(&args.login, args.token_file.as_deref()).await?,
+        token: relay_token(
+            &args.login,
+            &args.relay,
+            args.ca_file.as_deref(),
+            args.token_file.as_deref(),
+        )
+        .await?,
         relay_ca: args.ca_file,
         cluster_tokens: args.cluster_token_files,
     };
@@ -348,8 +373,13 @@ async fn proxy_command(args: ProxyArgs) -> Result<()> {
 
 /// The proxy's relay token: the login's (checked now, so a missing login fails at start), else
 /// the token file's or HAWSER_TOKEN.
-async fn relay_token(login: &OidcLoginArgs, token_file: Option<&std::path::Path>) -> Result<proxy::RelayToken> {
-    let Some(provider) = login_provider(login)? else {
+async fn relay_token(
+    login: &OidcLoginArgs,
+    relay: &str,
+    relay_ca: Option<&std::path::Path>,
+    token_file: Option<&std::path::Path>,
+) -> Result<proxy::RelayToken> {
+    let Some(provider) = login_provider(login, relay, relay_ca).await? else {
         return Ok(proxy::RelayToken::Fixed(Secret::new(token::caller_token(token_file)?)));
     };
     let source = crate::login::refresh::LoginToken::new(crate::login::store::Store::from_env()?, provider);

@@ -23,6 +23,7 @@ pub mod id_token;
 pub mod logout;
 pub mod oauth;
 pub mod refresh;
+pub mod relay;
 pub mod store;
 
 #[cfg(test)]

@@ -121,8 +121,8 @@ fn the_login_command_lines_parse_as_the_e2e_tests_write_them() {
         panic!("not login")
     };
     assert_eq!(
-        (login.issuer.as_str(), login.client_id.as_str()),
-        ("https://idp.example.com", "kubectl")
+        (login.issuer.as_deref(), login.client_id.as_deref()),
+        (Some("https://idp.example.com"), Some("kubectl"))
     );
     assert_eq!(login.scopes, ["groups", "email"]);
     assert!(login.no_browser && !login.device);
@@ -132,6 +132,16 @@ fn the_login_command_lines_parse_as_the_e2e_tests_write_them() {
         parse("hawser login --issuer https://i").is_err(),
         "--client-id is required"
     );
+    assert!(parse("hawser login").is_err(), "--relay, or --issuer and --client-id");
+    let Command::Login(login) =
+        parse("hawser login --relay https://r --relay-ca-file r.crt --oidc-ca-file idp.pem").unwrap()
+    else {
+        panic!("not login")
+    };
+    assert_eq!(login.relay.as_deref(), Some("https://r"));
+    assert!(login.issuer.is_none() && login.ca_file.is_some());
+    assert!(parse("hawser login --relay https://r --issuer https://i --client-id c").is_err());
+    assert!(parse("hawser login --issuer https://i --client-id c --relay-ca-file r.crt").is_err());
 
     let Command::Token(token) = parse("hawser token --issuer https://i --client-id c --ca-file ca.pem").unwrap() else {
         panic!("not token")
@@ -156,10 +166,15 @@ fn the_login_command_lines_parse_as_the_e2e_tests_write_them() {
     let proxy = "hawser proxy --relay https://r --cluster dev --issuer https://i --client-id c --oidc-ca-file ca.pem";
     assert!(parse(proxy).is_ok());
     assert!(parse(&format!("{proxy} --token-file t")).is_err());
+    assert!(parse("hawser proxy --relay https://r --cluster dev --login").is_ok());
+    assert!(parse("hawser proxy --relay https://r --cluster dev --login --token-file t").is_err());
+    assert!(
+        parse("hawser kubeconfig --relay https://r --cluster dev --login --issuer https://i --client-id c").is_err()
+    );
 }
 
-#[test]
-fn a_kubeconfig_with_a_login_runs_hawser_token_with_it() {
+#[tokio::test]
+async fn a_kubeconfig_with_a_login_runs_hawser_token_with_it() {
     let Command::Kubeconfig(args) = parse(
         "hawser kubeconfig --relay https://r --cluster dev --issuer https://idp.example.com --client-id kubectl \
          --oidc-ca-file /etc/idp-ca.pem",
@@ -168,7 +183,7 @@ fn a_kubeconfig_with_a_login_runs_hawser_token_with_it() {
         panic!("not kubeconfig")
     };
     assert_eq!(
-        plugin_args(&args).unwrap(),
+        plugin_args(&args).await.unwrap(),
         [
             "token",
             "--issuer",
@@ -185,8 +200,15 @@ fn a_kubeconfig_with_a_login_runs_hawser_token_with_it() {
     else {
         panic!("not kubeconfig")
     };
-    let err = plugin_args(&args).unwrap_err().to_string();
+    let err = plugin_args(&args).await.unwrap_err().to_string();
     assert!(err.contains("must be an https:// URL"), "{err}");
+    let Command::Kubeconfig(args) =
+        parse("hawser kubeconfig --relay https://r --cluster dev --oidc-ca-file ca.pem").unwrap()
+    else {
+        panic!("not kubeconfig")
+    };
+    let err = plugin_args(&args).await.unwrap_err().to_string();
+    assert!(err.contains("--oidc-ca-file goes with --login or --issuer"), "{err}");
     assert!(
         parse("hawser kubeconfig --relay https://r --cluster dev --issuer https://i --client-id c --token-file t")
             .is_err()
