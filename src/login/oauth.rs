@@ -1,5 +1,7 @@
 //! The `oauth2` crate, set up for OIDC: the ID token as an extra token field, a client per
-//! provider, and its errors as one line.
+//! provider, and its errors as one line. Why `oauth2` and not `openidconnect`: the grants, PKCE
+//! and revocation are all a login needs; `openidconnect` would bring a second JOSE stack to
+//! verify ID tokens, which the relay and agents verify, not the client.
 
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
