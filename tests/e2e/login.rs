@@ -217,6 +217,21 @@ impl Person {
         Ok(Kubectl::new(&binaries()?.kubectl, &path).with_env("HAWSER_CONFIG_DIR", path_str(self.config_dir.path())))
     }
 
+    /// `hawser proxy --issuer` with the login, on a kubeconfig of its own; runs until dropped.
+    fn proxy(&self, hawser: &Hawser, idp: &Idp) -> Result<(Background, Kubectl)> {
+        let kubeconfig = self.config_dir.path().join("proxy.kubeconfig");
+        let mut args = vec!["proxy", "--relay", &hawser.relay_url, "--cluster", CLUSTER];
+        args.extend(["--ca-file", path_str(&hawser.relay_ca)]);
+        args.extend(["--kubeconfig", path_str(&kubeconfig)]);
+        args.extend(["--issuer", &idp.issuer, "--client-id", CLIENT_ID]);
+        args.extend(["--oidc-ca-file", path_str(&idp.ca)]);
+        let mut proxy = Background::spawn(self.hawser(&args))?;
+        proxy.wait_for_line("the proxy's listening line", WITHIN, |l| {
+            l.starts_with("hawser proxy listening on 127.0.0.1:")
+        })?;
+        Ok((proxy, Kubectl::new(&binaries()?.kubectl, &kubeconfig)))
+    }
+
     fn login_files(&self) -> Result<Vec<PathBuf>> {
         let dir = self.config_dir.path().join("logins");
         let mut files = Vec::new();
@@ -382,27 +397,7 @@ fn a_device_login_serves_hawser_proxy_without_a_token_file(tb: &Testbed) -> Resu
     let bob = Person::new()?;
     bob.login(&idp, true, "bob", "bob-password")?;
 
-    let kubeconfig = bob.config_dir.path().join("proxy.kubeconfig");
-    let mut args = vec!["proxy", "--relay", &hawser.relay_url, "--cluster", CLUSTER];
-    args.extend([
-        "--ca-file",
-        path_str(&hawser.relay_ca),
-        "--kubeconfig",
-        path_str(&kubeconfig),
-    ]);
-    args.extend([
-        "--issuer",
-        &idp.issuer,
-        "--client-id",
-        CLIENT_ID,
-        "--oidc-ca-file",
-        path_str(&idp.ca),
-    ]);
-    let mut proxy = Background::spawn(bob.hawser(&args))?;
-    proxy.wait_for_line("the proxy's listening line", WITHIN, |l| {
-        l.starts_with("hawser proxy listening on 127.0.0.1:")
-    })?;
-    let kubectl = Kubectl::new(&binaries()?.kubectl, &kubeconfig);
+    let (_proxy, kubectl) = bob.proxy(&hawser, &idp)?;
     let user = whoami(&kubectl, &[])?;
     ensure!(
         user["username"] == "oidc:bob",
@@ -462,12 +457,14 @@ fn the_exec_plugin_refreshes_the_id_token_and_tells_kubectl_its_expiry(tb: &Test
 }
 
 fn an_expired_refresh_token_or_a_provider_down_fails_with_one_line(tb: &Testbed) -> Result<()> {
-    // The login ends 3 s after it began; ID tokens live 20 s, inside the refresh margin.
-    let idp = provider("20s", "3s")?;
+    // The login ends 8 s after it began; ID tokens live 20 s, inside the refresh margin, so
+    // every use refreshes.
+    let idp = provider("20s", "8s")?;
     let hawser = deployment(tb, &idp)?;
     let alice = Person::new()?;
     alice.login(&idp, false, "alice", "alice-password")?;
     let kubectl = alice.kubectl(&hawser, &idp)?;
+    let (_proxy, proxied) = alice.proxy(&hawser, &idp)?;
     let stderr = wait_for("the refresh token to expire", Duration::from_secs(30), || {
         let out = alice.token(&idp)?;
         if out.status.success() {
@@ -484,13 +481,29 @@ fn an_expired_refresh_token_or_a_provider_down_fails_with_one_line(tb: &Testbed)
             && !String::from_utf8_lossy(&out.stdout).contains("oidc:"),
         "kubectl with an expired login: {text}"
     );
+    // The proxy answers 401 (the same line in its Status), never a request as alice.
+    let out = proxied.run(&["auth", "whoami", "-o", "json"])?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && (text.contains("Unauthorized") || text.contains("has expired"))
+            && !String::from_utf8_lossy(&out.stdout).contains("oidc:"),
+        "kubectl through the proxy with an expired login: {text}"
+    );
 
     // Provider down at refresh: another person's fresh login, then the provider stops.
     let mut idp = provider("20s", "5h")?;
     let bob = Person::new()?;
     bob.login(&idp, false, "bob", "bob-password")?;
+    let (_proxy, proxied) = bob.proxy(&hawser, &idp)?;
     idp.stop();
     one_line_failure(&bob.token(&idp)?, "cannot refresh the login to")?;
+    let out = proxied.run(&["auth", "whoami", "-o", "json"])?;
+    ensure!(
+        !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("oidc:"),
+        "kubectl through the proxy with the provider down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(hawser);
     Ok(())
 }
