@@ -5,18 +5,21 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
-use crate::support::hawser::{CLUSTER, Extra, Hawser, hawser_bin};
-use crate::support::idp::{CLIENT_ID, Idp, IdpOptions, User};
-use crate::support::process::{Background, run_with_deadline, wait_for};
-use crate::support::{Kubectl, Testbed, binaries::binaries, https};
-use crate::tunnel::whoami;
+use crate::support::hawser::{CLUSTER, Extra, Hawser};
+use crate::support::idp::{CLIENT_ID, Idp, IdpOptions, User, jwt_part};
+use crate::support::process::{run_with_deadline, wait_for};
+use crate::support::{Testbed, binaries::binaries, https};
+use crate::tunnel::{whoami, whoami_groups};
+
+mod person;
+use person::Person;
 
 /// A login test.
 pub type Test = fn(&Testbed) -> Result<()>;
@@ -97,168 +100,9 @@ client_id = "{CLIENT_ID}"
     )
 }
 
-/// A person's machine: the directory `hawser login` keeps its tokens in.
-struct Person {
-    config_dir: tempfile::TempDir,
-}
-
-impl Person {
-    fn new() -> Result<Self> {
-        Ok(Self {
-            config_dir: tempfile::Builder::new().prefix("hawser-person-").tempdir()?,
-        })
-    }
-
-    fn hawser(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(hawser_bin());
-        cmd.env("HAWSER_CONFIG_DIR", self.config_dir.path()).args(args);
-        cmd
-    }
-
-    fn login_args(idp: &Idp) -> Vec<&str> {
-        vec![
-            "--issuer",
-            &idp.issuer,
-            "--client-id",
-            CLIENT_ID,
-            "--ca-file",
-            path_str(&idp.ca),
-        ]
-    }
-
-    /// `hawser login` as `user`, in the browser or with a device code; its stderr.
-    fn login(&self, idp: &Idp, device: bool, user: &str, password: &str) -> Result<String> {
-        self.login_at(idp, None, device, user, password)
-    }
-
-    /// `hawser login`, told the provider by its issuer, or by `relay` (`--relay`: the relay's
-    /// `[login]`).
-    fn login_at(&self, idp: &Idp, relay: Option<&Hawser>, device: bool, user: &str, password: &str) -> Result<String> {
-        let mut args = vec!["login"];
-        match relay {
-            None => args.extend(Self::login_args(idp)),
-            Some(relay) => args.extend([
-                "--relay",
-                &relay.relay_url,
-                "--relay-ca-file",
-                path_str(&relay.relay_ca),
-                "--ca-file",
-                path_str(&idp.ca),
-            ]),
-        }
-        args.push("--no-browser");
-        if device {
-            args.push("--device");
-        }
-        let mut login = Background::spawn(self.hawser(&args))?;
-        let prompt = if device { DEVICE_PROMPT } else { BROWSER_PROMPT };
-        let line = wait_for("hawser login's prompt", WITHIN, || {
-            Ok(login
-                .stderr()
-                .lines()
-                .find(|l| l.starts_with(prompt))
-                .map(str::to_owned))
-        })?;
-        let rest = &line[prompt.len()..];
-        if device {
-            let (uri, code) = rest
-                .split_once(" and enter the code ")
-                .with_context(|| format!("the device prompt: {line}"))?;
-            ensure!(
-                uri.starts_with(&idp.issuer),
-                "the verification URI is the provider's: {uri}"
-            );
-            idp.approve_device(code.trim(), user, password)?;
-        } else {
-            let (status, page) = idp.log_in_browser(rest.trim(), user, password)?;
-            ensure!(status == 200, "the loopback callback answered {status}: {page}");
-        }
-        let status = login.wait_exit(WITHIN)?;
-        let stderr = login.stderr();
-        ensure!(status.success(), "hawser login failed ({status}): {stderr}");
-        ensure!(
-            stderr.contains(&format!("Logged in to {} as {user} until ", idp.issuer)),
-            "hawser login did not say who: {stderr}"
-        );
-        Ok(stderr)
-    }
-
-    /// `hawser token` in login mode, as kubectl runs it.
-    fn token(&self, idp: &Idp) -> Result<Output> {
-        let mut args = vec!["token"];
-        args.extend(Self::login_args(idp));
-        run_with_deadline(self.hawser(&args), None, WITHIN)
-    }
-
-    /// kubectl with a `hawser kubeconfig` whose exec plugin uses the login.
-    fn kubectl(&self, hawser: &Hawser, idp: &Idp) -> Result<Kubectl> {
-        self.kubectl_at(hawser, idp, false)
-    }
-
-    /// Like [`Person::kubectl`]; with `discover`, the kubeconfig takes the provider from the
-    /// relay's `[login]` (`--login`) instead of `--issuer` and `--client-id`.
-    fn kubectl_at(&self, hawser: &Hawser, idp: &Idp, discover: bool) -> Result<Kubectl> {
-        let mut args = vec!["kubeconfig", "--relay", &hawser.relay_url, "--cluster", CLUSTER];
-        args.extend(["--ca-file", path_str(&hawser.relay_ca)]);
-        if discover {
-            args.push("--login");
-        } else {
-            args.extend(["--issuer", &idp.issuer, "--client-id", CLIENT_ID]);
-        }
-        args.extend(["--oidc-ca-file", path_str(&idp.ca)]);
-        let out = run_with_deadline(self.hawser(&args), None, WITHIN)?;
-        ensure!(
-            out.status.success(),
-            "hawser kubeconfig: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = self.config_dir.path().join("kubeconfig");
-        fs::write(&path, &out.stdout)?;
-        Ok(Kubectl::new(&binaries()?.kubectl, &path).with_env("HAWSER_CONFIG_DIR", path_str(self.config_dir.path())))
-    }
-
-    /// `hawser proxy --issuer` with the login, on a kubeconfig of its own; runs until dropped.
-    fn proxy(&self, hawser: &Hawser, idp: &Idp) -> Result<(Background, Kubectl)> {
-        let kubeconfig = self.config_dir.path().join("proxy.kubeconfig");
-        let mut args = vec!["proxy", "--relay", &hawser.relay_url, "--cluster", CLUSTER];
-        args.extend(["--ca-file", path_str(&hawser.relay_ca)]);
-        args.extend(["--kubeconfig", path_str(&kubeconfig)]);
-        args.extend(["--issuer", &idp.issuer, "--client-id", CLIENT_ID]);
-        args.extend(["--oidc-ca-file", path_str(&idp.ca)]);
-        let mut proxy = Background::spawn(self.hawser(&args))?;
-        proxy.wait_for_line("the proxy's listening line", WITHIN, |l| {
-            l.starts_with("hawser proxy listening on 127.0.0.1:")
-        })?;
-        Ok((proxy, Kubectl::new(&binaries()?.kubectl, &kubeconfig)))
-    }
-
-    fn login_files(&self) -> Result<Vec<PathBuf>> {
-        let dir = self.config_dir.path().join("logins");
-        let mut files = Vec::new();
-        if dir.exists() {
-            for entry in fs::read_dir(&dir)? {
-                let path = entry?.path();
-                if path.extension().is_some_and(|e| e == "json") {
-                    files.push(path);
-                }
-            }
-        }
-        Ok(files)
-    }
-}
-
-fn path_str(path: &Path) -> &str {
+/// A path as the `&str` a command line takes.
+pub(crate) fn path_str(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
-}
-
-fn groups(user: &Value) -> Vec<String> {
-    user["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The ExecCredential `hawser token` printed: token and expiry (Unix seconds).
@@ -281,20 +125,14 @@ fn credential(out: &Output) -> Result<(String, u64)> {
         .as_str()
         .context("no status.expirationTimestamp: kubectl would not know when to ask again")?;
     let expiry = time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)?;
-    let exp = claims(&token)?["exp"].as_u64().context("the ID token has no exp")?;
+    let exp = jwt_part(&token, 1)?["exp"]
+        .as_u64()
+        .context("the ID token has no exp")?;
     ensure!(
         expiry.unix_timestamp() as u64 == exp,
         "expirationTimestamp {stamp} is not the token's exp {exp}"
     );
     Ok((token, exp))
-}
-
-fn claims(token: &str) -> Result<Value> {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).context("not a JWT")?;
-    Ok(serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?,
-    )?)
 }
 
 fn now() -> u64 {
@@ -356,9 +194,9 @@ fn a_browser_login_gives_kubectl_the_providers_user_and_groups_until_logout(tb: 
             user["username"] == "oidc:alice",
             "kubectl is the provider's user: {user}"
         );
-        let groups = groups(&user);
+        let groups = whoami_groups(&user);
         ensure!(
-            groups.contains(&"oidc:dev".to_owned()) && groups.contains(&"oidc:ops".to_owned()),
+            groups.contains(&"oidc:dev") && groups.contains(&"oidc:ops"),
             "the provider's groups, prefixed: {groups:?}"
         );
     }
@@ -403,9 +241,9 @@ fn a_device_login_serves_hawser_proxy_without_a_token_file(tb: &Testbed) -> Resu
         user["username"] == "oidc:bob",
         "through the proxy, kubectl is bob: {user}"
     );
-    let groups = groups(&user);
+    let groups = whoami_groups(&user);
     ensure!(
-        groups.contains(&"oidc:dev".to_owned()) && !groups.iter().any(|g| g == "oidc:ops"),
+        groups.contains(&"oidc:dev") && !groups.contains(&"oidc:ops"),
         "bob's groups: {user}"
     );
     let first_exp = now() + SHORT;
@@ -452,7 +290,7 @@ fn the_exec_plugin_refreshes_the_id_token_and_tells_kubectl_its_expiry(tb: &Test
         second != first && second_exp > first_exp,
         "the plugin hands out a fresh token"
     );
-    ensure!(claims(&second)?["sub"] == "alice", "the same person");
+    ensure!(jwt_part(&second, 1)?["sub"] == "alice", "the same person");
     Ok(())
 }
 

@@ -99,6 +99,16 @@ pub fn whoami(kubectl: &Kubectl, extra: &[&str]) -> Result<Value> {
     Ok(review["status"]["userInfo"].clone())
 }
 
+/// The groups of a `whoami` answer's user.
+pub fn whoami_groups(user: &Value) -> Vec<&str> {
+    user["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 fn group_rbac_through_impersonation(tb: &Testbed, deployment: &Deployment) -> Result<()> {
     let hawser = deployment.get(tb)?;
     let dev = tb.namespace("dev")?;
@@ -115,12 +125,7 @@ fn group_rbac_through_impersonation(tb: &Testbed, deployment: &Deployment) -> Re
     );
     let me = whoami(&alice, &[])?;
     ensure!(me["username"] == "alice", "whoami: {me}");
-    let groups: Vec<&str> = me["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let groups = whoami_groups(&me);
     ensure!(
         groups.contains(&"dev") && groups.contains(&"system:authenticated"),
         "whoami groups: {me}"

@@ -1,6 +1,7 @@
 //! A minimal HTTPS/1.1 client for requests kubectl cannot make (kubectl
 //! prompts for a password when it has no credential at all).
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -11,21 +12,66 @@ use anyhow::{Context, Result};
 
 /// Status code and body of one GET to `url` (https://127.0.0.1:PORT/path), trusting `ca`.
 pub fn get(url: &str, ca: &Path, headers: &[(&str, &str)]) -> Result<(u16, String)> {
-    let mut tls = send_get(url, ca, &[headers, &[("Connection", "close")]].concat())?;
-    let mut response = Vec::new();
+    let answer = request("GET", url, ca, headers, "")?;
+    Ok((answer.status, answer.body))
+}
+
+/// One HTTP/1.1 request to `url` over TLS trusting `ca` (`Connection: close`; a POST's `body`
+/// form-encoded), its answer read to the end. The body is left as sent (chunks not decoded).
+pub fn request(method: &str, url: &str, ca: &Path, headers: &[(&str, &str)], body: &str) -> Result<Answer> {
+    let rest = url.strip_prefix("https://").context("not an https URL")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut tls = connect(url, ca).with_context(|| format!("connecting to {url}"))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" {
+        request.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    tls.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
     // A peer that closes without close_notify still gave us its answer.
-    let _ = tls.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status line")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    let _ = tls.read_to_end(&mut raw);
+    Answer::parse(&raw)
+}
+
+/// An HTTP/1.1 answer: status, headers (names lower-cased, the last of each kept), body.
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The headers.
+    pub headers: BTreeMap<String, String>,
+    /// The body as sent.
+    pub body: String,
+}
+
+impl Answer {
+    /// Parses a whole answer.
+    pub fn parse(raw: &[u8]) -> Result<Self> {
+        let text = String::from_utf8_lossy(raw);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .context("no HTTP status line")?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Ok(Self {
+            status,
+            headers,
+            body: body.to_owned(),
+        })
+    }
 }
 
 /// Sends a GET and reads only the response head; the body is left unread,

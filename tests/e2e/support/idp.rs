@@ -3,7 +3,6 @@
 //! certificate from a CA of its own. The test plays the person at the browser: it submits the
 //! provider's login form and approves device codes with a plain HTTPS client.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -16,7 +15,7 @@ use tempfile::TempDir;
 
 use super::binaries::binaries;
 use super::certs::Pki;
-use super::https::connect;
+use super::https::{self, Answer};
 use super::process::Supervised;
 
 /// The public client every test logs in with.
@@ -162,9 +161,7 @@ impl Idp {
     /// callback page's status and body.
     pub fn log_in_browser(&self, auth_url: &str, user: &str, password: &str) -> Result<(u16, String)> {
         let answer = self.request("GET", auth_url, &[], "")?;
-        let login = answer
-            .redirect()
-            .context("the authorization endpoint did not redirect to its login page")?;
+        let login = redirect(&answer).context("the authorization endpoint did not redirect to its login page")?;
         let request_id = query_param(&login, "authRequestID")
             .with_context(|| format!("no authRequestID in the login redirect {login}"))?;
         let form = format!(
@@ -174,8 +171,7 @@ impl Idp {
             encode(password)
         );
         let answer = self.request("POST", &self.url("login/username"), &[], &form)?;
-        let mut next = answer
-            .redirect()
+        let mut next = redirect(&answer)
             .with_context(|| format!("the login form was refused ({}): {}", answer.status, answer.body))?;
         // The provider's own callback, then the loopback one.
         for _ in 0..5 {
@@ -183,8 +179,7 @@ impl Idp {
                 return plain_get(&next);
             }
             let answer = self.request("GET", &self.absolute(&next), &[], "")?;
-            next = answer
-                .redirect()
+            next = redirect(&answer)
                 .with_context(|| format!("the provider stopped redirecting ({}): {}", answer.status, answer.body))?;
         }
         bail!("too many redirects after the login form")
@@ -231,32 +226,10 @@ impl Idp {
         }
     }
 
-    /// One HTTPS request to the provider (`Connection: close`), form-encoded body if any.
+    /// One HTTPS request to the provider, trusting its CA.
     fn request(&self, method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Result<Answer> {
-        let rest = url.strip_prefix("https://").context("not an https URL")?;
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let mut tls = connect_ca(url, &self.ca)?;
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
-        for (k, v) in headers {
-            request.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if method == "POST" {
-            request.push_str(&format!(
-                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        request.push_str("\r\n");
-        request.push_str(body);
-        tls.write_all(request.as_bytes())?;
-        let mut raw = Vec::new();
-        let _ = tls.read_to_end(&mut raw);
-        Answer::parse(&raw)
+        https::request(method, url, &self.ca, headers, body)
     }
-}
-
-fn connect_ca(url: &str, ca: &std::path::Path) -> Result<super::https::Tls> {
-    connect(url, ca).with_context(|| format!("connecting to {url}"))
 }
 
 /// A GET to the loopback callback (plain HTTP): status and body.
@@ -271,43 +244,16 @@ fn plain_get(url: &str) -> Result<(u16, String)> {
     )?;
     let mut raw = Vec::new();
     let _ = tcp.read_to_end(&mut raw);
-    let answer = Answer::parse(&raw)?;
+    let answer = https::Answer::parse(&raw)?;
     Ok((answer.status, answer.body))
 }
 
-struct Answer {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: String,
-}
-
-impl Answer {
-    fn parse(raw: &[u8]) -> Result<Self> {
-        let text = String::from_utf8_lossy(raw);
-        let (head, body) = text.split_once("\r\n\r\n").context("no HTTP head in the answer")?;
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .context("no HTTP status line")?;
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        Ok(Self {
-            status,
-            headers,
-            body: body.to_owned(),
-        })
-    }
-
-    fn redirect(&self) -> Option<String> {
-        (300..400)
-            .contains(&self.status)
-            .then(|| self.headers.get("location").cloned())
-            .flatten()
-    }
+/// Where a 3xx answer sends the browser.
+fn redirect(answer: &Answer) -> Option<String> {
+    (300..400)
+        .contains(&answer.status)
+        .then(|| answer.headers.get("location").cloned())
+        .flatten()
 }
 
 fn query_param(url: &str, name: &str) -> Option<String> {
@@ -320,4 +266,13 @@ fn query_param(url: &str, name: &str) -> Option<String> {
 
 fn encode(value: &str) -> String {
     utf8_percent_encode(value, NON_ALPHANUMERIC).to_string()
+}
+
+/// Part `index` of a compact JWT (0: header, 1: claims) as JSON, read without any check.
+pub fn jwt_part(token: &str, index: usize) -> Result<serde_json::Value> {
+    use base64::Engine;
+    let part = token.split('.').nth(index).context("not a JWT")?;
+    Ok(serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part)?,
+    )?)
 }
